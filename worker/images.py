@@ -104,8 +104,10 @@ def _open(data: bytes, source: str, limits: ImageLimits) -> Image.Image:
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageLoadError(source, "not an image (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageLoadError(source, f"unreadable image header ({exc})") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(source, f"over the {limits.max_pixels}-pixel limit ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(source, f"corrupt or truncated image ({exc})") from None
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageLoadError(
