@@ -1,0 +1,94 @@
+"""Discovery results -> COCO detection JSON (standard library, numpy and worker.geometry only).
+
+The dataset dict loads in ``pycocotools.coco.COCO`` and its annotations double as a results
+list for ``COCO.loadRes``. Boxes are ``[x, y, width, height]`` in original pixels; masks are
+compressed RLE ``{"size": [height, width], "counts": str}``. Everything is one category.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.contract import DiscoveryResult, Region
+from worker.geometry import rle_area, rle_to_coco_string
+
+CATEGORY_ID = 1
+
+
+def coco_from_results(
+    results: list[DiscoveryResult], file_names: list[str], category: str = "object"
+) -> dict[str, Any]:
+    """A COCO dataset dict of the discovered regions.
+
+    Every image processed without error is listed, also when nothing was found in it; images
+    whose result carries an ``error`` are left out. Image and annotation ids count from 1.
+
+    Args:
+        results: one discovery result per image.
+        file_names: the ``file_name`` of each image, in the same order.
+        category: name of the single category.
+
+    Returns:
+        ``{"images", "annotations", "categories"}``.
+
+    Raises:
+        ValueError: if the two lists differ in length or a mask does not fit its image.
+    """
+    if len(results) != len(file_names):
+        raise ValueError(f"{len(results)} results but {len(file_names)} file names")
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for result, file_name in zip(results, file_names, strict=True):
+        if result.error is not None:
+            continue
+        image_id = len(images) + 1
+        h, w = result.image_hw
+        images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
+        for region in result.regions:
+            ann = _annotation(region, image_id, result.image_hw)
+            annotations.append({"id": len(annotations) + 1, **ann})
+    categories = [{"id": CATEGORY_ID, "name": category, "supercategory": "object"}]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _annotation(region: Region, image_id: int, image_hw: tuple[int, int]) -> dict[str, Any]:
+    """One annotation without its id; the area is the mask's pixel count, else the box's."""
+    box = region.box
+    ann: dict[str, Any] = {
+        "image_id": image_id,
+        "category_id": CATEGORY_ID,
+        "bbox": [box.x0, box.y0, box.width, box.height],
+        "area": float(box.width * box.height),
+        "score": float(region.score),
+        "iscrowd": 0,
+    }
+    if region.mask is not None:
+        if region.mask.size_hw != image_hw:
+            raise ValueError(
+                f"image {image_id}: mask is {region.mask.size_hw} but the image is {image_hw}"
+            )
+        h, w = region.mask.size_hw
+        ann["segmentation"] = {"size": [h, w], "counts": rle_to_coco_string(region.mask)}
+        ann["area"] = float(rle_area(region.mask))
+    return ann
+
+
+def coco_results_list(coco: dict[str, Any]) -> list[dict[str, Any]]:
+    """The annotations of :func:`coco_from_results` as a results list for ``COCO.loadRes``.
+
+    Args:
+        coco: a dict built by :func:`coco_from_results`.
+
+    Returns:
+        One ``{"image_id", "category_id", "bbox", "score"[, "segmentation"]}`` per annotation,
+        copied, so that ``loadRes`` (which edits its input) leaves ``coco`` alone. Note that
+        ``loadRes`` itself rejects an empty list.
+    """
+    detections = []
+    for ann in coco["annotations"]:
+        det = {key: ann[key] for key in ("image_id", "category_id", "score")}
+        det["bbox"] = list(ann["bbox"])
+        if "segmentation" in ann:
+            det["segmentation"] = dict(ann["segmentation"])
+        detections.append(det)
+    return detections
