@@ -52,6 +52,7 @@ class Target:
     box_from_name: str | None = "label"  # <RectangleLabels> control; None when absent
     brush_from_name: str | None = "mask"  # <BrushLabels> control; None when absent
     label: str = "object"  # label value for regions without a label of their own
+    brush_label: str | None = None  # label for masks when set (the brush control's own labels)
 
 
 # --- brush RLE -------------------------------------------------------------------------------
@@ -251,7 +252,8 @@ class _Item:
                 f"{self.result.image_hw} (height, width)"
             )
         rle = brush_rle_encode(rle_decode(mask))
-        value = {"format": "rle", "rle": rle, "brushlabels": [self.label]}
+        label = self.region.label or self.target.brush_label or self.target.label
+        value = {"format": "rle", "rle": rle, "brushlabels": [label]}
         return self._envelope("mask", from_name, "brushlabels") | {"value": value}
 
     def _envelope(self, suffix: str, from_name: str, kind: str) -> dict[str, Any]:
