@@ -7,10 +7,14 @@ x to the right and y down, with ``x1``/``y1`` exclusive.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SCHEMA_VERSION = 1
+METHOD_NAMES = ("lost", "tokencut", "maskcut")  # keys of worker.discovery.METHODS
+PIPELINE_VERSION = 1  # bump when a change alters the regions produced for the same spec
 
 
 @dataclass(frozen=True)
@@ -134,3 +138,82 @@ class DiscoveryResult:
             task_id=data.get("task_id"),
             error=data.get("error"),
         )
+
+
+@dataclass(frozen=True)
+class DiscoverySpec:
+    """What to run on an image. Its digest is the Label Studio ``model_version``.
+
+    The backend and the workers build it from the same settings, so both name a result the
+    same way without the backend ever loading the model.
+    """
+
+    method: str = "lost"
+    backbone: str = "dino_vits16"
+    weights: str = "hub"  # identifies the weights: a tag, a checkpoint file name, or "hub"
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the method
+    max_side: int | None = None  # None: the method's default cap; 0: full resolution
+    square: int | None = None  # resize to square x square, ignoring aspect (MaskCut authors)
+    masks: bool = True  # attach pixel masks (RLE) to regions
+    pos_embed: str = "dino"  # positional-embedding interpolation rule
+
+    def __post_init__(self) -> None:
+        if self.method not in METHOD_NAMES:
+            raise ValueError(
+                f"unknown method {self.method!r}: use one of {', '.join(METHOD_NAMES)}"
+            )
+
+    def model_version(self) -> str:
+        """Stable across processes and machines for the same spec."""
+        identity = {"pipeline": PIPELINE_VERSION, **asdict(self)}
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+        return f"zerolabel-{self.method}-{self.backbone.split('.')[0]}-{digest}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiscoverySpec:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class DiscoveryRequest:
+    """One image to discover objects in: what crosses Redis from the backend to a worker."""
+
+    spec: DiscoverySpec
+    image: str  # task image URL (Label Studio relative or absolute) or a local path
+    task_id: int | None = None
+    ls_url: str | None = None  # Label Studio base URL, for relative image URLs
+    ls_token: str | None = field(default=None, repr=False)  # never logged
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_VERSION,
+            "spec": self.spec.to_dict(),
+            "image": self.image,
+            "task_id": self.task_id,
+            "ls_url": self.ls_url,
+            "ls_token": self.ls_token,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiscoveryRequest:
+        if data.get("schema") != SCHEMA_VERSION:
+            raise ValueError(
+                f"request schema {data.get('schema')!r} is not {SCHEMA_VERSION}: "
+                "backend and workers run different zerolabel versions"
+            )
+        return cls(
+            spec=DiscoverySpec.from_dict(data["spec"]),
+            image=str(data["image"]),
+            task_id=data.get("task_id"),
+            ls_url=data.get("ls_url"),
+            ls_token=data.get("ls_token"),
+        )
+
+    @property
+    def job_id(self) -> str:
+        """Same image URL and spec -> same RQ job (``[A-Za-z0-9_-]`` only)."""
+        key = f"{self.spec.model_version()}|{self.image}"
+        return "zl-" + hashlib.sha256(key.encode()).hexdigest()[:32]

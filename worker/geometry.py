@@ -8,6 +8,7 @@ This module is the only place that maps those cells back to the original image.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,10 +48,12 @@ class Frame:
 
 
 def patch_mask_to_box(mask: BoolArray, frame: Frame) -> Box | None:
-    """Bounding box of the True cells of a patch mask, in original pixels.
+    """Bounding box of the True cells of a patch mask, in whole original pixels.
 
-    ``[x_min, y_min, x_max + 1, y_max + 1] * patch_size``, scaled to the original size and
-    clipped to it (max exclusive). With no resize this is exactly the LOST/TokenCut rule.
+    ``[x_min, y_min, x_max + 1, y_max + 1] * patch_size`` clipped to the original size (max
+    exclusive): exactly the LOST/TokenCut rule when the image was not resized. After a resize
+    each edge is scaled and rounded the way :func:`patch_mask_to_pixel_mask` samples pixels
+    (half down), so the box is the tight box of the region's pixel mask.
 
     Args:
         mask: [gh, gw] bool patch mask.
@@ -66,11 +69,15 @@ def patch_mask_to_box(mask: BoolArray, frame: Frame) -> Box | None:
     p = frame.patch_size
     sy, sx = frame.scale_yx
     h, w = frame.original_hw
+
+    def edge(cells: int, scale: float, limit: int) -> float:
+        return float(min(math.ceil(cells * p * scale - 0.5), limit))
+
     return Box(
-        x0=float(min(cols[0] * p * sx, w)),
-        y0=float(min(rows[0] * p * sy, h)),
-        x1=float(min((cols[-1] + 1) * p * sx, w)),
-        y1=float(min((rows[-1] + 1) * p * sy, h)),
+        x0=edge(int(cols[0]), sx, w),
+        y0=edge(int(rows[0]), sy, h),
+        x1=edge(int(cols[-1]) + 1, sx, w),
+        y1=edge(int(rows[-1]) + 1, sy, h),
     )
 
 

@@ -51,7 +51,8 @@ def to_input(
     ch, cw = frame.content_hw
     if pixels.shape[:2] != (ch, cw):
         pixels = np.asarray(Image.fromarray(pixels).resize((cw, ch), Image.Resampling.BICUBIC))
-    image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0)
+    writable = np.require(pixels, requirements=["C", "W"])  # PIL arrays are read-only
+    image = torch.from_numpy(writable).permute(2, 0, 1).float().div_(255.0)
     image = (image - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
     ph, pw = frame.padded_hw
     padded = torch.zeros((3, ph, pw), dtype=torch.float32)

@@ -12,7 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker.contract import DiscoverySpec
 from worker.errors import ConfigError
+from worker.taskqueue import QueueSettings
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -44,8 +46,10 @@ class WorkerSettings:
 
     backbone: str = "dino_vits16"  # ZEROLABEL_BACKBONE: a name of backbone.BACKBONES or a timm ViT
     checkpoint: str | None = None  # ZEROLABEL_CHECKPOINT: local weights file (DINO, DoRA, timm)
+    weights_tag: str | None = None  # ZEROLABEL_WEIGHTS_TAG: names the weights in model_version
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # ZEROLABEL_BACKBONE_KWARGS
     pos_embed: str = "dino"  # ZEROLABEL_POS_EMBED: "dino" (paper rule) or "timm"
+    offline: bool = False  # ZEROLABEL_OFFLINE (or HF_HUB_OFFLINE): never try to download weights
     device: str = "auto"  # ZEROLABEL_DEVICE: auto, cpu, cuda, cuda:1 ...
     half: bool = False  # ZEROLABEL_HALF: fp16 forward pass (CUDA only)
     method: str = "lost"  # ZEROLABEL_METHOD
@@ -53,6 +57,12 @@ class WorkerSettings:
     batch_size: int = 8  # ZEROLABEL_BATCH_SIZE: images per forward pass (same-size images)
     max_image_bytes: int = 64 * 2**20  # ZEROLABEL_MAX_IMAGE_BYTES
     max_image_pixels: int = 100_000_000  # ZEROLABEL_MAX_IMAGE_PIXELS
+    ls_url: str | None = None  # LABEL_STUDIO_URL: for task URLs like /data/upload/...
+    ls_token: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY (legacy or PAT)
+    allowed_hosts: frozenset[str] = frozenset()  # ZEROLABEL_ALLOWED_HOSTS: extra image hosts
+    local_roots: tuple[str, ...] = ()  # ZEROLABEL_LOCAL_ROOTS: folders queued jobs may read
+    fetch_timeout_s: float = 20.0  # ZEROLABEL_FETCH_TIMEOUT_S: per download attempt
+    queue: QueueSettings = field(default_factory=QueueSettings)  # REDIS_URL, ZEROLABEL_QUEUE...
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -63,12 +73,17 @@ class WorkerSettings:
             kwargs["backbone"] = env["ZEROLABEL_BACKBONE"]
         if env.get("ZEROLABEL_CHECKPOINT"):
             kwargs["checkpoint"] = env["ZEROLABEL_CHECKPOINT"]
+        if env.get("ZEROLABEL_WEIGHTS_TAG"):
+            kwargs["weights_tag"] = env["ZEROLABEL_WEIGHTS_TAG"]
         if env.get("ZEROLABEL_BACKBONE_KWARGS"):
             kwargs["backbone_kwargs"] = _json_object(
                 "ZEROLABEL_BACKBONE_KWARGS", env["ZEROLABEL_BACKBONE_KWARGS"]
             )
         if "ZEROLABEL_POS_EMBED" in env:
             kwargs["pos_embed"] = env["ZEROLABEL_POS_EMBED"]
+        for name in ("ZEROLABEL_OFFLINE", "HF_HUB_OFFLINE"):
+            if env.get(name) and parse_bool(name, env[name]):
+                kwargs["offline"] = True
         if "ZEROLABEL_DEVICE" in env:
             kwargs["device"] = env["ZEROLABEL_DEVICE"]
         if "ZEROLABEL_HALF" in env:
@@ -84,15 +99,60 @@ class WorkerSettings:
         ):
             if env.get(name):
                 kwargs[key] = _int_or_none(name, env[name]) or getattr(cls, key)
-        settings = cls(**kwargs)
+        kwargs.update(_fetch_fields(env))
+        settings = cls(queue=QueueSettings.from_env(env), **kwargs)
         settings.validate()
         return settings
 
+    @property
+    def weights(self) -> str:
+        """How model_version names the weights: the tag, else the checkpoint file name, else hub."""
+        if self.weights_tag:
+            return self.weights_tag
+        return os.path.basename(self.checkpoint) if self.checkpoint else "hub"
+
+    def spec(self, **overrides: Any) -> DiscoverySpec:
+        """The discovery spec these settings describe, with per-request overrides."""
+        fields = {
+            "method": self.method,
+            "backbone": self.backbone,
+            "weights": self.weights,
+            "max_side": self.max_side,
+            "pos_embed": self.pos_embed,
+        }
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return DiscoverySpec(**fields)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+
     def validate(self) -> None:
+        self.spec()  # unknown method fails here
         if self.pos_embed not in ("dino", "timm"):
             raise ConfigError(f"ZEROLABEL_POS_EMBED={self.pos_embed!r}: use 'dino' or 'timm'")
         if self.batch_size < 1:
             raise ConfigError("ZEROLABEL_BATCH_SIZE must be at least 1")
+
+
+def _fetch_fields(env: Mapping[str, str]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if env.get("LABEL_STUDIO_URL"):
+        fields["ls_url"] = env["LABEL_STUDIO_URL"].rstrip("/")
+    if env.get("LABEL_STUDIO_API_KEY"):
+        fields["ls_token"] = env["LABEL_STUDIO_API_KEY"]
+    if env.get("ZEROLABEL_ALLOWED_HOSTS"):
+        from worker.fetch import parse_allowed_hosts
+
+        fields["allowed_hosts"] = parse_allowed_hosts(env["ZEROLABEL_ALLOWED_HOSTS"])
+    if env.get("ZEROLABEL_LOCAL_ROOTS"):
+        roots = env["ZEROLABEL_LOCAL_ROOTS"].split(os.pathsep)
+        fields["local_roots"] = tuple(r for r in roots if r)
+    if env.get("ZEROLABEL_FETCH_TIMEOUT_S"):
+        try:
+            fields["fetch_timeout_s"] = float(env["ZEROLABEL_FETCH_TIMEOUT_S"])
+        except ValueError:
+            raise ConfigError("ZEROLABEL_FETCH_TIMEOUT_S must be a number of seconds") from None
+    return fields
 
 
 def _json_object(name: str, value: str) -> dict[str, Any]:

@@ -1,0 +1,159 @@
+"""Pipeline benchmark: ms/image split into load, forward and method; fused vs explicit
+attention; peak memory of ``zerolabel predict`` on a 12-megapixel photo.
+
+Weights are seeded random (speed and memory do not depend on their values). Prints markdown
+tables. Usage::
+
+    python bench/bench_pipeline.py                 # everything, CPU (a few minutes on 2 cores)
+    python bench/bench_pipeline.py --only methods --device cuda --sizes 480 --batches 1 32 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from worker import features  # noqa: E402
+from worker.backbone import load_backbone, set_fused_attention  # noqa: E402
+from worker.images import ImageLimits, load_file  # noqa: E402
+from worker.contract import DiscoverySpec
+from worker.pipeline import Discoverer  # noqa: E402
+
+EXAMPLES = sorted((ROOT / "examples" / "voc2007" / "JPEGImages").glob("*.jpg"))
+
+
+def _images_at(side: int, count: int, folder: Path) -> list[Path]:
+    """Example photos resized so the longer side is ``side``, saved as JPEG."""
+    paths = []
+    for i in range(count):
+        source = Image.open(EXAMPLES[i % len(EXAMPLES)]).convert("RGB")
+        scale = side / max(source.size)
+        resized = source.resize((round(source.width * scale), round(source.height * scale)))
+        path = folder / f"{side}_{i}.jpg"
+        resized.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def bench_methods(device: str, sizes: list[int], batches: list[int], n_images: int) -> None:
+    torch.manual_seed(0)
+    backbone = load_backbone("dino_vits16", device=device, random_weights=True)
+    print(f"\n### ms per image, ViT-S/16 ({backbone.device}), {n_images} images per cell\n")
+    print("| method | side px | batch | load | preprocess | forward | method | total | img/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in sizes:
+            # All images share one size so batches are full (square crops of the examples).
+            paths = _images_at(side, n_images, Path(tmp))
+            for method in ("lost", "tokencut", "maskcut"):
+                config = DiscoverySpec(method=method, max_side=side, square=side)
+                for batch in batches:
+                    _bench_cell(backbone, config, paths, batch, side)
+
+
+def _bench_cell(backbone, config, paths, batch, side) -> None:
+    discoverer = Discoverer(backbone, config)
+    limits = ImageLimits()
+    discoverer.run([load_file(paths[0], limits, max_side=side)], batch_size=1)  # warm-up
+    discoverer.timings = type(discoverer.timings)()
+    start = time.perf_counter()
+    images = [load_file(p, limits, max_side=side) for p in paths]
+    load_s = time.perf_counter() - start
+    discoverer.run(images, batch_size=batch)
+    t = discoverer.timings
+    n = len(paths)
+    cells = [load_s, t.preprocess_s, t.forward_s, t.method_s]
+    total = sum(cells)
+    ms = " | ".join(f"{1000 * c / n:.1f}" for c in cells)
+    print(f"| {config.method} | {side} | {batch} | {ms} | {1000 * total / n:.1f} | {n / total:.1f} |")
+
+
+def bench_attention(device: str, sizes: list[int], repeats: int) -> None:
+    torch.manual_seed(0)
+    backbone = load_backbone("dino_vits16", device=device, random_weights=True)
+    print(f"\n### Forward pass, ViT-S/16 (depth 12, {backbone.device}): fused SDPA vs explicit "
+          "softmax(q kᵀ) v, same weights\n")
+    print("| side px | tokens | explicit ms | fused ms | speed-up | keys rel. error |")
+    print("|---|---|---|---|---|---|")
+    for side in sizes:
+        images = torch.randn(1, 3, side, side, generator=torch.Generator().manual_seed(side))
+        times, keys = {}, {}
+        for fused in (False, True):
+            set_fused_attention(backbone.model, fused)
+            features.extract(backbone, images)  # warm-up
+            start = time.perf_counter()
+            for _ in range(repeats):
+                keys[fused] = features.extract(backbone, images)[0].k
+            times[fused] = (time.perf_counter() - start) / repeats
+        error = float((keys[True] - keys[False]).norm() / keys[False].norm())
+        tokens = (side // 16) ** 2
+        print(f"| {side} | {tokens} | {1000 * times[False]:.0f} | {1000 * times[True]:.0f} | "
+              f"{times[False] / times[True]:.2f}x | {error:.1e} |")
+    set_fused_attention(backbone.model, True)
+
+
+def bench_memory(methods: list[str]) -> None:
+    print("\n### Peak memory of `zerolabel predict` on one 12-megapixel photo (4000x3000 JPEG), "
+          "default settings, CPU\n")
+    print("| method | peak RSS MiB | wall s |")
+    print("|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        photo = Path(tmp) / "photo12mp.jpg"
+        rng = np.random.default_rng(0)
+        base = np.asarray(Image.open(EXAMPLES[0]).convert("RGB").resize((4000, 3000)))
+        noisy = np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(noisy).save(photo, quality=92)
+        checkpoint = Path(tmp) / "random_vits16.pth"
+        torch.manual_seed(0)
+        model = load_backbone("dino_vits16", device="cpu", random_weights=True).model
+        torch.save(model.state_dict(), checkpoint)
+        for method in methods:
+            _memory_run(method, photo, checkpoint, Path(tmp) / method)
+
+
+def _memory_run(method: str, photo: Path, checkpoint: Path, out: Path) -> None:
+    script = (
+        "import resource, sys; from worker.cli import main\n"
+        "try:\n    main(sys.argv[1:], standalone_mode=False)\n"
+        "finally:\n    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
+    cmd = [sys.executable, "-c", script, "predict", str(photo), "-m", method,
+           "-c", str(checkpoint), "-o", str(out), "--device", "cpu"]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
+    peak_kib = int(done.stderr.strip().splitlines()[-1])
+    print(f"| {method} | {peak_kib / 1024:.0f} | {time.perf_counter() - start:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["methods", "attention", "memory"], default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 480, 800])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--images", type=int, default=8, help="images per cell")
+    parser.add_argument("--attention-sizes", type=int, nargs="+", default=[480, 800, 1024])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.only in (None, "methods"):
+        bench_methods(args.device, args.sizes, args.batches, args.images)
+    if args.only in (None, "attention"):
+        bench_attention(args.device, args.attention_sizes, args.repeats)
+    if args.only in (None, "memory"):
+        bench_memory(["lost", "tokencut", "maskcut"])
+
+
+if __name__ == "__main__":
+    main()

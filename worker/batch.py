@@ -1,0 +1,162 @@
+"""Batch pre-labeling of local files: the engine behind ``zerolabel predict``.
+
+One bad file never sinks the batch: it is logged with its cause, counted, and skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from backend.ls_format import Target, task
+from worker.backbone import load_backbone
+from worker.coco import coco_from_results
+from worker.contract import DiscoveryResult
+from worker.errors import ImageLoadError
+from worker.images import ImageLimits, LoadedImage, load_file
+from worker.pipeline import Discoverer
+from worker.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+
+def with_overrides(settings: WorkerSettings, overrides: dict[str, Any]) -> WorkerSettings:
+    """Settings with the given (non-None) fields replaced, validated again."""
+    changed = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    changed.validate()
+    return changed
+
+
+@dataclass
+class BatchReport:
+    """What a batch run did."""
+
+    results: list[DiscoveryResult] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    outputs: list[Path] = field(default_factory=list)
+
+    def summary(self, elapsed_s: float) -> str:
+        n_ok = len(self.results)
+        n_regions = sum(len(r.regions) for r in self.results)
+        per_image = 1000 * elapsed_s / max(1, n_ok + len(self.failures))
+        lines = [
+            f"{n_ok} image(s) pre-labeled, {n_regions} region(s), {len(self.failures)} failed "
+            f"in {elapsed_s:.1f} s ({per_image:.0f} ms/image)"
+        ]
+        lines += [f"  FAILED {name}: {reason}" for name, reason in self.failures]
+        lines += [f"  wrote {path}" for path in self.outputs]
+        return "\n".join(lines)
+
+
+@dataclass
+class BatchJob:
+    """A loaded backbone plus a discovery configuration, applied to files in batches."""
+
+    discoverer: Discoverer
+    settings: WorkerSettings
+
+    @classmethod
+    def create(
+        cls,
+        settings: WorkerSettings,
+        *,
+        square: int | None = None,
+        params: dict[str, Any] | None = None,
+        masks: bool = True,
+    ) -> BatchJob:
+        spec = settings.spec(square=square, params=params or {}, masks=masks)
+        backbone = load_backbone(
+            settings.backbone,
+            checkpoint=settings.checkpoint,
+            device=settings.device,
+            half=settings.half,
+            pos_embed=settings.pos_embed,
+            model_kwargs=settings.backbone_kwargs,
+            offline=settings.offline,
+        )
+        return cls(Discoverer(backbone, spec), settings)
+
+    def discover(self, files: Sequence[Path]) -> Iterator[tuple[Path, DiscoveryResult | str]]:
+        """Yield (file, result) or (file, failure reason) in input order, batch by batch."""
+        limits = ImageLimits(self.settings.max_image_bytes, self.settings.max_image_pixels)
+        side = self.discoverer.max_side
+        size = self.settings.batch_size
+        for start in range(0, len(files), size):
+            chunk = files[start : start + size]
+            loaded: list[tuple[Path, LoadedImage]] = []
+            failed: dict[Path, str] = {}
+            for path in chunk:
+                try:
+                    loaded.append((path, load_file(path, limits, max_side=side)))
+                except ImageLoadError as exc:
+                    failed[path] = exc.reason
+            regions = self.discoverer.run([image for _, image in loaded], batch_size=size)
+            done = {path: (image, regs) for (path, image), regs in zip(loaded, regions)}
+            for path in chunk:
+                if path in failed:
+                    yield path, failed[path]
+                    continue
+                image, regs = done[path]
+                yield path, DiscoveryResult(
+                    str(path), image.original_hw, regs, self.discoverer.model_version
+                )
+
+    def run(
+        self,
+        files: Sequence[Path],
+        out_dir: Path,
+        *,
+        label: str = "object",
+        url_prefix: str = "/data/local-files/?d=",
+        document_root: Path = Path("."),
+    ) -> BatchReport:
+        """Pre-label ``files``; write ``tasks.json`` (Label Studio import) and ``coco.json``."""
+        report = BatchReport()
+        names: list[str] = []
+        progress = tqdm(total=len(files), unit="img", desc="pre-labeling", disable=None)
+        for path, outcome in self.discover(files):
+            progress.update(1)
+            if isinstance(outcome, str):
+                logger.error("skipped %s: %s", path, outcome)
+                report.failures.append((str(path), outcome))
+            else:
+                report.results.append(outcome)
+                names.append(str(path))
+        progress.close()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = Target(label=label)
+        tasks = [
+            task(result, target, image_url(Path(name), url_prefix, document_root))
+            for result, name in zip(report.results, names)
+        ]
+        coco = coco_from_results(report.results, [_coco_name(n, document_root) for n in names], label)
+        report.outputs = [_write(out_dir / "tasks.json", tasks), _write(out_dir / "coco.json", coco)]
+        return report
+
+
+def image_url(path: Path, url_prefix: str, document_root: Path) -> str:
+    """URL Label Studio uses for a file: the prefix plus its path below the document root."""
+    return url_prefix + _coco_name(str(path), document_root)
+
+
+def _coco_name(name: str, document_root: Path) -> str:
+    absolute = Path(name).resolve()
+    try:
+        return absolute.relative_to(document_root.resolve()).as_posix()
+    except ValueError:
+        return absolute.as_posix()
+
+
+def _write(path: Path, data: Any) -> Path:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+    return path

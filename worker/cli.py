@@ -1,0 +1,205 @@
+"""``zerolabel`` command line: predict, eval, bench helpers and the worker.
+
+Heavy imports (torch, timm) happen inside the commands, so ``zerolabel --help`` is instant and
+the backend commands never load torch.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from worker.errors import DiscoveryError
+
+logger = logging.getLogger("zerolabel")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """Zero-label object pre-labeling for Label Studio."""
+    _setup_logging(verbose)
+
+
+def expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
+    """Files, folders (recursively, image suffixes only) and glob patterns -> sorted unique paths.
+
+    A named file is kept whatever its suffix, so a bad file is reported rather than skipped.
+    """
+    found: dict[str, Path] = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            matches = [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        elif path.exists():
+            matches = [path]
+        else:
+            matches = [Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file()]
+            if not matches:
+                raise click.BadParameter(f"{item!r} matches no file", param_hint="INPUTS")
+        for match in matches:
+            found.setdefault(str(match.resolve()), match)
+    return sorted(found.values(), key=lambda p: str(p))
+
+
+def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``key=value`` pairs -> method keyword arguments (values parsed as JSON when possible)."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--param")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default="zerolabel-out",
+              show_default=True, help="Folder for tasks.json (Label Studio) and coco.json.")
+@click.option("-m", "--method", type=click.Choice(["lost", "tokencut", "maskcut"]), default=None,
+              help="Discovery method [default: ZEROLABEL_METHOD or lost].")
+@click.option("-b", "--backbone", default=None,
+              help="dino_vits16 (default), dino_vits8, dino_vitb16, dino_vitb8, dinov2_vits14, "
+                   "dora_vits16 or any timm ViT name.")
+@click.option("-c", "--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Local weights file (DINO .pth, DoRA checkpoint, timm .safetensors).")
+@click.option("--max-side", type=int, default=None,
+              help="Cap on the longer side in pixels; 0 = full resolution [default: 1024, "
+                   "MaskCut 480].")
+@click.option("--square", type=int, default=None,
+              help="Resize to SIDE x SIDE ignoring aspect (MaskCut authors used 480).")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ... [default: auto].")
+@click.option("--half", is_flag=True, default=None, help="fp16 forward pass (CUDA only).")
+@click.option("--batch-size", type=int, default=None, help="Images per forward pass [8].")
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
+              help="Method parameter, e.g. -p k_patches=100, -p tau=0.2, -p max_objects=3.")
+@click.option("--no-masks", is_flag=True, help="Boxes only (no BrushLabels / segmentation).")
+@click.option("--label", default="object", show_default=True, help="Label value of the regions.")
+@click.option("--url-prefix", default="/data/local-files/?d=", show_default=True,
+              help="Prefix of task image URLs (Label Studio local files by default).")
+@click.option("--document-root", type=click.Path(file_okay=False), default=".",
+              show_default=True, help="Image URLs are paths relative to this folder.")
+def predict(inputs: tuple[str, ...], out_dir: str, method: str | None, backbone: str | None,
+            checkpoint: str | None, max_side: int | None, square: int | None,
+            device: str | None, half: bool | None, batch_size: int | None,
+            params: tuple[str, ...], no_masks: bool, label: str, url_prefix: str,
+            document_root: str) -> None:
+    """Discover objects in images; write Label Studio tasks and COCO JSON.
+
+    INPUTS are image files, folders or glob patterns. A file that cannot be read is reported by
+    name and skipped; the exit status is 1 if any file failed.
+    """
+    from worker import batch
+    from worker.settings import WorkerSettings
+
+    try:
+        settings = WorkerSettings.from_env()
+        overrides = {
+            "method": method, "backbone": backbone, "checkpoint": checkpoint,
+            "max_side": max_side, "device": device, "half": half, "batch_size": batch_size,
+        }
+        settings = batch.with_overrides(settings, overrides)
+        files = expand_inputs(inputs)
+        job = batch.BatchJob.create(
+            settings, square=square, params=parse_params(params), masks=not no_masks
+        )
+    except DiscoveryError as exc:
+        raise click.ClickException(str(exc)) from None
+    start = time.perf_counter()
+    report = job.run(files, Path(out_dir), label=label, url_prefix=url_prefix,
+                     document_root=Path(document_root))
+    click.echo(report.summary(time.perf_counter() - start), err=True)
+    if report.failures:
+        sys.exit(1)
+
+
+@main.command("eval")
+@click.argument("predictions", type=click.Path(exists=True, dir_okay=False))
+@click.option("--gt", "gt_path", type=click.Path(exists=True), required=True,
+              help="Ground truth: VOC XML folder, COCO JSON, or YOLO labels folder.")
+@click.option("--gt-format", type=click.Choice(["auto", "voc", "coco", "yolo"]), default="auto",
+              show_default=True)
+@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False),
+              default=None, help="Images folder (YOLO ground truth needs image sizes).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+              help="Write per-image results to this CSV.")
+def eval_(predictions: str, gt_path: str, gt_format: str, images_dir: str | None,
+          csv_path: str | None) -> None:
+    """CorLoc and class-agnostic AP50 / AP / AR100 of a predictions COCO file."""
+    from worker.evaluation import evaluate
+
+    try:
+        report = evaluate(predictions, gt_path, gt_format=gt_format, images_dir=images_dir,
+                          csv_path=csv_path)
+    except (ValueError, DiscoveryError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(report.format_table())
+
+
+@main.command()
+@click.option("--name", default=None, help="Worker name shown by RQ [default: host.pid].")
+@click.option("--burst", is_flag=True, help="Stop when the queue is empty (batch machines).")
+def worker(name: str | None, burst: bool) -> None:
+    """Serve discovery jobs from the Redis queue; the backbone is loaded once and kept."""
+    from redis.exceptions import RedisError
+
+    from worker.jobs import get_runtime
+    from worker.taskqueue import run_worker
+
+    try:
+        runtime = get_runtime()
+        settings = runtime.settings
+        backbone = runtime.backbone(settings.spec())  # load before taking jobs
+        assert runtime.redis is not None
+        runtime.redis.ping()
+    except DiscoveryError as exc:
+        raise click.ClickException(str(exc)) from None
+    except RedisError as exc:
+        raise click.ClickException(f"Redis unreachable at {settings.queue.redis_url}: {exc}")
+    logger.info("serving queue %r with %s on %s", settings.queue.queue, backbone.name,
+                backbone.device)
+    run_worker(runtime.redis, settings.queue, name=name, burst=burst)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=9090, show_default=True, help="Port to bind.")
+def serve(host: str, port: int) -> None:
+    """Run the Label Studio ML backend (development server; use gunicorn in production)."""
+    from werkzeug.serving import run_simple
+
+    from backend.app import create_app
+    from backend.service import PredictionService
+    from backend.settings import get_settings
+
+    try:
+        app = create_app(PredictionService(get_settings()))
+    except DiscoveryError as exc:
+        raise click.ClickException(str(exc)) from None
+    run_simple(host, port, app, threaded=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name=os.path.basename(sys.argv[0]))
