@@ -1,0 +1,178 @@
+"""Backend -> real redis-server -> real worker processes (tiny random ViT) -> Label Studio JSON."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from redis import Redis
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from backend.app import create_app
+from backend.ls_format import brush_rle_decode
+from backend.service import PredictionService
+from backend.settings import BackendSettings
+from tests.servers import image_server, redis_server, start_worker, stop, wait_for, wait_for_workers
+from worker.contract import DiscoveryRequest
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+CONFIG = (EXAMPLES / "label_config.xml").read_text()
+PHOTOS = ("000001.jpg", "000004.jpg", "000032.jpg")
+
+
+@dataclass
+class Stack:
+    redis_url: str
+    images_url: str
+    hits: dict[str, int]
+    delays: dict[str, float]
+    env: dict[str, str]
+    log: Path
+    workers: list
+    client: object
+
+    def predict(self, names, ids=None, project="1.1700000000"):
+        tasks = [{"id": ids[i] if ids else i + 1, "data": {"image": f"{self.images_url}/{n}"}}
+                 for i, n in enumerate(names)]
+        response = self.client.post("/predict", json={"tasks": tasks, "project": project,
+                                                       "label_config": CONFIG, "params": {}})
+        assert response.status_code == 200, response.data
+        return response.get_json()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, dino_checkpoint):
+    tmp = tmp_path_factory.mktemp("stack")
+    photos = tmp / "photos"
+    photos.mkdir()
+    for name in PHOTOS:
+        shutil.copy(EXAMPLES / "voc2007" / "JPEGImages" / name, photos / name)
+    shutil.copy(photos / PHOTOS[0], photos / "same-content.jpg")
+    with redis_server(tmp) as (redis_url, _), image_server(photos) as (images_url, handler):
+        env = {
+            "REDIS_URL": redis_url,
+            "ZEROLABEL_BACKBONE": "vit_small_patch16_224",
+            "ZEROLABEL_BACKBONE_KWARGS": '{"depth": 2}',
+            "ZEROLABEL_CHECKPOINT": str(dino_checkpoint),
+            "ZEROLABEL_OFFLINE": "1",
+            "ZEROLABEL_DEVICE": "cpu",
+            "ZEROLABEL_ALLOWED_HOSTS": images_url.removeprefix("http://"),
+            "ZEROLABEL_LEASE_S": "2",
+            "ZEROLABEL_WAIT_TIMEOUT_S": "60",
+        }
+        log = tmp / "workers.log"
+        workers = [start_worker(env, log)]
+        wait_for_workers(redis_url, 1)
+        client = create_app(PredictionService(BackendSettings.from_env(env))).test_client()
+        setup = client.post("/setup", json={"project": "1.1700000000", "schema": CONFIG,
+                                            "hostname": "", "access_token": ""})
+        assert setup.status_code == 200
+        yield Stack(redis_url, images_url, handler.hits, handler.delays, env, log, workers, client)
+        for worker in workers:
+            stop(worker)
+
+
+def _version(stack) -> str:
+    return stack.client.post("/setup", json={"project": "1", "schema": CONFIG}).get_json()[
+        "model_version"]
+
+
+def test_predict_through_the_queue_returns_boxes_and_masks(stack):
+    reply = stack.predict(PHOTOS)
+    version = _version(stack)
+    assert reply["model_version"] == version and len(reply["results"]) == len(PHOTOS)
+    for entry in reply["results"]:
+        assert entry["model_version"] == version and entry["result"]
+        boxes = [r for r in entry["result"] if r["type"] == "rectanglelabels"]
+        masks = [r for r in entry["result"] if r["type"] == "brushlabels"]
+        assert len(boxes) == len(masks) >= 1
+        for box, mask in zip(boxes, masks, strict=True):
+            h, w = mask["original_height"], mask["original_width"]
+            pixels = brush_rle_decode(mask["value"]["rle"], (h, w))
+            rows, cols = np.nonzero(pixels)
+            v = box["value"]  # the mask's bounding box is the region's box (percent)
+            assert cols.min() == pytest.approx(v["x"] * w / 100, abs=1)
+            assert rows.max() + 1 == pytest.approx((v["y"] + v["height"]) * h / 100, abs=1)
+
+
+def test_asking_again_is_served_from_the_stored_result(stack):
+    first = stack.predict(PHOTOS[:1])
+    request_job = _job_for(stack, PHOTOS[0])
+    ended, hits = request_job.ended_at, stack.hits[f"/{PHOTOS[0]}"]
+    start = time.perf_counter()
+    again = stack.predict(PHOTOS[:1])
+    assert again == first
+    assert time.perf_counter() - start < 1.0
+    assert _job_for(stack, PHOTOS[0]).ended_at == ended  # no second run
+    assert stack.hits[f"/{PHOTOS[0]}"] == hits  # not even fetched again
+
+
+def test_same_image_content_under_another_url_is_not_computed_twice(stack):
+    original = stack.predict(PHOTOS[:1])["results"][0]
+    copy = stack.predict(["same-content.jpg"], ids=[99])["results"][0]
+    assert copy == original
+    wait_for(lambda: "served from the result cache" in stack.log.read_text(), 5, "cache log")
+
+
+def test_a_worker_killed_mid_job_does_not_lose_the_task(stack):
+    slow = PHOTOS[2]
+    stack.delays[f"/{slow}"] = 6.0  # the first download stalls: the job is mid-run
+    stack.client.application  # noqa: B018
+    settings = BackendSettings.from_env({**stack.env, "ZEROLABEL_WAIT_TIMEOUT_S": "1"})
+    impatient = create_app(PredictionService(settings)).test_client()
+    tasks = [{"id": 7, "data": {"image": f"{stack.images_url}/{slow}"}}]
+    body = {"tasks": tasks, "project": "2", "label_config": CONFIG}
+    _flush_job(stack, slow)
+    late = impatient.post("/predict", json=body).get_json()["results"][0]
+    assert "result" not in late and "late" in late["error"]  # LS stores nothing, asks again
+    wait_for(lambda: _job_for(stack, slow).get_status() == "started", 10, "job start")
+    victim = stack.workers.pop(0)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    stack.workers.append(start_worker(stack.env, stack.log))
+    wait_for_workers(stack.redis_url, 1)
+    time.sleep(2.5)  # the dead worker's lease (2 s) runs out
+    recovered = stack.predict([slow], ids=[7])["results"][0]
+    assert recovered["result"] and recovered["model_version"] == _version(stack)
+
+
+def _job_for(stack, name) -> Job:
+    settings = BackendSettings.from_env(stack.env)
+    spec = settings.discovery.spec(masks=True)
+    job_id = DiscoveryRequest(spec, f"{stack.images_url}/{name}").job_id
+    return Job.fetch(job_id, connection=Redis.from_url(stack.redis_url),
+                     serializer=JSONSerializer)
+
+
+def _flush_job(stack, name) -> None:
+    try:
+        _job_for(stack, name).delete()
+    except Exception:  # noqa: BLE001 (no such job yet)
+        pass
+    Redis.from_url(stack.redis_url).delete(*Redis.from_url(stack.redis_url).keys(
+        "zerolabel:result:*") or ["-"])
+
+
+def test_with_redis_down_predict_answers_in_time_and_health_says_so(tmp_path, dino_checkpoint):
+    with redis_server(tmp_path) as (redis_url, process):
+        env = {"REDIS_URL": redis_url, "ZEROLABEL_CHECKPOINT": str(dino_checkpoint),
+               "ZEROLABEL_WAIT_TIMEOUT_S": "3"}
+        client = create_app(PredictionService(BackendSettings.from_env(env))).test_client()
+        assert client.get("/health").get_json()["queue"]["reachable"] is True
+        stop(process)
+        start = time.perf_counter()
+        tasks = [{"id": i, "data": {"image": f"/data/upload/1/{i}.jpg"}} for i in range(3)]
+        reply = client.post("/predict", json={"tasks": tasks, "label_config": CONFIG})
+        assert time.perf_counter() - start < 5
+        results = reply.get_json()["results"]
+        assert len(results) == 3 and all("Redis unreachable" in r["error"] for r in results)
+        health = client.get("/health").get_json()
+        assert health["status"] == "DEGRADED" and health["queue"]["reachable"] is False

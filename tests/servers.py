@@ -1,0 +1,115 @@
+"""Real processes for integration and end-to-end tests, all bound to 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(poll_s)
+    raise TimeoutError(f"{what} not ready after {timeout_s:.0f} s")
+
+
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def redis_server(tmp: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A throw-away redis-server; yields its URL and process."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: apt-get install redis-server")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+         "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        from redis import Redis
+
+        wait_for(lambda: Redis.from_url(url).ping(), 10, "redis-server")
+        yield url, process
+    finally:
+        stop(process)
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``zerolabel worker`` in its own process, output to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "worker"], cwd=ROOT,
+            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for_workers(redis_url: str, count: int, timeout_s: float = 60) -> None:
+    from redis import Redis
+    from rq import Worker
+
+    connection = Redis.from_url(redis_url)
+    wait_for(lambda: len(Worker.all(connection=connection)) >= count, timeout_s, "RQ worker")
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    delays: dict[str, float] = {}
+    hits: dict[str, int] = {}
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        path = self.path.split("?")[0]
+        self.hits[path] = self.hits.get(path, 0) + 1
+        delay = self.delays.pop(path, 0.0)
+        if delay:
+            time.sleep(delay)
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@contextlib.contextmanager
+def image_server(folder: Path) -> Iterator[tuple[str, type[_QuietHandler]]]:
+    """Serves ``folder`` over HTTP; the handler class records hits and injects delays."""
+    handler = type("Handler", (_QuietHandler,), {"delays": {}, "hits": {}})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
