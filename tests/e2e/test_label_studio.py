@@ -1,0 +1,152 @@
+"""Label Studio -> our backend -> Redis/RQ -> a worker -> pre-annotations in Label Studio."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from backend.ls_format import brush_rle_decode
+from tests.servers import ROOT, free_port, redis_server, start_worker, stop, wait_for
+from tests.servers import wait_for_workers
+from worker.cli import main
+
+pytestmark = pytest.mark.e2e
+
+VOC = ROOT / "examples" / "voc2007" / "JPEGImages"
+CONFIG = (ROOT / "examples" / "label_config.xml").read_text()
+UPLOADS = ("000001.jpg", "000004.jpg")
+LOCAL = ("000032.jpg", "000033.jpg")
+
+
+@pytest.fixture(scope="module")
+def backend(label_studio, dino_checkpoint, tmp_path_factory):
+    """redis-server, one worker and the backend (``zerolabel serve``), as real processes."""
+    tmp = tmp_path_factory.mktemp("e2e-stack")
+    port = free_port()
+    with redis_server(tmp) as (redis_url, _):
+        env = {
+            "REDIS_URL": redis_url,
+            "ZEROLABEL_BACKBONE": "vit_small_patch16_224",
+            "ZEROLABEL_BACKBONE_KWARGS": '{"depth": 2}',
+            "ZEROLABEL_CHECKPOINT": str(dino_checkpoint),
+            "ZEROLABEL_OFFLINE": "1",
+            "ZEROLABEL_DEVICE": "cpu",
+            "ZEROLABEL_WAIT_TIMEOUT_S": "60",
+        }
+        worker = start_worker(env, tmp / "worker.log")
+        with (tmp / "backend.log").open("wb") as log:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)], cwd=ROOT,
+                env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+            )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_workers(redis_url, 1)
+            wait_for(lambda: requests.get(f"{url}/health", timeout=2).ok, 60, "backend")
+            yield url
+        finally:
+            stop(server)
+            stop(worker)
+        logs = (tmp / "backend.log").read_text() + (tmp / "worker.log").read_text()
+        assert label_studio.token not in logs, "a token leaked into the logs"
+
+
+def _project(ls, title: str) -> int:
+    return ls.api("POST", "/api/projects", json={"title": title, "label_config": CONFIG}).json()["id"]
+
+
+def _import_tasks(ls, project: int) -> None:
+    for name in UPLOADS:  # uploads: /data/upload/<project>/<hash>-name.jpg
+        with (VOC / name).open("rb") as handle:
+            ls.api("POST", f"/api/projects/{project}/import", files={"file": (name, handle)})
+    folder = ls.document_root / "set1"
+    folder.mkdir(exist_ok=True)
+    for name in LOCAL:
+        shutil.copy(VOC / name, folder / name)
+    ls.api("POST", "/api/storages/localfiles", json={
+        "project": project, "path": str(folder), "use_blob_urls": True, "title": "set1"})
+    tasks = [{"data": {"image": f"/data/local-files/?d=set1/{name}"}} for name in LOCAL]
+    ls.api("POST", f"/api/projects/{project}/import", json=tasks)
+
+
+def _retrieve(ls, project: int) -> None:
+    ls.api("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
+           json={"selectedItems": {"all": True, "excluded": []}})
+
+
+def _predictions(ls, project: int) -> list[dict]:
+    return ls.api("GET", f"/api/predictions?project={project}").json()
+
+
+def test_label_studio_gets_boxes_and_masks_for_every_task(label_studio, backend):
+    ls = label_studio
+    project = _project(ls, "zerolabel e2e")
+    _import_tasks(ls, project)
+    tasks = ls.api("GET", f"/api/tasks?project={project}&page_size=100").json()["tasks"]
+    assert len(tasks) == len(UPLOADS) + len(LOCAL)
+    ml = ls.api("POST", "/api/ml", json={"project": project, "url": backend,
+                                          "title": "zerolabel"}).json()
+    version = requests.post(f"{backend}/setup", timeout=10, json={
+        "project": str(project), "schema": CONFIG}).json()["model_version"]
+
+    _retrieve(ls, project)
+    predictions = _predictions(ls, project)
+    assert Counter(p["task"] for p in predictions) == Counter({t["id"]: 1 for t in tasks})
+    for prediction in predictions:
+        assert prediction["model_version"] == version
+        _check_regions(prediction["result"])
+
+    _retrieve(ls, project)  # a second retrieve adds nothing
+    assert len(_predictions(ls, project)) == len(tasks)
+    assert ls.api("GET", f"/api/ml/{ml['id']}").json()["state"] != "ER"
+
+
+def _check_regions(result: list[dict]) -> None:
+    kinds = Counter(r["type"] for r in result)
+    assert kinds["rectanglelabels"] >= 1 and kinds["brushlabels"] == kinds["rectanglelabels"]
+    for region in result:
+        assert region["to_name"] == "image"
+        value = region["value"]
+        if region["type"] == "rectanglelabels":
+            assert region["from_name"] == "label" and value["rectanglelabels"] == ["object"]
+            assert 0 <= value["x"] < value["x"] + value["width"] <= 100 + 1e-6
+            assert 0 <= value["y"] < value["y"] + value["height"] <= 100 + 1e-6
+        else:
+            assert region["from_name"] == "mask" and value["brushlabels"] == ["object"]
+            hw = (region["original_height"], region["original_width"])
+            assert brush_rle_decode(value["rle"], hw).any()
+
+
+def test_predict_cli_output_imports_into_label_studio(label_studio, dino_checkpoint, tmp_path):
+    ls = label_studio
+    folder = ls.document_root / "cli"
+    folder.mkdir(exist_ok=True)
+    for name in UPLOADS + LOCAL:
+        shutil.copy(VOC / name, folder / name)
+    env = {"ZEROLABEL_BACKBONE": "vit_small_patch16_224", "ZEROLABEL_BACKBONE_KWARGS":
+           '{"depth": 2}', "ZEROLABEL_CHECKPOINT": str(dino_checkpoint), "ZEROLABEL_OFFLINE": "1"}
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["predict", str(folder), "-m", "maskcut", "-o", str(out),
+                                       "--document-root", str(ls.document_root)], env=env)
+    assert result.exit_code == 0, result.output
+    project = _project(ls, "zerolabel cli import")
+    ls.api("POST", "/api/storages/localfiles", json={
+        "project": project, "path": str(folder), "use_blob_urls": True, "title": "cli"})
+    tasks = json.loads((out / "tasks.json").read_text())
+    ls.api("POST", f"/api/projects/{project}/import", json=tasks)
+    predictions = _predictions(ls, project)
+    assert len(predictions) == len(tasks) == 4
+    for prediction in predictions:
+        _check_regions(prediction["result"])
+    first = ls.api("GET", f"/api/tasks/{predictions[0]['task']}").json()["data"]["image"]
+    served = ls.api("GET", first)  # the local-files URL the CLI wrote is served by LS
+    assert served.headers["Content-Type"].startswith("image/")
+
