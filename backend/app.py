@@ -48,9 +48,13 @@ def create_app(service: PredictionService) -> Flask:
     projects = ProjectRegistry()
 
     def model(label_config: str, context: ProjectContext) -> ZeroLabelBackend:
-        return ZeroLabelBackend(label_config, service=service, options=context.options,
-                                hostname=context.hostname or "",
-                                access_token=context.access_token or "")
+        return ZeroLabelBackend(
+            label_config,
+            service=service,
+            options=context.options,
+            hostname=context.hostname or "",
+            access_token=context.access_token or "",
+        )
 
     @app.route("/", methods=["GET"])
     @app.route("/health", methods=["GET"])
@@ -64,8 +68,9 @@ def create_app(service: PredictionService) -> Flask:
         data = request.get_json(silent=True) or {}
         try:
             options = ProjectOptions.parse(data.get("extra_params"))
-            context = ProjectContext(data.get("hostname") or None,
-                                     data.get("access_token") or None, options)
+            context = ProjectContext(
+                data.get("hostname") or None, data.get("access_token") or None, options
+            )
             version = model(data.get("schema") or "", context).model_version
         except ConfigError as exc:
             logger.warning("setup of project %s refused: %s", data.get("project"), exc)

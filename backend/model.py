@@ -17,9 +17,15 @@ from backend.settings import ProjectOptions
 class ZeroLabelBackend(LabelStudioMLBase):  # type: ignore[misc]
     """Pre-annotates RectangleLabels boxes and BrushLabels masks found without labels."""
 
-    def __init__(self, label_config: str | None = None, train_output: Any = None,
-                 *, service: PredictionService, options: ProjectOptions | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        label_config: str | None = None,
+        train_output: Any = None,
+        *,
+        service: PredictionService,
+        options: ProjectOptions | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(label_config=label_config, train_output=train_output, **kwargs)
         self.service = service
         self.options = options or ProjectOptions()

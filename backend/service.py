@@ -40,11 +40,13 @@ class PredictionService:
 
     def __init__(self, settings: BackendSettings, redis: Redis | None = None) -> None:
         self.settings = settings
-        self.dispatcher = Dispatcher(redis or connect(settings.discovery.queue),
-                                     settings.discovery.queue)
+        self.dispatcher = Dispatcher(
+            redis or connect(settings.discovery.queue), settings.discovery.queue
+        )
 
-    def plan(self, label_config: str, options: ProjectOptions) -> tuple[ls_format.Target,
-                                                                       DiscoverySpec]:
+    def plan(
+        self, label_config: str, options: ProjectOptions
+    ) -> tuple[ls_format.Target, DiscoverySpec]:
         """Where regions go and what runs; ConfigError when the config cannot be served."""
         target = find_target(label_config, label=options.label or self.settings.label)
         spec = options.spec(self.settings, masks=target.brush_from_name is not None)
@@ -67,7 +69,10 @@ class PredictionService:
                 entries[index] = _no_result(task, f"task data has no '{target.data_key}' image URL")
                 continue
             requests[index] = DiscoveryRequest(
-                spec, image, task.get("id"), context.hostname or self.settings.discovery.ls_url,
+                spec,
+                image,
+                task.get("id"),
+                context.hostname or self.settings.discovery.ls_url,
                 context.access_token or self.settings.discovery.ls_token,
             )
         outcomes = self._run(list(requests.values()))
@@ -86,8 +91,9 @@ class PredictionService:
             logger.error("%d task(s) left without predictions: %s", len(requests), reason)
             return [Outcome(None, reason) for _ in requests]
 
-    def _entry(self, task: dict[str, Any], outcome: Outcome, target: ls_format.Target,
-               version: str) -> dict[str, Any]:
+    def _entry(
+        self, task: dict[str, Any], outcome: Outcome, target: ls_format.Target, version: str
+    ) -> dict[str, Any]:
         result = outcome.result
         if result is None:
             return _no_result(task, outcome.reason or "no result")

@@ -18,8 +18,9 @@ from worker.errors import ConfigError
 from worker.settings import WorkerSettings
 
 #: Method parameters a project may set at the top level of its extra params.
-METHOD_PARAMS = frozenset({"k_patches", "tau", "eps", "max_objects", "min_area_frac",
-                           "max_iou_with_previous"})
+METHOD_PARAMS = frozenset(
+    {"k_patches", "tau", "eps", "max_objects", "min_area_frac", "max_iou_with_previous"}
+)
 _SPEC_OPTIONS = frozenset({"method", "backbone", "max_side", "square", "masks"})
 
 

@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from worker import features  # noqa: E402
-from worker.backbone import load_backbone, set_fused_attention  # noqa: E402
-from worker.images import ImageLimits, load_file  # noqa: E402
+from worker import features
+from worker.backbone import load_backbone, set_fused_attention
 from worker.contract import DiscoverySpec
-from worker.pipeline import Discoverer  # noqa: E402
+from worker.images import ImageLimits, load_file
+from worker.pipeline import Discoverer
+
+ROOT = Path(__file__).resolve().parents[1]
+
 
 EXAMPLES = sorted((ROOT / "examples" / "voc2007" / "JPEGImages").glob("*.jpg"))
 
@@ -76,14 +76,18 @@ def _bench_cell(backbone, config, paths, batch, side) -> None:
     cells = [load_s, t.preprocess_s, t.forward_s, t.method_s]
     total = sum(cells)
     ms = " | ".join(f"{1000 * c / n:.1f}" for c in cells)
-    print(f"| {config.method} | {side} | {batch} | {ms} | {1000 * total / n:.1f} | {n / total:.1f} |")
+    print(
+        f"| {config.method} | {side} | {batch} | {ms} | {1000 * total / n:.1f} | {n / total:.1f} |"
+    )
 
 
 def bench_attention(device: str, sizes: list[int], repeats: int) -> None:
     torch.manual_seed(0)
     backbone = load_backbone("dino_vits16", device=device, random_weights=True)
-    print(f"\n### Forward pass, ViT-S/16 (depth 12, {backbone.device}): fused SDPA vs explicit "
-          "softmax(q kᵀ) v, same weights\n")
+    print(
+        f"\n### Forward pass, ViT-S/16 (depth 12, {backbone.device}): fused SDPA vs explicit "
+        "softmax(q kᵀ) v, same weights\n"
+    )
     print("| side px | tokens | explicit ms | fused ms | speed-up | keys rel. error |")
     print("|---|---|---|---|---|---|")
     for side in sizes:
@@ -98,14 +102,18 @@ def bench_attention(device: str, sizes: list[int], repeats: int) -> None:
             times[fused] = (time.perf_counter() - start) / repeats
         error = float((keys[True] - keys[False]).norm() / keys[False].norm())
         tokens = (side // 16) ** 2
-        print(f"| {side} | {tokens} | {1000 * times[False]:.0f} | {1000 * times[True]:.0f} | "
-              f"{times[False] / times[True]:.2f}x | {error:.1e} |")
+        print(
+            f"| {side} | {tokens} | {1000 * times[False]:.0f} | {1000 * times[True]:.0f} | "
+            f"{times[False] / times[True]:.2f}x | {error:.1e} |"
+        )
     set_fused_attention(backbone.model, True)
 
 
 def bench_memory(methods: list[str]) -> None:
-    print("\n### Peak memory of `zerolabel predict` on one 12-megapixel photo (4000x3000 JPEG), "
-          "default settings, CPU\n")
+    print(
+        "\n### Peak memory of `zerolabel predict` on one 12-megapixel photo (4000x3000 JPEG), "
+        "default settings, CPU\n"
+    )
     print("| method | peak RSS MiB | wall s |")
     print("|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,8 +136,21 @@ def _memory_run(method: str, photo: Path, checkpoint: Path, out: Path) -> None:
         "try:\n    main(sys.argv[1:], standalone_mode=False)\n"
         "finally:\n    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
     )
-    cmd = [sys.executable, "-c", script, "predict", str(photo), "-m", method,
-           "-c", str(checkpoint), "-o", str(out), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-c",
+        script,
+        "predict",
+        str(photo),
+        "-m",
+        method,
+        "-c",
+        str(checkpoint),
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
     peak_kib = int(done.stderr.strip().splitlines()[-1])

@@ -53,9 +53,21 @@ def redis_server(tmp: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         raise RuntimeError("redis-server is not installed: apt-get install redis-server")
     port = free_port()
     process = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", str(tmp)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
     try:
@@ -71,8 +83,11 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """``zerolabel worker`` in its own process, output to ``log``."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker"], cwd=ROOT,
-            env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "worker.cli", "worker"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
 

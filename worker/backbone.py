@@ -67,7 +67,8 @@ class Backbone:
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        cfg = self.model.pretrained_cfg
+        model: Any = self.model
+        cfg: dict[str, Any] = dict(model.pretrained_cfg)
         return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(
             cfg.get("std", (0.229, 0.224, 0.225))
         )
@@ -160,7 +161,9 @@ def _from_hub(name: str, kwargs: Mapping[str, Any], *, offline: bool) -> VisionT
     try:
         return _create(name, True, kwargs)
     except (OSError, RuntimeError) as exc:
-        raise WeightsError(f"downloading weights for {name} failed ({exc}). {HOW_TO_PROVIDE_WEIGHTS}")
+        raise WeightsError(
+            f"downloading weights for {name} failed ({exc}). {HOW_TO_PROVIDE_WEIGHTS}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -255,7 +258,9 @@ def _file_digest(path: Path) -> str:
 
 
 def _arch(model: VisionTransformer) -> str:
-    return f"{model.default_cfg.get('architecture', type(model).__name__)} (depth {len(model.blocks)}, dim {model.embed_dim})"
+    cfg: dict[str, Any] = dict(getattr(model, "default_cfg", {}))
+    name = cfg.get("architecture", type(model).__name__)
+    return f"{name} (depth {len(model.blocks)}, dim {model.embed_dim})"
 
 
 def _few(keys: list[str], limit: int = 8) -> str:
@@ -267,5 +272,6 @@ def _few(keys: list[str], limit: int = 8) -> str:
 
 def set_fused_attention(model: VisionTransformer, enabled: bool) -> None:
     """Switch every block between fused SDPA and explicit softmax(q kᵀ) v attention."""
-    for block in model.blocks:
+    blocks: Any = model.blocks
+    for block in blocks:
         block.attn.fused_attn = enabled

@@ -99,14 +99,19 @@ class BatchJob:
                 except ImageLoadError as exc:
                     failed[path] = exc.reason
             regions = self.discoverer.run([image for _, image in loaded], batch_size=size)
-            done = {path: (image, regs) for (path, image), regs in zip(loaded, regions)}
+            done = {
+                path: (image, regs) for (path, image), regs in zip(loaded, regions, strict=True)
+            }
             for path in chunk:
                 if path in failed:
                     yield path, failed[path]
                     continue
                 image, regs = done[path]
-                yield path, DiscoveryResult(
-                    str(path), image.original_hw, regs, self.discoverer.model_version
+                yield (
+                    path,
+                    DiscoveryResult(
+                        str(path), image.original_hw, regs, self.discoverer.model_version
+                    ),
                 )
 
     def run(
@@ -135,10 +140,15 @@ class BatchJob:
         target = Target(label=label)
         tasks = [
             task(result, target, image_url(Path(name), url_prefix, document_root))
-            for result, name in zip(report.results, names)
+            for result, name in zip(report.results, names, strict=True)
         ]
-        coco = coco_from_results(report.results, [_coco_name(n, document_root) for n in names], label)
-        report.outputs = [_write(out_dir / "tasks.json", tasks), _write(out_dir / "coco.json", coco)]
+        coco = coco_from_results(
+            report.results, [_coco_name(n, document_root) for n in names], label
+        )
+        report.outputs = [
+            _write(out_dir / "tasks.json", tasks),
+            _write(out_dir / "coco.json", coco),
+        ]
         return report
 
 

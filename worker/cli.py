@@ -76,36 +76,91 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default="zerolabel-out",
-              show_default=True, help="Folder for tasks.json (Label Studio) and coco.json.")
-@click.option("-m", "--method", type=click.Choice(["lost", "tokencut", "maskcut"]), default=None,
-              help="Discovery method [default: ZEROLABEL_METHOD or lost].")
-@click.option("-b", "--backbone", default=None,
-              help="dino_vits16 (default), dino_vits8, dino_vitb16, dino_vitb8, dinov2_vits14, "
-                   "dora_vits16 or any timm ViT name.")
-@click.option("-c", "--checkpoint", type=click.Path(dir_okay=False), default=None,
-              help="Local weights file (DINO .pth, DoRA checkpoint, timm .safetensors).")
-@click.option("--max-side", type=int, default=None,
-              help="Cap on the longer side in pixels; 0 = full resolution [default: 1024, "
-                   "MaskCut 480].")
-@click.option("--square", type=int, default=None,
-              help="Resize to SIDE x SIDE ignoring aspect (MaskCut authors used 480).")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="zerolabel-out",
+    show_default=True,
+    help="Folder for tasks.json (Label Studio) and coco.json.",
+)
+@click.option(
+    "-m",
+    "--method",
+    type=click.Choice(["lost", "tokencut", "maskcut"]),
+    default=None,
+    help="Discovery method [default: ZEROLABEL_METHOD or lost].",
+)
+@click.option(
+    "-b",
+    "--backbone",
+    default=None,
+    help="dino_vits16 (default), dino_vits8, dino_vitb16, dino_vitb8, dinov2_vits14, "
+    "dora_vits16 or any timm ViT name.",
+)
+@click.option(
+    "-c",
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Local weights file (DINO .pth, DoRA checkpoint, timm .safetensors).",
+)
+@click.option(
+    "--max-side",
+    type=int,
+    default=None,
+    help="Cap on the longer side in pixels; 0 = full resolution [default: 1024, MaskCut 480].",
+)
+@click.option(
+    "--square",
+    type=int,
+    default=None,
+    help="Resize to SIDE x SIDE ignoring aspect (MaskCut authors used 480).",
+)
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ... [default: auto].")
 @click.option("--half", is_flag=True, default=None, help="fp16 forward pass (CUDA only).")
 @click.option("--batch-size", type=int, default=None, help="Images per forward pass [8].")
-@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE",
-              help="Method parameter, e.g. -p k_patches=100, -p tau=0.2, -p max_objects=3.")
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Method parameter, e.g. -p k_patches=100, -p tau=0.2, -p max_objects=3.",
+)
 @click.option("--no-masks", is_flag=True, help="Boxes only (no BrushLabels / segmentation).")
 @click.option("--label", default="object", show_default=True, help="Label value of the regions.")
-@click.option("--url-prefix", default="/data/local-files/?d=", show_default=True,
-              help="Prefix of task image URLs (Label Studio local files by default).")
-@click.option("--document-root", type=click.Path(file_okay=False), default=".",
-              show_default=True, help="Image URLs are paths relative to this folder.")
-def predict(inputs: tuple[str, ...], out_dir: str, method: str | None, backbone: str | None,
-            checkpoint: str | None, max_side: int | None, square: int | None,
-            device: str | None, half: bool | None, batch_size: int | None,
-            params: tuple[str, ...], no_masks: bool, label: str, url_prefix: str,
-            document_root: str) -> None:
+@click.option(
+    "--url-prefix",
+    default="/data/local-files/?d=",
+    show_default=True,
+    help="Prefix of task image URLs (Label Studio local files by default).",
+)
+@click.option(
+    "--document-root",
+    type=click.Path(file_okay=False),
+    default=".",
+    show_default=True,
+    help="Image URLs are paths relative to this folder.",
+)
+def predict(
+    inputs: tuple[str, ...],
+    out_dir: str,
+    method: str | None,
+    backbone: str | None,
+    checkpoint: str | None,
+    max_side: int | None,
+    square: int | None,
+    device: str | None,
+    half: bool | None,
+    batch_size: int | None,
+    params: tuple[str, ...],
+    no_masks: bool,
+    label: str,
+    url_prefix: str,
+    document_root: str,
+) -> None:
     """Discover objects in images; write Label Studio tasks and COCO JSON.
 
     INPUTS are image files, folders or glob patterns. A file that cannot be read is reported by
@@ -117,8 +172,13 @@ def predict(inputs: tuple[str, ...], out_dir: str, method: str | None, backbone:
     try:
         settings = WorkerSettings.from_env()
         overrides = {
-            "method": method, "backbone": backbone, "checkpoint": checkpoint,
-            "max_side": max_side, "device": device, "half": half, "batch_size": batch_size,
+            "method": method,
+            "backbone": backbone,
+            "checkpoint": checkpoint,
+            "max_side": max_side,
+            "device": device,
+            "half": half,
+            "batch_size": batch_size,
         }
         settings = batch.with_overrides(settings, overrides)
         files = expand_inputs(inputs)
@@ -128,8 +188,9 @@ def predict(inputs: tuple[str, ...], out_dir: str, method: str | None, backbone:
     except DiscoveryError as exc:
         raise click.ClickException(str(exc)) from None
     start = time.perf_counter()
-    report = job.run(files, Path(out_dir), label=label, url_prefix=url_prefix,
-                     document_root=Path(document_root))
+    report = job.run(
+        files, Path(out_dir), label=label, url_prefix=url_prefix, document_root=Path(document_root)
+    )
     click.echo(report.summary(time.perf_counter() - start), err=True)
     if report.failures:
         sys.exit(1)
@@ -137,22 +198,43 @@ def predict(inputs: tuple[str, ...], out_dir: str, method: str | None, backbone:
 
 @main.command("eval")
 @click.argument("predictions", type=click.Path(exists=True, dir_okay=False))
-@click.option("--gt", "gt_path", type=click.Path(exists=True), required=True,
-              help="Ground truth: VOC XML folder, COCO JSON, or YOLO labels folder.")
-@click.option("--gt-format", type=click.Choice(["auto", "voc", "coco", "yolo"]), default="auto",
-              show_default=True)
-@click.option("--images", "images_dir", type=click.Path(exists=True, file_okay=False),
-              default=None, help="Images folder (YOLO ground truth needs image sizes).")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
-              help="Write per-image results to this CSV.")
-def eval_(predictions: str, gt_path: str, gt_format: str, images_dir: str | None,
-          csv_path: str | None) -> None:
+@click.option(
+    "--gt",
+    "gt_path",
+    type=click.Path(exists=True),
+    required=True,
+    help="Ground truth: VOC XML folder, COCO JSON, or YOLO labels folder.",
+)
+@click.option(
+    "--gt-format",
+    type=click.Choice(["auto", "voc", "coco", "yolo"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--images",
+    "images_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Images folder (YOLO ground truth needs image sizes).",
+)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write per-image results to this CSV.",
+)
+def eval_(
+    predictions: str, gt_path: str, gt_format: str, images_dir: str | None, csv_path: str | None
+) -> None:
     """CorLoc and class-agnostic AP50 / AP / AR100 of a predictions COCO file."""
     from worker.evaluation import evaluate
 
     try:
-        report = evaluate(predictions, gt_path, gt_format=gt_format, images_dir=images_dir,
-                          csv_path=csv_path)
+        report = evaluate(
+            predictions, gt_path, gt_format=gt_format, images_dir=images_dir, csv_path=csv_path
+        )
     except (ValueError, DiscoveryError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.format_table())
@@ -177,9 +259,12 @@ def worker(name: str | None, burst: bool) -> None:
     except DiscoveryError as exc:
         raise click.ClickException(str(exc)) from None
     except RedisError as exc:
-        raise click.ClickException(f"Redis unreachable at {settings.queue.redis_url}: {exc}")
-    logger.info("serving queue %r with %s on %s", settings.queue.queue, backbone.name,
-                backbone.device)
+        raise click.ClickException(
+            f"Redis unreachable at {settings.queue.redis_url}: {exc}"
+        ) from None
+    logger.info(
+        "serving queue %r with %s on %s", settings.queue.queue, backbone.name, backbone.device
+    )
     run_worker(runtime.redis, settings.queue, name=name, burst=burst)
 
 

@@ -9,11 +9,11 @@ values; it is removed before the call returns.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
-from timm.models.vision_transformer import VisionTransformer
+from timm.layers.pos_embed import resample_abs_pos_embed
 
 from worker.backbone import Backbone
 
@@ -65,12 +65,14 @@ def dino_interpolate_pos_embed(
     return torch.cat([prefix, grid], dim=1)
 
 
-def _embed(model: VisionTransformer, images: torch.Tensor, rule: str) -> torch.Tensor:
+def _embed(model: Any, images: torch.Tensor, rule: str) -> torch.Tensor:
     """Patch embedding + prefix tokens + positional embeddings: [B, prefix + N, C]."""
     x = model.patch_embed(images)  # [B, gh, gw, C] (dynamic_img_size)
     batch, gh, gw, channels = x.shape
     x = x.reshape(batch, gh * gw, channels)
-    prefix_tokens = [t.expand(batch, -1, -1) for t in (model.cls_token, model.reg_token) if t is not None]
+    prefix_tokens = [
+        t.expand(batch, -1, -1) for t in (model.cls_token, model.reg_token) if t is not None
+    ]
     n_pos_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
     base_hw = tuple(model.patch_embed.grid_size)
     if rule == "dino":
@@ -83,7 +85,8 @@ def _embed(model: VisionTransformer, images: torch.Tensor, rule: str) -> torch.T
         x = torch.cat([*prefix_tokens, x + pos], dim=1)
     else:
         x = torch.cat([*prefix_tokens, x], dim=1) + pos
-    return model.pos_drop(x)
+    out: torch.Tensor = model.pos_drop(x)
+    return out
 
 
 @torch.inference_mode()
@@ -97,7 +100,7 @@ def extract(backbone: Backbone, images: torch.Tensor) -> list[PatchFeatures]:
     Returns:
         One :class:`PatchFeatures` per image, float32.
     """
-    model = backbone.model
+    model: Any = backbone.model  # timm internals are untyped module attributes
     p = backbone.patch_size
     if images.shape[-2] % p or images.shape[-1] % p:
         raise ValueError(f"input {tuple(images.shape[-2:])} is not a multiple of patch {p}")
@@ -115,7 +118,11 @@ def extract(backbone: Backbone, images: torch.Tensor) -> list[PatchFeatures]:
 
 
 def _split(
-    qkv: torch.Tensor, tokens: torch.Tensor, attn: torch.nn.Module, prefix: int, grid_hw: tuple[int, int]
+    qkv: torch.Tensor,
+    tokens: torch.Tensor,
+    attn: Any,
+    prefix: int,
+    grid_hw: tuple[int, int],
 ) -> list[PatchFeatures]:
     batch, n_tokens, _ = qkv.shape
     heads, head_dim = attn.num_heads, attn.head_dim

@@ -80,7 +80,10 @@ class Discoverer:
         start = time.perf_counter()
         mean, std = self.backbone.mean_std
         batch = torch.stack(
-            [preprocess.to_input(im.pixels, fr, mean, std) for im, fr in zip(images, frames)]
+            [
+                preprocess.to_input(im.pixels, fr, mean, std)
+                for im, fr in zip(images, frames, strict=True)
+            ]
         )
         self.timings.preprocess_s += time.perf_counter() - start
         start = time.perf_counter()

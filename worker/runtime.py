@@ -103,9 +103,12 @@ class WorkerRuntime:
             regions = Discoverer(self.backbone(spec), spec).run([image])[0]
         except (WeightsError, ConfigError) as exc:
             logger.error("task %s: %s", request.task_id, exc)
-            return DiscoveryResult(request.image, image.original_hw, [], version,
-                                   request.task_id, str(exc))
-        result = DiscoveryResult(request.image, image.original_hw, regions, version, request.task_id)
+            return DiscoveryResult(
+                request.image, image.original_hw, [], version, request.task_id, str(exc)
+            )
+        result = DiscoveryResult(
+            request.image, image.original_hw, regions, version, request.task_id
+        )
         self._store(result, image.sha256)
         return result
 

@@ -113,7 +113,7 @@ class WorkerSettings:
 
     def spec(self, **overrides: Any) -> DiscoverySpec:
         """The discovery spec these settings describe, with per-request overrides."""
-        fields = {
+        fields: dict[str, Any] = {
             "method": self.method,
             "backbone": self.backbone,
             "weights": self.weights,

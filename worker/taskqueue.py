@@ -128,7 +128,9 @@ class Dispatcher:
             job_timeout=self.settings.job_timeout_s,
             result_ttl=self.settings.result_ttl_s,
             failure_ttl=self.settings.result_ttl_s,
-            retry=Retry(max=self.settings.retries, interval=[2, 10]) if self.settings.retries else None,
+            retry=Retry(max=self.settings.retries, interval=[2, 10])
+            if self.settings.retries
+            else None,
         )
 
     def _existing(self, job_id: str) -> Job | None:
@@ -163,13 +165,18 @@ class Dispatcher:
             if len(outcomes) == len(jobs) or time.monotonic() >= deadline:
                 break
             time.sleep(poll_s)
-        return [outcomes.get(i, Outcome(None, "late: still running, ask again")) for i in range(len(jobs))]
+        return [
+            outcomes.get(i, Outcome(None, "late: still running, ask again"))
+            for i in range(len(jobs))
+        ]
 
     def _outcome(self, job: Job) -> Outcome | None:
         status = job.get_status(refresh=True)
         if status == JobStatus.FINISHED:
             value = job.return_value(refresh=True)
-            return Outcome(DiscoveryResult.from_dict(value)) if value else Outcome(None, "no result")
+            return (
+                Outcome(DiscoveryResult.from_dict(value)) if value else Outcome(None, "no result")
+            )
         if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
             return Outcome(None, f"{status.value}: {_last_line(job)}")
         return None
@@ -179,8 +186,12 @@ class Dispatcher:
         try:
             self.redis.ping()
             workers = SimpleWorker.all(queue=self.queue)
-            return {"reachable": True, "queue": self.settings.queue, "queue_depth": self.queue.count,
-                    "workers": len(workers)}
+            return {
+                "reachable": True,
+                "queue": self.settings.queue,
+                "queue_depth": self.queue.count,
+                "workers": len(workers),
+            }
         except (RedisError, OSError) as exc:
             return {"reachable": False, "queue": self.settings.queue, "error": _describe(exc)}
 

@@ -25,9 +25,10 @@ class LabelStudio:
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         headers = {"Authorization": f"Token {self.token}", **kwargs.pop("headers", {})}
-        response = requests.request(method, self.url + path, headers=headers, timeout=120,
-                                    **kwargs)
-        assert response.status_code < 400, f"{method} {path}: {response.status_code} {response.text}"
+        response = requests.request(method, self.url + path, headers=headers, timeout=120, **kwargs)
+        assert response.status_code < 400, (
+            f"{method} {path}: {response.status_code} {response.text}"
+        )
         return response
 
 
@@ -46,8 +47,9 @@ def label_studio(tmp_path_factory) -> Iterator[LabelStudio]:
     root = tmp_path_factory.mktemp("documents")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("USERNAME", "PASSWORD", "HOST", "PORT")}  # LS reads bare names too
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("USERNAME", "PASSWORD", "HOST", "PORT")
+    }  # LS reads bare names too
     env |= {
         "LABEL_STUDIO_BASE_DATA_DIR": str(data),
         "LABEL_STUDIO_USERNAME": "e2e@zerolabel.test",
@@ -66,13 +68,30 @@ def label_studio(tmp_path_factory) -> Iterator[LabelStudio]:
     }
     log = (data / "server.log").open("wb")
     process = subprocess.Popen(
-        [binary, "start", "--no-browser", "--host", "127.0.0.1", "--internal-host", "127.0.0.1",
-         "--port", str(port), "--enable-legacy-api-token"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data,
+        [
+            binary,
+            "start",
+            "--no-browser",
+            "--host",
+            "127.0.0.1",
+            "--internal-host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--enable-legacy-api-token",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=data,
     )
     try:
-        wait_for(lambda: requests.get(f"{url}/health", timeout=2).json()["status"] == "UP",
-                 300, "Label Studio", poll_s=1)
+        wait_for(
+            lambda: requests.get(f"{url}/health", timeout=2).json()["status"] == "UP",
+            300,
+            "Label Studio",
+            poll_s=1,
+        )
         yield LabelStudio(url, TOKEN, root)
     finally:
         stop(process, timeout_s=20)

@@ -14,8 +14,15 @@ import requests
 from click.testing import CliRunner
 
 from backend.ls_format import brush_rle_decode
-from tests.servers import ROOT, free_port, redis_server, start_worker, stop, wait_for
-from tests.servers import wait_for_workers
+from tests.servers import (
+    ROOT,
+    free_port,
+    redis_server,
+    start_worker,
+    stop,
+    wait_for,
+    wait_for_workers,
+)
 from worker.cli import main
 
 pytestmark = pytest.mark.e2e
@@ -44,8 +51,11 @@ def backend(label_studio, dino_checkpoint, tmp_path_factory):
         worker = start_worker(env, tmp / "worker.log")
         with (tmp / "backend.log").open("wb") as log:
             server = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)], cwd=ROOT,
-                env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
+                cwd=ROOT,
+                env={**os.environ, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -60,7 +70,9 @@ def backend(label_studio, dino_checkpoint, tmp_path_factory):
 
 
 def _project(ls, title: str) -> int:
-    return ls.api("POST", "/api/projects", json={"title": title, "label_config": CONFIG}).json()["id"]
+    return ls.api("POST", "/api/projects", json={"title": title, "label_config": CONFIG}).json()[
+        "id"
+    ]
 
 
 def _import_tasks(ls, project: int) -> None:
@@ -71,15 +83,21 @@ def _import_tasks(ls, project: int) -> None:
     folder.mkdir(exist_ok=True)
     for name in LOCAL:
         shutil.copy(VOC / name, folder / name)
-    ls.api("POST", "/api/storages/localfiles", json={
-        "project": project, "path": str(folder), "use_blob_urls": True, "title": "set1"})
+    ls.api(
+        "POST",
+        "/api/storages/localfiles",
+        json={"project": project, "path": str(folder), "use_blob_urls": True, "title": "set1"},
+    )
     tasks = [{"data": {"image": f"/data/local-files/?d=set1/{name}"}} for name in LOCAL]
     ls.api("POST", f"/api/projects/{project}/import", json=tasks)
 
 
 def _retrieve(ls, project: int) -> None:
-    ls.api("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
-           json={"selectedItems": {"all": True, "excluded": []}})
+    ls.api(
+        "POST",
+        f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
+        json={"selectedItems": {"all": True, "excluded": []}},
+    )
 
 
 def _predictions(ls, project: int) -> list[dict]:
@@ -92,10 +110,12 @@ def test_label_studio_gets_boxes_and_masks_for_every_task(label_studio, backend)
     _import_tasks(ls, project)
     tasks = ls.api("GET", f"/api/tasks?project={project}&page_size=100").json()["tasks"]
     assert len(tasks) == len(UPLOADS) + len(LOCAL)
-    ml = ls.api("POST", "/api/ml", json={"project": project, "url": backend,
-                                          "title": "zerolabel"}).json()
-    version = requests.post(f"{backend}/setup", timeout=10, json={
-        "project": str(project), "schema": CONFIG}).json()["model_version"]
+    ml = ls.api(
+        "POST", "/api/ml", json={"project": project, "url": backend, "title": "zerolabel"}
+    ).json()
+    version = requests.post(
+        f"{backend}/setup", timeout=10, json={"project": str(project), "schema": CONFIG}
+    ).json()["model_version"]
 
     _retrieve(ls, project)
     predictions = _predictions(ls, project)
@@ -131,15 +151,34 @@ def test_predict_cli_output_imports_into_label_studio(label_studio, dino_checkpo
     folder.mkdir(exist_ok=True)
     for name in UPLOADS + LOCAL:
         shutil.copy(VOC / name, folder / name)
-    env = {"ZEROLABEL_BACKBONE": "vit_small_patch16_224", "ZEROLABEL_BACKBONE_KWARGS":
-           '{"depth": 2}', "ZEROLABEL_CHECKPOINT": str(dino_checkpoint), "ZEROLABEL_OFFLINE": "1"}
+    env = {
+        "ZEROLABEL_BACKBONE": "vit_small_patch16_224",
+        "ZEROLABEL_BACKBONE_KWARGS": '{"depth": 2}',
+        "ZEROLABEL_CHECKPOINT": str(dino_checkpoint),
+        "ZEROLABEL_OFFLINE": "1",
+    }
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["predict", str(folder), "-m", "maskcut", "-o", str(out),
-                                       "--document-root", str(ls.document_root)], env=env)
+    result = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            str(folder),
+            "-m",
+            "maskcut",
+            "-o",
+            str(out),
+            "--document-root",
+            str(ls.document_root),
+        ],
+        env=env,
+    )
     assert result.exit_code == 0, result.output
     project = _project(ls, "zerolabel cli import")
-    ls.api("POST", "/api/storages/localfiles", json={
-        "project": project, "path": str(folder), "use_blob_urls": True, "title": "cli"})
+    ls.api(
+        "POST",
+        "/api/storages/localfiles",
+        json={"project": project, "path": str(folder), "use_blob_urls": True, "title": "cli"},
+    )
     tasks = json.loads((out / "tasks.json").read_text())
     ls.api("POST", f"/api/projects/{project}/import", json=tasks)
     predictions = _predictions(ls, project)
@@ -149,4 +188,3 @@ def test_predict_cli_output_imports_into_label_studio(label_studio, dino_checkpo
     first = ls.api("GET", f"/api/tasks/{predictions[0]['task']}").json()["data"]["image"]
     served = ls.api("GET", first)  # the local-files URL the CLI wrote is served by LS
     assert served.headers["Content-Type"].startswith("image/")
-

@@ -1,4 +1,4 @@
-"""``zerolabel predict`` and ``zerolabel eval`` end to end on the example photos (tiny random ViT)."""
+"""``zerolabel predict`` and ``zerolabel eval`` on the example photos (tiny random ViT)."""
 
 from __future__ import annotations
 
@@ -48,8 +48,20 @@ def photos(tmp_path: Path) -> Path:
 def test_predict_writes_ls_tasks_and_coco_and_reports_bad_files(method, tiny_env, photos, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        main, ["predict", str(photos), "-m", method, "-o", str(out), "--document-root",
-               str(photos), "--batch-size", "3"], env=tiny_env,
+        main,
+        [
+            "predict",
+            str(photos),
+            "-m",
+            method,
+            "-o",
+            str(out),
+            "--document-root",
+            str(photos),
+            "--batch-size",
+            "3",
+        ],
+        env=tiny_env,
     )
     assert result.exit_code == 1, result.output  # bad files make the run fail, after the rest
     for bad in ("empty.jpg", "notes.png", "truncated.jpg"):
@@ -58,8 +70,8 @@ def test_predict_writes_ls_tasks_and_coco_and_reports_bad_files(method, tiny_env
 
     tasks = json.loads((out / "tasks.json").read_text())
     assert [t["data"]["image"] for t in tasks] == [
-        f"/data/local-files/?d={name}" for name in ("000001.jpg", "000004.jpg", "000032.jpg",
-                                                   "000033.jpg")
+        f"/data/local-files/?d={name}"
+        for name in ("000001.jpg", "000004.jpg", "000032.jpg", "000033.jpg")
     ]
     versions = set()
     for item in tasks:
@@ -89,8 +101,11 @@ def test_predict_is_deterministic_across_runs(tiny_env, photos, tmp_path):
     outputs = []
     for run in range(2):
         out = tmp_path / f"run{run}"
-        CliRunner().invoke(main, ["predict", str(photos / "000001.jpg"), str(photos / "000004.jpg"),
-                                  "-o", str(out)], env=tiny_env)
+        CliRunner().invoke(
+            main,
+            ["predict", str(photos / "000001.jpg"), str(photos / "000004.jpg"), "-o", str(out)],
+            env=tiny_env,
+        )
         outputs.append(json.loads((out / "tasks.json").read_text()))
     assert outputs[0] == outputs[1]
 
@@ -99,8 +114,10 @@ def test_eval_prints_corloc_and_ap_on_voc(tiny_env, photos, tmp_path):
     out = tmp_path / "out"
     CliRunner().invoke(main, ["predict", str(VOC / "JPEGImages"), "-o", str(out)], env=tiny_env)
     csv_path = tmp_path / "per_image.csv"
-    result = CliRunner().invoke(main, ["eval", str(out / "coco.json"), "--gt",
-                                       str(VOC / "Annotations"), "--csv", str(csv_path)])
+    result = CliRunner().invoke(
+        main,
+        ["eval", str(out / "coco.json"), "--gt", str(VOC / "Annotations"), "--csv", str(csv_path)],
+    )
     assert result.exit_code == 0, result.output
     for metric in ("CorLoc", "AP50", "AR100"):
         assert metric in result.output
@@ -110,7 +127,8 @@ def test_eval_prints_corloc_and_ap_on_voc(tiny_env, photos, tmp_path):
 def test_without_weights_and_offline_it_fails_at_once_with_instructions(photos, tmp_path):
     start = time.perf_counter()
     result = CliRunner().invoke(
-        main, ["predict", str(photos / "000001.jpg"), "-o", str(tmp_path)],
+        main,
+        ["predict", str(photos / "000001.jpg"), "-o", str(tmp_path)],
         env={"ZEROLABEL_OFFLINE": "1", "ZEROLABEL_CHECKPOINT": "", "ZEROLABEL_DEVICE": "cpu"},
     )
     assert result.exit_code == 1

@@ -40,10 +40,14 @@ class Stack:
     client: object
 
     def predict(self, names, ids=None, project="1.1700000000"):
-        tasks = [{"id": ids[i] if ids else i + 1, "data": {"image": f"{self.images_url}/{n}"}}
-                 for i, n in enumerate(names)]
-        response = self.client.post("/predict", json={"tasks": tasks, "project": project,
-                                                       "label_config": CONFIG, "params": {}})
+        tasks = [
+            {"id": ids[i] if ids else i + 1, "data": {"image": f"{self.images_url}/{n}"}}
+            for i, n in enumerate(names)
+        ]
+        response = self.client.post(
+            "/predict",
+            json={"tasks": tasks, "project": project, "label_config": CONFIG, "params": {}},
+        )
         assert response.status_code == 200, response.data
         return response.get_json()
 
@@ -72,8 +76,10 @@ def stack(tmp_path_factory, dino_checkpoint):
         workers = [start_worker(env, log)]
         wait_for_workers(redis_url, 1)
         client = create_app(PredictionService(BackendSettings.from_env(env))).test_client()
-        setup = client.post("/setup", json={"project": "1.1700000000", "schema": CONFIG,
-                                            "hostname": "", "access_token": ""})
+        setup = client.post(
+            "/setup",
+            json={"project": "1.1700000000", "schema": CONFIG, "hostname": "", "access_token": ""},
+        )
         assert setup.status_code == 200
         yield Stack(redis_url, images_url, handler.hits, handler.delays, env, log, workers, client)
         for worker in workers:
@@ -82,7 +88,8 @@ def stack(tmp_path_factory, dino_checkpoint):
 
 def _version(stack) -> str:
     return stack.client.post("/setup", json={"project": "1", "schema": CONFIG}).get_json()[
-        "model_version"]
+        "model_version"
+    ]
 
 
 def test_predict_through_the_queue_returns_boxes_and_masks(stack):
@@ -148,8 +155,7 @@ def _job_for(stack, name) -> Job:
     settings = BackendSettings.from_env(stack.env)
     spec = settings.discovery.spec(masks=True)
     job_id = DiscoveryRequest(spec, f"{stack.images_url}/{name}").job_id
-    return Job.fetch(job_id, connection=Redis.from_url(stack.redis_url),
-                     serializer=JSONSerializer)
+    return Job.fetch(job_id, connection=Redis.from_url(stack.redis_url), serializer=JSONSerializer)
 
 
 def _flush_job(stack, name) -> None:
@@ -157,14 +163,18 @@ def _flush_job(stack, name) -> None:
         _job_for(stack, name).delete()
     except Exception:  # noqa: BLE001 (no such job yet)
         pass
-    Redis.from_url(stack.redis_url).delete(*Redis.from_url(stack.redis_url).keys(
-        "zerolabel:result:*") or ["-"])
+    Redis.from_url(stack.redis_url).delete(
+        *Redis.from_url(stack.redis_url).keys("zerolabel:result:*") or ["-"]
+    )
 
 
 def test_with_redis_down_predict_answers_in_time_and_health_says_so(tmp_path, dino_checkpoint):
     with redis_server(tmp_path) as (redis_url, process):
-        env = {"REDIS_URL": redis_url, "ZEROLABEL_CHECKPOINT": str(dino_checkpoint),
-               "ZEROLABEL_WAIT_TIMEOUT_S": "3"}
+        env = {
+            "REDIS_URL": redis_url,
+            "ZEROLABEL_CHECKPOINT": str(dino_checkpoint),
+            "ZEROLABEL_WAIT_TIMEOUT_S": "3",
+        }
         client = create_app(PredictionService(BackendSettings.from_env(env))).test_client()
         assert client.get("/health").get_json()["queue"]["reachable"] is True
         stop(process)

@@ -110,8 +110,9 @@ def test_checkpoint_with_extra_and_misshapen_keys_is_refused(dino_checkpoint: Pa
     with pytest.raises(WeightsError, match=r"unexpected keys decoder\.weight"):
         load_backbone(ARCH, checkpoint=extra, device="cpu", model_kwargs=DEPTH2)
     with pytest.raises(WeightsError, match="size mismatch"):  # ViT-S weights into a ViT-B
-        load_backbone("vit_base_patch16_224", checkpoint=dino_checkpoint, device="cpu",
-                      model_kwargs=DEPTH2)
+        load_backbone(
+            "vit_base_patch16_224", checkpoint=dino_checkpoint, device="cpu", model_kwargs=DEPTH2
+        )
 
 
 def test_unreadable_checkpoint_says_so(tmp_path: Path):
@@ -182,10 +183,10 @@ def test_fused_and_explicit_attention_give_the_same_keys(tiny):
 
 
 def test_timm_rule_differs_from_dino_rule_off_224_only(dino_checkpoint):
-    timm_rule = load_backbone(ARCH, checkpoint=dino_checkpoint, device="cpu",
-                              model_kwargs=DEPTH2, pos_embed="timm")
-    dino_rule = load_backbone(ARCH, checkpoint=dino_checkpoint, device="cpu",
-                              model_kwargs=DEPTH2)
+    timm_rule = load_backbone(
+        ARCH, checkpoint=dino_checkpoint, device="cpu", model_kwargs=DEPTH2, pos_embed="timm"
+    )
+    dino_rule = load_backbone(ARCH, checkpoint=dino_checkpoint, device="cpu", model_kwargs=DEPTH2)
     at_224 = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(5))
     other = torch.randn(1, 3, 320, 480, generator=torch.Generator().manual_seed(5))
     same = [features.extract(b, at_224)[0].k for b in (timm_rule, dino_rule)]

@@ -25,12 +25,26 @@ sys.meta_path.insert(0, Block())
 """
 
 
-@pytest.mark.parametrize("module", ["backend.wsgi", "backend.app", "worker.taskqueue",
-                                    "worker.contract", "worker.fetch", "worker.cli"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "backend.wsgi",
+        "backend.app",
+        "worker.taskqueue",
+        "worker.contract",
+        "worker.fetch",
+        "worker.cli",
+    ],
+)
 def test_backend_side_imports_without_torch(module):
     code = _BLOCK_TORCH + f"import {module}\nassert 'torch' not in sys.modules\n"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "REDIS_URL": "redis://127.0.0.1:1/0"})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "REDIS_URL": "redis://127.0.0.1:1/0"},
+    )
     assert done.returncode == 0, done.stderr
 
 

@@ -24,16 +24,22 @@ def _compose_bin() -> str:
 
 
 def _compose(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([_compose_bin(), "-f", str(COMPOSE), *args], capture_output=True,
-                          text=True, check=False)
+    return subprocess.run(
+        [_compose_bin(), "-f", str(COMPOSE), *args], capture_output=True, text=True, check=False
+    )
 
 
 def test_compose_file_is_valid_with_every_profile():
     checked = _compose("config", "-q")
     assert checked.returncode == 0, checked.stderr
     services = _compose("--profile", "cpu", "config", "--services")
-    assert set(services.stdout.split()) == {"redis", "label-studio", "backend", "worker",
-                                            "worker-cpu"}
+    assert set(services.stdout.split()) == {
+        "redis",
+        "label-studio",
+        "backend",
+        "worker",
+        "worker-cpu",
+    }
 
 
 def test_gpu_worker_reserves_a_gpu():
@@ -49,8 +55,9 @@ def _read_by_code() -> set[str]:
     names: set[str] = set()
     for path in [*ROOT.glob("backend/*.py"), *ROOT.glob("worker/**/*.py")]:
         text = path.read_text()
-        names |= set(re.findall(r"""["']((?:ZEROLABEL|LABEL_STUDIO|REDIS)_[A-Z0-9_]+|REDIS_URL)["']""",
-                                text))
+        names |= set(
+            re.findall(r"""["']((?:ZEROLABEL|LABEL_STUDIO|REDIS)_[A-Z0-9_]+|REDIS_URL)["']""", text)
+        )
     return names
 
 
