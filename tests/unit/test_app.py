@@ -1,0 +1,100 @@
+"""The backend's HTTP contract with Label Studio, on an in-memory Redis (no worker runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fakeredis
+import pytest
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from backend.app import create_app
+from backend.service import PredictionService
+from backend.settings import BackendSettings
+
+CONFIG = (Path(__file__).resolve().parents[2] / "examples" / "label_config.xml").read_text()
+BOXES_ONLY = """<View><Image name="img" value="$photo"/>
+<RectangleLabels name="box" toName="img"><Label value="car"/><Label value="Object"/></RectangleLabels>
+</View>"""
+
+
+@pytest.fixture
+def redis():
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture
+def client(redis):
+    settings = BackendSettings.from_env({"ZEROLABEL_WAIT_TIMEOUT_S": "0.2"})
+    return create_app(PredictionService(settings, redis=redis)).test_client()
+
+
+def _setup(client, schema=CONFIG, extra=None, project="3.1700000000"):
+    return client.post("/setup", json={"project": project, "schema": schema,
+                                       "hostname": "http://ls:8080", "access_token": "tok",
+                                       "extra_params": extra})
+
+
+def test_setup_returns_a_stable_version_that_follows_the_options(client):
+    first = _setup(client).get_json()["model_version"]
+    assert _setup(client).get_json()["model_version"] == first
+    other = _setup(client, extra='{"method": "maskcut", "tau": 0.3}').get_json()["model_version"]
+    assert other != first and "maskcut" in other
+    boxes_only = _setup(client, schema=BOXES_ONLY).get_json()["model_version"]
+    assert boxes_only != first  # no BrushLabels: masks are not computed, another version
+
+
+@pytest.mark.parametrize(
+    ("schema", "extra", "message"),
+    [
+        pytest.param("<View><Text name='t' value='$t'/></View>", None, "no <Image> tag", id="no-image"),
+        pytest.param(CONFIG, '{"methd": "lost"}', "unknown extra params", id="typo-option"),
+        pytest.param(CONFIG, '{"method": "yolo"}', "unknown method", id="bad-method"),
+        pytest.param(CONFIG, "not json", "not valid JSON", id="bad-json"),
+    ],
+)
+def test_setup_refuses_what_it_cannot_serve_with_the_reason(client, schema, extra, message):
+    reply = _setup(client, schema=schema, extra=extra)
+    assert reply.status_code == 400 and message in reply.get_json()["error"]
+
+
+def test_predict_before_setup_answers_one_entry_per_task(client):
+    tasks = [{"id": 1, "data": {"image": "/data/upload/1/a.jpg"}}, {"id": 2, "data": {}}]
+    reply = client.post("/predict", json={"tasks": tasks, "project": "9", "label_config": CONFIG})
+    assert reply.status_code == 200
+    results = reply.get_json()["results"]
+    assert len(results) == 2 and all("result" not in r for r in results)  # LS will ask again
+    assert "late" in results[0]["error"] and "no 'image' image URL" in results[1]["error"]
+
+
+def test_versions_answers_get_and_post_and_events_do_not_change_the_version(client):
+    version = _setup(client).get_json()["model_version"]
+    assert client.get("/versions").status_code == 200
+    assert client.post("/versions", json={"project": "3"}).status_code == 200
+    event = client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 3}})
+    assert event.status_code == 200
+    assert _setup(client).get_json()["model_version"] == version
+
+
+def test_health_reports_queue_and_workers(client):
+    health = client.get("/health").get_json()
+    assert health["status"] == "UP"
+    assert health["queue"] | {} == {"reachable": True, "queue": "zerolabel", "queue_depth": 0,
+                                    "workers": 0}
+
+
+def test_the_token_from_setup_travels_with_the_job_but_not_in_its_description(client, redis):
+    _setup(client, project="5.1")
+    tasks = [{"id": 1, "data": {"image": "/data/upload/1/a.jpg"}}]
+    client.post("/predict", json={"tasks": tasks, "project": "5.1", "label_config": CONFIG})
+    (job,) = Queue("zerolabel", connection=redis, serializer=JSONSerializer).jobs
+    assert job.args[0]["ls_token"] == "tok" and job.args[0]["ls_url"] == "http://ls:8080"
+    assert "tok" not in job.description
+
+
+def test_the_same_task_asked_twice_is_one_job(client, redis):
+    tasks = [{"id": 1, "data": {"image": "/data/upload/1/a.jpg"}}]
+    for _ in range(2):
+        client.post("/predict", json={"tasks": tasks, "project": "5", "label_config": CONFIG})
+    assert len(Queue("zerolabel", connection=redis, serializer=JSONSerializer).jobs) == 1

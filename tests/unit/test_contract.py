@@ -1,0 +1,64 @@
+"""Wire types: JSON round trips, a model_version that is stable and follows the spec."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from worker.contract import Box, DiscoveryRequest, DiscoveryResult, DiscoverySpec, Region, Rle
+
+SPEC = DiscoverySpec(method="maskcut", params={"tau": 0.15, "max_objects": 3}, max_side=480)
+
+
+def test_result_survives_json():
+    region = Region(Box(1, 2, 30, 40), 0.75, "maskcut", Rle((50, 40), [5, 10, 1985]), "object")
+    result = DiscoveryResult("/data/upload/1/a.jpg", (50, 40), [region], "v1", task_id=3)
+    assert DiscoveryResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
+    assert result.score == 0.75
+
+
+def test_request_survives_json_and_hides_its_token():
+    request = DiscoveryRequest(SPEC, "/data/upload/1/a.jpg", 3, "http://ls:8080", "s3cret")
+    assert DiscoveryRequest.from_dict(json.loads(json.dumps(request.to_dict()))) == request
+    assert "s3cret" not in repr(request)
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", request.job_id)
+
+
+def test_model_version_is_the_same_in_another_process():
+    code = (
+        "from worker.contract import DiscoverySpec; print(DiscoverySpec(method='maskcut', "
+        "params={'max_objects': 3, 'tau': 0.15}, max_side=480).model_version())"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert other.stdout.strip() == SPEC.model_version()
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        pytest.param({"params": {"tau": 0.2, "max_objects": 3}}, id="threshold"),
+        pytest.param({"backbone": "dino_vitb8"}, id="backbone"),
+        pytest.param({"weights": "dino_vitbase8_pretrain.pth"}, id="weights"),
+        pytest.param({"max_side": 640}, id="max-side"),
+        pytest.param({"masks": False}, id="masks"),
+    ],
+)
+def test_model_version_follows_every_setting(changed):
+    fields = SPEC.to_dict() | changed
+    assert DiscoverySpec(**fields).model_version() != SPEC.model_version()
+    same_job_other_spec = DiscoveryRequest(DiscoverySpec(**fields), "a.jpg").job_id
+    assert same_job_other_spec != DiscoveryRequest(SPEC, "a.jpg").job_id
+
+
+def test_schema_mismatch_is_explained():
+    data = DiscoveryRequest(SPEC, "a.jpg").to_dict() | {"schema": 99}
+    with pytest.raises(ValueError, match="different zerolabel versions"):
+        DiscoveryRequest.from_dict(data)
+    with pytest.raises(ValueError, match="unknown method"):
+        DiscoverySpec(method="yolo")
