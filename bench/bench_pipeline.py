@@ -131,10 +131,13 @@ def bench_memory(methods: list[str]) -> None:
 
 
 def _memory_run(method: str, photo: Path, checkpoint: Path, out: Path) -> None:
+    # VmHWM is this process's own peak; getrusage's ru_maxrss would carry over the parent's
+    # peak across fork + exec.
     script = (
-        "import resource, sys; from worker.cli import main\n"
+        "import re, sys; from worker.cli import main\n"
         "try:\n    main(sys.argv[1:], standalone_mode=False)\n"
-        "finally:\n    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "finally:\n    status = open('/proc/self/status').read()\n"
+        "    print(re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n"
     )
     cmd = [
         sys.executable,

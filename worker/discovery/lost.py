@@ -18,8 +18,8 @@ def lost(keys: torch.Tensor, grid_hw: tuple[int, int], *, k_patches: int = 100) 
 
     1. ``A = F F^T`` on the raw keys.
     2. Degree ``d_p = #{q : A_pq > 0}``, the diagonal included: ``A_pp = |f_p|^2 > 0`` adds one
-       to every patch with a non-zero key, so the order is the authors' (who zero the
-       diagonal) except for ties with all-zero keys.
+       to every patch with a non-zero key, which shifts all those degrees alike and so leaves
+       the order as it would be without the diagonal (all-zero keys aside).
     3. Patches sorted by degree, stable, so ties go to the lowest index; the first is the seed.
     4. Expansion set: those of the ``k_patches`` lowest-degree patches with ``A[seed, q] > 0``.
     5. Mask ``sum_{s in S} A[s, q] > 0``, reduced to its 4-connected component holding the seed.
