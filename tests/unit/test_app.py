@@ -15,8 +15,9 @@ from backend.settings import BackendSettings
 
 CONFIG = (Path(__file__).resolve().parents[2] / "examples" / "label_config.xml").read_text()
 BOXES_ONLY = """<View><Image name="img" value="$photo"/>
-<RectangleLabels name="box" toName="img"><Label value="car"/><Label value="Object"/></RectangleLabels>
-</View>"""
+<RectangleLabels name="box" toName="img">
+<Label value="car"/><Label value="Object"/>
+</RectangleLabels></View>"""
 
 
 @pytest.fixture
@@ -31,9 +32,16 @@ def client(redis):
 
 
 def _setup(client, schema=CONFIG, extra=None, project="3.1700000000"):
-    return client.post("/setup", json={"project": project, "schema": schema,
-                                       "hostname": "http://ls:8080", "access_token": "tok",
-                                       "extra_params": extra})
+    return client.post(
+        "/setup",
+        json={
+            "project": project,
+            "schema": schema,
+            "hostname": "http://ls:8080",
+            "access_token": "tok",
+            "extra_params": extra,
+        },
+    )
 
 
 def test_setup_returns_a_stable_version_that_follows_the_options(client):
@@ -48,7 +56,9 @@ def test_setup_returns_a_stable_version_that_follows_the_options(client):
 @pytest.mark.parametrize(
     ("schema", "extra", "message"),
     [
-        pytest.param("<View><Text name='t' value='$t'/></View>", None, "no <Image> tag", id="no-image"),
+        pytest.param(
+            "<View><Text name='t' value='$t'/></View>", None, "no <Image> tag", id="no-image"
+        ),
         pytest.param(CONFIG, '{"methd": "lost"}', "unknown extra params", id="typo-option"),
         pytest.param(CONFIG, '{"method": "yolo"}', "unknown method", id="bad-method"),
         pytest.param(CONFIG, "not json", "not valid JSON", id="bad-json"),
@@ -80,8 +90,12 @@ def test_versions_answers_get_and_post_and_events_do_not_change_the_version(clie
 def test_health_reports_queue_and_workers(client):
     health = client.get("/health").get_json()
     assert health["status"] == "UP"
-    assert health["queue"] | {} == {"reachable": True, "queue": "zerolabel", "queue_depth": 0,
-                                    "workers": 0}
+    assert health["queue"] | {} == {
+        "reachable": True,
+        "queue": "zerolabel",
+        "queue_depth": 0,
+        "workers": 0,
+    }
 
 
 def test_the_token_from_setup_travels_with_the_job_but_not_in_its_description(client, redis):
