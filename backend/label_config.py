@@ -216,3 +216,36 @@ def _unknown_label(label: str, controls: list[_Control]) -> ConfigError:
     if near:
         message += f" (label values are case-sensitive: did you mean {near[0]!r}?)"
     return ConfigError(message)
+
+
+def add_labels(label_config: str, names: list[str]) -> str:
+    """The config with ``<Label value=...>`` added for each name missing from its
+    ``<RectangleLabels>`` and ``<BrushLabels>`` controls (existing labels are kept).
+
+    Raises:
+        ConfigError: the config is not valid XML or has no such control.
+    """
+    root = _parse(label_config)
+    controls = [el for el in root.iter() if el.tag in (BOX_TAG, BRUSH_TAG)]
+    if not controls:
+        raise ConfigError(f"labeling config has no <{BOX_TAG}> or <{BRUSH_TAG}> to add labels to")
+    for control in controls:
+        present = {label.get("value") for label in control.iter("Label")}
+        for name in names:
+            if name not in present:
+                ET.SubElement(control, "Label", {"value": name})
+    return ET.tostring(root, encoding="unicode")
+
+
+def default_config(labels: list[str]) -> str:
+    """A boxes-and-masks labeling config listing ``labels`` (for folders clustered offline)."""
+    items = "".join(f'<Label value="{_xml_attr(name)}"/>' for name in labels)
+    return (
+        '<View>\n  <Image name="image" value="$image"/>\n'
+        f'  <RectangleLabels name="label" toName="image">{items}</RectangleLabels>\n'
+        f'  <BrushLabels name="mask" toName="image">{items}</BrushLabels>\n</View>\n'
+    )
+
+
+def _xml_attr(value: str) -> str:
+    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")

@@ -286,5 +286,14 @@ def serve(host: str, port: int) -> None:
     run_simple(host, port, app, threaded=True)
 
 
+def _register_loop_commands() -> None:
+    from worker.cli_loop import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_register_loop_commands()
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

@@ -1,0 +1,163 @@
+"""predict -> cluster -> relabel -> export on example photos (folder mode, tiny random ViT)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from pycocotools.coco import COCO
+
+from backend.label_config import find_target
+from worker.cli import main
+from worker.pseudo_classes import object_key
+
+VOC = Path(__file__).resolve().parents[2] / "examples" / "voc2007" / "JPEGImages"
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory, dino_checkpoint):
+    root = tmp_path_factory.mktemp("loop")
+    photos = root / "photos"
+    photos.mkdir()
+    for path in sorted(VOC.glob("*.jpg"))[:6]:
+        shutil.copy(path, photos / path.name)
+    env = {
+        "ZEROLABEL_BACKBONE": "vit_small_patch16_224",
+        "ZEROLABEL_BACKBONE_KWARGS": '{"depth": 2}',
+        "ZEROLABEL_CHECKPOINT": str(dino_checkpoint),
+        "ZEROLABEL_OFFLINE": "1",
+        "ZEROLABEL_DEVICE": "cpu",
+    }
+    out = root / "pred"
+    result = CliRunner().invoke(
+        main,
+        ["predict", str(photos), "-m", "maskcut", "-o", str(out), "--document-root", str(photos)],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    return root, photos, out / "tasks.json", env
+
+
+def _labels_per_object(tasks):
+    """{(task, object): set of labels on its regions} for every region."""
+    labels: dict[tuple[int, str], set[str]] = {}
+    for index, task in enumerate(tasks):
+        for item in task["predictions"][-1]["result"]:
+            value = item["value"]
+            names = value.get("rectanglelabels") or value.get("brushlabels")
+            labels.setdefault((index, object_key(item["id"])), set()).update(names)
+    return labels
+
+
+def _cluster(root, photos, tasks_file, env, name, *extra):
+    out = root / name
+    result = CliRunner().invoke(
+        main,
+        [
+            "cluster",
+            str(tasks_file),
+            "-k",
+            "2",
+            "-o",
+            str(out),
+            "--document-root",
+            str(photos),
+            "--cache-dir",
+            str(root / "cache"),
+            *extra,
+        ],
+        env=env,
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_cluster_labels_every_object_consistently_and_repeats_from_cache(predicted):
+    root, photos, tasks_file, env = predicted
+    out = _cluster(root, photos, tasks_file, env, "clustered")
+    tasks = json.loads((out / "tasks.json").read_text())
+    per_object = _labels_per_object(tasks)
+    assert all(len(names) == 1 for names in per_object.values())  # box and mask agree
+    used = Counter(next(iter(names)) for names in per_object.values())
+    assert set(used) == {"cluster_00", "cluster_01"}
+    assert json.loads((out / "clusters.json").read_text()) == {
+        "cluster_00": "cluster_00",
+        "cluster_01": "cluster_01",
+    }
+    target = find_target((out / "label_config.xml").read_text(), label="cluster_01")
+    assert target.box_from_name == "label" and target.brush_from_name == "mask"
+
+    cached = sorted(p.name for p in (root / "cache").rglob("*.npy"))
+    assert len(cached) == len(per_object)
+    again = _cluster(root, photos, tasks_file, env, "again")
+    assert json.loads((again / "tasks.json").read_text()) == tasks  # same seed, same labels
+    assert sorted(p.name for p in (root / "cache").rglob("*.npy")) == cached
+
+
+def test_objects_of_an_unreadable_image_fail_alone(predicted, tmp_path):
+    root, photos, tasks_file, env = predicted
+    broken_root = tmp_path / "photos"
+    shutil.copytree(photos, broken_root)
+    first = json.loads(tasks_file.read_text())[0]["data"]["image"].split("=")[-1]
+    (broken_root / first).write_bytes(b"")
+    out = _cluster(tmp_path, broken_root, tasks_file, env, "partial")
+    tasks = json.loads((out / "tasks.json").read_text())
+    per_object = _labels_per_object(tasks)
+    assert {n for (i, _), names in per_object.items() if i == 0 for n in names} == {"object"}
+    assert all(
+        names <= {"cluster_00", "cluster_01"} for (i, _), names in per_object.items() if i > 0
+    )
+
+
+def test_relabel_merges_clusters_and_rejects_unknown_names(predicted, tmp_path):
+    root, photos, tasks_file, env = predicted
+    clustered = _cluster(root, photos, tasks_file, env, "to-merge")
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(json.dumps({"cluster_00": "animal", "cluster_01": "animal"}))
+    merged = tmp_path / "merged.json"
+    result = CliRunner().invoke(
+        main,
+        ["relabel", str(clustered / "tasks.json"), "--mapping", str(mapping), "-o", str(merged)],
+    )
+    assert result.exit_code == 0, result.output
+    per_object = _labels_per_object(json.loads(merged.read_text()))
+    assert {n for names in per_object.values() for n in names} == {"animal"}
+    mapping.write_text(json.dumps({"cluster_07": "x"}))
+    refused = CliRunner().invoke(
+        main,
+        ["relabel", str(clustered / "tasks.json"), "--mapping", str(mapping), "-o", str(merged)],
+    )
+    assert refused.exit_code == 1 and "cluster_07" in refused.output
+
+
+def test_export_of_labelled_predictions_keeps_the_pseudo_classes(predicted, tmp_path):
+    root, photos, tasks_file, env = predicted
+    clustered = _cluster(root, photos, tasks_file, env, "to-export")
+    out = tmp_path / "export"
+    result = CliRunner().invoke(
+        main,
+        [
+            "export",
+            "--from-file",
+            str(clustered / "tasks.json"),
+            "-o",
+            str(out),
+            "--source",
+            "predictions",
+            "--labels",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    coco = COCO()
+    coco.dataset = json.loads((out / "coco.json").read_text())
+    coco.createIndex()
+    assert {c["name"] for c in coco.cats.values()} == {"cluster_00", "cluster_01"}
+    assert len(coco.imgs) == 6 and all(a["segmentation"] for a in coco.anns.values())
+    assert (out / "yolo" / "labels" / "classes.txt").read_text().split() == [
+        "cluster_00",
+        "cluster_01",
+    ]

@@ -1,0 +1,373 @@
+"""``zerolabel`` commands of the labeling loop: cluster, relabel, export, prelabel, train-cad.
+
+Folder and project variants share their core; project variants talk to Label Studio with
+``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY`` (legacy token or personal access token).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from worker.errors import DiscoveryError
+
+logger = logging.getLogger("zerolabel")
+
+_project = click.option(
+    "--project",
+    type=int,
+    default=None,
+    help="Label Studio project id (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY).",
+)
+_model_version = click.option(
+    "--model-version", default=None, help="Which predictions to use [default: each task's latest]."
+)
+
+
+def _settings() -> Any:
+    from worker.settings import WorkerSettings
+
+    return WorkerSettings.from_env()
+
+
+def _client(settings: Any) -> Any:
+    from backend.ls_client import LabelStudioClient
+
+    if not settings.ls_url or not settings.ls_token:
+        raise click.UsageError("--project needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+    return LabelStudioClient(settings.ls_url, settings.ls_token)
+
+
+def _write_json(path: Path, data: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
+    return path
+
+
+def _read_json(path: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise click.BadParameter(f"{path}: {exc}") from None
+
+
+def _image_url(task: dict[str, Any]) -> str:
+    from backend.export import detect_image_key
+
+    return str(task["data"][detect_image_key([task])])
+
+
+def _file_loader(document_root: Path, url_prefix: str, settings: Any) -> Any:
+    """Task -> image, for tasks whose image URLs name files below ``document_root``."""
+    from worker.images import ImageLimits, load_file
+
+    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+
+    def load(task: dict[str, Any]) -> Any:
+        url = _image_url(task)
+        relative = url.removeprefix(url_prefix) if url.startswith(url_prefix) else url
+        return load_file(document_root / relative, limits)
+
+    return load
+
+
+def _url_loader(settings: Any) -> Any:
+    """Task -> image, downloaded from Label Studio with the configured token."""
+    from worker.fetch import Fetcher, FetchPolicy
+    from worker.images import ImageLimits
+
+    fetcher = Fetcher(
+        FetchPolicy(
+            ls_url=settings.ls_url,
+            ls_token=settings.ls_token,
+            allowed_hosts=settings.allowed_hosts,
+            timeout_s=settings.fetch_timeout_s,
+        )
+    )
+    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+    return lambda task: fetcher.fetch(_image_url(task), limits)
+
+
+@click.command()
+@click.argument("tasks_file", required=False, type=click.Path(exists=True, dir_okay=False))
+@_project
+@_model_version
+@click.option(
+    "-k",
+    "--clusters",
+    "k",
+    type=int,
+    default=None,
+    help="Number of pseudo-classes [default: suggested by silhouette score].",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="zerolabel-out",
+    show_default=True,
+    help="Folder for the labelled tasks (folder mode).",
+)
+@click.option(
+    "--document-root",
+    type=click.Path(file_okay=False),
+    default=".",
+    show_default=True,
+    help="Folder the task image URLs are relative to.",
+)
+@click.option("--url-prefix", default="/data/local-files/?d=", show_default=True)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=str(Path.home() / ".cache" / "zerolabel" / "descriptors"),
+    show_default=True,
+    help="Descriptor cache (by image content): re-clustering computes nothing again.",
+)
+def cluster(
+    tasks_file: str | None,
+    project: int | None,
+    model_version: str | None,
+    k: int | None,
+    seed: int,
+    out_dir: str,
+    document_root: str,
+    url_prefix: str,
+    cache_dir: str,
+) -> None:
+    """Group discovered objects into pseudo-classes (cluster_00, ...) with K-Means.
+
+    Give the tasks.json of `zerolabel predict` (folder mode) or --project: the labels are then
+    added to the project's labeling config and every prediction is relabelled in place.
+    """
+    from backend.label_config import add_labels, default_config
+    from worker.backbone import load_backbone
+    from worker.descriptors import DescriptorCache
+    from worker.pseudo_classes import cluster_tasks, labelled_tasks
+
+    if (tasks_file is None) == (project is None):
+        raise click.UsageError("give either TASKS_FILE or --project")
+    settings = _settings()
+    try:
+        client = _client(settings) if project is not None else None
+        tasks = client.export(project) if client else _read_json(str(tasks_file))
+        loader = (
+            _url_loader(settings)
+            if client
+            else _file_loader(Path(document_root), url_prefix, settings)
+        )
+        backbone = load_backbone(
+            settings.backbone,
+            checkpoint=settings.checkpoint,
+            device=settings.device,
+            model_kwargs=settings.backbone_kwargs,
+            offline=settings.offline,
+        )
+        run = cluster_tasks(
+            tasks,
+            loader,
+            backbone,
+            DescriptorCache(Path(cache_dir)),
+            k=k,
+            seed=seed,
+            model_version=model_version,
+        )
+        labelled = labelled_tasks(tasks, run, model_version=model_version)
+        if client is not None:
+            client.set_label_config(project, add_labels(client.label_config(project), run.names))
+            _update_predictions(client, tasks, labelled, model_version)
+        else:
+            out = Path(out_dir)
+            _write_json(out / "tasks.json", labelled)
+            _write_json(out / "clusters.json", {name: name for name in run.names})
+            (out / "label_config.xml").write_text(default_config(run.names))
+    except DiscoveryError as exc:
+        raise click.ClickException(str(exc)) from None
+    sizes = ", ".join(f"{name}: {n}" for name, n in sorted(run.sizes().items()))
+    click.echo(
+        f"{len(run.names)} pseudo-classes over {sum(run.sizes().values())} objects "
+        f"({sizes}); {len(run.failures)} task(s) not described",
+        err=True,
+    )
+
+
+def _update_predictions(
+    client: Any,
+    before: list[dict[str, Any]],
+    after: list[dict[str, Any]],
+    model_version: str | None,
+) -> int:
+    from worker.pseudo_classes import chosen_prediction
+
+    updated = 0
+    for old, new in zip(before, after, strict=True):
+        old_pred = chosen_prediction(old, model_version)
+        new_pred = chosen_prediction(new, model_version)
+        if old_pred and new_pred and old_pred.get("result") != new_pred.get("result"):
+            client.update_prediction(old_pred["id"], new_pred["result"])
+            updated += 1
+    return updated
+
+
+@click.command()
+@click.argument("tasks_file", required=False, type=click.Path(exists=True, dir_okay=False))
+@_project
+@_model_version
+@click.option(
+    "--mapping",
+    "mapping_file",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help='JSON object {"cluster_00": "dog", "cluster_03": "dog", ...}.',
+)
+@click.option(
+    "-o",
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Where to write the relabelled tasks [default: overwrite TASKS_FILE].",
+)
+def relabel(
+    tasks_file: str | None,
+    project: int | None,
+    model_version: str | None,
+    mapping_file: str,
+    out_file: str | None,
+) -> None:
+    """Rename or merge pseudo-classes everywhere they are used, from a mapping file."""
+    from backend.label_config import add_labels
+    from worker.pseudo_classes import map_task_labels
+
+    if (tasks_file is None) == (project is None):
+        raise click.UsageError("give either TASKS_FILE or --project")
+    mapping = _read_json(mapping_file)
+    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+        raise click.BadParameter(
+            "the mapping must be a JSON object of names", param_hint="--mapping"
+        )
+    settings = _settings()
+    try:
+        client = _client(settings) if project is not None else None
+        tasks = client.export(project) if client else _read_json(str(tasks_file))
+        relabelled = map_task_labels(tasks, mapping, model_version=model_version)
+    except (ValueError, DiscoveryError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if client is not None:
+        names = sorted(set(mapping.values()))
+        client.set_label_config(project, add_labels(client.label_config(project), names))
+        count = _update_predictions(client, tasks, relabelled, model_version)
+        click.echo(f"relabelled {count} prediction(s) in project {project}", err=True)
+    else:
+        target = Path(out_file or str(tasks_file))
+        _write_json(target, relabelled)
+        click.echo(f"wrote {target}", err=True)
+
+
+@click.command()
+@click.option(
+    "--from-file",
+    "from_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A Label Studio JSON export instead of --project.",
+)
+@_project
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option(
+    "-f",
+    "--format",
+    "formats",
+    type=click.Choice(["coco", "yolo", "voc"]),
+    multiple=True,
+    default=("coco", "yolo", "voc"),
+    show_default=True,
+)
+@click.option(
+    "--labels/--class-agnostic",
+    default=False,
+    show_default=True,
+    help="Keep the team's labels, or one 'object' class.",
+)
+@click.option(
+    "--source",
+    type=click.Choice(["annotations", "predictions"]),
+    default="annotations",
+    show_default=True,
+    help="Corrected annotations, or raw pre-labels (predictions).",
+)
+@_model_version
+@click.option(
+    "--download-images",
+    is_flag=True,
+    help="Also save each task's image under OUT/images (for train-cad).",
+)
+def export(
+    from_file: str | None,
+    project: int | None,
+    out_dir: str,
+    formats: tuple[str, ...],
+    labels: bool,
+    source: str,
+    model_version: str | None,
+    download_images: bool,
+) -> None:
+    """Export a project's labels to COCO (boxes + RLE masks), YOLO and Pascal VOC."""
+    from backend.export import export as write_export
+
+    if (from_file is None) == (project is None):
+        raise click.UsageError("give either --from-file or --project")
+    settings = _settings()
+    try:
+        data = (
+            _client(settings).export(project) if project is not None else _read_json(str(from_file))
+        )
+        written = write_export(
+            data,
+            Path(out_dir),
+            formats=formats,
+            class_agnostic=not labels,
+            source=source,
+            model_version=model_version,
+        )
+        if download_images:
+            written["images"] = _download_images(data, Path(out_dir) / "images", settings)
+    except (ValueError, DiscoveryError) as exc:
+        raise click.ClickException(str(exc)) from None
+    summary = json.loads(Path(written["summary"]).read_text())
+    click.echo(json.dumps(summary.get("summary", summary), indent=1), err=True)
+    for name, path in written.items():
+        click.echo(f"  {name}: {path}", err=True)
+
+
+def _download_images(data: list[dict[str, Any]], folder: Path, settings: Any) -> Path:
+    from PIL import Image
+
+    from backend.export import file_name_from_url
+    from worker.errors import ImageLoadError
+
+    load = _url_loader(settings)
+    failed = 0
+    for task in data:
+        target = folder / file_name_from_url(_image_url(task))
+        if target.exists():
+            continue
+        try:
+            image = load(task)
+        except (ImageLoadError, KeyError, ValueError) as exc:
+            failed += 1
+            logger.error("task %s: image not downloaded: %s", task.get("id"), exc)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.pixels).save(target)
+    if failed:
+        click.echo(f"{failed} image(s) could not be downloaded", err=True)
+    return folder
+
+
+COMMANDS = [cluster, relabel, export]
