@@ -197,12 +197,12 @@ def predict(
 
 
 @main.command("eval")
-@click.argument("predictions", type=click.Path(exists=True, dir_okay=False))
+@click.argument("predictions", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--gt",
     "gt_path",
     type=click.Path(exists=True),
-    required=True,
+    default=None,
     help="Ground truth: VOC XML folder, COCO JSON, or YOLO labels folder.",
 )
 @click.option(
@@ -219,6 +219,20 @@ def predict(
     help="Images folder (YOLO ground truth needs image sizes).",
 )
 @click.option(
+    "--project",
+    type=int,
+    default=None,
+    help="Score a project's predictions against its annotations (Label Studio API).",
+)
+@click.option(
+    "--from-file",
+    "from_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The same from a Label Studio JSON export file.",
+)
+@click.option("--model-version", default=None, help="Predictions to score [default: latest].")
+@click.option(
     "--csv",
     "csv_path",
     type=click.Path(dir_okay=False),
@@ -226,18 +240,53 @@ def predict(
     help="Write per-image results to this CSV.",
 )
 def eval_(
-    predictions: str, gt_path: str, gt_format: str, images_dir: str | None, csv_path: str | None
+    predictions: str | None,
+    gt_path: str | None,
+    gt_format: str,
+    images_dir: str | None,
+    project: int | None,
+    from_file: str | None,
+    model_version: str | None,
+    csv_path: str | None,
 ) -> None:
-    """CorLoc and class-agnostic AP50 / AP / AR100 of a predictions COCO file."""
+    """CorLoc and class-agnostic AP50 / AP / AR100 (and cluster purity / NMI).
+
+    Either PREDICTIONS (the coco.json of `predict`) with --gt, or a Label Studio project
+    (--project or --from-file) whose annotations are the ground truth.
+    """
     from worker.evaluation import evaluate
 
+    modes = [predictions is not None, project is not None, from_file is not None]
+    if sum(modes) != 1 or (predictions is not None) != (gt_path is not None):
+        raise click.UsageError("give PREDICTIONS with --gt, or --project, or --from-file")
     try:
-        report = evaluate(
-            predictions, gt_path, gt_format=gt_format, images_dir=images_dir, csv_path=csv_path
-        )
+        if predictions is not None:
+            assert gt_path is not None
+            report = evaluate(
+                predictions, gt_path, gt_format=gt_format, images_dir=images_dir, csv_path=csv_path
+            )
+            click.echo(report.format_table())
+            return
+        _eval_project(project, from_file, model_version, csv_path)
     except (ValueError, DiscoveryError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _eval_project(
+    project: int | None, from_file: str | None, model_version: str | None, csv_path: str | None
+) -> None:
+    from worker.cli_loop import _client, _read_json, _settings
+    from worker.loop_eval import evaluate_export
+
+    data = (
+        _client(_settings()).export(project) if project is not None else _read_json(str(from_file))
+    )
+    report, clusters = evaluate_export(
+        data, model_version=model_version, csv_path=Path(csv_path) if csv_path else None
+    )
     click.echo(report.format_table())
+    if clusters is not None:
+        click.echo(clusters.format_table())
 
 
 @main.command()

@@ -245,7 +245,13 @@ def evaluate(
         The report.
     """
     gt = read_ground_truth(gt_path, gt_format, images_dir)
-    preds = read_predictions(pred_path)
+    return report_for(read_predictions(pred_path), gt, csv_path)
+
+
+def report_for(
+    preds: Predictions, gt: GroundTruth, csv_path: str | Path | None = None
+) -> EvalReport:
+    """CorLoc and COCO metrics of ``preds`` against ``gt``; the CSV written when asked."""
     value, rows = corloc(preds, gt)
     metrics = coco_metrics(preds, gt)
     if csv_path is not None:

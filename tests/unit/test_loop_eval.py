@@ -1,0 +1,91 @@
+"""Scoring a model version's pre-labels against a project's corrected annotations."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from worker.cli import main
+from worker.loop_eval import evaluate_export
+
+W, H = 200, 100
+OBJECTS = {  # task id -> [(x0, y0, x1, y1, class)]
+    1: [(10, 10, 60, 50, "dog")],
+    2: [(100, 20, 180, 90, "cat"), (10, 10, 40, 40, "dog")],
+    3: [(50, 30, 120, 80, "cat")],
+}
+
+
+def _rect(region_id, box, label, score=None):
+    x0, y0, x1, y1 = box
+    item = {
+        "id": region_id,
+        "from_name": "label",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "original_width": W,
+        "original_height": H,
+        "image_rotation": 0,
+        "value": {
+            "x": 100 * x0 / W,
+            "y": 100 * y0 / H,
+            "width": 100 * (x1 - x0) / W,
+            "height": 100 * (y1 - y0) / H,
+            "rotation": 0,
+            "rectanglelabels": [label],
+        },
+    }
+    if score is not None:
+        item["score"] = score
+    return item
+
+
+def _export(shift: float = 0.0, cluster_of=None):
+    cluster_of = cluster_of or {"dog": "cluster_00", "cat": "cluster_01"}
+    tasks = []
+    for task_id, objects in OBJECTS.items():
+        truth = [_rect(f"a{i}", o[:4], o[4]) for i, o in enumerate(objects)]
+        guess = [
+            _rect(
+                f"zl-abc-{i}-box",
+                (o[0] + shift, o[1], o[2] + shift, o[3]),
+                cluster_of[o[4]],
+                score=0.9 - 0.1 * i,
+            )
+            for i, o in enumerate(objects)
+        ]
+        tasks.append(
+            {
+                "id": task_id,
+                "data": {"image": f"/data/upload/1/{task_id}.jpg"},
+                "annotations": [{"id": task_id, "result": truth, "was_cancelled": False}],
+                "predictions": [{"model_version": "v1", "result": guess}],
+            }
+        )
+    return tasks
+
+
+def test_perfect_pre_labels_score_full_marks_and_clusters_are_pure():
+    report, clusters = evaluate_export(_export(), model_version="v1")
+    assert report.n_images == 3 and report.corloc == 1.0 and report.ap50 == pytest.approx(1.0)
+    assert clusters is not None and clusters.matched == 4
+    assert clusters.purity == 1.0 and clusters.nmi == pytest.approx(1.0)
+
+
+def test_shifted_pre_labels_miss_and_mixed_clusters_are_impure():
+    report, _ = evaluate_export(_export(shift=45.0), model_version="v1")
+    assert report.corloc == 0.0
+    mixed = _export(cluster_of={"dog": "cluster_00", "cat": "cluster_00"})
+    mixed[2]["predictions"][0]["result"][0]["value"]["rectanglelabels"] = ["cluster_01"]
+    _, clusters = evaluate_export(mixed, model_version="v1")
+    assert clusters is not None and clusters.purity < 1.0
+
+
+def test_eval_from_an_export_file_prints_both_tables(tmp_path):
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(_export()))
+    result = CliRunner().invoke(main, ["eval", "--from-file", str(path), "--model-version", "v1"])
+    assert result.exit_code == 0, result.output
+    assert "CorLoc" in result.output and "purity" in result.output
