@@ -1,0 +1,244 @@
+"""prelabel_project with a fake Label Studio client and a fake dispatcher (no servers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import fakeredis
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from backend.ls_client import LabelStudioError
+from backend.prelabel import PrelabelReport, prelabel_project
+from backend.service import PredictionService
+from backend.settings import BackendSettings, ProjectOptions
+from worker.contract import Box, DiscoveryRequest, DiscoveryResult, Region, Rle
+from worker.errors import DiscoveryError
+from worker.taskqueue import Outcome
+
+CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <RectangleLabels name="label" toName="image"><Label value="object"/></RectangleLabels>
+  <BrushLabels name="mask" toName="image"><Label value="object"/></BrushLabels>
+</View>"""
+
+
+class FakeClient:
+    """The part of LabelStudioClient that prelabel uses; stores predictions in memory."""
+
+    url = "http://ls.test:8080"
+    token = "0123456789abcdef0123456789abcdef01234567"
+
+    def __init__(self, tasks: list[dict[str, Any]]) -> None:
+        self._tasks = tasks
+        self.created: list[dict[str, Any]] = []
+        self.post_error: LabelStudioError | None = None
+        self.store_despite_error = False
+        self.interrupt_after: int | None = None
+
+    def label_config(self, project_id: int) -> str:
+        return CONFIG
+
+    def tasks(self, project_id: int, page_size: int = 100) -> Any:
+        for task in self._tasks:
+            versions = [p["model_version"] for p in self.created if p["task"] == task["id"]]
+            predictions = task.get("predictions", []) + [{"model_version": v} for v in versions]
+            yield {**task, "predictions": predictions}
+
+    def create_prediction(
+        self, task_id: int, result: list[dict[str, Any]], score: float, model_version: str
+    ) -> dict[str, Any]:
+        if self.interrupt_after is not None and len(self.created) == self.interrupt_after:
+            raise KeyboardInterrupt
+        body = {"task": task_id, "result": result, "score": score, "model_version": model_version}
+        if self.post_error is not None:
+            if self.store_despite_error:
+                self.created.append(body)
+            raise self.post_error
+        self.created.append(body)
+        return {"id": len(self.created), **body}
+
+    def predictions(
+        self, project_id: int | None = None, *, task_id: int | None = None
+    ) -> list[Any]:
+        return [p for p in self.created if task_id is None or p["task"] == task_id]
+
+
+@dataclass
+class FakeJob:
+    request: DiscoveryRequest
+    deleted: bool = False
+
+    def delete(self) -> None:
+        self.deleted = True
+
+
+@dataclass
+class FakeDispatcher:
+    """Answers every request with a one-region result unless told otherwise per image."""
+
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    log: list[str] = field(default_factory=list)  # "submit <task>" / "collect <tasks>"
+    jobs: list[FakeJob] = field(default_factory=list)
+    down: bool = False
+
+    def submit(self, request: DiscoveryRequest) -> FakeJob:
+        if self.down:
+            raise RedisConnectionError("Connection refused")
+        self.log.append(f"submit {request.task_id}")
+        self.jobs.append(FakeJob(request))
+        return self.jobs[-1]
+
+    def collect(self, jobs: list[FakeJob], timeout_s: float) -> list[Outcome]:
+        self.log.append("collect " + ",".join(str(j.request.task_id) for j in jobs))
+        return [self.outcomes.get(j.request.image) or _found(j.request) for j in jobs]
+
+
+def _found(request: DiscoveryRequest) -> Outcome:
+    mask = Rle((4, 6), [8, 8, 8])  # columns 2 and 3 (column-major runs)
+    region = Region(Box(2, 0, 4, 4), 0.8, "lost", mask)
+    version = request.spec.model_version()
+    return Outcome(DiscoveryResult(request.image, (4, 6), [region], version, request.task_id))
+
+
+def _tasks(n: int) -> list[dict[str, Any]]:
+    return [{"id": i, "data": {"image": f"/data/upload/1/{i}.png"}} for i in range(1, n + 1)]
+
+
+@pytest.fixture
+def service() -> PredictionService:
+    service = PredictionService(BackendSettings(), redis=fakeredis.FakeRedis())
+    service.dispatcher = FakeDispatcher()  # type: ignore[assignment]
+    return service
+
+
+def _prelabel(client: FakeClient, service: PredictionService, **kwargs: Any) -> PrelabelReport:
+    kwargs.setdefault("progress", False)
+    return prelabel_project(client, 1, service, batch_size=2, **kwargs)  # type: ignore[arg-type]
+
+
+def _version(service: PredictionService) -> str:
+    return service.model_version(CONFIG, ProjectOptions())
+
+
+def test_writes_one_prediction_per_task_and_skips_the_current_version(service):
+    version = _version(service)
+    tasks = _tasks(4)
+    tasks[0]["predictions"] = [{"model_version": version}]
+    tasks[1]["predictions"] = [{"model_version": "someone-else"}]
+    client = FakeClient(tasks)
+    report = _prelabel(client, service)
+    assert (report.total, report.skipped_existing, report.written, report.failed) == (4, 1, 3, [])
+    assert [p["task"] for p in client.created] == [2, 3, 4]
+    for prediction in client.created:
+        assert prediction["model_version"] == version and prediction["score"] == 0.8
+        kinds = [item["type"] for item in prediction["result"]]
+        assert kinds == ["rectanglelabels", "brushlabels"]
+    assert report.complete and "3 written, 1 already pre-labeled, 0 failed" in report.summary()
+    again = _prelabel(client, service)
+    assert (again.written, again.skipped_existing) == (0, 4)
+
+
+def test_requests_carry_the_spec_and_credentials_for_workers(service):
+    _prelabel(FakeClient(_tasks(1)), service, worker_ls_url="http://label-studio:8080")
+    request = service.dispatcher.jobs[0].request
+    assert request.spec.model_version() == _version(service)
+    assert (request.image, request.task_id) == ("/data/upload/1/1.png", 1)
+    assert (request.ls_url, request.ls_token) == ("http://label-studio:8080", FakeClient.token)
+
+
+def test_the_next_batch_is_queued_before_this_one_is_collected(service):
+    _prelabel(FakeClient(_tasks(5)), service)
+    assert service.dispatcher.log == [
+        "submit 1",
+        "submit 2",
+        "submit 3",
+        "submit 4",
+        "collect 1,2",
+        "submit 5",
+        "collect 3,4",
+        "collect 5",
+    ]
+
+
+def test_failed_late_and_error_tasks_are_reported_and_retried_next_run(service):
+    client = FakeClient(_tasks(4) + [{"id": 5, "data": {"text": "no image"}}])
+    dispatcher = service.dispatcher
+    broken = DiscoveryResult("/data/upload/1/3.png", (0, 0), error="HTTP 404 Not Found")
+    dispatcher.outcomes = {
+        "/data/upload/1/1.png": Outcome(None, "late: still running, ask again"),
+        "/data/upload/1/2.png": Outcome(None, "failed: RuntimeError: boom"),
+        "/data/upload/1/3.png": Outcome(broken),
+    }
+    report = _prelabel(client, service)
+    assert report.written == 1 and [p["task"] for p in client.created] == [4]
+    assert dict(report.failed) == {
+        5: "task data has no 'image' image URL",
+        1: "late: still running, ask again",
+        2: "failed: RuntimeError: boom",
+        3: "HTTP 404 Not Found",
+    }
+    assert not report.complete and "Run again" in report.summary()
+    assert [j.deleted for j in dispatcher.jobs] == [False, False, True, False]  # error job
+
+    dispatcher.outcomes = {}
+    again = _prelabel(client, service)
+    assert (again.written, again.skipped_existing, len(again.failed)) == (3, 1, 1)
+
+
+def test_max_tasks_defers_the_rest(service):
+    client = FakeClient(_tasks(5))
+    report = _prelabel(client, service, max_tasks=2)
+    assert (report.written, report.deferred, report.complete) == (2, 3, False)
+    assert "3 left for later" in report.summary()
+    assert _prelabel(client, service).written == 3
+
+
+def test_a_lost_reply_is_checked_before_reporting_a_failure(service):
+    client = FakeClient(_tasks(2))
+    client.post_error = LabelStudioError(None, "POST", "/api/predictions", "timed out")
+    client.store_despite_error = True
+    report = _prelabel(client, service)
+    assert (report.written, report.failed) == (2, [])
+
+    client = FakeClient(_tasks(1))
+    client.post_error = LabelStudioError(400, "POST", "/api/predictions", "Validation error")
+    report = _prelabel(client, service)
+    assert report.written == 0 and "Validation error" in report.failed[0][1]
+
+
+def test_refused_credentials_stop_the_run(service):
+    client = FakeClient(_tasks(3))
+    client.post_error = LabelStudioError(403, "POST", "/api/predictions", "forbidden")
+    with pytest.raises(LabelStudioError, match="forbidden"):
+        _prelabel(client, service)
+
+
+def test_an_interrupted_run_is_finished_by_the_next_one(service, caplog):
+    client = FakeClient(_tasks(5))
+    client.interrupt_after = 3
+    with pytest.raises(KeyboardInterrupt):
+        _prelabel(client, service)
+    assert len(client.created) == 3
+    assert "interrupted with 2 task(s) not done" in caplog.text
+    client.interrupt_after = None
+    report = _prelabel(client, service)
+    assert (report.skipped_existing, report.written) == (3, 2)
+    assert sorted(p["task"] for p in client.created) == [1, 2, 3, 4, 5]
+
+
+def test_unreachable_redis_is_one_clear_error(service):
+    service.dispatcher.down = True
+    with pytest.raises(DiscoveryError, match="Redis unreachable at redis://"):
+        _prelabel(FakeClient(_tasks(2)), service)
+
+
+def test_the_progress_bar_counts_tasks(service, capsys):
+    _prelabel(FakeClient(_tasks(3)), service, progress=True)
+    assert "3/3" in capsys.readouterr().err
+
+
+def test_bad_batch_size_is_refused(service):
+    with pytest.raises(ValueError, match="batch_size"):
+        prelabel_project(FakeClient([]), 1, service, batch_size=0)  # type: ignore[arg-type]
