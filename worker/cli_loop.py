@@ -370,4 +370,68 @@ def _download_images(data: list[dict[str, Any]], folder: Path, settings: Any) ->
     return folder
 
 
-COMMANDS = [cluster, relabel, export]
+@click.command()
+@click.option("--project", type=int, required=True, help="Label Studio project id.")
+@click.option(
+    "--options",
+    "options_json",
+    default=None,
+    help="Per-project options as JSON, like the ML backend's extra params: "
+    '{"method": "maskcut", "max_side": 640}.',
+)
+@click.option(
+    "--batch-size", type=int, default=16, show_default=True, help="Tasks queued at a time."
+)
+@click.option(
+    "--wait",
+    "wait_s",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Seconds to wait for a batch before leaving its late tasks to the next run.",
+)
+@click.option(
+    "--worker-ls-url",
+    default=None,
+    help="Label Studio URL as the workers reach it [default: LABEL_STUDIO_URL].",
+)
+def prelabel(
+    project: int,
+    options_json: str | None,
+    batch_size: int,
+    wait_s: float,
+    worker_ls_url: str | None,
+) -> None:
+    """Pre-label every task of a project through the queue and write the predictions back.
+
+    Tasks that already have a prediction of the current model_version are skipped, so an
+    interrupted run picks up where it stopped. Needs running workers (`zerolabel worker`).
+    """
+    from backend.prelabel import prelabel_project
+    from backend.service import PredictionService
+    from backend.settings import BackendSettings, ProjectOptions
+
+    try:
+        settings = BackendSettings.from_env()
+        with _client(settings.discovery) as client:
+            report = prelabel_project(
+                client,
+                project,
+                PredictionService(settings),
+                options=ProjectOptions.parse(options_json),
+                batch_size=batch_size,
+                wait_timeout_s=wait_s,
+                worker_ls_url=worker_ls_url,
+                progress=True,
+            )
+    except DiscoveryError as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command again to resume", err=True)
+        raise SystemExit(130) from None
+    click.echo(report.summary(), err=True)
+    if not report.complete:
+        raise SystemExit(1)
+
+
+COMMANDS = [cluster, relabel, export, prelabel]

@@ -30,10 +30,14 @@ sys.meta_path.insert(0, Block())
     [
         "backend.wsgi",
         "backend.app",
+        "backend.prelabel",
+        "backend.export",
+        "backend.ls_client",
         "worker.taskqueue",
         "worker.contract",
         "worker.fetch",
         "worker.cli",
+        "worker.cli_loop",
     ],
 )
 def test_backend_side_imports_without_torch(module):
