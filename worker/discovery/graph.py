@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import numpy.typing as npt
 import scipy.linalg
 import scipy.ndimage
 import scipy.sparse.linalg
@@ -138,10 +139,10 @@ def second_smallest_eigenvector(w: torch.Tensor) -> tuple[torch.Tensor, float]:
     inv_sqrt = degree.rsqrt()
     top = degree.sqrt() / degree.sqrt().norm()
 
-    def deflated_product(x: np.ndarray) -> np.ndarray:
+    def deflated_product(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         x_t = torch.from_numpy(x.reshape(n)).to(w64.device)
         y = inv_sqrt * torch.mv(w64, inv_sqrt * x_t) - 2.0 * top * torch.dot(top, x_t)
-        product: np.ndarray = y.cpu().numpy()
+        product: npt.NDArray[np.float64] = y.cpu().numpy()
         return product
 
     operator = scipy.sparse.linalg.LinearOperator((n, n), matvec=deflated_product, dtype=np.float64)
@@ -212,7 +213,7 @@ def bipartition(v: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 def _top_eigenpair(
     operator: scipy.sparse.linalg.LinearOperator, *, ncv: int, maxiter: int
-) -> tuple[float, np.ndarray] | None:
+) -> tuple[float, npt.NDArray[np.float64]] | None:
     """Largest-algebraic eigenpair by ARPACK from a fixed start vector; None if not converged."""
     start = np.random.default_rng(0).standard_normal(operator.shape[0])
     try:
@@ -235,7 +236,7 @@ def _affinity_and_degree(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return w64, degree
 
 
-def _canonical(v: np.ndarray, device: torch.device) -> torch.Tensor:
+def _canonical(v: npt.NDArray[np.float64], device: torch.device) -> torch.Tensor:
     """``v`` as a tensor on ``device``, signed so that its peak magnitude is positive."""
     vector = torch.from_numpy(np.ascontiguousarray(v))
     if vector[peak_index(vector.abs())] < 0:
