@@ -17,12 +17,13 @@ from typing import Any
 from tqdm import tqdm
 
 from backend.ls_format import Target, task
-from worker.backbone import load_backbone
+from worker.backbone import load_backbone, pick_device
+from worker.cad import load_detector
 from worker.coco import coco_from_results
 from worker.contract import DiscoveryResult
 from worker.errors import ImageLoadError
 from worker.images import ImageLimits, LoadedImage, load_file
-from worker.pipeline import Discoverer
+from worker.pipeline import CadDiscoverer, Discoverer, make_discoverer
 from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class BatchReport:
 class BatchJob:
     """A loaded backbone plus a discovery configuration, applied to files in batches."""
 
-    discoverer: Discoverer
+    discoverer: Discoverer | CadDiscoverer
     settings: WorkerSettings
 
     @classmethod
@@ -73,6 +74,10 @@ class BatchJob:
         masks: bool = True,
     ) -> BatchJob:
         spec = settings.spec(square=square, params=params or {}, masks=masks)
+        if spec.method == "cad":
+            assert settings.cad_checkpoint is not None  # settings.spec checked it
+            detector, _ = load_detector(settings.cad_checkpoint, pick_device(settings.device))
+            return cls(make_discoverer(spec, detector=detector), settings)
         backbone = load_backbone(
             settings.backbone,
             checkpoint=settings.checkpoint,
@@ -82,7 +87,7 @@ class BatchJob:
             model_kwargs=settings.backbone_kwargs,
             offline=settings.offline,
         )
-        return cls(Discoverer(backbone, spec), settings)
+        return cls(make_discoverer(spec, backbone=backbone), settings)
 
     def discover(self, files: Sequence[Path]) -> Iterator[tuple[Path, DiscoveryResult | str]]:
         """Yield (file, result) or (file, failure reason) in input order, batch by batch."""

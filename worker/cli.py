@@ -88,9 +88,15 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option(
     "-m",
     "--method",
-    type=click.Choice(["lost", "tokencut", "maskcut"]),
+    type=click.Choice(["lost", "tokencut", "maskcut", "cad"]),
     default=None,
-    help="Discovery method [default: ZEROLABEL_METHOD or lost].",
+    help="Discovery method, or cad for a trained detector [default: ZEROLABEL_METHOD or lost].",
+)
+@click.option(
+    "--cad-checkpoint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Detector written by zerolabel train-cad (method cad).",
 )
 @click.option(
     "-b",
@@ -148,6 +154,7 @@ def predict(
     inputs: tuple[str, ...],
     out_dir: str,
     method: str | None,
+    cad_checkpoint: str | None,
     backbone: str | None,
     checkpoint: str | None,
     max_side: int | None,
@@ -173,6 +180,7 @@ def predict(
         settings = WorkerSettings.from_env()
         overrides = {
             "method": method,
+            "cad_checkpoint": cad_checkpoint,
             "backbone": backbone,
             "checkpoint": checkpoint,
             "max_side": max_side,

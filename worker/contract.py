@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SCHEMA_VERSION = 1
-METHOD_NAMES = ("lost", "tokencut", "maskcut")  # keys of worker.discovery.METHODS
+FEATURE_METHODS = ("lost", "tokencut", "maskcut")  # keys of worker.discovery.METHODS
+METHOD_NAMES = (*FEATURE_METHODS, "cad")  # cad: a trained class-agnostic detector
 PIPELINE_VERSION = 1  # bump when a change alters the regions produced for the same spec
 
 

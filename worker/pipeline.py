@@ -29,7 +29,7 @@ DEFAULT_MAX_SIDE = {"lost": 1024, "tokencut": 1024, "maskcut": 480}
 
 def effective_max_side(spec: DiscoverySpec) -> int | None:
     """The cap actually applied: the spec's, else the method default; 0 means none."""
-    side = DEFAULT_MAX_SIDE[spec.method] if spec.max_side is None else spec.max_side
+    side = DEFAULT_MAX_SIDE.get(spec.method) if spec.max_side is None else spec.max_side
     return side or None
 
 
@@ -49,7 +49,7 @@ class Discoverer:
     def __init__(self, backbone: Backbone, spec: DiscoverySpec) -> None:
         self.backbone = backbone
         self.spec = spec
-        self.method = METHODS[spec.method]
+        self.method = METHODS[spec.method]  # KeyError for "cad": see make_discoverer
         self.max_side = effective_max_side(spec)
         self.model_version = spec.model_version()
         self.timings = Timings()
@@ -111,3 +111,56 @@ class Discoverer:
     def _sync(self) -> None:
         if self.backbone.device.type == "cuda":
             torch.cuda.synchronize(self.backbone.device)
+
+
+class CadDiscoverer:
+    """Serves a trained class-agnostic detector (``zerolabel train-cad``) like a method.
+
+    Spec params: ``score_threshold`` (default 0.5) and ``max_detections`` (default 100).
+    """
+
+    def __init__(self, detector: torch.nn.Module, spec: DiscoverySpec) -> None:
+        self.detector = detector
+        self.spec = spec
+        self.max_side: int | None = None  # the detector resizes its input itself
+        self.model_version = spec.model_version()
+        self.timings = Timings()
+        self.params = {"score_threshold": 0.5, "max_detections": 100, **spec.params}
+
+    def run(self, images: Sequence[LoadedImage], batch_size: int = 8) -> list[list[Region]]:
+        """Regions for each image (one forward pass per image)."""
+        from worker.cad import detect
+
+        results = []
+        for image in images:
+            start = time.perf_counter()
+            found = detect(self.detector, image, **self.params)
+            regions = [
+                Region(
+                    box,
+                    float(score),
+                    "cad",
+                    geometry.rle_encode(mask) if mask is not None and self.spec.masks else None,
+                )
+                for box, score, mask in found
+            ]
+            self.timings.forward_s += time.perf_counter() - start
+            results.append(regions)
+        self.timings.images += len(images)
+        return results
+
+
+def make_discoverer(
+    spec: DiscoverySpec,
+    *,
+    backbone: Backbone | None = None,
+    detector: torch.nn.Module | None = None,
+) -> Discoverer | CadDiscoverer:
+    """The runner for a spec: the detector for ``cad``, the backbone for feature methods."""
+    if spec.method == "cad":
+        if detector is None:
+            raise ValueError("method 'cad' needs a detector")
+        return CadDiscoverer(detector, spec)
+    if backbone is None:
+        raise ValueError(f"method {spec.method!r} needs a backbone")
+    return Discoverer(backbone, spec)

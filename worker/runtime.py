@@ -8,15 +8,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import torch
 from redis import Redis
 from redis.exceptions import RedisError
 
-from worker.backbone import Backbone, load_backbone
+from worker.backbone import Backbone, load_backbone, pick_device
+from worker.cad import load_detector
 from worker.contract import DiscoveryRequest, DiscoveryResult, DiscoverySpec
 from worker.errors import ConfigError, ImageLoadError, WeightsError
 from worker.fetch import Fetcher, FetchPolicy, TransientFetchError
 from worker.images import ImageLimits
-from worker.pipeline import Discoverer, effective_max_side
+from worker.pipeline import CadDiscoverer, Discoverer, effective_max_side, make_discoverer
 from worker.settings import WorkerSettings
 from worker.taskqueue import ResultCache
 
@@ -33,6 +35,7 @@ class WorkerRuntime:
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         self._backbones: dict[tuple[str, str], Backbone] = {}
         self._fetchers: dict[tuple[str | None, str | None], Fetcher] = {}
+        self._detector: torch.nn.Module | None = None
 
     def backbone(self, spec: DiscoverySpec) -> Backbone:
         """The loaded backbone for a spec (loaded on first use, then kept)."""
@@ -50,6 +53,23 @@ class WorkerRuntime:
                 offline=self.settings.offline,
             )
         return self._backbones[key]
+
+    def runner(self, spec: DiscoverySpec) -> Discoverer | CadDiscoverer:
+        """What runs a spec: the kept detector for ``cad``, the kept backbone otherwise."""
+        if spec.method != "cad":
+            return make_discoverer(spec, backbone=self.backbone(spec))
+        if self._detector is None:
+            served = self.settings.spec(method="cad")
+            if served.weights != spec.weights or self.settings.cad_checkpoint is None:
+                raise WeightsError(
+                    f"the request asks for detector {spec.weights!r} but this worker serves "
+                    f"{served.weights!r}: give backend and workers the same "
+                    "ZEROLABEL_CAD_CHECKPOINT"
+                )
+            self._detector, _ = load_detector(
+                self.settings.cad_checkpoint, pick_device(self.settings.device)
+            )
+        return make_discoverer(spec, detector=self._detector)
 
     def _check_weights(self, spec: DiscoverySpec) -> None:
         own = spec.backbone == self.settings.backbone
@@ -100,7 +120,7 @@ class WorkerRuntime:
             logger.info("task %s: served from the result cache", request.task_id)
             return dataclasses.replace(cached, source=request.image, task_id=request.task_id)
         try:
-            regions = Discoverer(self.backbone(spec), spec).run([image])[0]
+            regions = self.runner(spec).run([image])[0]
         except (WeightsError, ConfigError) as exc:
             logger.error("task %s: %s", request.task_id, exc)
             return DiscoveryResult(

@@ -47,6 +47,7 @@ class WorkerSettings:
     backbone: str = "dino_vits16"  # ZEROLABEL_BACKBONE: a name of backbone.BACKBONES or a timm ViT
     checkpoint: str | None = None  # ZEROLABEL_CHECKPOINT: local weights file (DINO, DoRA, timm)
     weights_tag: str | None = None  # ZEROLABEL_WEIGHTS_TAG: names the weights in model_version
+    cad_checkpoint: str | None = None  # ZEROLABEL_CAD_CHECKPOINT: detector served by method "cad"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # ZEROLABEL_BACKBONE_KWARGS
     pos_embed: str = "dino"  # ZEROLABEL_POS_EMBED: "dino" (paper rule) or "timm"
     offline: bool = False  # ZEROLABEL_OFFLINE (or HF_HUB_OFFLINE): never try to download weights
@@ -73,6 +74,8 @@ class WorkerSettings:
             kwargs["backbone"] = env["ZEROLABEL_BACKBONE"]
         if env.get("ZEROLABEL_CHECKPOINT"):
             kwargs["checkpoint"] = env["ZEROLABEL_CHECKPOINT"]
+        if env.get("ZEROLABEL_CAD_CHECKPOINT"):
+            kwargs["cad_checkpoint"] = env["ZEROLABEL_CAD_CHECKPOINT"]
         if env.get("ZEROLABEL_WEIGHTS_TAG"):
             kwargs["weights_tag"] = env["ZEROLABEL_WEIGHTS_TAG"]
         if env.get("ZEROLABEL_BACKBONE_KWARGS"):
@@ -121,6 +124,13 @@ class WorkerSettings:
             "pos_embed": self.pos_embed,
         }
         fields.update({k: v for k, v in overrides.items() if v is not None})
+        if fields["method"] == "cad":
+            if not self.cad_checkpoint:
+                raise ConfigError(
+                    "method 'cad' needs ZEROLABEL_CAD_CHECKPOINT (or --cad-checkpoint): the "
+                    "file zerolabel train-cad wrote"
+                )
+            fields |= {"backbone": "cad", "weights": os.path.basename(self.cad_checkpoint)}
         try:
             return DiscoverySpec(**fields)
         except (TypeError, ValueError) as exc:

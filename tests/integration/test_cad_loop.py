@@ -1,0 +1,155 @@
+"""Pseudo-labels -> train-cad -> the cad method, through the CLI and the worker runtime."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from worker.cli import main
+from worker.contract import DiscoveryRequest
+from worker.runtime import WorkerRuntime
+from worker.settings import WorkerSettings
+
+SMALL = ["--min-size", "224", "--max-size", "320", "--device", "cpu"]  # short CPU steps
+VOC = Path(__file__).resolve().parents[2] / "examples" / "voc2007" / "JPEGImages"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, dino_checkpoint):
+    root = tmp_path_factory.mktemp("cad")
+    photos = root / "photos"
+    photos.mkdir()
+    for name in ("000004.jpg", "000007.jpg", "000032.jpg"):
+        shutil.copy(VOC / name, photos / name)
+    env = {
+        "ZEROLABEL_BACKBONE": "vit_small_patch16_224",
+        "ZEROLABEL_BACKBONE_KWARGS": '{"depth": 2}',
+        "ZEROLABEL_CHECKPOINT": str(dino_checkpoint),
+        "ZEROLABEL_OFFLINE": "1",
+        "ZEROLABEL_DEVICE": "cpu",
+    }
+    runner = CliRunner()
+    pseudo = runner.invoke(
+        main,
+        [
+            "predict",
+            str(photos),
+            "-m",
+            "maskcut",
+            "-o",
+            str(root / "pseudo"),
+            "--document-root",
+            str(photos),
+        ],
+        env=env,
+    )
+    assert pseudo.exit_code == 0, pseudo.output
+    result = runner.invoke(
+        main,
+        [
+            "train-cad",
+            "--coco",
+            str(root / "pseudo" / "coco.json"),
+            "--images",
+            str(photos),
+            "-o",
+            str(root / "cad"),
+            "--iterations",
+            "2",
+            *SMALL,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    (checkpoint,) = (root / "cad").glob("cad-*.pt")
+    assert f"ZEROLABEL_CAD_CHECKPOINT={checkpoint}" in result.output
+    return root, photos, checkpoint
+
+
+def test_predict_with_the_trained_detector(trained):
+    root, photos, checkpoint = trained
+    out = root / "cad-pred"
+    result = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            str(photos),
+            "-m",
+            "cad",
+            "--cad-checkpoint",
+            str(checkpoint),
+            "-p",
+            "score_threshold=0.0",
+            "-o",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    tasks = json.loads((out / "tasks.json").read_text())
+    assert len(tasks) == 3
+    versions = {t["predictions"][0]["model_version"] for t in tasks}
+    assert len(versions) == 1 and versions.pop().startswith("zerolabel-cad-cad-")
+    boxes = [
+        r for t in tasks for r in t["predictions"][0]["result"] if r["type"] == "rectanglelabels"
+    ]
+    assert boxes and all(0 <= r["value"]["x"] <= 100 for r in boxes)
+
+
+def test_the_worker_serves_the_cad_method(trained):
+    root, photos, checkpoint = trained
+    settings = WorkerSettings.from_env(
+        {
+            "ZEROLABEL_CAD_CHECKPOINT": str(checkpoint),
+            "ZEROLABEL_DEVICE": "cpu",
+            "ZEROLABEL_LOCAL_ROOTS": str(photos),
+        }
+    )
+    spec = settings.spec(method="cad", params={"score_threshold": 0.0})
+    runtime = WorkerRuntime(settings)
+    result = runtime.discover(DiscoveryRequest(spec, str(photos / "000004.jpg"), task_id=1))
+    assert result.error is None and result.regions
+    h, w = result.image_hw
+    assert all(
+        0 <= r.box.x0 < r.box.x1 <= w and 0 <= r.box.y0 < r.box.y1 <= h for r in result.regions
+    )
+    assert all(r.method == "cad" and r.mask is not None for r in result.regions)
+    other = WorkerSettings.from_env(
+        {"ZEROLABEL_CAD_CHECKPOINT": str(root / "other.pt"), "ZEROLABEL_LOCAL_ROOTS": str(photos)}
+    )
+    refused = WorkerRuntime(other).discover(
+        DiscoveryRequest(spec, str(photos / "000004.jpg"), task_id=2)
+    )
+    assert refused.error and "ZEROLABEL_CAD_CHECKPOINT" in refused.error
+
+
+def test_self_training_round_writes_labels_and_a_new_detector(trained):
+    root, photos, checkpoint = trained
+    out = root / "round2"
+    result = CliRunner().invoke(
+        main,
+        [
+            "self-train",
+            "--checkpoint",
+            str(checkpoint),
+            "--coco",
+            str(root / "pseudo" / "coco.json"),
+            "--images",
+            str(photos),
+            "-o",
+            str(out),
+            "--iterations",
+            "1",
+            *SMALL,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    labels = json.loads((out / "coco.json").read_text())
+    previous = json.loads((root / "pseudo" / "coco.json").read_text())
+    assert len(labels["images"]) == len(previous["images"])
+    assert len(labels["annotations"]) >= 1
+    assert list(out.glob("cad-*.pt"))
