@@ -48,12 +48,27 @@ def trained(tmp_path_factory, dino_checkpoint):
         env=env,
     )
     assert pseudo.exit_code == 0, pseudo.output
+    exported = runner.invoke(  # train on what `zerolabel export` makes of the pre-labels
+        main,
+        [
+            "export",
+            "--from-file",
+            str(root / "pseudo" / "tasks.json"),
+            "--source",
+            "predictions",
+            "-f",
+            "coco",
+            "-o",
+            str(root / "export"),
+        ],
+    )
+    assert exported.exit_code == 0, exported.output
     result = runner.invoke(
         main,
         [
             "train-cad",
             "--coco",
-            str(root / "pseudo" / "coco.json"),
+            str(root / "export" / "coco.json"),
             "--images",
             str(photos),
             "-o",
@@ -137,7 +152,7 @@ def test_self_training_round_writes_labels_and_a_new_detector(trained):
             "--checkpoint",
             str(checkpoint),
             "--coco",
-            str(root / "pseudo" / "coco.json"),
+            str(root / "export" / "coco.json"),
             "--images",
             str(photos),
             "-o",
@@ -149,7 +164,7 @@ def test_self_training_round_writes_labels_and_a_new_detector(trained):
     )
     assert result.exit_code == 0, result.output
     labels = json.loads((out / "coco.json").read_text())
-    previous = json.loads((root / "pseudo" / "coco.json").read_text())
+    previous = json.loads((root / "export" / "coco.json").read_text())
     assert len(labels["images"]) == len(previous["images"])
     assert len(labels["annotations"]) >= 1
     assert list(out.glob("cad-*.pt"))
