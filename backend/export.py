@@ -247,6 +247,8 @@ def _choose(task: dict[str, Any], source: str, model_version: str | None) -> dic
     if model_version is not None:
         items = [i for i in items if i.get("model_version") == model_version]
     if not items:
+        if task.get(source):
+            raise _Skip("predictions listed by id only (a file export): read the project instead")
         version = "" if model_version is None else f" of model_version {model_version!r}"
         raise _Skip(f"no prediction{version}")
     return _latest(items)

@@ -283,11 +283,13 @@ def eval_(
 def _eval_project(
     project: int | None, from_file: str | None, model_version: str | None, csv_path: str | None
 ) -> None:
-    from worker.cli_loop import _client, _read_json, _settings
+    from worker.cli_loop import _client, _project_tasks, _read_json, _settings
     from worker.loop_eval import evaluate_export
 
     data = (
-        _client(_settings()).export(project) if project is not None else _read_json(str(from_file))
+        _project_tasks(_client(_settings()), project)
+        if project is not None
+        else _read_json(str(from_file))
     )
     report, clusters = evaluate_export(
         data, model_version=model_version, csv_path=Path(csv_path) if csv_path else None

@@ -42,6 +42,12 @@ def _client(settings: Any) -> Any:
     return LabelStudioClient(settings.ls_url, settings.ls_token)
 
 
+def _project_tasks(client: Any, project: int) -> list[dict[str, Any]]:
+    """Every task with its full annotations and predictions (Label Studio's JSON export lists
+    predictions by id only)."""
+    return list(client.tasks(project))
+
+
 def _write_json(path: Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1))
@@ -155,7 +161,7 @@ def cluster(
     settings = _settings()
     try:
         client = _client(settings) if project is not None else None
-        tasks = client.export(project) if client else _read_json(str(tasks_file))
+        tasks = _project_tasks(client, project) if client else _read_json(str(tasks_file))
         loader = (
             _url_loader(settings)
             if client
@@ -254,7 +260,7 @@ def relabel(
     settings = _settings()
     try:
         client = _client(settings) if project is not None else None
-        tasks = client.export(project) if client else _read_json(str(tasks_file))
+        tasks = _project_tasks(client, project) if client else _read_json(str(tasks_file))
         relabelled = map_task_labels(tasks, mapping, model_version=model_version)
     except (ValueError, DiscoveryError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -325,7 +331,9 @@ def export(
     settings = _settings()
     try:
         data = (
-            _client(settings).export(project) if project is not None else _read_json(str(from_file))
+            _project_tasks(_client(settings), project)
+            if project is not None
+            else _read_json(str(from_file))
         )
         written = write_export(
             data,

@@ -44,7 +44,8 @@ def chosen_prediction(task: dict[str, Any], model_version: str | None) -> dict[s
     predictions = [
         p
         for p in task.get("predictions") or []
-        if model_version is None or p.get("model_version") == model_version
+        if isinstance(p, dict)
+        and (model_version is None or p.get("model_version") == model_version)
     ]
     return predictions[-1] if predictions else None
 
