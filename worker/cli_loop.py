@@ -42,7 +42,7 @@ def _client(settings: Any) -> Any:
     return LabelStudioClient(settings.ls_url, settings.ls_token)
 
 
-def _project_tasks(client: Any, project: int) -> list[dict[str, Any]]:
+def _project_tasks(client: Any, project: int | None) -> list[dict[str, Any]]:
     """Every task with its full annotations and predictions (Label Studio's JSON export lists
     predictions by id only)."""
     return list(client.tasks(project))
