@@ -247,7 +247,7 @@ def _choose(task: dict[str, Any], source: str, model_version: str | None) -> dic
     if model_version is not None:
         items = [i for i in items if i.get("model_version") == model_version]
     if not items:
-        if task.get(source):
+        if task.get(source) and not any(isinstance(i, dict) for i in task[source]):
             raise _Skip("predictions listed by id only (a file export): read the project instead")
         version = "" if model_version is None else f" of model_version {model_version!r}"
         raise _Skip(f"no prediction{version}")

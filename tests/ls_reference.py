@@ -63,3 +63,25 @@ def check_ls_task(data: Any, data_key: str) -> None:
                 assert all(isinstance(b, int) and 0 <= b <= 255 for b in value["rle"])
                 labels = value["brushlabels"]
             assert isinstance(labels, list) and all(isinstance(x, str) for x in labels)
+
+
+def check_regions(result: list[dict[str, Any]], label: str = "object") -> None:
+    """Pre-annotations as Label Studio stores them: a box and a mask per object, inside the
+    image, with the expected label and masks that decode to something."""
+    from collections import Counter
+
+    from backend.ls_format import brush_rle_decode
+
+    kinds = Counter(region["type"] for region in result)
+    assert kinds["rectanglelabels"] >= 1 and kinds["brushlabels"] == kinds["rectanglelabels"]
+    for region in result:
+        assert region["to_name"] == "image"
+        value = region["value"]
+        if region["type"] == "rectanglelabels":
+            assert region["from_name"] == "label" and value["rectanglelabels"] == [label]
+            assert 0 <= value["x"] < value["x"] + value["width"] <= 100 + 1e-6
+            assert 0 <= value["y"] < value["y"] + value["height"] <= 100 + 1e-6
+        else:
+            assert region["from_name"] == "mask" and value["brushlabels"] == [label]
+            hw = (region["original_height"], region["original_width"])
+            assert brush_rle_decode(value["rle"], hw).any()

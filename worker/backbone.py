@@ -17,13 +17,16 @@ import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from worker.errors import ConfigError, WeightsError
+
+if TYPE_CHECKING:
+    from worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -275,3 +278,16 @@ def set_fused_attention(model: VisionTransformer, enabled: bool) -> None:
     blocks: Any = model.blocks
     for block in blocks:
         block.attn.fused_attn = enabled
+
+
+def load_configured_backbone(settings: WorkerSettings) -> Backbone:
+    """The backbone a process's settings describe (ZEROLABEL_BACKBONE, _CHECKPOINT, ...)."""
+    return load_backbone(
+        settings.backbone,
+        checkpoint=settings.checkpoint,
+        device=settings.device,
+        half=settings.half,
+        pos_embed=settings.pos_embed,
+        model_kwargs=settings.backbone_kwargs,
+        offline=settings.offline,
+    )

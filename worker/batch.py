@@ -17,7 +17,7 @@ from typing import Any
 from tqdm import tqdm
 
 from backend.ls_format import Target, task
-from worker.backbone import load_backbone, pick_device
+from worker.backbone import load_configured_backbone, pick_device
 from worker.cad import load_detector
 from worker.coco import coco_from_results
 from worker.contract import DiscoveryResult
@@ -78,15 +78,7 @@ class BatchJob:
             assert settings.cad_checkpoint is not None  # settings.spec checked it
             detector, _ = load_detector(settings.cad_checkpoint, pick_device(settings.device))
             return cls(make_discoverer(spec, detector=detector), settings)
-        backbone = load_backbone(
-            settings.backbone,
-            checkpoint=settings.checkpoint,
-            device=settings.device,
-            half=settings.half,
-            pos_embed=settings.pos_embed,
-            model_kwargs=settings.backbone_kwargs,
-            offline=settings.offline,
-        )
+        backbone = load_configured_backbone(settings)
         return cls(make_discoverer(spec, backbone=backbone), settings)
 
     def discover(self, files: Sequence[Path]) -> Iterator[tuple[Path, DiscoveryResult | str]]:

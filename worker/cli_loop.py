@@ -152,7 +152,7 @@ def cluster(
     added to the project's labeling config and every prediction is relabelled in place.
     """
     from backend.label_config import add_labels, default_config
-    from worker.backbone import load_backbone
+    from worker.backbone import load_configured_backbone
     from worker.descriptors import DescriptorCache
     from worker.pseudo_classes import cluster_tasks, labelled_tasks
 
@@ -167,13 +167,7 @@ def cluster(
             if client
             else _file_loader(Path(document_root), url_prefix, settings)
         )
-        backbone = load_backbone(
-            settings.backbone,
-            checkpoint=settings.checkpoint,
-            device=settings.device,
-            model_kwargs=settings.backbone_kwargs,
-            offline=settings.offline,
-        )
+        backbone = load_configured_backbone(settings)
         run = cluster_tasks(
             tasks,
             loader,
@@ -494,7 +488,7 @@ def _training_options(func: Any) -> Any:
     return func
 
 
-def _cad_config(coco: dict[str, Any], masks: bool | None, **kwargs: Any) -> Any:
+def _cad_config(coco: dict[str, Any], *, masks: bool | None, **kwargs: Any) -> Any:
     from worker.backbone import pick_device
     from worker.cad import CadConfig
 
@@ -532,32 +526,10 @@ def _train_and_name(config: Any, coco_path: Path, images_dir: str, out_dir: str)
     help="Training labels: coco.json from zerolabel export (or predict).",
 )
 @_training_options
-def train_cad(
-    coco_file: str,
-    images_dir: str,
-    out_dir: str,
-    iterations: int,
-    batch_size: int,
-    lr: float,
-    masks: bool | None,
-    backbone_checkpoint: str | None,
-    min_size: int,
-    max_size: int,
-    device: str,
-) -> None:
+def train_cad(coco_file: str, images_dir: str, out_dir: str, **training: Any) -> None:
     """Train a class-agnostic detector (one 'object' class) on exported labels."""
     try:
-        config = _cad_config(
-            _read_json(coco_file),
-            masks,
-            iterations=iterations,
-            batch_size=batch_size,
-            lr=lr,
-            device=device,
-            backbone_checkpoint=backbone_checkpoint,
-            min_size=min_size,
-            max_size=max_size,
-        )
+        config = _cad_config(_read_json(coco_file), **training)
         _train_and_name(config, Path(coco_file), images_dir, out_dir)
     except (ValueError, DiscoveryError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -600,14 +572,7 @@ def self_train(
     merge_iou: float,
     images_dir: str,
     out_dir: str,
-    iterations: int,
-    batch_size: int,
-    lr: float,
-    masks: bool | None,
-    backbone_checkpoint: str | None,
-    min_size: int,
-    max_size: int,
-    device: str,
+    **training: Any,
 ) -> None:
     """One self-training round: detect, keep confident boxes, merge, train the next detector."""
     from worker.backbone import pick_device
@@ -616,7 +581,7 @@ def self_train(
 
     try:
         previous = _read_json(coco_file)
-        model, _ = load_detector(checkpoint, pick_device(device))
+        model, _ = load_detector(checkpoint, pick_device(training["device"]))
         detections = {
             image["id"]: detect(
                 model,
@@ -634,17 +599,7 @@ def self_train(
             f"(previous {len(previous['annotations'])}) -> {coco_path}",
             err=True,
         )
-        config = _cad_config(
-            labels,
-            masks,
-            iterations=iterations,
-            batch_size=batch_size,
-            lr=lr,
-            device=device,
-            backbone_checkpoint=backbone_checkpoint,
-            min_size=min_size,
-            max_size=max_size,
-        )
+        config = _cad_config(labels, **training)
         _train_and_name(config, coco_path, images_dir, out_dir)
     except (ValueError, DiscoveryError) as exc:
         raise click.ClickException(str(exc)) from None

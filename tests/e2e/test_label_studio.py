@@ -13,7 +13,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from backend.ls_format import brush_rle_decode
+from tests.ls_reference import check_regions
 from tests.servers import (
     ROOT,
     free_port,
@@ -34,18 +34,14 @@ LOCAL = ("000032.jpg", "000033.jpg")
 
 
 @pytest.fixture(scope="module")
-def backend(label_studio, dino_checkpoint, tmp_path_factory):
+def backend(label_studio, tiny_env, tmp_path_factory):
     """redis-server, one worker and the backend (``zerolabel serve``), as real processes."""
     tmp = tmp_path_factory.mktemp("e2e-stack")
     port = free_port()
     with redis_server(tmp) as (redis_url, _):
         env = {
             "REDIS_URL": redis_url,
-            "ZEROLABEL_BACKBONE": "vit_small_patch16_224",
-            "ZEROLABEL_BACKBONE_KWARGS": '{"depth": 2}',
-            "ZEROLABEL_CHECKPOINT": str(dino_checkpoint),
-            "ZEROLABEL_OFFLINE": "1",
-            "ZEROLABEL_DEVICE": "cpu",
+            **tiny_env,
             "ZEROLABEL_WAIT_TIMEOUT_S": "60",
         }
         worker = start_worker(env, tmp / "worker.log")
@@ -122,40 +118,21 @@ def test_label_studio_gets_boxes_and_masks_for_every_task(label_studio, backend)
     assert Counter(p["task"] for p in predictions) == Counter({t["id"]: 1 for t in tasks})
     for prediction in predictions:
         assert prediction["model_version"] == version
-        _check_regions(prediction["result"])
+        check_regions(prediction["result"])
 
     _retrieve(ls, project)  # a second retrieve adds nothing
     assert len(_predictions(ls, project)) == len(tasks)
     assert ls.api("GET", f"/api/ml/{ml['id']}").json()["state"] != "ER"
 
 
-def _check_regions(result: list[dict]) -> None:
-    kinds = Counter(r["type"] for r in result)
-    assert kinds["rectanglelabels"] >= 1 and kinds["brushlabels"] == kinds["rectanglelabels"]
-    for region in result:
-        assert region["to_name"] == "image"
-        value = region["value"]
-        if region["type"] == "rectanglelabels":
-            assert region["from_name"] == "label" and value["rectanglelabels"] == ["object"]
-            assert 0 <= value["x"] < value["x"] + value["width"] <= 100 + 1e-6
-            assert 0 <= value["y"] < value["y"] + value["height"] <= 100 + 1e-6
-        else:
-            assert region["from_name"] == "mask" and value["brushlabels"] == ["object"]
-            hw = (region["original_height"], region["original_width"])
-            assert brush_rle_decode(value["rle"], hw).any()
-
-
-def test_predict_cli_output_imports_into_label_studio(label_studio, dino_checkpoint, tmp_path):
+def test_predict_cli_output_imports_into_label_studio(label_studio, tiny_env, tmp_path):
     ls = label_studio
     folder = ls.document_root / "cli"
     folder.mkdir(exist_ok=True)
     for name in UPLOADS + LOCAL:
         shutil.copy(VOC / name, folder / name)
     env = {
-        "ZEROLABEL_BACKBONE": "vit_small_patch16_224",
-        "ZEROLABEL_BACKBONE_KWARGS": '{"depth": 2}',
-        "ZEROLABEL_CHECKPOINT": str(dino_checkpoint),
-        "ZEROLABEL_OFFLINE": "1",
+        **tiny_env,
     }
     out = tmp_path / "out"
     result = CliRunner().invoke(
@@ -184,7 +161,7 @@ def test_predict_cli_output_imports_into_label_studio(label_studio, dino_checkpo
     predictions = _predictions(ls, project)
     assert len(predictions) == len(tasks) == 4
     for prediction in predictions:
-        _check_regions(prediction["result"])
+        check_regions(prediction["result"])
     first = ls.api("GET", f"/api/tasks/{predictions[0]['task']}").json()["data"]["image"]
     served = ls.api("GET", first)  # the local-files URL the CLI wrote is served by LS
     assert served.headers["Content-Type"].startswith("image/")

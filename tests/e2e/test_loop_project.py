@@ -24,7 +24,7 @@ PHOTOS = ("000002.jpg", "000003.jpg", "000005.jpg", "000009.jpg")
 
 
 @pytest.fixture(scope="module")
-def project(label_studio, dino_checkpoint, tmp_path_factory):
+def project(label_studio, tiny_env, tmp_path_factory):
     """A project whose tasks carry predictions made by `zerolabel predict`."""
     ls = label_studio
     folder = ls.document_root / "loop"
@@ -32,11 +32,7 @@ def project(label_studio, dino_checkpoint, tmp_path_factory):
     for name in PHOTOS:
         shutil.copy(VOC / name, folder / name)
     env = {
-        "ZEROLABEL_BACKBONE": "vit_small_patch16_224",
-        "ZEROLABEL_BACKBONE_KWARGS": '{"depth": 2}',
-        "ZEROLABEL_CHECKPOINT": str(dino_checkpoint),
-        "ZEROLABEL_OFFLINE": "1",
-        "ZEROLABEL_DEVICE": "cpu",
+        **tiny_env,
         "LABEL_STUDIO_URL": ls.url,
         "LABEL_STUDIO_API_KEY": ls.token,
     }

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from backend.ls_client import LabelStudioClient
-from backend.ls_format import brush_rle_decode
 from backend.prelabel import PrelabelReport, prelabel_project
 from backend.service import PredictionService
 from backend.settings import BackendSettings, ProjectOptions
+from tests.ls_reference import check_regions
 from tests.servers import ROOT, redis_server, start_worker, stop, wait_for_workers
 
 pytestmark = pytest.mark.e2e
@@ -34,17 +34,13 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(dino_checkpoint, tmp_path_factory) -> Iterator[Stack]:
+def stack(tiny_env, tmp_path_factory) -> Iterator[Stack]:
     """redis-server and one worker as real processes; the service that queues to them."""
     tmp = tmp_path_factory.mktemp("prelabel-stack")
     with redis_server(tmp) as (redis_url, _):
         env = {
             "REDIS_URL": redis_url,
-            "ZEROLABEL_BACKBONE": "vit_small_patch16_224",
-            "ZEROLABEL_BACKBONE_KWARGS": '{"depth": 2}',
-            "ZEROLABEL_CHECKPOINT": str(dino_checkpoint),
-            "ZEROLABEL_OFFLINE": "1",
-            "ZEROLABEL_DEVICE": "cpu",
+            **tiny_env,
         }
         worker = start_worker(env, tmp / "worker.log")
         try:
@@ -122,25 +118,10 @@ def test_interrupted_prelabel_resumes_and_writes_each_task_once(label_studio, st
         assert Counter(p["task"] for p in predictions) == Counter({t["id"]: 1 for t in tasks})
         for prediction in predictions:
             assert prediction["model_version"] == version
-            _check_regions(prediction["result"])
+            check_regions(prediction["result"])
 
         again = _run(client, project, service)
         assert (again.written, again.skipped_existing, again.failed) == (0, 6, [])
         assert len(client.predictions(project)) == len(tasks)
     log = stack.worker_log.read_text()
     assert token not in log and ls.token not in log, "a token leaked into the worker log"
-
-
-def _check_regions(result: list[dict[str, Any]]) -> None:
-    kinds = Counter(region["type"] for region in result)
-    assert kinds["rectanglelabels"] >= 1 and kinds["brushlabels"] == kinds["rectanglelabels"]
-    for region in result:
-        value = region["value"]
-        if region["type"] == "rectanglelabels":
-            assert region["from_name"] == "label" and value["rectanglelabels"] == ["object"]
-            assert 0 <= value["x"] < value["x"] + value["width"] <= 100 + 1e-6
-            assert 0 <= value["y"] < value["y"] + value["height"] <= 100 + 1e-6
-        else:
-            assert region["from_name"] == "mask" and value["brushlabels"] == ["object"]
-            hw = (region["original_height"], region["original_width"])
-            assert brush_rle_decode(value["rle"], hw).any()

@@ -19,18 +19,14 @@ VOC = Path(__file__).resolve().parents[2] / "examples" / "voc2007" / "JPEGImages
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, dino_checkpoint):
+def trained(tmp_path_factory, tiny_env):
     root = tmp_path_factory.mktemp("cad")
     photos = root / "photos"
     photos.mkdir()
     for name in ("000004.jpg", "000007.jpg", "000032.jpg"):
         shutil.copy(VOC / name, photos / name)
     env = {
-        "ZEROLABEL_BACKBONE": "vit_small_patch16_224",
-        "ZEROLABEL_BACKBONE_KWARGS": '{"depth": 2}',
-        "ZEROLABEL_CHECKPOINT": str(dino_checkpoint),
-        "ZEROLABEL_OFFLINE": "1",
-        "ZEROLABEL_DEVICE": "cpu",
+        **tiny_env,
     }
     runner = CliRunner()
     pseudo = runner.invoke(

@@ -19,18 +19,6 @@ VOC = Path(__file__).resolve().parents[2] / "examples" / "voc2007"
 
 
 @pytest.fixture
-def tiny_env(dino_checkpoint: Path) -> dict[str, str]:
-    """Environment for a depth-2 ViT-S/16 with seeded random weights, no network."""
-    return {
-        "ZEROLABEL_BACKBONE": "vit_small_patch16_224",
-        "ZEROLABEL_BACKBONE_KWARGS": '{"depth": 2}',
-        "ZEROLABEL_CHECKPOINT": str(dino_checkpoint),
-        "ZEROLABEL_OFFLINE": "1",
-        "ZEROLABEL_DEVICE": "cpu",
-    }
-
-
-@pytest.fixture
 def photos(tmp_path: Path) -> Path:
     """Four VOC photos plus files that must be reported and skipped."""
     folder = tmp_path / "photos"

@@ -19,18 +19,14 @@ VOC = Path(__file__).resolve().parents[2] / "examples" / "voc2007" / "JPEGImages
 
 
 @pytest.fixture(scope="module")
-def predicted(tmp_path_factory, dino_checkpoint):
+def predicted(tmp_path_factory, tiny_env):
     root = tmp_path_factory.mktemp("loop")
     photos = root / "photos"
     photos.mkdir()
     for path in sorted(VOC.glob("*.jpg"))[:6]:
         shutil.copy(path, photos / path.name)
     env = {
-        "ZEROLABEL_BACKBONE": "vit_small_patch16_224",
-        "ZEROLABEL_BACKBONE_KWARGS": '{"depth": 2}',
-        "ZEROLABEL_CHECKPOINT": str(dino_checkpoint),
-        "ZEROLABEL_OFFLINE": "1",
-        "ZEROLABEL_DEVICE": "cpu",
+        **tiny_env,
     }
     out = root / "pred"
     result = CliRunner().invoke(

@@ -53,7 +53,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, dino_checkpoint):
+def stack(tmp_path_factory, tiny_env):
     tmp = tmp_path_factory.mktemp("stack")
     photos = tmp / "photos"
     photos.mkdir()
@@ -63,11 +63,7 @@ def stack(tmp_path_factory, dino_checkpoint):
     with redis_server(tmp) as (redis_url, _), image_server(photos) as (images_url, handler):
         env = {
             "REDIS_URL": redis_url,
-            "ZEROLABEL_BACKBONE": "vit_small_patch16_224",
-            "ZEROLABEL_BACKBONE_KWARGS": '{"depth": 2}',
-            "ZEROLABEL_CHECKPOINT": str(dino_checkpoint),
-            "ZEROLABEL_OFFLINE": "1",
-            "ZEROLABEL_DEVICE": "cpu",
+            **tiny_env,
             "ZEROLABEL_ALLOWED_HOSTS": images_url.removeprefix("http://"),
             "ZEROLABEL_LEASE_S": "2",
             "ZEROLABEL_WAIT_TIMEOUT_S": "60",

@@ -404,3 +404,9 @@ def test_image_key_is_detected_from_the_first_task() -> None:
     both = {"id": 1, "data": {"a": "/data/upload/1/p.png", "b": "/data/upload/1/q.png"}}
     with pytest.raises(ValueError, match="image_key="):
         detect_image_key([both])
+
+
+def test_predictions_listed_by_id_only_are_explained() -> None:
+    task = {"id": 4, "data": {"image": "/data/upload/1/y.png"}, "predictions": [17, 18]}
+    ds = read_ls_export([task], source="predictions")
+    assert ds.images == [] and "by id only" in ds.skipped[0].reason
