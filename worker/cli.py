@@ -1,4 +1,4 @@
-"""``zerolabel`` command line: predict, eval, bench helpers and the worker.
+"""``zerolabel`` command line: predict, eval, worker and serve (the labeling loop: cli_loop).
 
 Heavy imports (torch, timm) happen inside the commands, so ``zerolabel --help`` is instant and
 the backend commands never load torch.
@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from worker.cli_options import local_files_options
 from worker.errors import DiscoveryError
 
 logger = logging.getLogger("zerolabel")
@@ -137,19 +138,7 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 )
 @click.option("--no-masks", is_flag=True, help="Boxes only (no BrushLabels / segmentation).")
 @click.option("--label", default="object", show_default=True, help="Label value of the regions.")
-@click.option(
-    "--url-prefix",
-    default="/data/local-files/?d=",
-    show_default=True,
-    help="Prefix of task image URLs (Label Studio local files by default).",
-)
-@click.option(
-    "--document-root",
-    type=click.Path(file_okay=False),
-    default=".",
-    show_default=True,
-    help="Image URLs are paths relative to this folder.",
-)
+@local_files_options
 def predict(
     inputs: tuple[str, ...],
     out_dir: str,

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from worker.cli_options import local_files_options
 from worker.errors import DiscoveryError
 
 logger = logging.getLogger("zerolabel")
@@ -120,14 +121,7 @@ def _url_loader(settings: Any) -> Any:
     show_default=True,
     help="Folder for the labelled tasks (folder mode).",
 )
-@click.option(
-    "--document-root",
-    type=click.Path(file_okay=False),
-    default=".",
-    show_default=True,
-    help="Folder the task image URLs are relative to.",
-)
-@click.option("--url-prefix", default="/data/local-files/?d=", show_default=True)
+@local_files_options
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False),
