@@ -220,14 +220,11 @@ class _Run:
             outcomes = self.service.dispatcher.collect(jobs, self.wait_timeout_s)
         except (RedisError, OSError) as exc:
             raise DiscoveryError(f"Redis unreachable at {self._redis_url()}: {exc}") from None
-        for pending, job, outcome in zip(batch, jobs, outcomes, strict=True):
+        for pending, outcome in zip(batch, outcomes, strict=True):
             reason = self._store(pending.task_id, outcome)
             if reason is not None:
                 self.report.failed.append((pending.task_id, reason))
                 logger.warning("task %s: no prediction: %s", pending.task_id, reason)
-                if outcome.result is not None:  # an error result: the next run tries again
-                    with contextlib.suppress(RedisError, OSError):
-                        job.delete()
             advance(1)
 
     def _store(self, task_id: int, outcome: Outcome) -> str | None:

@@ -174,9 +174,13 @@ class Dispatcher:
         status = job.get_status(refresh=True)
         if status == JobStatus.FINISHED:
             value = job.return_value(refresh=True)
-            return (
-                Outcome(DiscoveryResult.from_dict(value)) if value else Outcome(None, "no result")
-            )
+            if not value:
+                return Outcome(None, "no result")
+            result = DiscoveryResult.from_dict(value)
+            if result.error:  # e.g. a 404: forget it, so the task is tried again next time
+                with contextlib.suppress(RedisError):
+                    job.delete()
+            return Outcome(result)
         if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
             return Outcome(None, f"{status.value}: {_last_line(job)}")
         return None

@@ -179,3 +179,11 @@ def test_with_redis_down_predict_answers_in_time_and_health_says_so(tmp_path, di
         assert len(results) == 3 and all("Redis unreachable" in r["error"] for r in results)
         health = client.get("/health").get_json()
         assert health["status"] == "DEGRADED" and health["queue"]["reachable"] is False
+
+
+def test_an_image_that_cannot_be_read_is_reported_and_tried_again_next_time(stack):
+    first = stack.predict(["missing.jpg"], ids=[41])["results"][0]
+    assert "result" not in first and "404" in first["error"]
+    assert stack.hits["/missing.jpg"] == 1
+    again = stack.predict(["missing.jpg"], ids=[41])["results"][0]
+    assert "404" in again["error"] and stack.hits["/missing.jpg"] == 2  # not a stale answer
