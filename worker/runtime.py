@@ -58,14 +58,13 @@ class WorkerRuntime:
         """What runs a spec: the kept detector for ``cad``, the kept backbone otherwise."""
         if spec.method != "cad":
             return make_discoverer(spec, backbone=self.backbone(spec))
+        served = self.settings.spec(method="cad")  # ConfigError without a detector
+        if served.weights != spec.weights or self.settings.cad_checkpoint is None:
+            raise WeightsError(
+                f"the request asks for detector {spec.weights!r} but this worker serves "
+                f"{served.weights!r}: give backend and workers the same ZEROLABEL_CAD_CHECKPOINT"
+            )
         if self._detector is None:
-            served = self.settings.spec(method="cad")
-            if served.weights != spec.weights or self.settings.cad_checkpoint is None:
-                raise WeightsError(
-                    f"the request asks for detector {spec.weights!r} but this worker serves "
-                    f"{served.weights!r}: give backend and workers the same "
-                    "ZEROLABEL_CAD_CHECKPOINT"
-                )
             self._detector, _ = load_detector(
                 self.settings.cad_checkpoint, pick_device(self.settings.device)
             )
