@@ -15,6 +15,7 @@ import requests
 from tests.servers import free_port, stop, wait_for
 
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
+EXAMPLE_CONFIG = (Path(__file__).resolve().parents[2] / "examples" / "label_config.xml").read_text()
 
 
 @dataclass
@@ -22,6 +23,24 @@ class LabelStudio:
     url: str
     token: str
     document_root: Path
+
+    def create_project(self, title: str) -> int:
+        """A project with the example config (RectangleLabels + BrushLabels, label "object")."""
+        body = {"title": title, "label_config": EXAMPLE_CONFIG}
+        return int(self.api("POST", "/api/projects", json=body).json()["id"])
+
+    def add_local_storage(self, project: int, folder: Path) -> None:
+        """Serve ``folder`` (below the document root) as local files to ``project``."""
+        body = {
+            "project": project,
+            "path": str(folder),
+            "use_blob_urls": True,
+            "title": folder.name,
+        }
+        self.api("POST", "/api/storages/localfiles", json=body)
+
+    def predictions(self, project: int) -> list[dict]:
+        return self.api("GET", f"/api/predictions?project={project}").json()
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         headers = {"Authorization": f"Token {self.token}", **kwargs.pop("headers", {})}

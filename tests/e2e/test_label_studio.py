@@ -65,12 +65,6 @@ def backend(label_studio, tiny_env, tmp_path_factory):
         assert label_studio.token not in logs, "a token leaked into the logs"
 
 
-def _project(ls, title: str) -> int:
-    return ls.api("POST", "/api/projects", json={"title": title, "label_config": CONFIG}).json()[
-        "id"
-    ]
-
-
 def _import_tasks(ls, project: int) -> None:
     for name in UPLOADS:  # uploads: /data/upload/<project>/<hash>-name.jpg
         with (VOC / name).open("rb") as handle:
@@ -79,11 +73,7 @@ def _import_tasks(ls, project: int) -> None:
     folder.mkdir(exist_ok=True)
     for name in LOCAL:
         shutil.copy(VOC / name, folder / name)
-    ls.api(
-        "POST",
-        "/api/storages/localfiles",
-        json={"project": project, "path": str(folder), "use_blob_urls": True, "title": "set1"},
-    )
+    ls.add_local_storage(project, folder)
     tasks = [{"data": {"image": f"/data/local-files/?d=set1/{name}"}} for name in LOCAL]
     ls.api("POST", f"/api/projects/{project}/import", json=tasks)
 
@@ -96,13 +86,9 @@ def _retrieve(ls, project: int) -> None:
     )
 
 
-def _predictions(ls, project: int) -> list[dict]:
-    return ls.api("GET", f"/api/predictions?project={project}").json()
-
-
 def test_label_studio_gets_boxes_and_masks_for_every_task(label_studio, backend):
     ls = label_studio
-    project = _project(ls, "zerolabel e2e")
+    project = ls.create_project("zerolabel e2e")
     _import_tasks(ls, project)
     tasks = ls.api("GET", f"/api/tasks?project={project}&page_size=100").json()["tasks"]
     assert len(tasks) == len(UPLOADS) + len(LOCAL)
@@ -114,14 +100,14 @@ def test_label_studio_gets_boxes_and_masks_for_every_task(label_studio, backend)
     ).json()["model_version"]
 
     _retrieve(ls, project)
-    predictions = _predictions(ls, project)
+    predictions = ls.predictions(project)
     assert Counter(p["task"] for p in predictions) == Counter({t["id"]: 1 for t in tasks})
     for prediction in predictions:
         assert prediction["model_version"] == version
         check_regions(prediction["result"])
 
     _retrieve(ls, project)  # a second retrieve adds nothing
-    assert len(_predictions(ls, project)) == len(tasks)
+    assert len(ls.predictions(project)) == len(tasks)
     assert ls.api("GET", f"/api/ml/{ml['id']}").json()["state"] != "ER"
 
 
@@ -150,15 +136,11 @@ def test_predict_cli_output_imports_into_label_studio(label_studio, tiny_env, tm
         env=env,
     )
     assert result.exit_code == 0, result.output
-    project = _project(ls, "zerolabel cli import")
-    ls.api(
-        "POST",
-        "/api/storages/localfiles",
-        json={"project": project, "path": str(folder), "use_blob_urls": True, "title": "cli"},
-    )
+    project = ls.create_project("zerolabel cli import")
+    ls.add_local_storage(project, folder)
     tasks = json.loads((out / "tasks.json").read_text())
     ls.api("POST", f"/api/projects/{project}/import", json=tasks)
-    predictions = _predictions(ls, project)
+    predictions = ls.predictions(project)
     assert len(predictions) == len(tasks) == 4
     for prediction in predictions:
         check_regions(prediction["result"])

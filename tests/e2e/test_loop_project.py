@@ -19,7 +19,6 @@ from worker.pseudo_classes import object_key
 pytestmark = pytest.mark.e2e
 
 VOC = ROOT / "examples" / "voc2007" / "JPEGImages"
-CONFIG = (ROOT / "examples" / "label_config.xml").read_text()
 PHOTOS = ("000002.jpg", "000003.jpg", "000005.jpg", "000009.jpg")
 
 
@@ -52,14 +51,8 @@ def project(label_studio, tiny_env, tmp_path_factory):
         env=env,
     )
     assert made.exit_code == 0, made.output
-    project_id = ls.api(
-        "POST", "/api/projects", json={"title": "loop", "label_config": CONFIG}
-    ).json()["id"]
-    ls.api(
-        "POST",
-        "/api/storages/localfiles",
-        json={"project": project_id, "path": str(folder), "use_blob_urls": True, "title": "loop"},
-    )
+    project_id = ls.create_project("loop")
+    ls.add_local_storage(project_id, folder)
     ls.api(
         "POST",
         f"/api/projects/{project_id}/import",
@@ -71,7 +64,7 @@ def project(label_studio, tiny_env, tmp_path_factory):
 def _label_sets(ls, project_id):
     """{(task, object): labels} over every prediction region of the project."""
     found: dict[tuple[int, str], set[str]] = {}
-    for prediction in ls.api("GET", f"/api/predictions?project={project_id}").json():
+    for prediction in ls.predictions(project_id):
         for item in prediction["result"]:
             names = item["value"].get("rectanglelabels") or item["value"].get("brushlabels")
             found.setdefault((prediction["task"], object_key(item["id"])), set()).update(names)
@@ -107,7 +100,7 @@ def test_cluster_and_relabel_a_project(project, tmp_path):
 
 def test_eval_and_export_a_corrected_project(project, tmp_path):
     ls, project_id, env = project
-    predictions = ls.api("GET", f"/api/predictions?project={project_id}").json()
+    predictions = ls.predictions(project_id)
     for prediction in predictions:  # an annotator accepts every pre-label as is
         ls.api(
             "POST",
