@@ -20,7 +20,7 @@ from backend.ls_format import Target, task
 from worker.backbone import load_configured_backbone, pick_device
 from worker.cad import load_detector
 from worker.coco import coco_from_results
-from worker.contract import DiscoveryResult
+from worker.contract import DiscoveryResult, Region
 from worker.errors import ImageLoadError
 from worker.images import ImageLimits, LoadedImage, load_file
 from worker.pipeline import CadDiscoverer, Discoverer, make_discoverer
@@ -95,10 +95,7 @@ class BatchJob:
                     loaded.append((path, load_file(path, limits, max_side=side)))
                 except ImageLoadError as exc:
                     failed[path] = exc.reason
-            regions = self.discoverer.run([image for _, image in loaded], batch_size=size)
-            done = {
-                path: (image, regs) for (path, image), regs in zip(loaded, regions, strict=True)
-            }
+            done = self._run_chunk(loaded, failed)
             for path in chunk:
                 if path in failed:
                     yield path, failed[path]
@@ -110,6 +107,29 @@ class BatchJob:
                         str(path), image.original_hw, regs, self.discoverer.model_version
                     ),
                 )
+
+    def _run_chunk(
+        self, loaded: list[tuple[Path, LoadedImage]], failed: dict[Path, str]
+    ) -> dict[Path, tuple[LoadedImage, list[Region]]]:
+        """Regions per loaded file; when the batched run fails (out of memory, an odd image),
+        each image runs alone so only the culprit is reported in ``failed``."""
+        images = [image for _, image in loaded]
+        try:
+            regions = self.discoverer.run(images, batch_size=self.settings.batch_size)
+            return {
+                path: (image, regs) for (path, image), regs in zip(loaded, regions, strict=True)
+            }
+        except (RuntimeError, ValueError) as exc:
+            logger.warning(
+                "batch of %d failed (%s); running its images one by one", len(images), exc
+            )
+        done: dict[Path, tuple[LoadedImage, list[Region]]] = {}
+        for path, image in loaded:
+            try:
+                done[path] = (image, self.discoverer.run([image], batch_size=1)[0])
+            except (RuntimeError, ValueError) as exc:
+                failed[path] = f"discovery failed: {exc}"
+        return done
 
     def run(
         self,

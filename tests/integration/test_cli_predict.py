@@ -127,3 +127,24 @@ def test_without_weights_and_offline_it_fails_at_once_with_instructions(photos, 
 def test_unknown_input_is_a_usage_error(tiny_env, tmp_path):
     result = CliRunner().invoke(main, ["predict", str(tmp_path / "nothing*.jpg")], env=tiny_env)
     assert result.exit_code == 2 and "matches no file" in result.output
+
+
+def test_an_image_that_breaks_discovery_fails_alone(tiny_env, photos, tmp_path, monkeypatch):
+    from worker.pipeline import Discoverer
+
+    real_run = Discoverer.run
+
+    def run(self, images, batch_size=8):
+        if any(image.source.endswith("000004.jpg") for image in images):
+            raise RuntimeError("out of memory")  # what a huge batch can do on a GPU
+        return real_run(self, images, batch_size)
+
+    monkeypatch.setattr(Discoverer, "run", run)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["predict", str(photos), "-o", str(out), "--batch-size", "4"], env=tiny_env
+    )
+    assert result.exit_code == 1
+    assert f"FAILED {photos / '000004.jpg'}: discovery failed: out of memory" in result.output
+    assert "3 image(s) pre-labeled" in result.output
+    assert len(json.loads((out / "tasks.json").read_text())) == 3
