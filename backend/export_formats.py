@@ -11,10 +11,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
-
 from backend.export_model import Dataset, ImageRecord, ObjectRecord
-from worker.geometry import rle_encode, rle_to_coco_string
+from worker.coco import coco_annotation
+from worker.geometry import rle_encode
 
 AGNOSTIC_LABEL = "object"
 """The single class of class-agnostic exports."""
@@ -59,26 +58,16 @@ def to_coco(ds: Dataset, *, class_agnostic: bool) -> dict[str, Any]:
 def _coco_annotation(
     obj: ObjectRecord, image: ImageRecord, image_id: int, category_id: int
 ) -> dict[str, Any]:
-    box = obj.box
-    ann: dict[str, Any] = {
-        "image_id": image_id,
-        "category_id": category_id,
-        "bbox": [box.x0, box.y0, box.width, box.height],
-        "area": float(box.width * box.height),
-        "iscrowd": 0,
-    }
-    if obj.mask is not None:
-        if obj.mask.shape != (image.height, image.width):
-            raise ValueError(
-                f"{image.file_name}: mask is {obj.mask.shape} (height, width) but the image is "
-                f"{(image.height, image.width)}"
-            )
-        counts = rle_to_coco_string(rle_encode(obj.mask))
-        ann["segmentation"] = {"size": [image.height, image.width], "counts": counts}
-        ann["area"] = float(np.count_nonzero(obj.mask))
-    if obj.score is not None:
-        ann["score"] = obj.score
-    return ann
+    mask = rle_encode(obj.mask) if obj.mask is not None else None
+    return coco_annotation(
+        obj.box,
+        mask,
+        image_id=image_id,
+        category_id=category_id,
+        image_hw=(image.height, image.width),
+        score=obj.score,
+        where=image.file_name,
+    )
 
 
 def label_stems(ds: Dataset) -> list[str]:

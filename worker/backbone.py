@@ -201,17 +201,25 @@ def load_checkpoint(model: VisionTransformer, path: str | Path) -> str:
         raise WeightsError(f"checkpoint {path} does not exist. {HOW_TO_PROVIDE_WEIGHTS}")
     state = unwrap_state_dict(_read_checkpoint(path))
     state = checkpoint_filter_fn(state, model)  # timm conversions (DINOv2 layout, pos_embed size)
+    load_fitting(model, state, f"checkpoint {path.name} does not fit {_arch(model)}")
+    return "file:" + _file_digest(path)
+
+
+def load_fitting(module: torch.nn.Module, state: Mapping[str, Any], what: str) -> None:
+    """Load ``state`` into ``module``, refusing any missing, unexpected or misshapen key.
+
+    Raises:
+        WeightsError: ``what`` followed by the keys (or shapes) that do not fit.
+    """
     try:
-        result = model.load_state_dict(state, strict=False)
+        result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
-        raise WeightsError(f"checkpoint {path.name} does not fit {_arch(model)}: {exc}") from None
+        raise WeightsError(f"{what}: {exc}") from None
     if result.missing_keys or result.unexpected_keys:
         raise WeightsError(
-            f"checkpoint {path.name} does not fit {_arch(model)}: "
-            f"missing keys {_few(result.missing_keys)}, unexpected keys "
+            f"{what}: missing keys {_few(result.missing_keys)}, unexpected keys "
             f"{_few(result.unexpected_keys)}"
         )
-    return "file:" + _file_digest(path)
 
 
 def _read_checkpoint(path: Path) -> Mapping[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.contract import DiscoveryResult, Region
+from worker.contract import Box, DiscoveryResult, Region, Rle
 from worker.geometry import rle_area, rle_to_coco_string
 
 CATEGORY_ID = 1
@@ -52,24 +52,50 @@ def coco_from_results(
 
 
 def _annotation(region: Region, image_id: int, image_hw: tuple[int, int]) -> dict[str, Any]:
-    """One annotation without its id; the area is the mask's pixel count, else the box's."""
-    box = region.box
+    return coco_annotation(
+        region.box,
+        region.mask,
+        image_id=image_id,
+        category_id=CATEGORY_ID,
+        image_hw=image_hw,
+        score=region.score,
+        where=f"image {image_id}",
+    )
+
+
+def coco_annotation(
+    box: Box,
+    mask: Rle | None,
+    *,
+    image_id: int,
+    category_id: int,
+    image_hw: tuple[int, int],
+    score: float | None = None,
+    where: str,
+) -> dict[str, Any]:
+    """One COCO annotation without its id: bbox xywh, and with a mask its compressed RLE and
+    pixel-count area (else the box's area).
+
+    Raises:
+        ValueError: the mask is not the image's size (``where`` names the image).
+    """
     ann: dict[str, Any] = {
         "image_id": image_id,
-        "category_id": CATEGORY_ID,
+        "category_id": category_id,
         "bbox": [box.x0, box.y0, box.width, box.height],
         "area": float(box.width * box.height),
-        "score": float(region.score),
         "iscrowd": 0,
     }
-    if region.mask is not None:
-        if region.mask.size_hw != image_hw:
+    if score is not None:
+        ann["score"] = float(score)
+    if mask is not None:
+        if tuple(mask.size_hw) != tuple(image_hw):
             raise ValueError(
-                f"image {image_id}: mask is {region.mask.size_hw} but the image is {image_hw}"
+                f"{where}: mask is {mask.size_hw} (height, width) but the image is {image_hw}"
             )
-        h, w = region.mask.size_hw
-        ann["segmentation"] = {"size": [h, w], "counts": rle_to_coco_string(region.mask)}
-        ann["area"] = float(rle_area(region.mask))
+        h, w = mask.size_hw
+        ann["segmentation"] = {"size": [h, w], "counts": rle_to_coco_string(mask)}
+        ann["area"] = float(rle_area(mask))
     return ann
 
 

@@ -17,7 +17,7 @@ CutLER's recipe, as far as torchvision allows:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops import boxes as box_ops
 
-from worker.backbone import unwrap_state_dict
+from worker.backbone import load_fitting, unwrap_state_dict
 from worker.cad.config import CadConfig
 from worker.errors import WeightsError
 
@@ -138,15 +138,8 @@ def load_backbone_checkpoint(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     loaded = _torch_load(path, what="backbone checkpoint")
     state = {k: v for k, v in unwrap_state_dict(loaded).items() if not k.startswith("fc.")}
-    try:
-        result = model.get_submodule("backbone.body").load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise WeightsError(f"backbone checkpoint {path} does not fit ResNet-50: {exc}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise WeightsError(
-            f"backbone checkpoint {path} does not fit ResNet-50: missing keys "
-            f"{_few(result.missing_keys)}; unexpected keys {_few(result.unexpected_keys)}"
-        )
+    body = model.get_submodule("backbone.body")
+    load_fitting(body, state, f"backbone checkpoint {path} does not fit ResNet-50")
     logger.info("loaded backbone weights from %s (%d tensors)", path, len(state))
 
 
@@ -196,10 +189,3 @@ def _torch_load(path: Path, what: str) -> Mapping[str, Any]:
     if not isinstance(loaded, Mapping):
         raise WeightsError(f"{what} {path} holds a {type(loaded).__name__}, not a dict")
     return loaded
-
-
-def _few(keys: Sequence[str], limit: int = 8) -> str:
-    if not keys:
-        return "none"
-    shown = ", ".join(keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
