@@ -23,13 +23,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.discovery.graph import (  # noqa: E402
+from zerolabel.discovery.graph import (  # noqa: E402
     bipartition,
     dense_second_smallest_eigenvector,
     ncut_graph,
     second_smallest_eigenvector,
 )
-from worker.discovery.maskcut import oriented_foreground  # noqa: E402
+from zerolabel.discovery.maskcut import oriented_foreground  # noqa: E402
 
 DEFAULT_GRIDS = ["20x20", "30x40", "48x64", "60x60"]
 

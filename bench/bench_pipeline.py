@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-
-from worker import features
-from worker.backbone import load_backbone, set_fused_attention
-from worker.contract import DiscoverySpec
-from worker.images import ImageLimits, load_file
-from worker.pipeline import Discoverer
+from zerolabel.contract import DiscoverySpec
+from zerolabel.io.images import ImageLimits, load_file
+from zerolabel.pipeline import Discoverer
+from zerolabel.vit import features
+from zerolabel.vit.backbone import load_backbone, set_fused_attention
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,7 +133,7 @@ def _memory_run(method: str, photo: Path, checkpoint: Path, out: Path) -> None:
     # VmHWM is this process's own peak; getrusage's ru_maxrss would carry over the parent's
     # peak across fork + exec.
     script = (
-        "import re, sys; from worker.cli import main\n"
+        "import re, sys; from zerolabel.cli.main import main\n"
         "try:\n    main(sys.argv[1:], standalone_mode=False)\n"
         "finally:\n    status = open('/proc/self/status').read()\n"
         "    print(re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n"

@@ -6,8 +6,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
     HF_HOME=/cache/huggingface
 WORKDIR /app
 
+# The library alone: workers never need the HTTP server package.
 COPY pyproject.toml README.md ./
-COPY backend ./backend
 COPY worker ./worker
 # torch and torchvision come with the base image; the rest of the worker extra is added.
 RUN --mount=type=cache,target=/root/.cache/pip pip install ".[worker]"

@@ -83,7 +83,7 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """``zerolabel worker`` in its own process, output to ``log``."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "worker"],
+            [sys.executable, "-m", "zerolabel.cli.main", "worker"],
             cwd=ROOT,
             env={**os.environ, **env},
             stdout=out,

@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 import requests
 from click.testing import CliRunner
+from zerolabel.cli.main import main
 
 from tests.ls_reference import check_regions
 from tests.servers import (
@@ -23,7 +24,6 @@ from tests.servers import (
     wait_for,
     wait_for_workers,
 )
-from worker.cli import main
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +47,7 @@ def backend(label_studio, tiny_env, tmp_path_factory):
         worker = start_worker(env, tmp / "worker.log")
         with (tmp / "backend.log").open("wb") as log:
             server = subprocess.Popen(
-                [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
+                [sys.executable, "-m", "zerolabel.cli.main", "serve", "--port", str(port)],
                 cwd=ROOT,
                 env={**os.environ, **env},
                 stdout=log,

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from pycocotools.coco import COCO
+from zerolabel.cli.main import main
+from zerolabel.labelstudio.label_config import find_target
+from zerolabel.loop.pseudo_classes import object_key
 
-from backend.label_config import find_target
 from tests.servers import ROOT
-from worker.cli import main
-from worker.pseudo_classes import object_key
 
 pytestmark = pytest.mark.e2e
 

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from zerolabel.labelstudio.client import LabelStudioClient
+from zerolabel.labelstudio.options import ProjectOptions
+from zerolabel.loop.prelabel import PrelabelReport, prelabel_project
+from zerolabel.queue.service import PredictionService
+from zerolabel.settings import BackendSettings
 
-from backend.ls_client import LabelStudioClient
-from backend.prelabel import PrelabelReport, prelabel_project
-from backend.service import PredictionService
-from backend.settings import BackendSettings, ProjectOptions
 from tests.ls_reference import check_regions
 from tests.servers import ROOT, redis_server, start_worker, stop, wait_for_workers
 

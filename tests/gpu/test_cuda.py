@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from worker import features
-from worker.backbone import load_backbone
+from zerolabel.vit import features
+from zerolabel.vit.backbone import load_backbone
 
 pytestmark = [
     pytest.mark.gpu,

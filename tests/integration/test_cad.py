@@ -17,8 +17,7 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
-
-from worker.cad import (
+from zerolabel.cad import (
     CHECKPOINT_FORMAT,
     CadConfig,
     CocoDetectionDataset,
@@ -30,10 +29,10 @@ from worker.cad import (
     self_training_round,
     train,
 )
-from worker.contract import Box
-from worker.errors import ConfigError, WeightsError
-from worker.geometry import rle_encode, rle_to_coco_string
-from worker.images import ImageLimits, LoadedImage, load_file
+from zerolabel.contract import Box
+from zerolabel.errors import ConfigError, WeightsError
+from zerolabel.geometry import rle_encode, rle_to_coco_string
+from zerolabel.io.images import ImageLimits, LoadedImage, load_file
 
 IMAGE_HW = (120, 160)
 # Per image: the bright rectangles (x0, y0, x1, y1) and how each is written in the COCO file.

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-from worker.cli import main
-from worker.contract import DiscoveryRequest
-from worker.runtime import WorkerRuntime
-from worker.settings import WorkerSettings
+from zerolabel.cli.main import main
+from zerolabel.contract import DiscoveryRequest
+from zerolabel.queue.runtime import WorkerRuntime
+from zerolabel.settings import WorkerSettings
 
 SMALL = ["--min-size", "224", "--max-size", "320", "--device", "cpu"]  # short CPU steps
 VOC = Path(__file__).resolve().parents[2] / "examples" / "voc2007" / "JPEGImages"

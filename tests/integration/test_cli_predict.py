@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from pycocotools.coco import COCO
+from zerolabel.cli.main import main
 
 from tests.ls_reference import check_ls_task
-from worker.cli import main
 
 VOC = Path(__file__).resolve().parents[2] / "examples" / "voc2007"
 
@@ -130,7 +130,7 @@ def test_unknown_input_is_a_usage_error(tiny_env, tmp_path):
 
 
 def test_an_image_that_breaks_discovery_fails_alone(tiny_env, photos, tmp_path, monkeypatch):
-    from worker.pipeline import Discoverer
+    from zerolabel.pipeline import Discoverer
 
     real_run = Discoverer.run
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from pycocotools.coco import COCO
-
-from backend.label_config import find_target
-from worker.cli import main
-from worker.pseudo_classes import object_key
+from zerolabel.cli.main import main
+from zerolabel.labelstudio.label_config import find_target
+from zerolabel.loop.pseudo_classes import object_key
 
 VOC = Path(__file__).resolve().parents[2] / "examples" / "voc2007" / "JPEGImages"
 

@@ -13,13 +13,13 @@ import pytest
 from redis import Redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from zerolabel.contract import DiscoveryRequest
+from zerolabel.labelstudio.tasks import brush_rle_decode
+from zerolabel.queue.service import PredictionService
+from zerolabel.settings import BackendSettings
+from zerolabel_backend.app import create_app
 
-from backend.app import create_app
-from backend.ls_format import brush_rle_decode
-from backend.service import PredictionService
-from backend.settings import BackendSettings
 from tests.servers import image_server, redis_server, start_worker, stop, wait_for, wait_for_workers
-from worker.contract import DiscoveryRequest
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,9 @@ import fakeredis
 import pytest
 from rq import Queue
 from rq.serializers import JSONSerializer
-
-from backend.app import create_app
-from backend.service import PredictionService
-from backend.settings import BackendSettings
+from zerolabel.queue.service import PredictionService
+from zerolabel.settings import BackendSettings
+from zerolabel_backend.app import create_app
 
 CONFIG = (Path(__file__).resolve().parents[2] / "examples" / "label_config.xml").read_text()
 BOXES_ONLY = """<View><Image name="img" value="$photo"/>

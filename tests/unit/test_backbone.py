@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from zerolabel.errors import ConfigError, WeightsError
+from zerolabel.vit import features
+from zerolabel.vit.backbone import load_backbone, set_fused_attention, unwrap_state_dict
 
 from tests.reference_dino import ReferenceDino
-from worker import features
-from worker.backbone import load_backbone, set_fused_attention, unwrap_state_dict
-from worker.errors import ConfigError, WeightsError
 
 ARCH = "vit_small_patch16_224"
 DEPTH2 = {"depth": 2}

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-import backend
-import worker
+import zerolabel
+import zerolabel_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,16 +27,16 @@ sys.meta_path.insert(0, Block())
 @pytest.mark.parametrize(
     "module",
     [
-        "backend.wsgi",
-        "backend.app",
-        "backend.prelabel",
-        "backend.export",
-        "backend.ls_client",
-        "worker.taskqueue",
-        "worker.contract",
-        "worker.fetch",
-        "worker.cli",
-        "worker.cli_loop",
+        "zerolabel_backend.wsgi",
+        "zerolabel_backend.app",
+        "zerolabel.loop.prelabel",
+        "zerolabel.formats.export",
+        "zerolabel.labelstudio.client",
+        "zerolabel.queue.dispatch",
+        "zerolabel.contract",
+        "zerolabel.io.fetch",
+        "zerolabel.cli.main",
+        "zerolabel.cli.loop",
     ],
 )
 def test_backend_side_imports_without_torch(module):
@@ -53,20 +52,22 @@ def test_backend_side_imports_without_torch(module):
 
 
 def test_contract_uses_the_standard_library_only():
-    code = "import sys; import worker.contract; print(sorted(m.split('.')[0] for m in sys.modules))"
+    code = (
+        "import sys; import zerolabel.contract; print(sorted(m.split('.')[0] for m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     loaded = set(eval(done.stdout))  # noqa: S307 (our own printed list)
     assert not loaded & {"numpy", "torch", "redis", "rq", "PIL", "requests"}
 
 
 def test_every_module_imports():
-    for package in (backend, worker):
+    for package in (zerolabel, zerolabel_backend):
         for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
             importlib.import_module(info.name)
 
 
 def test_method_names_match_the_contract():
-    from worker.contract import FEATURE_METHODS, METHOD_NAMES
-    from worker.discovery import METHODS
+    from zerolabel.contract import FEATURE_METHODS, METHOD_NAMES
+    from zerolabel.discovery import METHODS
 
     assert tuple(METHODS) == FEATURE_METHODS and set(METHOD_NAMES) == {*METHODS, "cad"}

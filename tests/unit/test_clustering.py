@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from worker.clustering import (
+from zerolabel.loop.clustering import (
     Whitening,
     apply_mapping,
     assign,
@@ -125,7 +124,7 @@ def test_suggest_k_on_tiny_datasets(rows, expected):
 
 
 def test_suggest_k_subsamples_large_datasets(monkeypatch):
-    import worker.clustering as clustering
+    import zerolabel.loop.clustering as clustering
 
     monkeypatch.setattr(clustering, "SILHOUETTE_SAMPLES", 30)
     descriptors, _ = planted_blobs(groups=3, per_group=40, seed=4)

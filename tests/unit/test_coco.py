@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-
-from worker.coco import coco_from_results, coco_results_list
-from worker.contract import Box, DiscoveryResult, Region
-from worker.geometry import mask_to_box, rle_encode
+from zerolabel.contract import Box, DiscoveryResult, Region
+from zerolabel.formats.coco import coco_from_results, coco_results_list
+from zerolabel.geometry import mask_to_box, rle_encode
 
 H, W = 30, 50  # non-square: a swapped width/height shows up as a wrong shape
 

@@ -9,8 +9,7 @@ import subprocess
 import sys
 
 import pytest
-
-from worker.contract import Box, DiscoveryRequest, DiscoveryResult, DiscoverySpec, Region, Rle
+from zerolabel.contract import Box, DiscoveryRequest, DiscoveryResult, DiscoverySpec, Region, Rle
 
 SPEC = DiscoverySpec(method="maskcut", params={"tau": 0.15, "max_objects": 3}, max_side=480)
 
@@ -31,7 +30,7 @@ def test_request_survives_json_and_hides_its_token():
 
 def test_model_version_is_the_same_in_another_process():
     code = (
-        "from worker.contract import DiscoverySpec; print(DiscoverySpec(method='maskcut', "
+        "from zerolabel.contract import DiscoverySpec; print(DiscoverySpec(method='maskcut', "
         "params={'max_objects': 3, 'tau': 0.15}, max_side=480).model_version())"
     )
     env = {**os.environ, "PYTHONHASHSEED": "123"}

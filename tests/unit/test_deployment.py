@@ -53,7 +53,7 @@ def _documented() -> set[str]:
 
 def _read_by_code() -> set[str]:
     names: set[str] = set()
-    for path in [*ROOT.glob("backend/*.py"), *ROOT.glob("worker/**/*.py")]:
+    for path in [*ROOT.glob("backend/**/*.py"), *ROOT.glob("worker/**/*.py")]:
         text = path.read_text()
         names |= set(
             re.findall(r"""["']((?:ZEROLABEL|LABEL_STUDIO|REDIS)_[A-Z0-9_]+|REDIS_URL)["']""", text)

@@ -5,13 +5,12 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+import zerolabel.vit.descriptors as descriptors
 from PIL import Image
-
-import worker.descriptors as descriptors
-from worker.backbone import Backbone, load_backbone
-from worker.contract import Box
-from worker.descriptors import DescriptorCache, crop_descriptor, resized_hw
-from worker.images import LoadedImage
+from zerolabel.contract import Box
+from zerolabel.io.images import LoadedImage
+from zerolabel.vit.backbone import Backbone, load_backbone
+from zerolabel.vit.descriptors import DescriptorCache, crop_descriptor, resized_hw
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import math
 from pathlib import Path
 
 import pytest
-
-from worker.contract import Box
-from worker.evaluation import (
+from zerolabel.contract import Box
+from zerolabel.evaluation.ground_truth import GroundTruth, GtImage, read_voc
+from zerolabel.evaluation.metrics import (
     CORLOC_IOU,
     CSV_COLUMNS,
     EvalReport,
@@ -20,8 +20,7 @@ from worker.evaluation import (
     evaluate,
     read_predictions,
 )
-from worker.geometry import box_iou
-from worker.ground_truth import GroundTruth, GtImage, read_voc
+from zerolabel.geometry import box_iou
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 VOC = EXAMPLES / "voc2007"

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools.coco import COCO
-
-from backend.export import (
+from zerolabel.contract import Box, DiscoveryResult, Region
+from zerolabel.evaluation.ground_truth import read_voc, read_yolo
+from zerolabel.formats.export import (
     Dataset,
     detect_image_key,
     export,
@@ -30,10 +31,8 @@ from backend.export import (
     write_voc,
     write_yolo,
 )
-from backend.ls_format import Target, brush_rle_encode, prediction
-from worker.contract import Box, DiscoveryResult, Region
-from worker.geometry import mask_to_box, rle_encode
-from worker.ground_truth import read_voc, read_yolo
+from zerolabel.geometry import mask_to_box, rle_encode
+from zerolabel.labelstudio.tasks import Target, brush_rle_encode, prediction
 
 H, W = 37, 53
 

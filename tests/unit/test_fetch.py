@@ -18,9 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from PIL import Image
-
-from worker.errors import ConfigError, ImageLoadError
-from worker.fetch import (
+from zerolabel.errors import ConfigError, ImageLoadError
+from zerolabel.io.fetch import (
     ALLOWED_HOSTS_SETTING,
     Fetcher,
     FetchPolicy,
@@ -29,7 +28,7 @@ from worker.fetch import (
     fetch_image,
     parse_allowed_hosts,
 )
-from worker.images import ImageLimits
+from zerolabel.io.images import ImageLimits
 
 LEGACY = "0123456789abcdef0123456789abcdef01234567"
 PAT = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCIsImp0aSI6IjEifQ.c2lnbmF0dXJlLXBhdA"

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from worker.contract import Box
-from worker.geometry import (
+from zerolabel.contract import Box
+from zerolabel.geometry import (
     Frame,
     box_iou,
     mask_to_box,
     patch_mask_to_box,
     patch_mask_to_pixel_mask,
 )
-from worker.preprocess import content_size
+from zerolabel.vit.preprocess import content_size
 
 
 def _patch_mask(grid_hw, rows, cols):

@@ -1,13 +1,12 @@
-"""COCO run-length encodings of worker.geometry against pycocotools."""
+"""COCO run-length encodings of zerolabel.geometry against pycocotools."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
-
-from worker.contract import Rle
-from worker.geometry import rle_area, rle_decode, rle_encode, rle_to_coco_string
+from zerolabel.contract import Rle
+from zerolabel.geometry import rle_area, rle_decode, rle_encode, rle_to_coco_string
 
 _RNG = np.random.default_rng(11)
 

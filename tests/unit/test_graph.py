@@ -5,17 +5,17 @@ import logging
 import pytest
 import scipy.linalg
 import torch
-
-from tests.unit.synthetic import planted_keys, random_blocks
-from worker.discovery import graph
-from worker.discovery.graph import (
+from zerolabel.discovery import graph
+from zerolabel.discovery.graph import (
     bipartition,
     component_containing,
     dense_second_smallest_eigenvector,
     ncut_graph,
     second_smallest_eigenvector,
 )
-from worker.discovery.maskcut import mask_out, oriented_foreground
+from zerolabel.discovery.maskcut import mask_out, oriented_foreground
+
+from tests.unit.synthetic import planted_keys, random_blocks
 
 # --- component_containing -------------------------------------------------------------------
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
-from worker.contract import Box
-from worker.ground_truth import (
+from zerolabel.contract import Box
+from zerolabel.evaluation.ground_truth import (
     GtImage,
     image_hw,
     read_coco,

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from worker.errors import ImageLoadError
-from worker.images import ImageLimits, decode, load_file
+from zerolabel.errors import ImageLoadError
+from zerolabel.io.images import ImageLimits, decode, load_file
 
 LIMITS = ImageLimits()
 

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from backend.label_config import find_target
-from backend.ls_format import Target
-from worker.errors import ConfigError
+from zerolabel.errors import ConfigError
+from zerolabel.labelstudio.label_config import find_target
+from zerolabel.labelstudio.tasks import Target
 
 IMAGE = '<Image name="image" value="$image"/>'
 
@@ -162,7 +161,7 @@ def test_example_config() -> None:
 def test_imports_neither_torch_nor_label_studio_ml() -> None:
     """The web process reads configs: importing the module must stay light."""
     code = (
-        "import sys, backend.label_config; "
+        "import sys, zerolabel.labelstudio.label_config; "
         "print(sorted({'torch', 'label_studio_ml'} & set(sys.modules)))"
     )
     root = Path(__file__).resolve().parents[2]

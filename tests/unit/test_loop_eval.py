@@ -6,9 +6,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
-from worker.cli import main
-from worker.loop_eval import evaluate_export
+from zerolabel.cli.main import main
+from zerolabel.loop.evaluate import evaluate_export
 
 W, H = 200, 100
 OBJECTS = {  # task id -> [(x0, y0, x1, y1, class)]

@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from zerolabel.discovery import METHODS, ObjectMask
+from zerolabel.discovery.lost import lost
 
 from tests.unit.synthetic import block_mask, planted_keys
-from worker.discovery import METHODS, ObjectMask
-from worker.discovery.lost import lost
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-
-from backend.ls_client import (
+from zerolabel.labelstudio.client import (
     ACCESS_TOKEN_TTL_S,
     LabelStudioClient,
     LabelStudioError,

@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from zerolabel.contract import Box, DiscoveryResult, Region
+from zerolabel.geometry import mask_to_box, rle_encode
+from zerolabel.labelstudio.tasks import Target, brush_rle_decode, brush_rle_encode, prediction, task
 
-from backend.ls_format import Target, brush_rle_decode, brush_rle_encode, prediction, task
 from tests.ls_reference import check_ls_task, load_sdk_brush
-from worker.contract import Box, DiscoveryResult, Region
-from worker.geometry import mask_to_box, rle_encode
 
 
 @pytest.fixture

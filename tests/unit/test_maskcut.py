@@ -2,12 +2,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from zerolabel.discovery import METHODS, ObjectMask
+from zerolabel.discovery import maskcut as maskcut_module
+from zerolabel.discovery.maskcut import (
+    count_fg_corners,
+    is_new_object,
+    maskcut,
+    oriented_foreground,
+)
+from zerolabel.discovery.tokencut import tokencut
 
 from tests.unit.synthetic import block_mask, planted_keys
-from worker.discovery import METHODS, ObjectMask
-from worker.discovery import maskcut as maskcut_module
-from worker.discovery.maskcut import count_fg_corners, is_new_object, maskcut, oriented_foreground
-from worker.discovery.tokencut import tokencut
 
 TWO_OBJECTS = [
     pytest.param((12, 14), [(slice(1, 5), slice(1, 5)), (slice(7, 10), slice(8, 12))], id="apart"),

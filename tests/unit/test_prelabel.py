@@ -8,14 +8,14 @@ from typing import Any
 import fakeredis
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
-
-from backend.ls_client import LabelStudioError
-from backend.prelabel import PrelabelReport, prelabel_project
-from backend.service import PredictionService
-from backend.settings import BackendSettings, ProjectOptions
-from worker.contract import Box, DiscoveryRequest, DiscoveryResult, Region, Rle
-from worker.errors import DiscoveryError
-from worker.taskqueue import Outcome
+from zerolabel.contract import Box, DiscoveryRequest, DiscoveryResult, Region, Rle
+from zerolabel.errors import DiscoveryError
+from zerolabel.labelstudio.client import LabelStudioError
+from zerolabel.labelstudio.options import ProjectOptions
+from zerolabel.loop.prelabel import PrelabelReport, prelabel_project
+from zerolabel.queue.dispatch import Outcome
+from zerolabel.queue.service import PredictionService
+from zerolabel.settings import BackendSettings
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>

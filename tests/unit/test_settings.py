@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from worker.errors import ConfigError
-from worker.settings import WorkerSettings, parse_bool
+from zerolabel.errors import ConfigError
+from zerolabel.settings import WorkerSettings, parse_bool
 
 
 def test_defaults_without_environment():

@@ -2,16 +2,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from tests.unit.synthetic import block_mask, planted_keys
-from worker.discovery import METHODS
-from worker.discovery.graph import (
+from zerolabel.discovery import METHODS
+from zerolabel.discovery.graph import (
     bipartition,
     dense_second_smallest_eigenvector,
     ncut_graph,
     second_smallest_eigenvector,
 )
-from worker.discovery.tokencut import tokencut
+from zerolabel.discovery.tokencut import tokencut
+
+from tests.unit.synthetic import block_mask, planted_keys
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,59 @@
+"""How to build and train the class-agnostic detector: :class:`CadConfig`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from zerolabel.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CadConfig:
+    """How to build and train the detector.
+
+    ``CadConfig(masks=True, iterations=2000, device="cuda")``  # Mask R-CNN, CutLER-like run
+    """
+
+    masks: bool  # Mask R-CNN (True) or Faster R-CNN (False)
+    min_size: int = 512  # model input: shorter side resized to this...
+    max_size: int = 1024  # ...unless the longer side would exceed this
+    iterations: int = 1000  # total SGD steps (a resumed run continues up to this)
+    batch_size: int = 2  # images per step
+    lr: float = 0.0025  # torchvision's 0.02 for 16 images, scaled to 2
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iterations: int = 100  # linear lr warm-up from lr / warmup_iterations
+    flip_prob: float = 0.5  # horizontal-flip augmentation
+    checkpoint_every: int = 500  # iterations between checkpoint_last.pt writes
+    seed: int = 0  # model init, image order, flips and RoI sampling
+    device: str = "cpu"
+    backbone_checkpoint: str | None = None  # local ResNet-50 state dict (e.g. DINO)
+    trainable_backbone_layers: int | None = None  # 0-5; None: 3 with a checkpoint, else 5
+    rois_per_image: int = 512  # RoI-head samples per image (torchvision and CutLER: 512)
+    proposals: int | None = None  # RPN proposals per image; None: 2000 training, 1000 testing
+    drop_loss_iou: float | None = 0.01  # CutLER DropLoss threshold; None: plain loss
+
+    def __post_init__(self) -> None:
+        positive = ("min_size", "max_size", "iterations", "batch_size", "checkpoint_every")
+        for name in (*positive, "rois_per_image", "proposals"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"CadConfig.{name} must be at least 1, got {getattr(self, name)}")
+        layers = self.trainable_backbone_layers
+        if layers is not None and not 0 <= layers <= 5:
+            raise ConfigError(f"trainable_backbone_layers must be in 0..5, got {layers}")
+        if self.drop_loss_iou is not None and not 0.0 <= self.drop_loss_iou < 1.0:
+            raise ConfigError(f"drop_loss_iou must be in [0, 1) or None, got {self.drop_loss_iou}")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise ConfigError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CadConfig:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown CadConfig fields {sorted(unknown)}: newer zerolabel?")
+        return cls(**data)

@@ -1,0 +1,1 @@
+"""The ``zerolabel`` command line."""

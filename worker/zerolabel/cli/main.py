@@ -1,0 +1,335 @@
+"""``zerolabel`` command line: predict, eval and worker (the labeling loop: :mod:`.loop`).
+
+Heavy imports (torch, timm) happen inside the commands, so ``zerolabel --help`` is instant and
+the queue commands never load torch. ``zerolabel serve`` is added by zerolabel-backend.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from zerolabel.cli.options import local_files_options
+from zerolabel.errors import DiscoveryError
+
+logger = logging.getLogger("zerolabel")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """Zero-label object pre-labeling for Label Studio."""
+    _setup_logging(verbose)
+
+
+def expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
+    """Files, folders (recursively, image suffixes only) and glob patterns -> sorted unique paths.
+
+    A named file is kept whatever its suffix, so a bad file is reported rather than skipped.
+    """
+    found: dict[str, Path] = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            matches = [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        elif path.exists():
+            matches = [path]
+        else:
+            matches = [Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file()]
+            if not matches:
+                raise click.BadParameter(f"{item!r} matches no file", param_hint="INPUTS")
+        for match in matches:
+            found.setdefault(str(match.resolve()), match)
+    return sorted(found.values(), key=lambda p: str(p))
+
+
+def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``key=value`` pairs -> method keyword arguments (values parsed as JSON when possible)."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--param")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="zerolabel-out",
+    show_default=True,
+    help="Folder for tasks.json (Label Studio) and coco.json.",
+)
+@click.option(
+    "-m",
+    "--method",
+    type=click.Choice(["lost", "tokencut", "maskcut", "cad"]),
+    default=None,
+    help="Discovery method, or cad for a trained detector [default: ZEROLABEL_METHOD or lost].",
+)
+@click.option(
+    "--cad-checkpoint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Detector written by zerolabel train-cad (method cad).",
+)
+@click.option(
+    "-b",
+    "--backbone",
+    default=None,
+    help="dino_vits16 (default), dino_vits8, dino_vitb16, dino_vitb8, dinov2_vits14, "
+    "dora_vits16 or any timm ViT name.",
+)
+@click.option(
+    "-c",
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Local weights file (DINO .pth, DoRA checkpoint, timm .safetensors).",
+)
+@click.option(
+    "--max-side",
+    type=int,
+    default=None,
+    help="Cap on the longer side in pixels; 0 = full resolution [default: 1024, MaskCut 480].",
+)
+@click.option(
+    "--square",
+    type=int,
+    default=None,
+    help="Resize to SIDE x SIDE ignoring aspect (MaskCut authors used 480).",
+)
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ... [default: auto].")
+@click.option("--half", is_flag=True, default=None, help="fp16 forward pass (CUDA only).")
+@click.option("--batch-size", type=int, default=None, help="Images per forward pass [8].")
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Method parameter, e.g. -p k_patches=100, -p tau=0.2, -p max_objects=3.",
+)
+@click.option("--no-masks", is_flag=True, help="Boxes only (no BrushLabels / segmentation).")
+@click.option("--label", default="object", show_default=True, help="Label value of the regions.")
+@local_files_options
+def predict(
+    inputs: tuple[str, ...],
+    out_dir: str,
+    method: str | None,
+    cad_checkpoint: str | None,
+    backbone: str | None,
+    checkpoint: str | None,
+    max_side: int | None,
+    square: int | None,
+    device: str | None,
+    half: bool | None,
+    batch_size: int | None,
+    params: tuple[str, ...],
+    no_masks: bool,
+    label: str,
+    url_prefix: str,
+    document_root: str,
+) -> None:
+    """Discover objects in images; write Label Studio tasks and COCO JSON.
+
+    INPUTS are image files, folders or glob patterns. A file that cannot be read is reported by
+    name and skipped; the exit status is 1 if any file failed.
+    """
+    from zerolabel.loop import predict as batch
+    from zerolabel.settings import WorkerSettings
+
+    try:
+        settings = WorkerSettings.from_env()
+        overrides = {
+            "method": method,
+            "cad_checkpoint": cad_checkpoint,
+            "backbone": backbone,
+            "checkpoint": checkpoint,
+            "max_side": max_side,
+            "device": device,
+            "half": half,
+            "batch_size": batch_size,
+        }
+        settings = batch.with_overrides(settings, overrides)
+        files = expand_inputs(inputs)
+        job = batch.BatchJob.create(
+            settings, square=square, params=parse_params(params), masks=not no_masks
+        )
+    except DiscoveryError as exc:
+        raise click.ClickException(str(exc)) from None
+    start = time.perf_counter()
+    report = job.run(
+        files, Path(out_dir), label=label, url_prefix=url_prefix, document_root=Path(document_root)
+    )
+    click.echo(report.summary(time.perf_counter() - start), err=True)
+    if report.failures:
+        sys.exit(1)
+
+
+@main.command("eval")
+@click.argument("predictions", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--gt",
+    "gt_path",
+    type=click.Path(exists=True),
+    default=None,
+    help="Ground truth: VOC XML folder, COCO JSON, or YOLO labels folder.",
+)
+@click.option(
+    "--gt-format",
+    type=click.Choice(["auto", "voc", "coco", "yolo"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--images",
+    "images_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Images folder (YOLO ground truth needs image sizes).",
+)
+@click.option(
+    "--project",
+    type=int,
+    default=None,
+    help="Score a project's predictions against its annotations (Label Studio API).",
+)
+@click.option(
+    "--from-file",
+    "from_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The same from a Label Studio JSON export file.",
+)
+@click.option("--model-version", default=None, help="Predictions to score [default: latest].")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write per-image results to this CSV.",
+)
+def eval_(
+    predictions: str | None,
+    gt_path: str | None,
+    gt_format: str,
+    images_dir: str | None,
+    project: int | None,
+    from_file: str | None,
+    model_version: str | None,
+    csv_path: str | None,
+) -> None:
+    """CorLoc and class-agnostic AP50 / AP / AR100 (and cluster purity / NMI).
+
+    Either PREDICTIONS (the coco.json of `predict`) with --gt, or a Label Studio project
+    (--project or --from-file) whose annotations are the ground truth.
+    """
+    from zerolabel.evaluation.metrics import evaluate
+
+    modes = [predictions is not None, project is not None, from_file is not None]
+    if sum(modes) != 1 or (predictions is not None) != (gt_path is not None):
+        raise click.UsageError("give PREDICTIONS with --gt, or --project, or --from-file")
+    try:
+        if predictions is not None:
+            assert gt_path is not None
+            report = evaluate(
+                predictions, gt_path, gt_format=gt_format, images_dir=images_dir, csv_path=csv_path
+            )
+            click.echo(report.format_table())
+            return
+        _eval_project(project, from_file, model_version, csv_path)
+    except (ValueError, DiscoveryError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _eval_project(
+    project: int | None, from_file: str | None, model_version: str | None, csv_path: str | None
+) -> None:
+    from zerolabel.cli.loop import _client, _project_tasks, _read_json, _settings
+    from zerolabel.loop.evaluate import evaluate_export
+
+    data = (
+        _project_tasks(_client(_settings()), project)
+        if project is not None
+        else _read_json(str(from_file))
+    )
+    report, clusters = evaluate_export(
+        data, model_version=model_version, csv_path=Path(csv_path) if csv_path else None
+    )
+    click.echo(report.format_table())
+    if clusters is not None:
+        click.echo(clusters.format_table())
+
+
+@main.command()
+@click.option("--name", default=None, help="Worker name shown by RQ [default: host.pid].")
+@click.option("--burst", is_flag=True, help="Stop when the queue is empty (batch machines).")
+def worker(name: str | None, burst: bool) -> None:
+    """Serve discovery jobs from the Redis queue; the backbone is loaded once and kept."""
+    from redis.exceptions import RedisError
+
+    from zerolabel.queue.dispatch import run_worker
+    from zerolabel.queue.jobs import get_runtime
+
+    try:
+        runtime = get_runtime()
+        settings = runtime.settings
+        backbone = runtime.backbone(settings.spec())  # load before taking jobs
+        assert runtime.redis is not None
+        runtime.redis.ping()
+    except DiscoveryError as exc:
+        raise click.ClickException(str(exc)) from None
+    except RedisError as exc:
+        raise click.ClickException(
+            f"Redis unreachable at {settings.queue.redis_url}: {exc}"
+        ) from None
+    logger.info(
+        "serving queue %r with %s on %s", settings.queue.queue, backbone.name, backbone.device
+    )
+    run_worker(runtime.redis, settings.queue, name=name, burst=burst)
+
+
+def _register_commands() -> None:
+    """The loop's commands, then those other installed packages add (``zerolabel serve`` comes
+    with zerolabel-backend) through the ``zerolabel.commands`` entry-point group."""
+    from importlib.metadata import entry_points
+
+    from zerolabel.cli.loop import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+    for entry in entry_points(group="zerolabel.commands"):
+        main.add_command(entry.load(), entry.name)
+
+
+_register_commands()
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name=os.path.basename(sys.argv[0]))

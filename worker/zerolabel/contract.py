@@ -1,0 +1,220 @@
+"""Wire types shared by the backend, the workers and the CLI (standard library only).
+
+Everything that crosses Redis or lands in a file is one of these dataclasses turned into plain
+JSON-ready dicts with ``to_dict`` / ``from_dict``. Coordinates are original-image pixels,
+x to the right and y down, with ``x1``/``y1`` exclusive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+FEATURE_METHODS = ("lost", "tokencut", "maskcut")  # keys of zerolabel.discovery.METHODS
+METHOD_NAMES = (*FEATURE_METHODS, "cad")  # cad: a trained class-agnostic detector
+PIPELINE_VERSION = 1  # bump when a change alters the regions produced for the same spec
+
+
+@dataclass(frozen=True)
+class Box:
+    """Axis-aligned box in original-image pixels; ``x1`` and ``y1`` are exclusive."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+    def to_list(self) -> list[float]:
+        return [self.x0, self.y0, self.x1, self.y1]
+
+    @classmethod
+    def from_list(cls, xyxy: list[float]) -> Box:
+        x0, y0, x1, y1 = (float(v) for v in xyxy)
+        return cls(x0, y0, x1, y1)
+
+
+@dataclass(frozen=True)
+class Rle:
+    """Uncompressed COCO run-length encoding of a binary mask.
+
+    ``counts`` alternates runs of 0 and 1 over the mask flattened in column-major order,
+    starting with a (possibly empty) run of 0. It feeds both the COCO export and Label Studio's
+    brush format.
+    """
+
+    size_hw: tuple[int, int]
+    counts: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": list(self.size_hw), "counts": list(self.counts)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rle:
+        h, w = data["size"]
+        return cls((int(h), int(w)), [int(c) for c in data["counts"]])
+
+
+@dataclass(frozen=True)
+class Region:
+    """One discovered object."""
+
+    box: Box
+    score: float  # method confidence in [0, 1]
+    method: str  # key of zerolabel.discovery.METHODS
+    mask: Rle | None = None
+    label: str | None = None  # pseudo-class name once clustered
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "box": self.box.to_list(),
+            "score": self.score,
+            "method": self.method,
+            "mask": self.mask.to_dict() if self.mask else None,
+            "label": self.label,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Region:
+        mask = data.get("mask")
+        return cls(
+            box=Box.from_list(data["box"]),
+            score=float(data["score"]),
+            method=str(data["method"]),
+            mask=Rle.from_dict(mask) if mask else None,
+            label=data.get("label"),
+        )
+
+
+@dataclass(frozen=True)
+class DiscoveryResult:
+    """All regions found in one image, or the reason there are none."""
+
+    source: str  # path or URL the image came from
+    image_hw: tuple[int, int]  # original size, after EXIF orientation
+    regions: list[Region] = field(default_factory=list)
+    model_version: str = ""
+    task_id: int | None = None
+    error: str | None = None  # set when the image could not be processed
+
+    @property
+    def score(self) -> float:
+        """Task-level score: the best region's score (0 without regions)."""
+        return max((r.score for r in self.regions), default=0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_VERSION,
+            "source": self.source,
+            "image_hw": list(self.image_hw),
+            "regions": [r.to_dict() for r in self.regions],
+            "model_version": self.model_version,
+            "task_id": self.task_id,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiscoveryResult:
+        if data.get("schema") != SCHEMA_VERSION:
+            raise ValueError(
+                f"result schema {data.get('schema')!r} is not {SCHEMA_VERSION}: "
+                "backend and workers run different zerolabel versions"
+            )
+        h, w = data["image_hw"]
+        return cls(
+            source=str(data["source"]),
+            image_hw=(int(h), int(w)),
+            regions=[Region.from_dict(r) for r in data["regions"]],
+            model_version=str(data["model_version"]),
+            task_id=data.get("task_id"),
+            error=data.get("error"),
+        )
+
+
+@dataclass(frozen=True)
+class DiscoverySpec:
+    """What to run on an image. Its digest is the Label Studio ``model_version``.
+
+    The backend and the workers build it from the same settings, so both name a result the
+    same way without the backend ever loading the model.
+    """
+
+    method: str = "lost"
+    backbone: str = "dino_vits16"
+    weights: str = "hub"  # identifies the weights: a tag, a checkpoint file name, or "hub"
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the method
+    max_side: int | None = None  # None: the method's default cap; 0: full resolution
+    square: int | None = None  # resize to square x square, ignoring aspect (MaskCut authors)
+    masks: bool = True  # attach pixel masks (RLE) to regions
+    pos_embed: str = "dino"  # positional-embedding interpolation rule
+
+    def __post_init__(self) -> None:
+        if self.method not in METHOD_NAMES:
+            raise ValueError(
+                f"unknown method {self.method!r}: use one of {', '.join(METHOD_NAMES)}"
+            )
+
+    def model_version(self) -> str:
+        """Stable across processes and machines for the same spec."""
+        identity = {"pipeline": PIPELINE_VERSION, **asdict(self)}
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+        return f"zerolabel-{self.method}-{self.backbone.split('.')[0]}-{digest}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiscoverySpec:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class DiscoveryRequest:
+    """One image to discover objects in: what crosses Redis from the backend to a worker."""
+
+    spec: DiscoverySpec
+    image: str  # task image URL (Label Studio relative or absolute) or a local path
+    task_id: int | None = None
+    ls_url: str | None = None  # Label Studio base URL, for relative image URLs
+    ls_token: str | None = field(default=None, repr=False)  # never logged
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_VERSION,
+            "spec": self.spec.to_dict(),
+            "image": self.image,
+            "task_id": self.task_id,
+            "ls_url": self.ls_url,
+            "ls_token": self.ls_token,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiscoveryRequest:
+        if data.get("schema") != SCHEMA_VERSION:
+            raise ValueError(
+                f"request schema {data.get('schema')!r} is not {SCHEMA_VERSION}: "
+                "backend and workers run different zerolabel versions"
+            )
+        return cls(
+            spec=DiscoverySpec.from_dict(data["spec"]),
+            image=str(data["image"]),
+            task_id=data.get("task_id"),
+            ls_url=data.get("ls_url"),
+            ls_token=data.get("ls_token"),
+        )
+
+    @property
+    def job_id(self) -> str:
+        """Same image URL and spec -> same RQ job (``[A-Za-z0-9_-]`` only)."""
+        key = f"{self.spec.model_version()}|{self.image}"
+        return "zl-" + hashlib.sha256(key.encode()).hexdigest()[:32]

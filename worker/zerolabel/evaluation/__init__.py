@@ -1,0 +1,1 @@
+"""Evaluation: CorLoc and COCO AP/AR, ground truth readers."""

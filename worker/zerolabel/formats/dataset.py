@@ -1,0 +1,68 @@
+"""The exported dataset: images, their objects in original pixels, and what was left out.
+
+:mod:`zerolabel.formats.export` reads a Label Studio export into it; the writers of
+:mod:`zerolabel.formats.writers` turn it into COCO, YOLO and PASCAL VOC.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from zerolabel.contract import Box
+
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass
+class ObjectRecord:
+    """One object: box in original pixels (x1, y1 exclusive), class name, optional mask."""
+
+    box: Box
+    label: str
+    mask: BoolArray | None = None  # [H, W] bool, the image's size
+    score: float | None = None  # the region's "score" when it has one (predictions do)
+
+
+@dataclass
+class ImageRecord:
+    """One image: ``file_name`` as derived from its URL (see :func:`file_name_from_url`)."""
+
+    file_name: str
+    width: int
+    height: int
+    objects: list[ObjectRecord] = field(default_factory=list)
+    task_id: int | None = None
+
+
+@dataclass(frozen=True)
+class SkippedTask:
+    """A task left out of the dataset and why."""
+
+    task_id: int | None
+    reason: str
+
+
+@dataclass
+class Dataset:
+    """The exported images, plus what was left out."""
+
+    images: list[ImageRecord]
+    skipped: list[SkippedTask] = field(default_factory=list)
+    dropped_regions: Counter[str] = field(default_factory=Counter)  # reason -> count
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for logs and ``summary.json``: images, objects, masks, skips and drops."""
+        objects = [obj for image in self.images for obj in image.objects]
+        return {
+            "images": len(self.images),
+            "objects": len(objects),
+            "masks": sum(obj.mask is not None for obj in objects),
+            "labels": dict(sorted(Counter(obj.label for obj in objects).items())),
+            "skipped_tasks": [{"task_id": s.task_id, "reason": s.reason} for s in self.skipped],
+            "dropped_regions": dict(self.dropped_regions),
+        }

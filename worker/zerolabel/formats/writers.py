@@ -1,0 +1,176 @@
+"""Training-set writers for a :class:`~zerolabel.formats.dataset.Dataset`: COCO, YOLO, PASCAL VOC.
+
+Each writer takes the dataset :func:`zerolabel.formats.export.read_ls_export` returns (or any
+other) and ``class_agnostic``: one class ``"object"`` instead of one per label
+(:func:`class_names`).
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from zerolabel.formats.coco import coco_annotation
+from zerolabel.formats.dataset import Dataset, ImageRecord, ObjectRecord
+from zerolabel.geometry import rle_encode
+
+AGNOSTIC_LABEL = "object"
+"""The single class of class-agnostic exports."""
+
+
+def class_names(ds: Dataset, *, class_agnostic: bool) -> list[str]:
+    """``["object"]`` when class-agnostic, else the sorted labels; index i is YOLO class i."""
+    if class_agnostic:
+        return [AGNOSTIC_LABEL]
+    return sorted({obj.label for image in ds.images for obj in image.objects})
+
+
+def to_coco(ds: Dataset, *, class_agnostic: bool) -> dict[str, Any]:
+    """A COCO instances dict (loads in ``pycocotools.coco.COCO``).
+
+    Images and annotations count from 1; ``bbox`` is ``[x, y, w, h]`` in float pixels, masks
+    are compressed RLE, ``area`` is the mask's pixel count (else the box's), ``iscrowd`` 0.
+    Categories count from 1 in :func:`class_names` order. Images keep ``ls_task_id``.
+    """
+    names = class_names(ds, class_agnostic=class_agnostic)
+    category_ids = {name: i for i, name in enumerate(names, start=1)}
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for image_id, image in enumerate(ds.images, start=1):
+        images.append(
+            {
+                "id": image_id,
+                "file_name": image.file_name,
+                "width": image.width,
+                "height": image.height,
+                "ls_task_id": image.task_id,
+            }
+        )
+        for obj in image.objects:
+            category = category_ids[AGNOSTIC_LABEL if class_agnostic else obj.label]
+            ann = _coco_annotation(obj, image, image_id, category)
+            annotations.append({"id": len(annotations) + 1, **ann})
+    categories = [{"id": i, "name": n, "supercategory": "object"} for n, i in category_ids.items()]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _coco_annotation(
+    obj: ObjectRecord, image: ImageRecord, image_id: int, category_id: int
+) -> dict[str, Any]:
+    mask = rle_encode(obj.mask) if obj.mask is not None else None
+    return coco_annotation(
+        obj.box,
+        mask,
+        image_id=image_id,
+        category_id=category_id,
+        image_hw=(image.height, image.width),
+        score=obj.score,
+        where=image.file_name,
+    )
+
+
+def label_stems(ds: Dataset) -> list[str]:
+    """Label-file path of each image without suffix: ``a/b.jpg`` -> ``a/b`` (folders kept).
+
+    Raises:
+        ValueError: two images would share a label file, or one would be ``classes.txt``.
+    """
+    stems = [str(PurePosixPath(image.file_name).with_suffix("")) for image in ds.images]
+    seen: dict[str, str] = {}
+    for stem, image in zip(stems, ds.images, strict=True):
+        if stem in seen:
+            raise ValueError(
+                f"{seen[stem]!r} and {image.file_name!r} would share the label file {stem!r}"
+            )
+        seen[stem] = image.file_name
+    if "classes" in seen:
+        raise ValueError(f"{seen['classes']!r} would overwrite the YOLO classes.txt")
+    return stems
+
+
+def write_yolo(ds: Dataset, out_dir: str | Path, *, class_agnostic: bool) -> list[str]:
+    """YOLO labels: ``labels/<stem>.txt`` lines ``cls cx cy w h`` and ``labels/classes.txt``.
+
+    Coordinates are normalised by the image size and written with 10 significant digits;
+    an image without objects gets an empty file (a negative example).
+
+    Returns:
+        The class names, index i being class i.
+    """
+    labels_dir = Path(out_dir) / "labels"
+    names = class_names(ds, class_agnostic=class_agnostic)
+    index = {name: i for i, name in enumerate(names)}
+    for image, stem in zip(ds.images, label_stems(ds), strict=True):
+        lines = []
+        for obj in image.objects:
+            b = obj.box
+            cls = index[AGNOSTIC_LABEL if class_agnostic else obj.label]
+            cx, cy = (b.x0 + b.x1) / 2 / image.width, (b.y0 + b.y1) / 2 / image.height
+            w, h = b.width / image.width, b.height / image.height
+            lines.append(f"{cls} {cx:.10g} {cy:.10g} {w:.10g} {h:.10g}\n")
+        path = labels_dir / f"{stem}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(lines))
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    (labels_dir / "classes.txt").write_text("".join(f"{name}\n" for name in names))
+    return names
+
+
+def write_voc(ds: Dataset, out_dir: str | Path, *, class_agnostic: bool) -> list[str]:
+    """PASCAL VOC: ``Annotations/<stem>.xml`` and ``ImageSets/Main/trainval.txt``.
+
+    ``bndbox`` holds 1-based inclusive pixels, the inverse of the LOST reading in
+    :func:`zerolabel.evaluation.ground_truth.read_voc`: ``xmin = round(x0) + 1``,
+    ``xmax = round(x1)`` (same for y), rounding halves up, so whole-pixel boxes (masks' boxes)
+    come back exactly and others within half a pixel; a box under one pixel wide is widened to one.
+
+    Returns:
+        The class names used.
+    """
+    root = Path(out_dir)
+    names = class_names(ds, class_agnostic=class_agnostic)
+    stems = label_stems(ds)
+    for image, stem in zip(ds.images, stems, strict=True):
+        path = root / "Annotations" / f"{stem}.xml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tree = ET.ElementTree(_voc_xml(image, class_agnostic))
+        ET.indent(tree)
+        tree.write(path, encoding="unicode")
+    split = root / "ImageSets" / "Main" / "trainval.txt"
+    split.parent.mkdir(parents=True, exist_ok=True)
+    split.write_text("".join(f"{stem}\n" for stem in stems))
+    return names
+
+
+def _voc_xml(image: ImageRecord, class_agnostic: bool) -> ET.Element:
+    path = PurePosixPath(image.file_name)
+    ann = ET.Element("annotation")
+    ET.SubElement(ann, "folder").text = str(path.parent) if path.parent.parts else ""
+    ET.SubElement(ann, "filename").text = path.name
+    size = ET.SubElement(ann, "size")
+    for tag, number in (("width", image.width), ("height", image.height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(number)
+    ET.SubElement(ann, "segmented").text = "0"
+    for obj in image.objects:
+        node = ET.SubElement(ann, "object")
+        ET.SubElement(node, "name").text = AGNOSTIC_LABEL if class_agnostic else obj.label
+        for tag, text in (("pose", "Unspecified"), ("truncated", "0"), ("difficult", "0")):
+            ET.SubElement(node, tag).text = text
+        bndbox = ET.SubElement(node, "bndbox")
+        xs = _voc_span(obj.box.x0, obj.box.x1, image.width)
+        ys = _voc_span(obj.box.y0, obj.box.y1, image.height)
+        corners = {"xmin": xs[0], "ymin": ys[0], "xmax": xs[1], "ymax": ys[1]}
+        for tag, number in corners.items():
+            ET.SubElement(bndbox, tag).text = str(number)
+    return ann
+
+
+def _voc_span(start: float, end: float, limit: int) -> tuple[int, int]:
+    """``(first, last)`` 1-based inclusive pixels of ``[start, end)``, at least one pixel."""
+    first, stop = math.floor(start + 0.5), math.floor(end + 0.5)
+    first, stop = min(max(first, 0), limit - 1), min(max(stop, 1), limit)
+    if stop <= first:
+        stop = first + 1
+    return first + 1, stop

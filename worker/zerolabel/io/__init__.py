@@ -1,0 +1,1 @@
+"""Reading images: local files, HTTP(S) and Label Studio URLs, with size limits."""

@@ -1,0 +1,524 @@
+"""Fetch task images: Label Studio URLs, allow-listed http(s) hosts and (for CLI jobs) local files.
+
+What a URI may name is decided by a :class:`FetchPolicy`:
+
+- ``/data/upload/...``, ``/data/local-files/?d=...`` and any other path starting with ``/`` are
+  Label Studio URLs, joined to ``ls_url``; they are the only requests that carry credentials.
+- ``http(s)://`` URLs are fetched only from the Label Studio host and ``allowed_hosts`` (hosts
+  compared without scheme, ports 80 and 443 taken as the default); redirects are followed by hand
+  and every target is checked again.
+- Local paths and ``file://`` URLs only with ``allow_local_paths``, inside ``local_roots`` if given.
+  With no ``ls_url`` set, an absolute path outside ``/data/upload/`` and ``/data/local-files/``
+  is a local path.
+
+Label Studio accepts a legacy token as ``Authorization: Token <t>``; a personal access token (a
+JWT) is exchanged at ``/api/token/refresh/`` for a 5-minute access token sent as ``Bearer``.
+
+Errors: :class:`TransientFetchError` (retried here, then raised: the job may be retried later)
+and :class:`~zerolabel.errors.ImageLoadError` for everything a retry will not fix. Messages and this
+module's logs never hold a token, and keep a URL's query string only for ``?d=`` of local-files
+URLs (urllib3's own DEBUG log does print request paths with their query strings).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.request import url2pathname
+
+import requests
+from urllib3.exceptions import DecodeError, ReadTimeoutError
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from zerolabel.errors import ConfigError, ImageLoadError
+from zerolabel.io.images import ImageLimits, LoadedImage, decode, load_file
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_HOSTS_SETTING = "ZEROLABEL_ALLOWED_HOSTS"
+"""Environment variable named in errors about hosts that are not allowed."""
+LS_URL_SETTING = "LABEL_STUDIO_URL"
+"""Environment variable named in errors about a missing Label Studio URL."""
+LS_TOKEN_SETTING = "LABEL_STUDIO_API_KEY"
+"""Environment variable named in errors about Label Studio credentials."""
+
+MAX_REDIRECTS = 3
+ACCESS_TOKEN_TTL_S = 240.0
+"""How long an exchanged access token is reused; Label Studio's live 5 minutes."""
+
+_LS_PREFIXES = ("/data/upload/", "/data/local-files/")
+_TOKEN_REFRESH_PATH = "/api/token/refresh/"
+_REDIRECTS = {301, 302, 303, 307, 308}
+_TRANSIENT = {408, 425, 429}
+_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_CHUNK = 64 * 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_MAX_CACHED_FETCHERS = 8
+
+
+class TransientFetchError(ImageLoadError):
+    """A failure that may pass (connection, timeout, HTTP 429 or 5xx), raised after the retries."""
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Where images may come from, with which credentials, and how hard to try.
+
+    Attributes:
+        ls_url: Label Studio base URL, e.g. ``http://127.0.0.1:8080`` (a path prefix is kept).
+        ls_token: a legacy API token or a personal access token; only sent to ``ls_url``.
+        allowed_hosts: further hosts for absolute http(s) URLs, as ``host`` or ``host:port``.
+        allow_local_paths: accept local paths and ``file://`` URLs (CLI jobs).
+        local_roots: when non-empty, local paths must resolve inside one of these directories.
+        timeout_s: time allowed for one attempt (connect, redirects and body); one socket read
+            already under way when it runs out may add up to this much again.
+        retries: further attempts after a transient failure.
+        backoff_s: the first pause between attempts; it doubles at each retry.
+    """
+
+    ls_url: str | None = None
+    ls_token: str | None = field(default=None, repr=False)
+    allowed_hosts: frozenset[str] = frozenset()
+    allow_local_paths: bool = False
+    local_roots: tuple[str, ...] = ()
+    timeout_s: float = 20.0
+    retries: int = 3
+    backoff_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("allowed_hosts", "local_roots"):
+            if isinstance(getattr(self, name), str):
+                raise TypeError(f"FetchPolicy.{name} takes a collection of strings, not a string")
+        object.__setattr__(self, "allowed_hosts", frozenset(self.allowed_hosts))
+        object.__setattr__(self, "local_roots", tuple(self.local_roots))
+        if self.ls_url is not None:
+            _ls_origin(self.ls_url)
+        _host_keys(self.allowed_hosts)
+        if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0:
+            raise ConfigError("FetchPolicy needs timeout_s > 0, retries >= 0 and backoff_s >= 0")
+
+
+def parse_allowed_hosts(value: str) -> frozenset[str]:
+    """Parse a comma- or space-separated host list, as given in ZEROLABEL_ALLOWED_HOSTS."""
+    hosts = frozenset(part for part in re.split(r"[,\s]+", value) if part)
+    _host_keys(hosts)
+    return hosts
+
+
+class Fetcher:
+    """Fetches images under one policy; holds its HTTP session and the cached access token.
+
+    Not thread-safe: use one per thread (an RQ worker runs one job at a time). Close it, or use it
+    as a context manager, to release its connections.
+    """
+
+    def __init__(
+        self,
+        policy: FetchPolicy,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.policy = policy
+        self._ls = _ls_origin(policy.ls_url) if policy.ls_url else None
+        self._allowed = _host_keys(policy.allowed_hosts)
+        if self._ls:
+            self._allowed.add(_host_key(self._ls[1], self._ls[2]))
+        token = policy.ls_token or None
+        self._pat = token if token and _JWT.fullmatch(token) else None
+        self._legacy = token if token and not self._pat else None
+        self._access: tuple[str, float] | None = None  # (access token, expiry on self._clock)
+        self._session: requests.Session | None = None
+        self._clock = clock
+        self._sleep = sleep
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP session; a later fetch opens a new one."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def fetch(self, uri: str, limits: ImageLimits, *, max_side: int | None = None) -> LoadedImage:
+        """Resolve, download (with retries) and decode one image.
+
+        Args:
+            uri: a Label Studio relative URL, an http(s) URL, or a local path / ``file://`` URL.
+            limits: byte and pixel limits; the byte limit also stops the download.
+            max_side: passed to :func:`zerolabel.io.images.decode`.
+
+        Raises:
+            TransientFetchError: a network failure that outlasted the retries.
+            ImageLoadError: anything a retry would not fix.
+        """
+        target = self.resolve(uri)
+        if isinstance(target, Path):
+            return load_file(target, limits, max_side=max_side)
+        source = _display(target)
+        data, content_type = self._download(target, limits)
+        try:
+            return decode(data, source, limits, max_side=max_side)
+        except ImageLoadError as exc:
+            if content_type.startswith("text/html"):
+                raise ImageLoadError(
+                    source, f"{exc.reason}; the server sent an HTML page"
+                ) from None
+            raise
+
+    def resolve(self, uri: str) -> str | Path:
+        """The absolute URL or local path ``uri`` names, refused if the policy forbids it."""
+        uri = uri.strip()
+        if not uri:
+            raise ImageLoadError(repr(uri), "empty image URI")
+        parts = urlsplit(uri)
+        scheme = parts.scheme.lower()
+        if scheme in _DEFAULT_PORTS:
+            self._check_allowed(uri, uri)
+            return uri
+        if scheme == "file":
+            if parts.netloc not in ("", "localhost"):
+                raise ImageLoadError(uri, "file:// URLs must name a local file (no remote host)")
+            return self._local_path(Path(url2pathname(parts.path)), uri)
+        if scheme:
+            reason = f"unsupported URL scheme {scheme!r}: give a Label Studio or http(s) URL"
+            raise ImageLoadError(_display(uri), reason)
+        if uri.startswith("/") and (
+            self._ls or uri.startswith(_LS_PREFIXES) or not self.policy.allow_local_paths
+        ):
+            return self._ls_url(uri)
+        return self._local_path(Path(uri), uri)
+
+    def allows(self, url: str) -> bool:
+        """Whether the policy lets an absolute http(s) URL be fetched."""
+        origin = _origin(url)
+        return origin is not None and _host_key(origin[1], origin[2]) in self._allowed
+
+    def _check_allowed(self, url: str, source: str) -> None:
+        if self.allows(url):
+            return
+        origin = _origin(url)
+        where = "" if url == source else f"redirected to {_display(url)}: "
+        if origin is None:
+            raise ImageLoadError(_display(source), f"{where}not an http(s) URL with a valid host")
+        host = _host_key(origin[1], origin[2])
+        raise ImageLoadError(
+            _display(source),
+            f"{where}host {host!r} is not allowed; add it to {ALLOWED_HOSTS_SETTING} "
+            "(comma-separated host or host:port) to fetch images from it",
+        )
+
+    def _ls_url(self, path: str) -> str:
+        if not self._ls:
+            raise ImageLoadError(
+                _display(path),
+                f"a Label Studio URL, but no Label Studio URL is configured (set {LS_URL_SETTING})",
+            )
+        assert self.policy.ls_url is not None  # _ls is set from it
+        return self.policy.ls_url.rstrip("/") + path
+
+    def _local_path(self, path: Path, uri: str) -> Path:
+        if not self.policy.allow_local_paths:
+            raise ImageLoadError(
+                uri, "local paths are not accepted here; give a Label Studio or http(s) URL"
+            )
+        resolved = path.expanduser().resolve()
+        roots = [Path(root).expanduser().resolve() for root in self.policy.local_roots]
+        if roots and not any(resolved.is_relative_to(root) for root in roots):
+            listed = ", ".join(str(root) for root in roots)
+            raise ImageLoadError(uri, f"resolves to {resolved}, outside the local roots ({listed})")
+        return resolved
+
+    def _download(self, url: str, limits: ImageLimits) -> tuple[bytes, str]:
+        attempts = self.policy.retries + 1
+        for attempt in range(attempts):
+            try:
+                return self._attempt(url, limits)
+            except TransientFetchError as exc:
+                if attempt + 1 == attempts:
+                    if attempts == 1:
+                        raise
+                    reason = f"{exc.reason} (gave up after {attempts} attempts)"
+                    raise TransientFetchError(exc.source, reason) from None
+                delay = self.policy.backoff_s * 2**attempt
+                logger.warning(
+                    "%s; attempt %d of %d, retrying in %.2g s", exc, attempt + 1, attempts, delay
+                )
+                self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _attempt(self, url: str, limits: ImageLimits) -> tuple[bytes, str]:
+        source = _display(url)
+        deadline = self._clock() + self.policy.timeout_s
+        current, hops, refreshed = url, 0, False
+        while True:
+            with self._get(current, source, deadline) as response:
+                status = response.status_code
+                if status in _REDIRECTS and response.headers.get("Location"):
+                    if hops == MAX_REDIRECTS:
+                        raise ImageLoadError(source, f"more than {MAX_REDIRECTS} redirects")
+                    current = urljoin(current, response.headers["Location"])
+                    self._check_allowed(current, url)
+                    logger.debug("%s redirects to %s", source, _display(current))
+                    hops += 1
+                    continue
+                if status == 401 and self._pat and self._is_ls(current) and not refreshed:
+                    logger.debug("access token refused by %s; exchanging the PAT again", source)
+                    self._access, refreshed = None, True
+                    continue
+                self._check_status(status, current, source)
+                body = self._read_body(response, source, limits, deadline)
+                return body, response.headers.get("Content-Type", "").lower()
+
+    def _get(self, url: str, source: str, deadline: float) -> requests.Response:
+        headers = {"Accept": "image/*, */*;q=0.5", **self._auth_headers(url, source, deadline)}
+        logger.debug("GET %s", _display(url))
+        return self._request("GET", url, source, deadline, headers=headers)
+
+    def _request(
+        self, method: str, url: str, source: str, deadline: float, **kwargs: Any
+    ) -> requests.Response:
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            raise TransientFetchError(source, f"timed out after {self.policy.timeout_s:g} s")
+        if self._session is None:
+            self._session = requests.Session()
+            self._session.auth = _no_auth  # never credentials from ~/.netrc or a URL's user info
+        try:
+            return self._session.request(
+                method, url, stream=True, allow_redirects=False, timeout=remaining, **kwargs
+            )
+        except requests.Timeout:
+            raise TransientFetchError(
+                source, f"timed out after {self.policy.timeout_s:g} s"
+            ) from None
+        except requests.ConnectionError as exc:
+            raise TransientFetchError(source, f"connection failed ({_root_cause(exc)})") from None
+        except requests.RequestException as exc:
+            raise ImageLoadError(source, f"request failed ({type(exc).__name__})") from None
+
+    def _is_ls(self, url: str) -> bool:
+        """Same scheme, host and port as ls_url: the only place credentials may go."""
+        return self._ls is not None and _origin(url) == self._ls
+
+    def _auth_headers(self, url: str, source: str, deadline: float) -> dict[str, str]:
+        if not self._is_ls(url):
+            return {}
+        if self._legacy:
+            return {"Authorization": f"Token {self._legacy}"}
+        if self._pat:
+            return {"Authorization": f"Bearer {self._access_token(source, deadline)}"}
+        return {}
+
+    def _access_token(self, source: str, deadline: float) -> str:
+        now = self._clock()
+        if self._access is not None and now < self._access[1]:
+            return self._access[0]
+        access = self._exchange(source, deadline)
+        self._access = (access, now + ACCESS_TOKEN_TTL_S)
+        return access
+
+    def _exchange(self, source: str, deadline: float) -> str:
+        assert self.policy.ls_url is not None and self._pat is not None
+        url = self.policy.ls_url.rstrip("/") + _TOKEN_REFRESH_PATH
+        logger.debug("exchanging the personal access token at %s", _display(url))
+        with self._request("POST", url, source, deadline, json={"refresh": self._pat}) as reply:
+            what = f"token exchange at {_TOKEN_REFRESH_PATH}"
+            if reply.status_code in (401, 403):
+                raise ImageLoadError(
+                    source,
+                    f"Label Studio refused the personal access token ({what}: HTTP "
+                    f"{reply.status_code}); create a new one and set {LS_TOKEN_SETTING}",
+                )
+            self._check_status(reply.status_code, url, source, what=what)
+            try:
+                access = json.loads(reply.content)["access"]
+            except (ValueError, KeyError, TypeError):
+                access = None
+        if not isinstance(access, str) or not access:
+            raise ImageLoadError(source, f"{what}: the reply holds no access token")
+        return access
+
+    def _check_status(self, status: int, url: str, source: str, *, what: str = "") -> None:
+        if 200 <= status < 300:
+            return
+        where = what or ("" if _display(url) == source else f"at {_display(url)}")
+        reason = f"{where + ': ' if where else ''}HTTP {status} {_phrase(status)}"
+        if status in _TRANSIENT or status >= 500:
+            raise TransientFetchError(source, reason)
+        if status in (401, 403) and self._is_ls(url):
+            reason += f"; {self._credentials_hint()}"
+        elif status == 404 and "/data/local-files" in url:
+            reason += "; is a Local Files storage connected for this path?"
+        raise ImageLoadError(source, reason)
+
+    def _credentials_hint(self) -> str:
+        if self._pat:
+            return "the access token from the personal access token was refused"
+        if self._legacy:
+            return (
+                "the legacy token was refused (legacy tokens may be disabled for the "
+                "organisation: use a personal access token or enable legacy tokens)"
+            )
+        return f"no Label Studio token is configured (set {LS_TOKEN_SETTING})"
+
+    def _read_body(
+        self, response: requests.Response, source: str, limits: ImageLimits, deadline: float
+    ) -> bytes:
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limits.max_bytes:
+            raise ImageLoadError(source, f"{declared} bytes, over the {limits.max_bytes} limit")
+        body = bytearray()
+        try:
+            for chunk in _chunks(response.raw):
+                body += chunk
+                if len(body) > limits.max_bytes:
+                    reason = f"over the {limits.max_bytes}-byte limit (stopped reading)"
+                    raise ImageLoadError(source, reason)
+                if self._clock() > deadline:
+                    reason = f"timed out after {self.policy.timeout_s:g} s reading the body"
+                    raise TransientFetchError(source, reason)
+        except (ReadTimeoutError, TimeoutError):
+            reason = f"timed out after {self.policy.timeout_s:g} s reading the body"
+            raise TransientFetchError(source, reason) from None
+        except DecodeError:
+            raise ImageLoadError(source, "could not decode the Content-Encoding") from None
+        except (Urllib3Error, requests.RequestException, OSError) as exc:
+            reason = f"connection broken while reading ({_root_cause(exc)})"
+            raise TransientFetchError(source, reason) from None
+        return bytes(body)
+
+
+_FETCHERS: dict[FetchPolicy, Fetcher] = {}
+
+
+def fetch_image(
+    uri: str, policy: FetchPolicy, limits: ImageLimits, *, max_side: int | None = None
+) -> LoadedImage:
+    """Fetch and decode one image with a :class:`Fetcher` kept per policy in this process.
+
+    See :meth:`Fetcher.fetch`; :func:`close_fetchers` releases the connections.
+    """
+    fetcher = _FETCHERS.get(policy)
+    if fetcher is None:
+        if len(_FETCHERS) >= _MAX_CACHED_FETCHERS:
+            _FETCHERS.pop(next(iter(_FETCHERS))).close()
+        fetcher = _FETCHERS[policy] = Fetcher(policy)
+    return fetcher.fetch(uri, limits, max_side=max_side)
+
+
+def close_fetchers() -> None:
+    """Close and forget the fetchers :func:`fetch_image` keeps (worker shutdown, tests)."""
+    while _FETCHERS:
+        _FETCHERS.popitem()[1].close()
+
+
+def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    return request
+
+
+def _chunks(raw: object) -> Iterator[bytes]:
+    """The decoded body as it arrives: each read waits for at most one socket read."""
+    read1 = getattr(raw, "read1", None)
+    if read1 is None:  # urllib3 < 2.3
+        yield from raw.stream(_CHUNK, decode_content=True)  # type: ignore[attr-defined]
+        return
+    while chunk := read1(_CHUNK, decode_content=True):
+        yield chunk
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) URL with a host and a valid port, else None."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    try:
+        return scheme, parts.hostname, parts.port or _DEFAULT_PORTS[scheme]
+    except ValueError:
+        return None
+
+
+def _ls_origin(url: str) -> tuple[str, str, int]:
+    origin = _origin(url)
+    if origin is None:
+        raise ConfigError(
+            f"Label Studio URL {_display(url)!r} is not an http(s) URL with a host "
+            f"(set {LS_URL_SETTING}, e.g. http://127.0.0.1:8080)"
+        )
+    return origin
+
+
+def _host_key(hostname: str, port: int | None) -> str:
+    """``host`` or ``host:port``, lower-case; ports 80 and 443 count as the default."""
+    host = hostname.lower().rstrip(".")
+    if ":" in host:
+        host = f"[{host}]"
+    return host if port in (None, 80, 443) else f"{host}:{port}"
+
+
+def _host_keys(entries: Iterable[str]) -> set[str]:
+    keys = set()
+    for entry in entries:
+        text = entry.strip()
+        parts = urlsplit(text if "://" in text else f"//{text}")
+        bad = ConfigError(f"{ALLOWED_HOSTS_SETTING}: {entry!r} is not a host or host:port")
+        try:
+            port = parts.port
+        except ValueError:
+            raise bad from None
+        if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.username:
+            raise bad
+        keys.add(_host_key(parts.hostname, port))
+    return keys
+
+
+def _display(url: str) -> str:
+    """``url`` fit for messages and logs: no user info, no fragment, and no query string except
+    the ``d`` parameter of local-files URLs (other queries may hold signed credentials)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = ""
+    if parts.path.rstrip("/").endswith("/data/local-files"):
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k == "d"], safe="/")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost OS error's text (e.g. "Connection refused"), never a URL or header."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        nested = getattr(seen, "reason", None)
+        if not isinstance(nested, BaseException) and seen.args:
+            nested = seen.args[0] if isinstance(seen.args[0], BaseException) else None
+        seen = nested if isinstance(nested, BaseException) else seen.__cause__ or seen.__context__
+    return type(exc).__name__

@@ -1,0 +1,379 @@
+"""A small Label Studio REST client: projects, tasks and predictions (no torch, no sdk).
+
+Usage::
+
+    client = LabelStudioClient("http://127.0.0.1:8080", token)
+    for task in client.tasks(project_id):
+        versions = {p["model_version"] for p in task["predictions"]}
+    client.create_prediction(task_id, result, score=0.9, model_version="zerolabel-lost-...")
+
+Authentication follows what Label Studio 1.23 accepts: a legacy token is sent as
+``Authorization: Token <t>``; a personal access token (a JWT) is exchanged at
+``/api/token/refresh/`` for a 5-minute access token sent as ``Bearer``, reused for
+:data:`ACCESS_TOKEN_TTL_S` and exchanged once more when Label Studio answers 401.
+
+Every failure raises :class:`LabelStudioError` (a :class:`~zerolabel.errors.DiscoveryError`) with
+the HTTP status, method, path and Label Studio's own message; messages never hold a token.
+Reads (GET, PATCH) are retried after connection failures, 429 and 5xx; creating a prediction
+is not, since a lost reply may hide a prediction that was stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from zerolabel.errors import DiscoveryError
+
+logger = logging.getLogger(__name__)
+
+ACCESS_TOKEN_TTL_S = 240.0
+"""How long an exchanged access token is reused; Label Studio's live 5 minutes."""
+
+TOKEN_REFRESH_PATH = "/api/token/refresh/"
+_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_RETRIED_METHODS = frozenset({"GET", "PATCH"})
+_TRANSIENT = frozenset({408, 425, 429, 500, 502, 503, 504})
+_MESSAGE_CHARS = 500
+
+
+class LabelStudioError(DiscoveryError):
+    """A Label Studio request failed.
+
+    Attributes:
+        status: HTTP status, or None when no reply came (connection failure, timeout).
+        method: HTTP method.
+        path: path and query string of the request, without the host.
+        message: Label Studio's ``detail`` and ``validation_errors``, or the cause.
+    """
+
+    def __init__(self, status: int | None, method: str, path: str, message: str) -> None:
+        where = f"HTTP {status}" if status is not None else "no reply"
+        super().__init__(f"Label Studio {method} {path}: {where}: {message}")
+        self.status = status
+        self.method = method
+        self.path = path
+        self.message = message
+
+
+def is_personal_access_token(token: str) -> bool:
+    """Whether ``token`` is a personal access token (a JWT) rather than a legacy token."""
+    return bool(_JWT.fullmatch(token))
+
+
+class LabelStudioClient:
+    """Label Studio REST calls under one token; holds the HTTP session and the access token.
+
+    Not thread-safe: use one per thread. Close it, or use it as a context manager.
+
+    Args:
+        url: Label Studio base URL, e.g. ``http://127.0.0.1:8080`` (a path prefix is kept).
+        token: a legacy API token or a personal access token.
+        timeout_s: time allowed for each HTTP request.
+        retries: further attempts of a GET or PATCH after a transient failure.
+        clock: monotonic clock for the access token's expiry (tests pass a fake).
+        sleep: pause between attempts (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout_s: float = 30,
+        retries: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"Label Studio URL must be http(s)://host[:port], got {url!r}")
+        if not token:
+            raise ValueError("a Label Studio token is needed (legacy token or personal access)")
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self._pat = is_personal_access_token(token)
+        self._access: tuple[str, float] | None = None  # (access token, expiry on self._clock)
+        self._clock = clock
+        self._sleep = sleep
+        self._session = requests.Session()
+        self._session.auth = _no_auth  # never credentials from ~/.netrc
+
+    def __repr__(self) -> str:
+        kind = "personal access token" if self._pat else "legacy token"
+        return f"LabelStudioClient({self.url!r}, <{kind}>)"
+
+    def __enter__(self) -> LabelStudioClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the HTTP connections."""
+        self._session.close()
+
+    # --- projects ------------------------------------------------------------------------
+
+    def project(self, project_id: int) -> dict[str, Any]:
+        """The project as ``GET /api/projects/{id}`` returns it."""
+        return dict(self.request("GET", f"/api/projects/{project_id}"))
+
+    def label_config(self, project_id: int) -> str:
+        """The project's labeling config (XML)."""
+        return str(self.project(project_id)["label_config"])
+
+    def set_label_config(self, project_id: int, label_config: str) -> dict[str, Any]:
+        """Replace the project's labeling config; returns the updated project.
+
+        Label Studio answers 400 (a :class:`LabelStudioError`) for XML it cannot parse.
+        """
+        body = {"label_config": label_config}
+        return dict(self.request("PATCH", f"/api/projects/{project_id}", json=body))
+
+    def export(self, project_id: int, *, all_tasks: bool = True) -> list[dict[str, Any]]:
+        """The project's tasks with annotations and predictions, in Label Studio's JSON export.
+
+        Args:
+            project_id: the project.
+            all_tasks: include tasks without annotations; Label Studio leaves them out
+                by default.
+        """
+        params = {"exportType": "JSON", "download_all_tasks": "true" if all_tasks else "false"}
+        return list(self.request("GET", f"/api/projects/{project_id}/export", params=params))
+
+    # --- tasks -----------------------------------------------------------------------------
+
+    def tasks(self, project_id: int, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """Every task of the project in id order, each with its ``predictions`` list.
+
+        Reads the data manager's ``GET /api/tasks?project=&page=&page_size=&fields=all``
+        page by page (``{"total", "tasks": [...]}``); Label Studio answers 404 past the last
+        page, which ends the iteration as a short page does.
+        """
+        if page_size < 1:
+            raise ValueError(f"page_size must be at least 1, got {page_size}")
+        page, seen = 1, 0
+        while True:
+            params = {"project": project_id, "page": page, "page_size": page_size, "fields": "all"}
+            try:
+                reply = self.request("GET", "/api/tasks", params=params)
+            except LabelStudioError as exc:
+                if exc.status == 404 and page > 1:
+                    return  # tasks were deleted while we read
+                raise
+            batch = reply.get("tasks") or []
+            yield from batch
+            seen += len(batch)
+            if len(batch) < page_size or seen >= int(reply.get("total", 0)):
+                return
+            page += 1
+
+    # --- predictions -------------------------------------------------------------------
+
+    def predictions(
+        self, project_id: int | None = None, *, task_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Predictions of a project (``GET /api/predictions?project=``), of a task, or both."""
+        params: dict[str, Any] = {}
+        if project_id is not None:
+            params["project"] = project_id
+        if task_id is not None:
+            params["task"] = task_id
+        if not params:
+            raise ValueError("give a project_id, a task_id or both")
+        return list(self.request("GET", "/api/predictions", params=params))
+
+    def create_prediction(
+        self, task_id: int, result: list[dict[str, Any]], score: float, model_version: str
+    ) -> dict[str, Any]:
+        """Store one prediction for a task (``POST /api/predictions``); returns it with its id.
+
+        Never retried: after a failure with no reply, look the task's predictions up before
+        trying again.
+        """
+        body = {"task": task_id, "result": result, "score": score, "model_version": model_version}
+        return dict(self.request("POST", "/api/predictions", json=body))
+
+    def update_prediction(self, prediction_id: int, result: list[dict[str, Any]]) -> dict[str, Any]:
+        """Replace a prediction's result (``PATCH /api/predictions/{id}``)."""
+        body = {"result": result}
+        return dict(self.request("PATCH", f"/api/predictions/{prediction_id}", json=body))
+
+    # --- transport ---------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+    ) -> Any:
+        """One API call; returns the decoded JSON reply (None for an empty body).
+
+        Args:
+            method: HTTP method.
+            path: path under the base URL, starting with ``/``.
+            params: query parameters.
+            json: request body.
+
+        Raises:
+            LabelStudioError: the call failed, after the retries GET and PATCH get.
+        """
+        shown = _shown_path(path, params)
+        attempts = 1 + (self.retries if method in _RETRIED_METHODS else 0)
+        for attempt in range(attempts):
+            try:
+                return self._call(method, path, shown, params=params, json=json)
+            except LabelStudioError as exc:
+                transient = exc.status is None or exc.status in _TRANSIENT
+                if not transient or attempt + 1 == attempts:
+                    raise
+                delay = 0.5 * 2**attempt
+                logger.warning("%s; retrying in %.1f s", exc, delay)
+                self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _call(
+        self, method: str, path: str, shown: str, *, params: dict[str, Any] | None, json: Any
+    ) -> Any:
+        """One attempt, exchanging the personal access token again once on a 401."""
+        for refreshed in (False, True):
+            headers = {"Accept": "application/json", "Authorization": self._authorization(shown)}
+            response = self._send(method, path, shown, headers=headers, params=params, json=json)
+            if response.status_code == 401 and self._pat and not refreshed:
+                logger.debug("access token refused at %s; exchanging the PAT again", shown)
+                self._access = None
+                continue
+            self._check(response, method, shown)
+            return _json(response, method, shown)
+        raise AssertionError("unreachable")
+
+    def _send(self, method: str, path: str, shown: str, **kwargs: Any) -> requests.Response:
+        logger.debug("%s %s", method, shown)
+        try:
+            return self._session.request(
+                method, self.url + path, timeout=self.timeout_s, allow_redirects=False, **kwargs
+            )
+        except requests.Timeout:
+            raise LabelStudioError(
+                None, method, shown, f"timed out after {self.timeout_s:g} s"
+            ) from None
+        except requests.RequestException as exc:
+            cause = type(exc).__name__
+            raise LabelStudioError(None, method, shown, f"request failed ({cause})") from None
+
+    def _check(self, response: requests.Response, method: str, shown: str) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        message = self._scrub(_ls_message(response))
+        if status in (401, 403):
+            message += f"; {self._credentials_hint()}"
+        raise LabelStudioError(status, method, shown, message)
+
+    def _authorization(self, shown: str) -> str:
+        if not self._pat:
+            return f"Token {self.token}"
+        now = self._clock()
+        if self._access is None or now >= self._access[1]:
+            self._access = (self._exchange(shown), now + ACCESS_TOKEN_TTL_S)
+        return f"Bearer {self._access[0]}"
+
+    def _exchange(self, shown: str) -> str:
+        """A fresh access token for the personal access token."""
+        what = f"token exchange for {shown}"
+        body = {"refresh": self.token}
+        logger.debug("exchanging the personal access token at %s", TOKEN_REFRESH_PATH)
+        response = self._send("POST", TOKEN_REFRESH_PATH, TOKEN_REFRESH_PATH, json=body)
+        if response.status_code in (400, 401, 403):
+            raise LabelStudioError(
+                response.status_code,
+                "POST",
+                TOKEN_REFRESH_PATH,
+                f"Label Studio refused the personal access token ({what}): "
+                f"{self._scrub(_ls_message(response))}; create a new token in Account & Settings",
+            )
+        self._check(response, "POST", TOKEN_REFRESH_PATH)
+        try:
+            access = response.json()["access"]
+        except (ValueError, KeyError, TypeError):
+            access = None
+        if not isinstance(access, str) or not access:
+            raise LabelStudioError(
+                response.status_code, "POST", TOKEN_REFRESH_PATH, "the reply holds no access token"
+            )
+        return access
+
+    def _credentials_hint(self) -> str:
+        if self._pat:
+            return "the access token exchanged from the personal access token was refused"
+        return (
+            "the legacy token was refused (legacy tokens may be disabled for the organisation: "
+            "use a personal access token or enable legacy tokens)"
+        )
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without any token this client holds."""
+        for secret in (self.token, self._access[0] if self._access else ""):
+            if secret:
+                text = text.replace(secret, "<token>")
+        return text
+
+
+def _ls_message(response: requests.Response) -> str:
+    """Label Studio's ``detail`` plus ``validation_errors``, else the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and ("detail" in body or "validation_errors" in body):
+        message = str(body.get("detail") or response.reason or "")
+        errors = body.get("validation_errors")
+        if isinstance(errors, dict) and errors:
+            message += f" ({_field_errors(errors)})"
+        elif errors:
+            message += f" ({errors})"
+        return message[:_MESSAGE_CHARS]
+    text = " ".join(response.text.split())
+    return (text[:_MESSAGE_CHARS] or response.reason or "").strip()
+
+
+def _field_errors(errors: dict[str, Any]) -> str:
+    """``{"task": ["Invalid pk"]}`` -> ``task: Invalid pk``."""
+    parts = []
+    for name, problems in errors.items():
+        text = " ".join(map(str, problems)) if isinstance(problems, list) else str(problems)
+        parts.append(f"{name}: {text}")
+    return "; ".join(parts)
+
+
+def _json(response: requests.Response, method: str, shown: str) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        kind = response.headers.get("Content-Type", "no content type")
+        reason = f"the reply is not JSON ({kind}): is the URL Label Studio's?"
+        raise LabelStudioError(response.status_code, method, shown, reason) from None
+
+
+def _shown_path(path: str, params: dict[str, Any] | None) -> str:
+    if not params:
+        return path
+    query = "&".join(f"{key}={value}" for key, value in params.items())
+    return f"{path}?{query}"
+
+
+def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    return request

@@ -1,0 +1,62 @@
+"""Per-project options: the "Extra params" JSON of a Label Studio ML backend connection."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from zerolabel.contract import DiscoverySpec
+from zerolabel.errors import ConfigError
+from zerolabel.settings import BackendSettings
+
+#: Method parameters a project may set at the top level of its extra params.
+METHOD_PARAMS = frozenset(
+    {"k_patches", "tau", "eps", "max_objects", "min_area_frac", "max_iou_with_previous"}
+)
+_SPEC_OPTIONS = frozenset({"method", "backbone", "max_side", "square", "masks"})
+
+
+@dataclass(frozen=True)
+class ProjectOptions:
+    """Per-project choices from the ML backend's extra params (JSON object in Label Studio).
+
+    Example: ``{"method": "maskcut", "max_side": 640, "tau": 0.2, "label": "object"}``.
+    """
+
+    spec_overrides: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+    @classmethod
+    def parse(cls, raw: str | Mapping[str, Any] | None) -> ProjectOptions:
+        data = _as_mapping(raw)
+        unknown = set(data) - _SPEC_OPTIONS - METHOD_PARAMS - {"label", "params"}
+        if unknown:
+            allowed = ", ".join(sorted(_SPEC_OPTIONS | METHOD_PARAMS | {"label", "params"}))
+            raise ConfigError(f"unknown extra params {sorted(unknown)}: allowed keys are {allowed}")
+        params = dict(data.get("params") or {})
+        params.update({k: v for k, v in data.items() if k in METHOD_PARAMS})
+        spec = {k: v for k, v in data.items() if k in _SPEC_OPTIONS}
+        return cls(spec_overrides=spec, params=params, label=data.get("label"))
+
+    def spec(self, settings: BackendSettings, *, masks: bool) -> DiscoverySpec:
+        """The project's spec: environment defaults, then these options."""
+        overrides = {"masks": masks, **self.spec_overrides}
+        if self.params:
+            overrides["params"] = self.params
+        return settings.discovery.spec(**overrides)
+
+
+def _as_mapping(raw: str | Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"extra params are not valid JSON: {exc}") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError('extra params must be a JSON object, e.g. {"method": "maskcut"}')
+    return raw

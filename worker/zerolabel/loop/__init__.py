@@ -1,0 +1,1 @@
+"""The labeling loop: predict folders, pre-label projects, pseudo-classes, project evaluation."""

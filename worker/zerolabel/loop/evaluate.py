@@ -1,0 +1,99 @@
+"""Measure a model version's pre-labels against a project's corrected annotations.
+
+Both come from one Label Studio JSON export: annotations are the ground truth, the chosen
+model_version's predictions are scored with CorLoc and class-agnostic AP/AR; when the
+predictions carry pseudo-classes and the annotations carry classes, cluster purity, NMI and
+Hungarian accuracy are computed over predicted objects matched to an annotated one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zerolabel.evaluation.ground_truth import GroundTruth, GtImage
+from zerolabel.evaluation.metrics import EvalReport, Predictions, report_for
+from zerolabel.formats.export import Dataset, read_ls_export
+from zerolabel.geometry import box_iou
+from zerolabel.loop.clustering import hungarian_accuracy, nmi, purity
+
+MATCH_IOU = 0.5
+
+
+@dataclass(frozen=True)
+class ClusterScores:
+    """Agreement of pseudo-classes with annotated classes over matched objects."""
+
+    matched: int
+    purity: float
+    nmi: float
+    hungarian_accuracy: float
+
+    def format_table(self) -> str:
+        rows = [
+            ("matched objects", str(self.matched)),
+            ("purity (%)", _pct(self.purity)),
+            ("NMI (%)", _pct(self.nmi)),
+            ("Hungarian acc. (%)", _pct(self.hungarian_accuracy)),
+        ]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def evaluate_export(
+    data: list[dict[str, Any]], *, model_version: str | None = None, csv_path: Path | None = None
+) -> tuple[EvalReport, ClusterScores | None]:
+    """Score ``model_version``'s predictions (default: each task's latest) against annotations."""
+    truth = read_ls_export(data, source="annotations")
+    predicted = read_ls_export(data, source="predictions", model_version=model_version)
+    gt = _ground_truth(truth)
+    preds = _predictions(predicted)
+    return report_for(preds, gt, csv_path), _cluster_scores(predicted, gt)
+
+
+def _key(task_id: Any) -> str:
+    return f"task-{task_id}"
+
+
+def _ground_truth(ds: Dataset) -> GroundTruth:
+    return {
+        _key(im.task_id): GtImage(
+            im.file_name,
+            (im.height, im.width),
+            [o.box for o in im.objects],
+            [o.label for o in im.objects],
+        )
+        for im in ds.images
+    }
+
+
+def _predictions(ds: Dataset) -> Predictions:
+    return {
+        _key(im.task_id): [(o.box, 0.0 if o.score is None else o.score) for o in im.objects]
+        for im in ds.images
+    }
+
+
+def _cluster_scores(predicted: Dataset, gt: GroundTruth) -> ClusterScores | None:
+    pairs: list[tuple[str, str]] = []
+    for image in predicted.images:
+        truth = gt.get(_key(image.task_id))
+        if truth is None or not truth.boxes:
+            continue
+        for obj in image.objects:
+            ious = [box_iou(obj.box, box) for box in truth.boxes]
+            best = max(range(len(ious)), key=ious.__getitem__)
+            if ious[best] >= MATCH_IOU:
+                pairs.append((obj.label, truth.labels[best]))
+    if len({p for p, _ in pairs}) < 2 or len({t for _, t in pairs}) < 2:
+        return None  # one pseudo-class or one true class: nothing to measure
+    pred, true = [p for p, _ in pairs], [t for _, t in pairs]
+    return ClusterScores(
+        len(pairs), purity(pred, true), nmi(pred, true), hungarian_accuracy(pred, true)
+    )

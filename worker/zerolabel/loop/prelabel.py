@@ -1,0 +1,291 @@
+"""Pre-label a whole Label Studio project through the queue: ``zerolabel prelabel``.
+
+One run reads the project's labeling config, plans the spec exactly as ``/predict`` does (so
+both write the same ``model_version``), lists every task, skips those that already carry a
+prediction of that version, and sends the rest to the workers in batches. Each finished task
+gets one prediction, stored with ``POST /api/predictions`` as soon as its batch is collected.
+
+Re-running is how an interrupted or partly failed run is finished: tasks that got their
+prediction now carry the version and are skipped; the others are queued again, and jobs still
+running or finished since are picked up (the job id depends only on the image and the spec).
+A task's prediction is stored at most once per version unless two runs work on one project
+at the same time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from redis.exceptions import RedisError
+from rq.job import Job
+
+from zerolabel.contract import DiscoveryRequest, DiscoverySpec
+from zerolabel.errors import DiscoveryError
+from zerolabel.labelstudio import tasks as ls_format
+from zerolabel.labelstudio.client import LabelStudioClient, LabelStudioError
+from zerolabel.labelstudio.options import ProjectOptions
+from zerolabel.queue.dispatch import Outcome
+from zerolabel.queue.service import PredictionService
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WAIT_TIMEOUT_S = 600.0
+"""How long one batch's jobs are waited for before the late ones are left to the next run."""
+
+
+@dataclass
+class PrelabelReport:
+    """What one run did.
+
+    Attributes:
+        model_version: the version the predictions were written with.
+        total: tasks in the project.
+        skipped_existing: tasks that already had a prediction of this version.
+        written: predictions stored by this run.
+        failed: ``(task id, reason)`` of tasks left without a prediction (next run retries).
+        deferred: tasks not attempted because of ``max_tasks``.
+    """
+
+    model_version: str = ""
+    total: int = 0
+    skipped_existing: int = 0
+    written: int = 0
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    deferred: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Whether every task now has a prediction of this version."""
+        return not self.failed and not self.deferred
+
+    def summary(self, max_failures: int = 10) -> str:
+        """A few lines for a person: counts, then up to ``max_failures`` failures."""
+        lines = [
+            f"{self.total} task(s), model version {self.model_version}: {self.written} written, "
+            f"{self.skipped_existing} already pre-labeled, {len(self.failed)} failed"
+            + (f", {self.deferred} left for later (max tasks)" if self.deferred else "")
+        ]
+        lines += [f"  task {task}: {reason}" for task, reason in self.failed[:max_failures]]
+        if len(self.failed) > max_failures:
+            lines.append(f"  ... and {len(self.failed) - max_failures} more")
+        if not self.complete:
+            lines.append("Run again to finish: done tasks are skipped.")
+        return "\n".join(lines)
+
+
+def prelabel_project(
+    client: LabelStudioClient,
+    project_id: int,
+    service: PredictionService,
+    *,
+    options: ProjectOptions | None = None,
+    batch_size: int = 16,
+    wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S,
+    max_tasks: int | None = None,
+    worker_ls_url: str | None = None,
+    progress: bool = True,
+) -> PrelabelReport:
+    """Write one prediction of the current model version to every task that lacks one.
+
+    Args:
+        client: Label Studio client; its token also lets workers download task images.
+        project_id: the project to pre-label.
+        service: the backend's service: plans the spec and holds the queue's dispatcher.
+        options: the project's options, as given to the ML backend as extra params; the same
+            options give the same ``model_version`` as ``/predict``.
+        batch_size: tasks queued together; the next batch is queued before this one is
+            collected, so workers stay busy while predictions are stored.
+        wait_timeout_s: how long one batch is waited for; late tasks are reported.
+        max_tasks: attempt at most this many tasks in this run (None: all).
+        worker_ls_url: Label Studio URL as workers reach it, for ``/data/...`` image URLs;
+            None takes ``client.url``.
+        progress: show a tqdm progress bar on stderr (when tqdm is installed).
+
+    Returns:
+        The report; ``report.failed`` lists the tasks left for the next run.
+
+    Raises:
+        LabelStudioError: Label Studio could not be read, or refused the credentials.
+        ConfigError: the labeling config or the options cannot be served.
+        DiscoveryError: Redis could not be reached.
+        KeyboardInterrupt: passed on after logging what was done; run again to continue.
+    """
+    if batch_size < 1 or (max_tasks is not None and max_tasks < 0):
+        raise ValueError(f"need batch_size >= 1 and max_tasks >= 0, got {batch_size}, {max_tasks}")
+    target, spec = service.plan(client.label_config(project_id), options or ProjectOptions())
+    run = _Run(client, service, target, spec, worker_ls_url or client.url, wait_timeout_s)
+    pending = run.scan(client.tasks(project_id))
+    if max_tasks is not None and len(pending) > max_tasks:
+        run.report.deferred = len(pending) - max_tasks
+        pending = pending[:max_tasks]
+    logger.info(
+        "project %s: %d task(s), %d already pre-labeled with %s, %d to do",
+        project_id,
+        run.report.total,
+        run.report.skipped_existing,
+        run.version,
+        len(pending),
+    )
+    failed_before = len(run.report.failed)
+    try:
+        with _progress_bar(len(pending), progress) as advance:
+            run.process(pending, batch_size, advance)
+    except KeyboardInterrupt:
+        left = len(pending) - run.report.written - (len(run.report.failed) - failed_before)
+        logger.warning(
+            "interrupted with %d task(s) not done; run again to continue. So far: %s",
+            left,
+            run.report.summary(),
+        )
+        raise
+    return run.report
+
+
+@dataclass(frozen=True)
+class _Pending:
+    task_id: int
+    image: str
+
+
+class _Run:
+    """State of one pre-labeling run."""
+
+    def __init__(
+        self,
+        client: LabelStudioClient,
+        service: PredictionService,
+        target: ls_format.Target,
+        spec: DiscoverySpec,
+        worker_ls_url: str,
+        wait_timeout_s: float,
+    ) -> None:
+        self.client = client
+        self.service = service
+        self.target = target
+        self.spec = spec
+        self.version = spec.model_version()
+        self.worker_ls_url = worker_ls_url
+        self.wait_timeout_s = wait_timeout_s
+        self.report = PrelabelReport(model_version=self.version)
+
+    def scan(self, tasks: Iterable[dict[str, Any]]) -> list[_Pending]:
+        """Count every task; the ones still to do, in id order."""
+        pending: list[_Pending] = []
+        for task in tasks:
+            self.report.total += 1
+            task_id = int(task["id"])
+            if self.version in _model_versions(task):
+                self.report.skipped_existing += 1
+                continue
+            image = (task.get("data") or {}).get(self.target.data_key)
+            if isinstance(image, str) and image:
+                pending.append(_Pending(task_id, image))
+            else:
+                reason = f"task data has no '{self.target.data_key}' image URL"
+                self.report.failed.append((task_id, reason))
+        return pending
+
+    def process(
+        self, pending: Sequence[_Pending], batch_size: int, advance: Callable[[int], object]
+    ) -> None:
+        """Queue batch by batch, one batch ahead, and store each batch's predictions."""
+        in_flight: deque[tuple[list[_Pending], list[Job]]] = deque()
+        for start in range(0, len(pending), batch_size):
+            batch = list(pending[start : start + batch_size])
+            in_flight.append((batch, self._submit(batch)))
+            if len(in_flight) > 1:
+                self._finish(*in_flight.popleft(), advance)
+        while in_flight:
+            self._finish(*in_flight.popleft(), advance)
+
+    def _submit(self, batch: list[_Pending]) -> list[Job]:
+        requests = [
+            DiscoveryRequest(self.spec, p.image, p.task_id, self.worker_ls_url, self.client.token)
+            for p in batch
+        ]
+        try:
+            return [self.service.dispatcher.submit(request) for request in requests]
+        except (RedisError, OSError) as exc:
+            raise DiscoveryError(f"Redis unreachable at {self._redis_url()}: {exc}") from None
+
+    def _finish(
+        self, batch: list[_Pending], jobs: list[Job], advance: Callable[[int], object]
+    ) -> None:
+        try:
+            outcomes = self.service.dispatcher.collect(jobs, self.wait_timeout_s)
+        except (RedisError, OSError) as exc:
+            raise DiscoveryError(f"Redis unreachable at {self._redis_url()}: {exc}") from None
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            reason = self._store(pending.task_id, outcome)
+            if reason is not None:
+                self.report.failed.append((pending.task_id, reason))
+                logger.warning("task %s: no prediction: %s", pending.task_id, reason)
+            advance(1)
+
+    def _store(self, task_id: int, outcome: Outcome) -> str | None:
+        """Store the task's prediction; the reason when there is none."""
+        result = outcome.result
+        if result is None:
+            return outcome.reason or "no result"
+        if result.error:
+            return result.error
+        try:
+            entry = ls_format.prediction(replace(result, model_version=self.version), self.target)
+        except ValueError as exc:
+            return f"could not render the regions: {exc}"
+        try:
+            self.client.create_prediction(
+                task_id, entry["result"], entry["score"], entry["model_version"]
+            )
+        except LabelStudioError as exc:
+            if exc.status in (401, 403):
+                raise
+            if (exc.status is None or exc.status >= 500) and self._stored(task_id):
+                self.report.written += 1  # stored, though the reply was lost
+                return None
+            return str(exc)
+        self.report.written += 1
+        return None
+
+    def _stored(self, task_id: int) -> bool:
+        """Whether the task has a prediction of this version (after a failed POST)."""
+        try:
+            predictions = self.client.predictions(task_id=task_id)
+        except LabelStudioError:
+            return False
+        return any(p.get("model_version") == self.version for p in predictions)
+
+    def _redis_url(self) -> str:
+        return self.service.settings.discovery.queue.redis_url
+
+
+def _model_versions(task: dict[str, Any]) -> set[str]:
+    """Versions of the task's predictions (``predictions`` list, else the data manager column)."""
+    predictions = task.get("predictions")
+    if isinstance(predictions, list):
+        return {str(p.get("model_version")) for p in predictions if isinstance(p, dict)}
+    column = task.get("predictions_model_versions") or ""
+    return {v.strip() for v in str(column).split(",") if v.strip()}
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int], object]]:
+    """Yields ``advance(n)``: a tqdm bar when enabled and installed, else a no-op."""
+    bar = None
+    if enabled and total:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            logger.debug("tqdm is not installed: no progress bar")
+        else:
+            bar = tqdm(total=total, unit="task", desc="pre-labeling")
+    try:
+        yield (bar.update if bar is not None else lambda _n: None)
+    finally:
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,192 @@
+"""Pseudo-classes for the objects of Label Studio tasks: describe, cluster, relabel.
+
+Works on task JSON as Label Studio exports it (and as ``zerolabel predict`` writes it), so a
+folder run and a project run share everything but image access. An object is a box region
+and the brush region of the same zerolabel object (ids ``zl-<hash>-<n>-box`` / ``-mask``);
+other regions are objects of their own. Labels are keyed by (task index, object key), so
+objects whose descriptor fails never shift anyone else's label.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from zerolabel.contract import Box
+from zerolabel.errors import DiscoveryError
+from zerolabel.geometry import mask_to_box
+from zerolabel.io.images import LoadedImage
+from zerolabel.labelstudio.tasks import brush_rle_decode
+from zerolabel.loop.clustering import ObjectClusters, apply_mapping, cluster_objects
+from zerolabel.vit.backbone import Backbone
+from zerolabel.vit.descriptors import DescriptorCache
+
+logger = logging.getLogger(__name__)
+
+ObjectId = tuple[int, str]  # (task index, object key)
+_LABEL_KEYS = {"rectanglelabels": "rectanglelabels", "brushlabels": "brushlabels"}
+
+
+def object_key(region_id: str) -> str:
+    """The object a region belongs to: our ``-box``/``-mask`` suffixes name one object."""
+    for suffix in ("-box", "-mask"):
+        if region_id.startswith("zl-") and region_id.endswith(suffix):
+            return region_id[: -len(suffix)]
+    return region_id
+
+
+def chosen_prediction(task: dict[str, Any], model_version: str | None) -> dict[str, Any] | None:
+    """The task's prediction of ``model_version`` (default: the last one)."""
+    predictions = [
+        p
+        for p in task.get("predictions") or []
+        if isinstance(p, dict)
+        and (model_version is None or p.get("model_version") == model_version)
+    ]
+    return predictions[-1] if predictions else None
+
+
+def object_boxes(result: Sequence[dict[str, Any]]) -> dict[str, Box]:
+    """Object key -> box in original pixels (from the rectangle, else the mask's tight box)."""
+    boxes: dict[str, Box] = {}
+    for item in result:
+        key, value = object_key(str(item.get("id"))), item.get("value") or {}
+        w, h = item.get("original_width"), item.get("original_height")
+        if not w or not h:
+            continue
+        if item.get("type") == "rectanglelabels":
+            x0, y0 = value["x"] * w / 100, value["y"] * h / 100
+            boxes[key] = Box(x0, y0, x0 + value["width"] * w / 100, y0 + value["height"] * h / 100)
+        elif item.get("type") == "brushlabels" and key not in boxes:
+            box = mask_to_box(brush_rle_decode(value["rle"], (h, w)))
+            if box is not None:
+                boxes[key] = box
+    return boxes
+
+
+def relabel(result: Sequence[dict[str, Any]], labels: dict[str, str]) -> list[dict[str, Any]]:
+    """A copy of ``result`` whose box and brush regions carry their object's new label."""
+    updated = copy.deepcopy(list(result))
+    for item in updated:
+        name = labels.get(object_key(str(item.get("id"))))
+        key = _LABEL_KEYS.get(str(item.get("type")))
+        if name is not None and key is not None:
+            item["value"][key] = [name]
+    return updated
+
+
+@dataclass
+class ClusterRun:
+    """Labels per object, the cluster names, and what could not be described."""
+
+    labels: dict[ObjectId, str | None]
+    names: list[str]
+    failures: list[tuple[int, str]] = field(default_factory=list)  # (task index, reason)
+
+    def sizes(self) -> Counter[str]:
+        return Counter(name for name in self.labels.values() if name is not None)
+
+
+def describe_tasks(
+    tasks: Sequence[dict[str, Any]],
+    load_image: Callable[[dict[str, Any]], LoadedImage],
+    backbone: Backbone,
+    cache: DescriptorCache,
+    *,
+    model_version: str | None = None,
+) -> tuple[list[tuple[ObjectId, Any]], list[tuple[int, str]]]:
+    """(object id, descriptor or None) for every object, plus per-task failures."""
+    items: list[tuple[ObjectId, Any]] = []
+    failures: list[tuple[int, str]] = []
+    for index, boxes in _task_boxes(tasks, model_version):
+        if not boxes:
+            continue
+        try:
+            image = load_image(tasks[index])
+            rows = cache.get_or_compute(backbone, image, list(boxes.values()))
+        except (DiscoveryError, ValueError, OSError) as exc:
+            failures.append((index, str(exc)))
+            logger.warning("task %s: objects not described: %s", tasks[index].get("id"), exc)
+            items.extend(((index, key), None) for key in boxes)
+            continue
+        items.extend(((index, key), row) for key, row in zip(boxes, rows, strict=True))
+    return items, failures
+
+
+def _task_boxes(
+    tasks: Sequence[dict[str, Any]], model_version: str | None
+) -> Iterator[tuple[int, dict[str, Box]]]:
+    for index, task in enumerate(tasks):
+        prediction = chosen_prediction(task, model_version)
+        if prediction is not None:
+            yield index, object_boxes(prediction.get("result") or [])
+
+
+def cluster_tasks(
+    tasks: Sequence[dict[str, Any]],
+    load_image: Callable[[dict[str, Any]], LoadedImage],
+    backbone: Backbone,
+    cache: DescriptorCache,
+    *,
+    k: int | None = None,
+    seed: int = 0,
+    model_version: str | None = None,
+) -> ClusterRun:
+    """Describe every object and cluster them (k suggested from the data when None)."""
+    items, failures = describe_tasks(
+        tasks, load_image, backbone, cache, model_version=model_version
+    )
+    if not any(row is not None for _, row in items):
+        raise DiscoveryError("no object could be described: nothing to cluster")
+    clusters: ObjectClusters[ObjectId] = cluster_objects(items, k=k, seed=seed)
+    return ClusterRun(dict(clusters.labels), list(clusters.names), failures)
+
+
+def rename(run: ClusterRun, mapping: dict[str, str]) -> ClusterRun:
+    """Apply a team's mapping file (rename and merge clusters) to every object's label."""
+    ids = list(run.labels)
+    renamed = apply_mapping([run.labels[i] for i in ids], mapping)
+    names = sorted({n for n in apply_mapping(run.names, mapping) if n is not None})
+    return ClusterRun(dict(zip(ids, renamed, strict=True)), names, run.failures)
+
+
+def labelled_tasks(
+    tasks: Sequence[dict[str, Any]], run: ClusterRun, *, model_version: str | None = None
+) -> list[dict[str, Any]]:
+    """Copies of the tasks whose chosen prediction carries the cluster labels."""
+    out = copy.deepcopy(list(tasks))
+    for index, task in enumerate(out):
+        prediction = chosen_prediction(task, model_version)
+        if prediction is None:
+            continue
+        labels = {key: name for (i, key), name in run.labels.items() if i == index and name}
+        prediction["result"] = relabel(prediction.get("result") or [], labels)
+    return out
+
+
+def map_task_labels(
+    tasks: Sequence[dict[str, Any]], mapping: dict[str, str], *, model_version: str | None = None
+) -> list[dict[str, Any]]:
+    """Rename or merge clusters in already labelled tasks (no features recomputed).
+
+    Raises:
+        ValueError: a mapping key that no region carries (a typo in the mapping file).
+    """
+    out = copy.deepcopy(list(tasks))
+    seen: set[str] = set()
+    for task in out:
+        prediction = chosen_prediction(task, model_version)
+        for item in (prediction or {}).get("result") or []:
+            key = _LABEL_KEYS.get(str(item.get("type")))
+            if key is None:
+                continue
+            seen.update(item["value"].get(key) or [])
+            item["value"][key] = [mapping.get(v, v) for v in item["value"].get(key) or []]
+    unknown = sorted(set(mapping) - seen)
+    if unknown:
+        raise ValueError(f"mapping names clusters no region carries: {', '.join(unknown)}")
+    return out

@@ -1,0 +1,2 @@
+"""The one place that knows timm: backbones and weights, input preprocessing, patch features
+and crop descriptors."""

@@ -1,0 +1,301 @@
+"""Build a timm Vision Transformer and give it weights (the only module that loads models).
+
+Weights come from, in order of preference:
+  * a local checkpoint file (``ZEROLABEL_CHECKPOINT``): the official DINO state dict, a DINO or
+    DoRA training checkpoint (weights under ``teacher``), or a timm / safetensors file;
+  * the timm pretrained tag of the backbone, from the local hub cache or downloaded.
+A checkpoint that does not fit the architecture fails with the missing/unexpected keys named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import logging
+import socket
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+from zerolabel.errors import ConfigError, WeightsError
+
+if TYPE_CHECKING:
+    from zerolabel.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+# Short names users type -> timm names (architecture.pretrained_tag).
+BACKBONES: dict[str, str] = {
+    "dino_vits16": "vit_small_patch16_224.dino",  # LOST / TokenCut default
+    "dino_vits8": "vit_small_patch8_224.dino",
+    "dino_vitb16": "vit_base_patch16_224.dino",
+    "dino_vitb8": "vit_base_patch8_224.dino",  # MaskCut / CutLER
+    "dinov2_vits14": "vit_small_patch14_dinov2.lvd142m",
+    "dora_vits16": "vit_small_patch16_224",  # DoRA: DINO-format checkpoint under "teacher"
+}
+
+_HUB_HOST = ("huggingface.co", 443)
+_WRAPPER_KEYS = ("teacher", "state_dict", "model")  # DINO/DoRA training checkpoints, others
+_PREFIXES = ("module.", "backbone.", "_orig_mod.")  # DDP, DINO MultiCropWrapper, torch.compile
+
+HOW_TO_PROVIDE_WEIGHTS = (
+    "Give a local checkpoint with --checkpoint PATH or ZEROLABEL_CHECKPOINT=PATH: the official "
+    "DINO file (e.g. dino_deitsmall16_pretrain.pth), a DINO/DoRA training checkpoint (weights "
+    "under 'teacher'), or a timm .safetensors/.pth file. With internet access the timm "
+    "pretrained weights are downloaded instead."
+)
+
+
+@dataclass
+class Backbone:
+    """A ViT ready for feature extraction, with the facts the pipeline needs about it."""
+
+    model: VisionTransformer
+    name: str  # timm name
+    weights_id: str  # hub tag or checkpoint digest: part of the model_version
+    device: torch.device
+    dtype: torch.dtype
+    pos_embed: str  # "dino" or "timm" interpolation of positional embeddings
+
+    @property
+    def patch_size(self) -> int:
+        size = self.model.patch_embed.patch_size
+        return int(size[0] if isinstance(size, tuple | list) else size)
+
+    @property
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        model: Any = self.model
+        cfg: dict[str, Any] = dict(model.pretrained_cfg)
+        return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(
+            cfg.get("std", (0.229, 0.224, 0.225))
+        )
+
+
+def resolve_name(backbone: str) -> str:
+    """Short name or timm name -> timm name."""
+    return BACKBONES.get(backbone, backbone)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    picked = torch.device(device)
+    if picked.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available here")
+    return picked
+
+
+def load_backbone(
+    backbone: str = "dino_vits16",
+    *,
+    checkpoint: str | Path | None = None,
+    device: str = "auto",
+    half: bool = False,
+    pos_embed: str = "dino",
+    model_kwargs: Mapping[str, Any] | None = None,
+    offline: bool = False,
+    random_weights: bool = False,
+) -> Backbone:
+    """Build the ViT, load its weights and move it to the device in eval mode.
+
+    Args:
+        backbone: a key of :data:`BACKBONES` or any timm ViT name.
+        checkpoint: local weights file; when None the timm pretrained tag is used.
+        device: ``auto``, ``cpu``, ``cuda``...
+        half: fp16 weights and activations (CUDA only).
+        pos_embed: ``dino`` (DINO's interpolation rule, reproduces the papers) or ``timm``.
+        model_kwargs: architecture overrides passed to ``timm.create_model`` (e.g. depth).
+        offline: never try the network; only a checkpoint or the local hub cache.
+        random_weights: seeded-by-caller random init, for benchmarks and tests.
+    """
+    name = resolve_name(backbone)
+    torch_device = pick_device(device)
+    if half and torch_device.type != "cuda":
+        raise ConfigError("half precision needs a CUDA device (ZEROLABEL_HALF / --half)")
+    if pos_embed not in ("dino", "timm"):
+        raise ConfigError(f"pos_embed must be 'dino' or 'timm', not {pos_embed!r}")
+    kwargs = {"num_classes": 0, "dynamic_img_size": True, **(model_kwargs or {})}
+    if random_weights:
+        model, weights_id = _create(name, False, kwargs), "random"
+    elif checkpoint is not None:
+        model = _create(name, False, kwargs)
+        weights_id = load_checkpoint(model, checkpoint)
+    else:
+        model, weights_id = _from_hub(name, kwargs, offline=offline), f"hub:{name}"
+    dtype = torch.float16 if half else torch.float32
+    model = model.to(device=torch_device, dtype=dtype).eval().requires_grad_(False)
+    return Backbone(model, name, weights_id, torch_device, dtype, pos_embed)
+
+
+def _create(name: str, pretrained: bool, kwargs: Mapping[str, Any]) -> VisionTransformer:
+    if not timm.is_model(name.split(".")[0]):
+        known = ", ".join(BACKBONES)
+        raise ConfigError(f"unknown backbone {name!r}: use one of {known} or a timm ViT name")
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as exc:  # e.g. a CNN refusing dynamic_img_size
+        raise ConfigError(f"backbone {name!r} is not a timm ViT ({exc})") from None
+    if not isinstance(model, VisionTransformer):
+        raise ConfigError(f"backbone {name!r} is a {type(model).__name__}, not a timm ViT")
+    return model
+
+
+def _from_hub(name: str, kwargs: Mapping[str, Any], *, offline: bool) -> VisionTransformer:
+    """Pretrained weights from the local hub cache, else a download when the hub answers."""
+    if "." not in name:
+        raise WeightsError(f"{name!r} has no pretrained tag to download. {HOW_TO_PROVIDE_WEIGHTS}")
+    with _hub_offline():
+        try:
+            return _create(name, True, kwargs)
+        except (OSError, RuntimeError) as exc:
+            logger.debug("no cached weights for %s: %s", name, exc)
+    if offline or not _hub_reachable():
+        raise WeightsError(
+            f"no weights for {name}: the model hub cannot be reached and nothing is cached. "
+            + HOW_TO_PROVIDE_WEIGHTS
+        )
+    try:
+        return _create(name, True, kwargs)
+    except (OSError, RuntimeError) as exc:
+        raise WeightsError(
+            f"downloading weights for {name} failed ({exc}). {HOW_TO_PROVIDE_WEIGHTS}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Make huggingface_hub answer from its cache only, for the duration of the block."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    try:
+        socket.create_connection(_HUB_HOST, timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def load_checkpoint(model: VisionTransformer, path: str | Path) -> str:
+    """Load a local checkpoint into ``model`` strictly; returns a digest of the file.
+
+    Raises:
+        WeightsError: unreadable file, or keys/shapes that do not fit the architecture.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {path} does not exist. {HOW_TO_PROVIDE_WEIGHTS}")
+    state = unwrap_state_dict(_read_checkpoint(path))
+    state = checkpoint_filter_fn(state, model)  # timm conversions (DINOv2 layout, pos_embed size)
+    load_fitting(model, state, f"checkpoint {path.name} does not fit {_arch(model)}")
+    return "file:" + _file_digest(path)
+
+
+def load_fitting(module: torch.nn.Module, state: Mapping[str, Any], what: str) -> None:
+    """Load ``state`` into ``module``, refusing any missing, unexpected or misshapen key.
+
+    Raises:
+        WeightsError: ``what`` followed by the keys (or shapes) that do not fit.
+    """
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise WeightsError(f"{what}: {exc}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(
+            f"{what}: missing keys {_few(result.missing_keys)}, unexpected keys "
+            f"{_few(result.unexpected_keys)}"
+        )
+
+
+def _read_checkpoint(path: Path) -> Mapping[str, Any]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        # DINO training checkpoints pickle their argparse.Namespace next to the weights.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file: say which and why
+        raise WeightsError(f"cannot read checkpoint {path}: {exc}") from None
+    if not isinstance(loaded, Mapping):
+        raise WeightsError(f"checkpoint {path} holds a {type(loaded).__name__}, not a state dict")
+    return loaded
+
+
+def unwrap_state_dict(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Find the backbone weights inside common checkpoint wrappers and strip their prefixes.
+
+    ``{"teacher": {...}}`` (DINO/DoRA training checkpoints), ``{"state_dict": ...}``,
+    ``{"model": ...}``; prefixes ``module.``, ``backbone.``; projection-head keys are dropped.
+    """
+    for key in _WRAPPER_KEYS:
+        if key in state and isinstance(state[key], Mapping):
+            state = state[key]
+            break
+    weights: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        for prefix in _PREFIXES:
+            key = key.removeprefix(prefix)
+        if key.startswith("head."):
+            continue  # DINO projection head: not part of the backbone
+        weights[key] = value
+    return weights
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _arch(model: VisionTransformer) -> str:
+    cfg: dict[str, Any] = dict(getattr(model, "default_cfg", {}))
+    name = cfg.get("architecture", type(model).__name__)
+    return f"{name} (depth {len(model.blocks)}, dim {model.embed_dim})"
+
+
+def _few(keys: list[str], limit: int = 8) -> str:
+    if not keys:
+        return "none"
+    shown = ", ".join(keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def set_fused_attention(model: VisionTransformer, enabled: bool) -> None:
+    """Switch every block between fused SDPA and explicit softmax(q kᵀ) v attention."""
+    blocks: Any = model.blocks
+    for block in blocks:
+        block.attn.fused_attn = enabled
+
+
+def load_configured_backbone(settings: WorkerSettings) -> Backbone:
+    """The backbone a process's settings describe (ZEROLABEL_BACKBONE, _CHECKPOINT, ...)."""
+    return load_backbone(
+        settings.backbone,
+        checkpoint=settings.checkpoint,
+        device=settings.device,
+        half=settings.half,
+        pos_embed=settings.pos_embed,
+        model_kwargs=settings.backbone_kwargs,
+        offline=settings.offline,
+    )
