@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -45,6 +46,17 @@ def test_compose_file_is_valid_with_every_profile():
 def test_gpu_worker_reserves_a_gpu():
     config = _compose("config").stdout
     assert "driver: nvidia" in config and "capabilities:" in config
+
+
+def test_label_studio_can_reach_the_backend_and_tells_it_its_own_address():
+    """LS 1.23 refuses backends on private addresses unless both SSRF switches are off, and
+    without LABEL_STUDIO_HOST its /setup names "localhost", which in a worker is the worker."""
+    config = _compose("config", "--format", "json")
+    assert config.returncode == 0, config.stderr
+    environment = json.loads(config.stdout)["services"]["label-studio"]["environment"]
+    assert environment["SSRF_PROTECTION_ENABLED"] == "false"
+    assert environment["ML_BLOCK_LOCAL_IP"] == "false"
+    assert environment["LABEL_STUDIO_HOST"] == "http://label-studio:8080"
 
 
 def _documented() -> set[str]:
