@@ -24,8 +24,6 @@ from zerolabel.io.fetch import (
     Fetcher,
     FetchPolicy,
     TransientFetchError,
-    close_fetchers,
-    fetch_image,
     parse_allowed_hosts,
 )
 from zerolabel.io.images import ImageLimits
@@ -520,16 +518,6 @@ def test_tokens_never_appear_in_messages_or_logs(
     for secret in secrets:
         assert all(secret not in message for message in messages), secret
         assert secret not in logged, secret
-
-
-def test_fetch_image_reuses_one_fetcher_per_policy(ls: FakeServer):
-    policy = FetchPolicy(ls.url, PAT, **FAST)
-    try:
-        for _ in range(2):
-            assert fetch_image("/data/upload/1/x.png", policy, LIMITS).original_hw == (6, 8)
-    finally:
-        close_fetchers()
-    assert ls.exchanges == 1
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,6 @@ _TRANSIENT = {408, 425, 429}
 _JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _CHUNK = 64 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_MAX_CACHED_FETCHERS = 8
 
 
 class TransientFetchError(ImageLoadError):
@@ -405,30 +404,6 @@ class Fetcher:
             reason = f"connection broken while reading ({_root_cause(exc)})"
             raise TransientFetchError(source, reason) from None
         return bytes(body)
-
-
-_FETCHERS: dict[FetchPolicy, Fetcher] = {}
-
-
-def fetch_image(
-    uri: str, policy: FetchPolicy, limits: ImageLimits, *, max_side: int | None = None
-) -> LoadedImage:
-    """Fetch and decode one image with a :class:`Fetcher` kept per policy in this process.
-
-    See :meth:`Fetcher.fetch`; :func:`close_fetchers` releases the connections.
-    """
-    fetcher = _FETCHERS.get(policy)
-    if fetcher is None:
-        if len(_FETCHERS) >= _MAX_CACHED_FETCHERS:
-            _FETCHERS.pop(next(iter(_FETCHERS))).close()
-        fetcher = _FETCHERS[policy] = Fetcher(policy)
-    return fetcher.fetch(uri, limits, max_side=max_side)
-
-
-def close_fetchers() -> None:
-    """Close and forget the fetchers :func:`fetch_image` keeps (worker shutdown, tests)."""
-    while _FETCHERS:
-        _FETCHERS.popitem()[1].close()
 
 
 def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
