@@ -44,7 +44,7 @@ TOKEN_REFRESH_PATH = "/api/token/refresh/"
 """Where a personal access token is exchanged for an access token."""
 
 TRANSIENT_STATUSES: frozenset[int] = frozenset({408, 425, 429, *range(500, 600)})
-"""HTTP statuses a later attempt may not get: timeouts, rate limits and server errors."""
+"""HTTP statuses that may not come again on a later attempt: timeouts, rate limits, 5xx."""
 REFUSED_STATUSES: frozenset[int] = frozenset({400, 401, 403})
 """Statuses of a token exchange that mean the personal access token itself is refused."""
 
