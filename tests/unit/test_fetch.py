@@ -24,8 +24,6 @@ from zerolabel.io.fetch import (
     Fetcher,
     FetchPolicy,
     TransientFetchError,
-    close_fetchers,
-    fetch_image,
     parse_allowed_hosts,
 )
 from zerolabel.io.images import ImageLimits
@@ -389,6 +387,21 @@ def test_netrc_and_url_credentials_are_not_sent(
     assert other.authorizations() == [None] and ls.authorizations() == [f"Token {LEGACY}"]
 
 
+def test_label_studio_host_with_user_info_gets_no_token(
+    ls: FakeServer, fetcher_for: Callable[..., Fetcher]
+):
+    fetcher = fetcher_for(FetchPolicy(ls.url, PAT, **FAST))
+    with pytest.raises(ImageLoadError, match="HTTP 401 Unauthorized$"):
+        fetcher.fetch(f"http://user@{_host(ls)}/data/upload/1/x.png", LIMITS)
+    assert ls.paths() == ["/data/upload/1/x.png"] and ls.authorizations() == [None]
+
+
+def test_label_studio_url_with_user_info_is_refused():
+    with pytest.raises(ConfigError, match="no user info") as info:
+        FetchPolicy(ls_url="http://admin:hunter2@127.0.0.1:8080")
+    assert "hunter2" not in str(info.value)
+
+
 def test_redirects_are_limited(ls: FakeServer, fetcher_for: Callable[..., Fetcher]):
     with pytest.raises(ImageLoadError, match="more than 3 redirects"):
         fetcher_for(FetchPolicy(ls.url, **FAST)).fetch(f"{ls.url}/loop", LIMITS)
@@ -520,16 +533,6 @@ def test_tokens_never_appear_in_messages_or_logs(
     for secret in secrets:
         assert all(secret not in message for message in messages), secret
         assert secret not in logged, secret
-
-
-def test_fetch_image_reuses_one_fetcher_per_policy(ls: FakeServer):
-    policy = FetchPolicy(ls.url, PAT, **FAST)
-    try:
-        for _ in range(2):
-            assert fetch_image("/data/upload/1/x.png", policy, LIMITS).original_hw == (6, 8)
-    finally:
-        close_fetchers()
-    assert ls.exchanges == 1
 
 
 @pytest.mark.parametrize(

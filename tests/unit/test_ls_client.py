@@ -11,12 +11,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from zerolabel.labelstudio.client import (
-    ACCESS_TOKEN_TTL_S,
-    LabelStudioClient,
-    LabelStudioError,
-    is_personal_access_token,
-)
+from zerolabel.labelstudio.auth import ACCESS_TOKEN_TTL_S, is_personal_access_token
+from zerolabel.labelstudio.client import LabelStudioClient, LabelStudioError
 
 LEGACY = "0123456789abcdef0123456789abcdef01234567"
 PAT = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCIsImp0aSI6IjEifQ.c2lnbmF0dXJlLXBhdA"

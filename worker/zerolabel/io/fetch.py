@@ -11,8 +11,10 @@ What a URI may name is decided by a :class:`FetchPolicy`:
   With no ``ls_url`` set, an absolute path outside ``/data/upload/`` and ``/data/local-files/``
   is a local path.
 
-Label Studio accepts a legacy token as ``Authorization: Token <t>``; a personal access token (a
-JWT) is exchanged at ``/api/token/refresh/`` for a 5-minute access token sent as ``Bearer``.
+The Authorization header (a legacy token, or the access token a personal access token is
+exchanged for) comes from :class:`~zerolabel.labelstudio.auth.LabelStudioAuth`, which gives it
+only to URLs of the Label Studio origin; the retry policy and the transient statuses come from
+the same module.
 
 Errors: :class:`TransientFetchError` (retried here, then raised: the job may be retried later)
 and :class:`~zerolabel.errors.ImageLoadError` for everything a retry will not fix. Messages and this
@@ -22,12 +24,12 @@ URLs (urllib3's own DEBUG log does print request paths with their query strings)
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
@@ -39,30 +41,31 @@ import requests
 from urllib3.exceptions import DecodeError, ReadTimeoutError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from zerolabel.errors import ConfigError, ImageLoadError
+from zerolabel.errors import ConfigError, DiscoveryError, ImageLoadError
 from zerolabel.io.images import ImageLimits, LoadedImage, decode, load_file
+from zerolabel.labelstudio.auth import (
+    LS_TOKEN_SETTING,
+    LS_URL_SETTING,
+    TOKEN_REFRESH_PATH,
+    TRANSIENT_STATUSES,
+    LabelStudioAuth,
+    RetryPolicy,
+    TokenExchangeError,
+    bound_origin,
+    parse_origin,
+    plain_session,
+)
 
 logger = logging.getLogger(__name__)
 
 ALLOWED_HOSTS_SETTING = "ZEROLABEL_ALLOWED_HOSTS"
 """Environment variable named in errors about hosts that are not allowed."""
-LS_URL_SETTING = "LABEL_STUDIO_URL"
-"""Environment variable named in errors about a missing Label Studio URL."""
-LS_TOKEN_SETTING = "LABEL_STUDIO_API_KEY"
-"""Environment variable named in errors about Label Studio credentials."""
 
 MAX_REDIRECTS = 3
-ACCESS_TOKEN_TTL_S = 240.0
-"""How long an exchanged access token is reused; Label Studio's live 5 minutes."""
 
 _LS_PREFIXES = ("/data/upload/", "/data/local-files/")
-_TOKEN_REFRESH_PATH = "/api/token/refresh/"
 _REDIRECTS = {301, 302, 303, 307, 308}
-_TRANSIENT = {408, 425, 429}
-_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _CHUNK = 64 * 1024
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-_MAX_CACHED_FETCHERS = 8
 
 
 class TransientFetchError(ImageLoadError):
@@ -101,7 +104,7 @@ class FetchPolicy:
         object.__setattr__(self, "allowed_hosts", frozenset(self.allowed_hosts))
         object.__setattr__(self, "local_roots", tuple(self.local_roots))
         if self.ls_url is not None:
-            _ls_origin(self.ls_url)
+            bound_origin(self.ls_url)
         _host_keys(self.allowed_hosts)
         if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0:
             raise ConfigError("FetchPolicy needs timeout_s > 0, retries >= 0 and backoff_s >= 0")
@@ -115,7 +118,7 @@ def parse_allowed_hosts(value: str) -> frozenset[str]:
 
 
 class Fetcher:
-    """Fetches images under one policy; holds its HTTP session and the cached access token.
+    """Fetches images under one policy; holds its HTTP session and its Label Studio credentials.
 
     Not thread-safe: use one per thread (an RQ worker runs one job at a time). Close it, or use it
     as a context manager, to release its connections.
@@ -129,14 +132,13 @@ class Fetcher:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.policy = policy
-        self._ls = _ls_origin(policy.ls_url) if policy.ls_url else None
+        self._auth = (
+            LabelStudioAuth(policy.ls_url, policy.ls_token, clock=clock) if policy.ls_url else None
+        )
+        self._retry = RetryPolicy(policy.retries, policy.backoff_s)
         self._allowed = _host_keys(policy.allowed_hosts)
-        if self._ls:
-            self._allowed.add(_host_key(self._ls[1], self._ls[2]))
-        token = policy.ls_token or None
-        self._pat = token if token and _JWT.fullmatch(token) else None
-        self._legacy = token if token and not self._pat else None
-        self._access: tuple[str, float] | None = None  # (access token, expiry on self._clock)
+        if self._auth is not None:
+            self._allowed.add(_host_key(self._auth.origin.host, self._auth.origin.port))
         self._session: requests.Session | None = None
         self._clock = clock
         self._sleep = sleep
@@ -191,7 +193,7 @@ class Fetcher:
             raise ImageLoadError(repr(uri), "empty image URI")
         parts = urlsplit(uri)
         scheme = parts.scheme.lower()
-        if scheme in _DEFAULT_PORTS:
+        if scheme in ("http", "https"):
             self._check_allowed(uri, uri)
             return uri
         if scheme == "file":
@@ -202,24 +204,24 @@ class Fetcher:
             reason = f"unsupported URL scheme {scheme!r}: give a Label Studio or http(s) URL"
             raise ImageLoadError(_display(uri), reason)
         if uri.startswith("/") and (
-            self._ls or uri.startswith(_LS_PREFIXES) or not self.policy.allow_local_paths
+            self._auth or uri.startswith(_LS_PREFIXES) or not self.policy.allow_local_paths
         ):
             return self._ls_url(uri)
         return self._local_path(Path(uri), uri)
 
     def allows(self, url: str) -> bool:
         """Whether the policy lets an absolute http(s) URL be fetched."""
-        origin = _origin(url)
-        return origin is not None and _host_key(origin[1], origin[2]) in self._allowed
+        origin = parse_origin(url)
+        return origin is not None and _host_key(origin.host, origin.port) in self._allowed
 
     def _check_allowed(self, url: str, source: str) -> None:
         if self.allows(url):
             return
-        origin = _origin(url)
+        origin = parse_origin(url)
         where = "" if url == source else f"redirected to {_display(url)}: "
         if origin is None:
             raise ImageLoadError(_display(source), f"{where}not an http(s) URL with a valid host")
-        host = _host_key(origin[1], origin[2])
+        host = _host_key(origin.host, origin.port)
         raise ImageLoadError(
             _display(source),
             f"{where}host {host!r} is not allowed; add it to {ALLOWED_HOSTS_SETTING} "
@@ -227,13 +229,12 @@ class Fetcher:
         )
 
     def _ls_url(self, path: str) -> str:
-        if not self._ls:
+        if self._auth is None:
             raise ImageLoadError(
                 _display(path),
                 f"a Label Studio URL, but no Label Studio URL is configured (set {LS_URL_SETTING})",
             )
-        assert self.policy.ls_url is not None  # _ls is set from it
-        return self.policy.ls_url.rstrip("/") + path
+        return self._auth.base_url + path
 
     def _local_path(self, path: Path, uri: str) -> Path:
         if not self.policy.allow_local_paths:
@@ -248,29 +249,22 @@ class Fetcher:
         return resolved
 
     def _download(self, url: str, limits: ImageLimits) -> tuple[bytes, str]:
-        attempts = self.policy.retries + 1
-        for attempt in range(attempts):
-            try:
-                return self._attempt(url, limits)
-            except TransientFetchError as exc:
-                if attempt + 1 == attempts:
-                    if attempts == 1:
-                        raise
-                    reason = f"{exc.reason} (gave up after {attempts} attempts)"
-                    raise TransientFetchError(exc.source, reason) from None
-                delay = self.policy.backoff_s * 2**attempt
-                logger.warning(
-                    "%s; attempt %d of %d, retrying in %.2g s", exc, attempt + 1, attempts, delay
-                )
-                self._sleep(delay)
-        raise AssertionError("unreachable")
+        try:
+            return self._retry.run(
+                lambda: self._attempt(url, limits), transient=_is_transient, sleep=self._sleep
+            )
+        except TransientFetchError as exc:
+            if self._retry.attempts == 1:
+                raise
+            reason = f"{exc.reason} (gave up after {self._retry.attempts} attempts)"
+            raise TransientFetchError(exc.source, reason) from None
 
     def _attempt(self, url: str, limits: ImageLimits) -> tuple[bytes, str]:
         source = _display(url)
         deadline = self._clock() + self.policy.timeout_s
-        current, hops, refreshed = url, 0, False
+        current, hops = url, 0
         while True:
-            with self._get(current, source, deadline) as response:
+            with self._open(current, source, deadline) as response:
                 status = response.status_code
                 if status in _REDIRECTS and response.headers.get("Location"):
                     if hops == MAX_REDIRECTS:
@@ -280,18 +274,31 @@ class Fetcher:
                     logger.debug("%s redirects to %s", source, _display(current))
                     hops += 1
                     continue
-                if status == 401 and self._pat and self._is_ls(current) and not refreshed:
-                    logger.debug("access token refused by %s; exchanging the PAT again", source)
-                    self._access, refreshed = None, True
-                    continue
                 self._check_status(status, current, source)
                 body = self._read_body(response, source, limits, deadline)
                 return body, response.headers.get("Content-Type", "").lower()
 
-    def _get(self, url: str, source: str, deadline: float) -> requests.Response:
-        headers = {"Accept": "image/*, */*;q=0.5", **self._auth_headers(url, source, deadline)}
+    def _open(self, url: str, source: str, deadline: float) -> requests.Response:
+        """GET ``url``, with Label Studio's Authorization header when it goes there."""
+        get = partial(self._get, url, source, deadline)
+        if self._auth is None:
+            return get({})
+        try:
+            return self._auth.send(url, get, partial(self._post, source, deadline))
+        except TokenExchangeError as exc:
+            raise _exchange_error(exc, source) from None
+
+    def _get(
+        self, url: str, source: str, deadline: float, auth: dict[str, str]
+    ) -> requests.Response:
+        headers = {"Accept": "image/*, */*;q=0.5", **auth}
         logger.debug("GET %s", _display(url))
         return self._request("GET", url, source, deadline, headers=headers)
+
+    def _post(
+        self, source: str, deadline: float, url: str, body: dict[str, str]
+    ) -> requests.Response:
+        return self._request("POST", url, source, deadline, json=body)
 
     def _request(
         self, method: str, url: str, source: str, deadline: float, **kwargs: Any
@@ -300,8 +307,7 @@ class Fetcher:
         if remaining <= 0:
             raise TransientFetchError(source, f"timed out after {self.policy.timeout_s:g} s")
         if self._session is None:
-            self._session = requests.Session()
-            self._session.auth = _no_auth  # never credentials from ~/.netrc or a URL's user info
+            self._session = plain_session()  # never credentials from ~/.netrc or user info
         try:
             return self._session.request(
                 method, url, stream=True, allow_redirects=False, timeout=remaining, **kwargs
@@ -315,70 +321,18 @@ class Fetcher:
         except requests.RequestException as exc:
             raise ImageLoadError(source, f"request failed ({type(exc).__name__})") from None
 
-    def _is_ls(self, url: str) -> bool:
-        """Same scheme, host and port as ls_url: the only place credentials may go."""
-        return self._ls is not None and _origin(url) == self._ls
-
-    def _auth_headers(self, url: str, source: str, deadline: float) -> dict[str, str]:
-        if not self._is_ls(url):
-            return {}
-        if self._legacy:
-            return {"Authorization": f"Token {self._legacy}"}
-        if self._pat:
-            return {"Authorization": f"Bearer {self._access_token(source, deadline)}"}
-        return {}
-
-    def _access_token(self, source: str, deadline: float) -> str:
-        now = self._clock()
-        if self._access is not None and now < self._access[1]:
-            return self._access[0]
-        access = self._exchange(source, deadline)
-        self._access = (access, now + ACCESS_TOKEN_TTL_S)
-        return access
-
-    def _exchange(self, source: str, deadline: float) -> str:
-        assert self.policy.ls_url is not None and self._pat is not None
-        url = self.policy.ls_url.rstrip("/") + _TOKEN_REFRESH_PATH
-        logger.debug("exchanging the personal access token at %s", _display(url))
-        with self._request("POST", url, source, deadline, json={"refresh": self._pat}) as reply:
-            what = f"token exchange at {_TOKEN_REFRESH_PATH}"
-            if reply.status_code in (401, 403):
-                raise ImageLoadError(
-                    source,
-                    f"Label Studio refused the personal access token ({what}: HTTP "
-                    f"{reply.status_code}); create a new one and set {LS_TOKEN_SETTING}",
-                )
-            self._check_status(reply.status_code, url, source, what=what)
-            try:
-                access = json.loads(reply.content)["access"]
-            except (ValueError, KeyError, TypeError):
-                access = None
-        if not isinstance(access, str) or not access:
-            raise ImageLoadError(source, f"{what}: the reply holds no access token")
-        return access
-
-    def _check_status(self, status: int, url: str, source: str, *, what: str = "") -> None:
+    def _check_status(self, status: int, url: str, source: str) -> None:
         if 200 <= status < 300:
             return
-        where = what or ("" if _display(url) == source else f"at {_display(url)}")
+        where = "" if _display(url) == source else f"at {_display(url)}"
         reason = f"{where + ': ' if where else ''}HTTP {status} {_phrase(status)}"
-        if status in _TRANSIENT or status >= 500:
+        if status in TRANSIENT_STATUSES:
             raise TransientFetchError(source, reason)
-        if status in (401, 403) and self._is_ls(url):
-            reason += f"; {self._credentials_hint()}"
+        if status in (401, 403) and self._auth is not None and self._auth.covers(url):
+            reason += f"; {self._auth.hint()}"
         elif status == 404 and "/data/local-files" in url:
             reason += "; is a Local Files storage connected for this path?"
         raise ImageLoadError(source, reason)
-
-    def _credentials_hint(self) -> str:
-        if self._pat:
-            return "the access token from the personal access token was refused"
-        if self._legacy:
-            return (
-                "the legacy token was refused (legacy tokens may be disabled for the "
-                "organisation: use a personal access token or enable legacy tokens)"
-            )
-        return f"no Label Studio token is configured (set {LS_TOKEN_SETTING})"
 
     def _read_body(
         self, response: requests.Response, source: str, limits: ImageLimits, deadline: float
@@ -407,32 +361,23 @@ class Fetcher:
         return bytes(body)
 
 
-_FETCHERS: dict[FetchPolicy, Fetcher] = {}
+def _is_transient(exc: DiscoveryError) -> bool:
+    return isinstance(exc, TransientFetchError)
 
 
-def fetch_image(
-    uri: str, policy: FetchPolicy, limits: ImageLimits, *, max_side: int | None = None
-) -> LoadedImage:
-    """Fetch and decode one image with a :class:`Fetcher` kept per policy in this process.
-
-    See :meth:`Fetcher.fetch`; :func:`close_fetchers` releases the connections.
-    """
-    fetcher = _FETCHERS.get(policy)
-    if fetcher is None:
-        if len(_FETCHERS) >= _MAX_CACHED_FETCHERS:
-            _FETCHERS.pop(next(iter(_FETCHERS))).close()
-        fetcher = _FETCHERS[policy] = Fetcher(policy)
-    return fetcher.fetch(uri, limits, max_side=max_side)
-
-
-def close_fetchers() -> None:
-    """Close and forget the fetchers :func:`fetch_image` keeps (worker shutdown, tests)."""
-    while _FETCHERS:
-        _FETCHERS.popitem()[1].close()
-
-
-def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    return request
+def _exchange_error(exc: TokenExchangeError, source: str) -> ImageLoadError:
+    """The error of a fetch that needed a token exchange Label Studio did not grant."""
+    what = f"token exchange at {TOKEN_REFRESH_PATH}"
+    if exc.refused:
+        return ImageLoadError(
+            source,
+            f"Label Studio refused the personal access token ({what}: HTTP {exc.status}); "
+            f"create a new one and set {LS_TOKEN_SETTING}",
+        )
+    if 200 <= exc.status < 300:
+        return ImageLoadError(source, f"{what}: {exc.detail}")
+    reason = f"{what}: HTTP {exc.status} {_phrase(exc.status)}"
+    return TransientFetchError(source, reason) if exc.transient else ImageLoadError(source, reason)
 
 
 def _chunks(raw: object) -> Iterator[bytes]:
@@ -443,28 +388,6 @@ def _chunks(raw: object) -> Iterator[bytes]:
         return
     while chunk := read1(_CHUNK, decode_content=True):
         yield chunk
-
-
-def _origin(url: str) -> tuple[str, str, int] | None:
-    """(scheme, host, port) of an http(s) URL with a host and a valid port, else None."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
-        return None
-    try:
-        return scheme, parts.hostname, parts.port or _DEFAULT_PORTS[scheme]
-    except ValueError:
-        return None
-
-
-def _ls_origin(url: str) -> tuple[str, str, int]:
-    origin = _origin(url)
-    if origin is None:
-        raise ConfigError(
-            f"Label Studio URL {_display(url)!r} is not an http(s) URL with a host "
-            f"(set {LS_URL_SETTING}, e.g. http://127.0.0.1:8080)"
-        )
-    return origin
 
 
 def _host_key(hostname: str, port: int | None) -> str:

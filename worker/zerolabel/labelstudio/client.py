@@ -7,39 +7,40 @@ Usage::
         versions = {p["model_version"] for p in task["predictions"]}
     client.create_prediction(task_id, result, score=0.9, model_version="zerolabel-lost-...")
 
-Authentication follows what Label Studio 1.23 accepts: a legacy token is sent as
-``Authorization: Token <t>``; a personal access token (a JWT) is exchanged at
-``/api/token/refresh/`` for a 5-minute access token sent as ``Bearer``, reused for
-:data:`ACCESS_TOKEN_TTL_S` and exchanged once more when Label Studio answers 401.
+Authentication (a legacy token, or a personal access token exchanged for short-lived access
+tokens) is :class:`~zerolabel.labelstudio.auth.LabelStudioAuth`'s, bound to the client's URL.
 
 Every failure raises :class:`LabelStudioError` (a :class:`~zerolabel.errors.DiscoveryError`) with
 the HTTP status, method, path and Label Studio's own message; messages never hold a token.
 Reads (GET, PATCH) are retried after connection failures, 429 and 5xx; creating a prediction
-is not, since a lost reply may hide a prediction that was stored.
+is not, since a lost reply may hide a prediction that was stored. Which statuses are transient
+and how long to pause between attempts is :mod:`zerolabel.labelstudio.auth`'s too.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 
 from zerolabel.errors import DiscoveryError
+from zerolabel.labelstudio.auth import (
+    TOKEN_REFRESH_PATH,
+    TRANSIENT_STATUSES,
+    LabelStudioAuth,
+    RetryPolicy,
+    TokenExchangeError,
+    plain_session,
+)
 
 logger = logging.getLogger(__name__)
 
-ACCESS_TOKEN_TTL_S = 240.0
-"""How long an exchanged access token is reused; Label Studio's live 5 minutes."""
-
-TOKEN_REFRESH_PATH = "/api/token/refresh/"
-_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _RETRIED_METHODS = frozenset({"GET", "PATCH"})
-_TRANSIENT = frozenset({408, 425, 429, 500, 502, 503, 504})
+_BACKOFF_S = 0.5
 _MESSAGE_CHARS = 500
 
 
@@ -62,11 +63,6 @@ class LabelStudioError(DiscoveryError):
         self.message = message
 
 
-def is_personal_access_token(token: str) -> bool:
-    """Whether ``token`` is a personal access token (a JWT) rather than a legacy token."""
-    return bool(_JWT.fullmatch(token))
-
-
 class LabelStudioClient:
     """Label Studio REST calls under one token; holds the HTTP session and the access token.
 
@@ -79,6 +75,9 @@ class LabelStudioClient:
         retries: further attempts of a GET or PATCH after a transient failure.
         clock: monotonic clock for the access token's expiry (tests pass a fake).
         sleep: pause between attempts (tests pass a fake).
+
+    Raises:
+        ValueError: no token, or ``url`` is not an http(s) URL with a host and no user info.
     """
 
     def __init__(
@@ -91,25 +90,20 @@ class LabelStudioClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"Label Studio URL must be http(s)://host[:port], got {url!r}")
         if not token:
             raise ValueError("a Label Studio token is needed (legacy token or personal access)")
-        self.url = url.rstrip("/")
+        self._auth = LabelStudioAuth(url, token, clock=clock)  # ConfigError is a ValueError
+        self.url = self._auth.base_url
         self.token = token
         self.timeout_s = timeout_s
         self.retries = retries
-        self._pat = is_personal_access_token(token)
-        self._access: tuple[str, float] | None = None  # (access token, expiry on self._clock)
-        self._clock = clock
+        self._retry = RetryPolicy(retries, _BACKOFF_S)
+        self._once = RetryPolicy(0)
         self._sleep = sleep
-        self._session = requests.Session()
-        self._session.auth = _no_auth  # never credentials from ~/.netrc
+        self._session = plain_session()  # never credentials from ~/.netrc
 
     def __repr__(self) -> str:
-        kind = "personal access token" if self._pat else "legacy token"
-        return f"LabelStudioClient({self.url!r}, <{kind}>)"
+        return f"LabelStudioClient({self.url!r}, <{self._auth.kind}>)"
 
     def __enter__(self) -> LabelStudioClient:
         return self
@@ -230,39 +224,35 @@ class LabelStudioClient:
             LabelStudioError: the call failed, after the retries GET and PATCH get.
         """
         shown = _shown_path(path, params)
-        attempts = 1 + (self.retries if method in _RETRIED_METHODS else 0)
-        for attempt in range(attempts):
-            try:
-                return self._call(method, path, shown, params=params, json=json)
-            except LabelStudioError as exc:
-                transient = exc.status is None or exc.status in _TRANSIENT
-                if not transient or attempt + 1 == attempts:
-                    raise
-                delay = 0.5 * 2**attempt
-                logger.warning("%s; retrying in %.1f s", exc, delay)
-                self._sleep(delay)
-        raise AssertionError("unreachable")
+        retry = self._retry if method in _RETRIED_METHODS else self._once
+        call = partial(self._call, method, path, shown, params=params, json=json)
+        return retry.run(call, transient=_is_transient, sleep=self._sleep)
 
     def _call(
         self, method: str, path: str, shown: str, *, params: dict[str, Any] | None, json: Any
     ) -> Any:
-        """One attempt, exchanging the personal access token again once on a 401."""
-        for refreshed in (False, True):
-            headers = {"Accept": "application/json", "Authorization": self._authorization(shown)}
-            response = self._send(method, path, shown, headers=headers, params=params, json=json)
-            if response.status_code == 401 and self._pat and not refreshed:
-                logger.debug("access token refused at %s; exchanging the PAT again", shown)
-                self._access = None
-                continue
-            self._check(response, method, shown)
-            return _json(response, method, shown)
-        raise AssertionError("unreachable")
+        """One attempt (the access token is exchanged again once on a 401)."""
+        url = self.url + path
 
-    def _send(self, method: str, path: str, shown: str, **kwargs: Any) -> requests.Response:
+        def send(auth: dict[str, str]) -> requests.Response:
+            headers = {"Accept": "application/json", **auth}
+            return self._send(method, url, shown, headers=headers, params=params, json=json)
+
+        try:
+            response = self._auth.send(url, send, self._post_exchange)
+        except TokenExchangeError as exc:
+            raise self._exchange_error(exc, shown) from None
+        self._check(response, method, shown)
+        return _json(response, method, shown)
+
+    def _post_exchange(self, url: str, body: dict[str, str]) -> requests.Response:
+        return self._send("POST", url, TOKEN_REFRESH_PATH, json=body)
+
+    def _send(self, method: str, url: str, shown: str, **kwargs: Any) -> requests.Response:
         logger.debug("%s %s", method, shown)
         try:
             return self._session.request(
-                method, self.url + path, timeout=self.timeout_s, allow_redirects=False, **kwargs
+                method, url, timeout=self.timeout_s, allow_redirects=False, **kwargs
             )
         except requests.Timeout:
             raise LabelStudioError(
@@ -276,58 +266,28 @@ class LabelStudioClient:
         status = response.status_code
         if 200 <= status < 300:
             return
-        message = self._scrub(_ls_message(response))
+        message = self._auth.scrub(_ls_message(response))
         if status in (401, 403):
-            message += f"; {self._credentials_hint()}"
+            message += f"; {self._auth.hint()}"
         raise LabelStudioError(status, method, shown, message)
 
-    def _authorization(self, shown: str) -> str:
-        if not self._pat:
-            return f"Token {self.token}"
-        now = self._clock()
-        if self._access is None or now >= self._access[1]:
-            self._access = (self._exchange(shown), now + ACCESS_TOKEN_TTL_S)
-        return f"Bearer {self._access[0]}"
-
-    def _exchange(self, shown: str) -> str:
-        """A fresh access token for the personal access token."""
-        what = f"token exchange for {shown}"
-        body = {"refresh": self.token}
-        logger.debug("exchanging the personal access token at %s", TOKEN_REFRESH_PATH)
-        response = self._send("POST", TOKEN_REFRESH_PATH, TOKEN_REFRESH_PATH, json=body)
-        if response.status_code in (400, 401, 403):
-            raise LabelStudioError(
-                response.status_code,
-                "POST",
-                TOKEN_REFRESH_PATH,
-                f"Label Studio refused the personal access token ({what}): "
-                f"{self._scrub(_ls_message(response))}; create a new token in Account & Settings",
+    @staticmethod
+    def _exchange_error(exc: TokenExchangeError, shown: str) -> LabelStudioError:
+        """The error of a call that needed a token exchange Label Studio did not grant."""
+        message = exc.detail
+        if exc.refused:
+            message = (
+                f"Label Studio refused the personal access token (token exchange for {shown}): "
+                f"{exc.detail}; create a new token in Account & Settings"
             )
-        self._check(response, "POST", TOKEN_REFRESH_PATH)
-        try:
-            access = response.json()["access"]
-        except (ValueError, KeyError, TypeError):
-            access = None
-        if not isinstance(access, str) or not access:
-            raise LabelStudioError(
-                response.status_code, "POST", TOKEN_REFRESH_PATH, "the reply holds no access token"
-            )
-        return access
+        return LabelStudioError(exc.status, "POST", TOKEN_REFRESH_PATH, message)
 
-    def _credentials_hint(self) -> str:
-        if self._pat:
-            return "the access token exchanged from the personal access token was refused"
-        return (
-            "the legacy token was refused (legacy tokens may be disabled for the organisation: "
-            "use a personal access token or enable legacy tokens)"
-        )
 
-    def _scrub(self, text: str) -> str:
-        """``text`` without any token this client holds."""
-        for secret in (self.token, self._access[0] if self._access else ""):
-            if secret:
-                text = text.replace(secret, "<token>")
-        return text
+def _is_transient(exc: DiscoveryError) -> bool:
+    """A failure with no reply, or a status a later attempt may not get."""
+    return isinstance(exc, LabelStudioError) and (
+        exc.status is None or exc.status in TRANSIENT_STATUSES
+    )
 
 
 def _ls_message(response: requests.Response) -> str:
@@ -373,7 +333,3 @@ def _shown_path(path: str, params: dict[str, Any] | None) -> str:
         return path
     query = "&".join(f"{key}={value}" for key, value in params.items())
     return f"{path}?{query}"
-
-
-def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    return request
