@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -272,3 +273,49 @@ def test_find_target_errors(config: str, kwargs: dict[str, Any], message: str) -
 def test_config_error_is_value_error() -> None:
     with pytest.raises(ValueError, match="no <Image> tag"):
         find_target("<View/>")
+
+
+_IMAGE_AND_BOX = (
+    '<Image name="image" value="$image"/>'
+    '<RectangleLabels name="label" toName="image"><Label value="object"/></RectangleLabels>'
+)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        pytest.param(
+            '<?xml version="1.0"?><!DOCTYPE View [<!ENTITY a "aaaaaaaaaa">'
+            '<!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+            f"<View>{_IMAGE_AND_BOX}<Header value='&b;'/></View>",
+            "<!DOCTYPE> or <!ENTITY>",
+            id="entity-expansion",
+        ),
+        pytest.param(
+            '<!DOCTYPE View [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+            f"<View>{_IMAGE_AND_BOX}<Header value='&x;'/></View>",
+            "<!DOCTYPE> or <!ENTITY>",
+            id="external-entity",
+        ),
+        pytest.param(
+            "<View>" * 65 + _IMAGE_AND_BOX + "</View>" * 65,
+            "more than 64 deep",
+            id="deeply-nested",
+        ),
+        pytest.param(
+            f"<View>{_IMAGE_AND_BOX}<Header value='{'x' * 1_000_000}'/></View>",
+            "at most 1000000 are accepted",
+            id="oversized",
+        ),
+    ],
+)
+def test_hostile_configs_are_refused_before_they_cost_anything(config: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        find_target(config)
+
+
+def test_comments_and_cdata_are_still_accepted() -> None:
+    config = f"<View><!-- boxes --><![CDATA[ note ]]>{_IMAGE_AND_BOX}</View>"
+    assert find_target(config).box_from_name == "label"
+    nested = "<View>" * 62 + _IMAGE_AND_BOX + "</View>" * 62  # <Label> at depth 64
+    assert find_target(nested).to_name == "image"

@@ -18,6 +18,7 @@ config that cannot be served raises ``ConfigError`` saying what to add or change
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -87,17 +88,52 @@ def find_target(
     )
 
 
+MAX_CONFIG_CHARS = 1_000_000
+"""Longest labeling config accepted (Label Studio's own are a few KB, large taxonomies ~100 KB)."""
+MAX_CONFIG_DEPTH = 64
+"""Deepest element nesting accepted."""
+
+_DECLARATION = re.compile(r"<!(?!--|\[CDATA\[)")
+
+
 def _parse(label_config: str) -> ET.Element:
-    """The root element of the config."""
+    """The root element of the config, parsed defensively.
+
+    A labeling config arrives from the network (``/setup``, ``/predict``), so before any
+    parsing its size is bounded, document type and entity declarations are refused (no
+    entity expansion, no external entities), and while parsing its nesting depth is bounded.
+    """
     if not label_config or not label_config.strip():
         raise ConfigError(
             "labeling config is empty: set the project's labeling interface, e.g. "
             '<View><Image name="image" value="$image"/>...</View>'
         )
+    if len(label_config) > MAX_CONFIG_CHARS:
+        raise ConfigError(
+            f"labeling config is {len(label_config)} characters long; at most "
+            f"{MAX_CONFIG_CHARS} are accepted"
+        )
+    if _DECLARATION.search(label_config):
+        raise ConfigError(
+            "labeling config holds a <!DOCTYPE> or <!ENTITY> declaration; Label Studio configs "
+            "need none, and they are refused"
+        )
+    parser = ET.XMLPullParser(events=("start", "end"))
+    root: ET.Element | None = None
+    depth = 0
     try:
-        return ET.fromstring(label_config)
+        parser.feed(label_config)
+        parser.close()
     except ET.ParseError as err:
         raise ConfigError(f"labeling config is not valid XML: {err}") from err
+    for event, element in parser.read_events():
+        root = element if root is None else root
+        depth += 1 if event == "start" else -1
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"labeling config nests elements more than {MAX_CONFIG_DEPTH} deep")
+    if root is None:  # expat raises on a document without an element; kept for the type checker
+        raise ConfigError("labeling config has no root element")
+    return root
 
 
 def _controls(root: ET.Element) -> list[_Control]:
