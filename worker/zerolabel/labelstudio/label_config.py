@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 from zerolabel.errors import ConfigError
 from zerolabel.labelstudio.tasks import Target
@@ -118,7 +120,7 @@ def _parse(label_config: str) -> ET.Element:
             "labeling config holds a <!DOCTYPE> or <!ENTITY> declaration; Label Studio configs "
             "need none, and they are refused"
         )
-    parser = ET.XMLPullParser(events=("start", "end"))
+    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))
     root: ET.Element | None = None
     depth = 0
     try:
@@ -126,7 +128,7 @@ def _parse(label_config: str) -> ET.Element:
         parser.close()
     except ET.ParseError as err:
         raise ConfigError(f"labeling config is not valid XML: {err}") from err
-    for event, element in parser.read_events():
+    for event, element in cast("Iterator[tuple[str, ET.Element]]", parser.read_events()):
         root = element if root is None else root
         depth += 1 if event == "start" else -1
         if depth > MAX_CONFIG_DEPTH:
