@@ -20,6 +20,7 @@ import click
 
 from zerolabel.cli.errors import ZerolabelGroup, remember_url
 from zerolabel.cli.options import local_files_options
+from zerolabel.errors import DiscoveryError
 
 logger = logging.getLogger("zerolabel")
 
@@ -168,22 +169,25 @@ def predict(
     from zerolabel.loop import predict as batch
     from zerolabel.settings import WorkerSettings
 
-    settings = WorkerSettings.from_env()
-    overrides = {
-        "method": method,
-        "cad_checkpoint": cad_checkpoint,
-        "backbone": backbone,
-        "checkpoint": checkpoint,
-        "max_side": max_side,
-        "device": device,
-        "half": half,
-        "batch_size": batch_size,
-    }
-    settings = batch.with_overrides(settings, overrides)
-    files = expand_inputs(inputs)
-    job = batch.BatchJob.create(
-        settings, square=square, params=parse_params(params), masks=not no_masks
-    )
+    try:
+        settings = WorkerSettings.from_env()
+        overrides = {
+            "method": method,
+            "cad_checkpoint": cad_checkpoint,
+            "backbone": backbone,
+            "checkpoint": checkpoint,
+            "max_side": max_side,
+            "device": device,
+            "half": half,
+            "batch_size": batch_size,
+        }
+        settings = batch.with_overrides(settings, overrides)
+        files = expand_inputs(inputs)
+        job = batch.BatchJob.create(
+            settings, square=square, params=parse_params(params), masks=not no_masks
+        )
+    except DiscoveryError as exc:
+        raise click.ClickException(str(exc)) from None
     start = time.perf_counter()
     report = job.run(
         files, Path(out_dir), label=label, url_prefix=url_prefix, document_root=Path(document_root)
