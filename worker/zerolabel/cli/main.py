@@ -2,6 +2,7 @@
 
 Heavy imports (torch, timm) happen inside the commands, so ``zerolabel --help`` is instant and
 the queue commands never load torch. ``zerolabel serve`` is added by zerolabel-backend.
+Failures reach the user as one ``Error:`` line, decided in one place: :mod:`.errors`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import click
 
+from zerolabel.cli.errors import ZerolabelGroup, remember_url
 from zerolabel.cli.options import local_files_options
 from zerolabel.errors import DiscoveryError
 
@@ -33,8 +35,10 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.group(cls=ZerolabelGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Debug logging (with the traceback of an error)."
+)
 def main(verbose: bool) -> None:
     """Zero-label object pre-labeling for Label Studio."""
     _setup_logging(verbose)
@@ -256,29 +260,26 @@ def eval_(
     modes = [predictions is not None, project is not None, from_file is not None]
     if sum(modes) != 1 or (predictions is not None) != (gt_path is not None):
         raise click.UsageError("give PREDICTIONS with --gt, or --project, or --from-file")
-    try:
-        if predictions is not None:
-            assert gt_path is not None
-            report = evaluate(
-                predictions, gt_path, gt_format=gt_format, images_dir=images_dir, csv_path=csv_path
-            )
-            click.echo(report.format_table())
-            return
-        _eval_project(project, from_file, model_version, csv_path)
-    except (ValueError, DiscoveryError) as exc:
-        raise click.ClickException(str(exc)) from None
+    if predictions is not None:
+        assert gt_path is not None
+        report = evaluate(
+            predictions, gt_path, gt_format=gt_format, images_dir=images_dir, csv_path=csv_path
+        )
+        click.echo(report.format_table())
+        return
+    _eval_project(project, from_file, model_version, csv_path)
 
 
 def _eval_project(
     project: int | None, from_file: str | None, model_version: str | None, csv_path: str | None
 ) -> None:
-    from zerolabel.cli.loop import _client, _project_tasks, _read_json, _settings
+    from zerolabel.cli.common import ls_client, project_tasks, read_tasks, worker_settings
     from zerolabel.loop.evaluate import evaluate_export
 
     data = (
-        _project_tasks(_client(_settings()), project)
+        project_tasks(ls_client(worker_settings()), project)
         if project is not None
-        else _read_json(str(from_file))
+        else read_tasks(str(from_file))
     )
     report, clusters = evaluate_export(
         data, model_version=model_version, csv_path=Path(csv_path) if csv_path else None
@@ -293,23 +294,16 @@ def _eval_project(
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty (batch machines).")
 def worker(name: str | None, burst: bool) -> None:
     """Serve discovery jobs from the Redis queue; the backbone is loaded once and kept."""
-    from redis.exceptions import RedisError
-
     from zerolabel.queue.dispatch import run_worker
     from zerolabel.queue.jobs import get_runtime
 
-    try:
-        runtime = get_runtime()
-        settings = runtime.settings
-        backbone = runtime.backbone(settings.spec())  # load before taking jobs
-        assert runtime.redis is not None
-        runtime.redis.ping()
-    except DiscoveryError as exc:
-        raise click.ClickException(str(exc)) from None
-    except RedisError as exc:
-        raise click.ClickException(
-            f"Redis unreachable at {settings.queue.redis_url}: {exc}"
-        ) from None
+    runtime = get_runtime()
+    settings = runtime.settings
+    remember_url("redis", settings.queue.redis_url)
+    spec = settings.spec()
+    assert runtime.redis is not None
+    runtime.redis.ping()  # a missing Redis fails in a moment, before the backbone is loaded
+    backbone = runtime.backbone(spec)  # load before taking jobs
     logger.info(
         "serving queue %r with %s on %s", settings.queue.queue, backbone.name, backbone.device
     )

@@ -26,3 +26,15 @@ def local_files_options(func: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="Prefix of task image URLs (Label Studio local files by default).",
     )(func)
+
+
+project_option = click.option(
+    "--project",
+    type=int,
+    default=None,
+    help="Label Studio project id (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY).",
+)
+
+model_version_option = click.option(
+    "--model-version", default=None, help="Which predictions to use [default: each task's latest]."
+)

@@ -292,13 +292,21 @@ def cluster_objects(
         Labels for every id of ``items`` (in input order), None for the failed ones.
 
     Raises:
-        ValueError: duplicate ids, no descriptor at all, or descriptors of different shapes.
+        ValueError: duplicate ids, no descriptor at all, descriptors of different shapes, or
+            ``k`` above the number of objects with a descriptor.
     """
     ids = [object_id for object_id, _ in items]
     duplicates = sorted(str(i) for i, n in Counter(ids).items() if n > 1)
     if duplicates:
         raise ValueError(f"duplicate object ids: {', '.join(duplicates)}")
     kept_ids, matrix = _stack_descriptors(items)
+    if k is not None and k > len(kept_ids):
+        failed = len(items) - len(kept_ids)
+        without = f" ({failed} more had no descriptor)" if failed else ""
+        raise ValueError(
+            f"{len(kept_ids)} objects{without} cannot make {k} clusters: "
+            f"lower k to at most {len(kept_ids)}"
+        )
     whitened, whitening = whiten(matrix)
     chosen_k = suggest_k(whitened, k_range, seed) if k is None else k
     clustering = fit_kmeans(whitened, chosen_k, seed)

@@ -1,0 +1,308 @@
+"""``zerolabel cluster``, ``relabel`` and ``export``: pseudo-classes and the labels' way out.
+
+Each works on a tasks file (folder mode) or on a Label Studio project (``--project``, with
+``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``); both share everything but image access.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from zerolabel.cli.common import (
+    file_loader,
+    image_url,
+    ls_client,
+    project_tasks,
+    read_json,
+    read_tasks,
+    url_loader,
+    worker_settings,
+    write_json,
+)
+from zerolabel.cli.options import local_files_options, model_version_option, project_option
+
+logger = logging.getLogger("zerolabel")
+
+
+@click.command()
+@click.argument("tasks_file", required=False, type=click.Path(exists=True, dir_okay=False))
+@project_option
+@model_version_option
+@click.option(
+    "-k",
+    "--clusters",
+    "k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Number of pseudo-classes [default: suggested by silhouette score].",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="zerolabel-out",
+    show_default=True,
+    help="Folder for the labelled tasks (folder mode).",
+)
+@local_files_options
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    default=str(Path.home() / ".cache" / "zerolabel" / "descriptors"),
+    show_default=True,
+    help="Descriptor cache (by image content): re-clustering computes nothing again.",
+)
+def cluster(
+    tasks_file: str | None,
+    project: int | None,
+    model_version: str | None,
+    k: int | None,
+    seed: int,
+    out_dir: str,
+    document_root: str,
+    url_prefix: str,
+    cache_dir: str,
+) -> None:
+    """Group discovered objects into pseudo-classes (cluster_00, ...) with K-Means.
+
+    Give the tasks.json of `zerolabel predict` (folder mode) or --project: the labels are then
+    added to the project's labeling config and every prediction is relabelled in place.
+    """
+    from zerolabel.labelstudio.label_config import add_labels, default_config
+    from zerolabel.loop.pseudo_classes import cluster_tasks, labelled_tasks
+    from zerolabel.vit.backbone import load_configured_backbone
+    from zerolabel.vit.descriptors import DescriptorCache
+
+    if (tasks_file is None) == (project is None):
+        raise click.UsageError("give either TASKS_FILE or --project")
+    settings = worker_settings()
+    client = ls_client(settings) if project is not None else None
+    tasks = project_tasks(client, project) if client else read_tasks(str(tasks_file))
+    if k is not None:
+        _check_enough_objects(tasks, k, model_version)
+    loader = (
+        url_loader(settings) if client else file_loader(Path(document_root), url_prefix, settings)
+    )
+    backbone = load_configured_backbone(settings)
+    run = cluster_tasks(
+        tasks,
+        loader,
+        backbone,
+        DescriptorCache(Path(cache_dir)),
+        k=k,
+        seed=seed,
+        model_version=model_version,
+    )
+    labelled = labelled_tasks(tasks, run, model_version=model_version)
+    if client is not None:
+        client.set_label_config(project, add_labels(client.label_config(project), run.names))
+        _update_predictions(client, tasks, labelled, model_version)
+    else:
+        out = Path(out_dir)
+        write_json(out / "tasks.json", labelled)
+        write_json(out / "clusters.json", {name: name for name in run.names})
+        (out / "label_config.xml").write_text(default_config(run.names))
+    sizes = ", ".join(f"{name}: {n}" for name, n in sorted(run.sizes().items()))
+    click.echo(
+        f"{len(run.names)} pseudo-classes over {sum(run.sizes().values())} objects "
+        f"({sizes}); {len(run.failures)} task(s) not described",
+        err=True,
+    )
+
+
+def _check_enough_objects(tasks: list[dict[str, Any]], k: int, model_version: str | None) -> None:
+    """Refuse ``-k`` above the number of objects before any image is read or model loaded."""
+    from zerolabel.loop.pseudo_classes import chosen_prediction, object_boxes
+
+    count = 0
+    for task in tasks:
+        prediction = chosen_prediction(task, model_version)
+        if prediction is not None:
+            count += len(object_boxes(prediction.get("result") or []))
+    if k > count:
+        raise click.ClickException(
+            f"{count} objects cannot make {k} clusters: lower -k to at most {count}"
+            if count
+            else f"no objects to cluster: the tasks hold no {_predictions(model_version)}"
+        )
+
+
+def _predictions(model_version: str | None) -> str:
+    return f"predictions of model_version {model_version!r}" if model_version else "predictions"
+
+
+def _update_predictions(
+    client: Any,
+    before: list[dict[str, Any]],
+    after: list[dict[str, Any]],
+    model_version: str | None,
+) -> int:
+    from zerolabel.loop.pseudo_classes import chosen_prediction
+
+    updated = 0
+    for old, new in zip(before, after, strict=True):
+        old_pred = chosen_prediction(old, model_version)
+        new_pred = chosen_prediction(new, model_version)
+        if old_pred and new_pred and old_pred.get("result") != new_pred.get("result"):
+            client.update_prediction(old_pred["id"], new_pred["result"])
+            updated += 1
+    return updated
+
+
+@click.command()
+@click.argument("tasks_file", required=False, type=click.Path(exists=True, dir_okay=False))
+@project_option
+@model_version_option
+@click.option(
+    "--mapping",
+    "mapping_file",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help='JSON object {"cluster_00": "dog", "cluster_03": "dog", ...}.',
+)
+@click.option(
+    "-o",
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Where to write the relabelled tasks [default: overwrite TASKS_FILE].",
+)
+def relabel(
+    tasks_file: str | None,
+    project: int | None,
+    model_version: str | None,
+    mapping_file: str,
+    out_file: str | None,
+) -> None:
+    """Rename or merge pseudo-classes everywhere they are used, from a mapping file."""
+    from zerolabel.labelstudio.label_config import add_labels
+    from zerolabel.loop.pseudo_classes import map_task_labels
+
+    if (tasks_file is None) == (project is None):
+        raise click.UsageError("give either TASKS_FILE or --project")
+    mapping = read_json(mapping_file)
+    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+        raise click.BadParameter(
+            "the mapping must be a JSON object of names", param_hint="--mapping"
+        )
+    settings = worker_settings()
+    client = ls_client(settings) if project is not None else None
+    tasks = project_tasks(client, project) if client else read_tasks(str(tasks_file))
+    relabelled = map_task_labels(tasks, mapping, model_version=model_version)
+    if client is not None:
+        names = sorted(set(mapping.values()))
+        client.set_label_config(project, add_labels(client.label_config(project), names))
+        count = _update_predictions(client, tasks, relabelled, model_version)
+        click.echo(f"relabelled {count} prediction(s) in project {project}", err=True)
+    else:
+        target = Path(out_file or str(tasks_file))
+        write_json(target, relabelled)
+        click.echo(f"wrote {target}", err=True)
+
+
+@click.command()
+@click.option(
+    "--from-file",
+    "from_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A Label Studio JSON export instead of --project.",
+)
+@project_option
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), required=True)
+@click.option(
+    "-f",
+    "--format",
+    "formats",
+    type=click.Choice(["coco", "yolo", "voc"]),
+    multiple=True,
+    default=("coco", "yolo", "voc"),
+    show_default=True,
+)
+@click.option(
+    "--labels/--class-agnostic",
+    default=False,
+    show_default=True,
+    help="Keep the team's labels, or one 'object' class.",
+)
+@click.option(
+    "--source",
+    type=click.Choice(["annotations", "predictions"]),
+    default="annotations",
+    show_default=True,
+    help="Corrected annotations, or raw pre-labels (predictions).",
+)
+@model_version_option
+@click.option(
+    "--download-images",
+    is_flag=True,
+    help="Also save each task's image under OUT/images (for train-cad).",
+)
+def export(
+    from_file: str | None,
+    project: int | None,
+    out_dir: str,
+    formats: tuple[str, ...],
+    labels: bool,
+    source: str,
+    model_version: str | None,
+    download_images: bool,
+) -> None:
+    """Export a project's labels to COCO (boxes + RLE masks), YOLO and Pascal VOC."""
+    from zerolabel.formats.export import export as write_export
+
+    if (from_file is None) == (project is None):
+        raise click.UsageError("give either --from-file or --project")
+    settings = worker_settings()
+    data = (
+        project_tasks(ls_client(settings), project)
+        if project is not None
+        else read_tasks(str(from_file))
+    )
+    written = write_export(
+        data,
+        Path(out_dir),
+        formats=formats,
+        class_agnostic=not labels,
+        source=source,
+        model_version=model_version,
+    )
+    if download_images:
+        written["images"] = _download_images(data, Path(out_dir) / "images", settings)
+    summary = json.loads(Path(written["summary"]).read_text())
+    click.echo(json.dumps(summary.get("summary", summary), indent=1), err=True)
+    for name, path in written.items():
+        click.echo(f"  {name}: {path}", err=True)
+
+
+def _download_images(data: list[dict[str, Any]], folder: Path, settings: Any) -> Path:
+    from PIL import Image
+
+    from zerolabel.errors import ImageLoadError
+    from zerolabel.formats.export import file_name_from_url
+
+    load = url_loader(settings)
+    failed = 0
+    for task in data:
+        try:
+            target = folder / file_name_from_url(image_url(task))
+            if target.exists():
+                continue
+            image = load(task)
+        except (ImageLoadError, KeyError, ValueError) as exc:
+            failed += 1
+            logger.error("task %s: image not downloaded: %s", task.get("id"), exc)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.pixels).save(target)
+    if failed:
+        click.echo(f"{failed} image(s) could not be downloaded", err=True)
+    return folder
