@@ -180,6 +180,15 @@ class DiscoverySpec:
                 f"max_side must be >= 0 (0 means full resolution), got {self.max_side}"
             )
 
+    def effective_max_side(self) -> int | None:
+        """The longer-side cap images get: ``max_side``, else the method's default.
+
+        None means full resolution: ``max_side=0``, or a method without a default cap.
+        """
+        if self.max_side is None:
+            return methods.get(self.method).default_max_side
+        return self.max_side or None
+
     def model_version(self) -> str:
         """Stable across processes and machines for the same spec."""
         identity = {"pipeline": PIPELINE_VERSION, **asdict(self)}
