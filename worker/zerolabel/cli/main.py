@@ -7,7 +7,6 @@ the queue commands never load torch. ``zerolabel serve`` is added by zerolabel-b
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 
 import click
 
+from zerolabel import methods
 from zerolabel.cli.options import local_files_options
 from zerolabel.errors import DiscoveryError
 
@@ -61,18 +61,21 @@ def expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
     return sorted(found.values(), key=lambda p: str(p))
 
 
-def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``key=value`` pairs -> method keyword arguments (values parsed as JSON when possible)."""
-    params: dict[str, Any] = {}
+def parse_params(pairs: tuple[str, ...], method: str) -> dict[str, Any]:
+    """``key=value`` pairs -> keyword arguments of ``method``, typed by its registered types.
+
+    Raises:
+        click.BadParameter: a pair without ``=``.
+        ConfigError: an unknown method or parameter, or a value of the wrong type; the message
+            names the method's parameters with their types.
+    """
+    texts: dict[str, str] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--param")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
-    return params
+        texts[key.strip()] = raw
+    return methods.get(method).parse_params(texts)
 
 
 @main.command()
@@ -89,7 +92,7 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option(
     "-m",
     "--method",
-    type=click.Choice(["lost", "tokencut", "maskcut", "cad"]),
+    type=click.Choice(methods.METHOD_NAMES),
     default=None,
     help="Discovery method, or cad for a trained detector [default: ZEROLABEL_METHOD or lost].",
 )
@@ -178,10 +181,9 @@ def predict(
             "batch_size": batch_size,
         }
         settings = batch.with_overrides(settings, overrides)
+        typed = parse_params(params, settings.method)  # refused here, before any model loads
         files = expand_inputs(inputs)
-        job = batch.BatchJob.create(
-            settings, square=square, params=parse_params(params), masks=not no_masks
-        )
+        job = batch.BatchJob.create(settings, square=square, params=typed, masks=not no_masks)
     except DiscoveryError as exc:
         raise click.ClickException(str(exc)) from None
     start = time.perf_counter()
