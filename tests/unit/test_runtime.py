@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from zerolabel.contract import DiscoveryRequest, DiscoverySpec
 from zerolabel.errors import ConfigError, DiscoveryError, WeightsError
-from zerolabel.pipeline import ModelStore
+from zerolabel.io.images import LoadedImage
+from zerolabel.pipeline import Discoverer, ModelStore
 from zerolabel.queue import jobs, runtime
 from zerolabel.queue.runtime import WorkerRuntime
 from zerolabel.settings import WorkerSettings
@@ -91,3 +93,25 @@ def test_a_runtime_without_redis_is_an_explicit_error(monkeypatch):
     monkeypatch.setattr(jobs, "get_runtime", lambda: WorkerRuntime(WorkerSettings()))
     with pytest.raises(DiscoveryError, match="no Redis connection"):
         jobs.discover(DiscoveryRequest(DiscoverySpec(), "a.jpg").to_dict())
+
+
+class Patch16:
+    """The one fact Discoverer.frame needs about a backbone."""
+
+    patch_size = 16
+
+
+@pytest.mark.parametrize(
+    ("env", "content_hw"),
+    [
+        pytest.param({"ZEROLABEL_MAX_SIDE": "0"}, (1500, 3000), id="zero-is-full-resolution"),
+        pytest.param({}, (512, 1024), id="unset-is-the-method-default"),
+        pytest.param({"ZEROLABEL_MAX_SIDE": "600"}, (300, 600), id="a-cap"),
+    ],
+)
+def test_max_side_from_the_environment_reaches_the_network_input(env, content_hw):
+    spec = WorkerSettings.from_env(env).spec()
+    runner = Discoverer(Patch16(), spec)  # type: ignore[arg-type]
+    assert runner.max_side == (None if content_hw == (1500, 3000) else content_hw[1])
+    image = LoadedImage("a.jpg", np.zeros((1500, 3000, 3), np.uint8), (1500, 3000), "0")
+    assert runner.frame(image).content_hw == content_hw
