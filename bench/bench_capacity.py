@@ -36,7 +36,9 @@ USER, PASSWORD = "bench", "bench-password"
 AUTH = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
 
-def _call(url: str, path: str, body: dict[str, object] | None = None, timeout_s: float = 120) -> float:
+def _call(
+    url: str, path: str, body: dict[str, object] | None = None, timeout_s: float = 120
+) -> float:
     """Seconds until the whole answer of one request arrived."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url + path, data=data, method="POST" if data else "GET")
@@ -52,7 +54,13 @@ def _setup(url: str) -> float:
     return _call(
         url,
         "/setup",
-        {"project": "1.1", "schema": CONFIG, "hostname": "", "access_token": "", "extra_params": ""},
+        {
+            "project": "1.1",
+            "schema": CONFIG,
+            "hostname": "",
+            "access_token": "",
+            "extra_params": "",
+        },
     )
 
 
@@ -143,11 +151,12 @@ def main() -> None:
         finally:
             stop(server)
 
-    print(f"\n### Backend under load: {args.waiting} waiting /predict calls, {args.slow} slow clients\n")
-    print("| condition | /health p50 ms | /health p95 ms | /health max ms | /setup p50 ms | /setup max ms |")
+    load = f"{args.waiting} waiting /predict + {args.slow} slow clients"
+    print(f"\n### Backend under load: {load}\n")
+    print("| condition | /health p50 ms | p95 | max | /setup p50 ms | max |")
     print("|---|---|---|---|---|---|")
     print(_row("idle", *idle))
-    print(_row(f"{args.waiting} waiting /predict + {args.slow} slow clients", *loaded))
+    print(_row(load, *loaded))
     answered = len(predicted)
     print(
         f"\n{answered} of {args.waiting} waiting /predict calls answered "

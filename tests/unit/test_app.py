@@ -68,6 +68,33 @@ def test_setup_refuses_what_it_cannot_serve_with_the_reason(client, schema, extr
     assert reply.status_code == 400 and message in reply.get_json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("extra", "allowed"),
+    [
+        pytest.param({"params": {"tua": 0.2}}, ["k_patches (int >= 1"], id="nested-typo"),
+        pytest.param(
+            {"method": "tokencut", "params": {"tua": 0.2}},
+            ["tau (float in [-1, 1], default 0.2)", "eps (float > 0"],
+            id="tokencut-typo",
+        ),
+        pytest.param({"method": "lost", "tau": 0.2}, ["k_patches"], id="other-methods-param"),
+        pytest.param({"method": "maskcut", "max_objects": "3"}, ["max_objects (int"], id="type"),
+    ],
+)
+def test_setup_refuses_parameters_the_method_does_not_take_and_names_the_allowed_ones(
+    client, redis, extra, allowed
+):
+    reply = _setup(client, extra=extra)
+    assert reply.status_code == 400 and reply.is_json
+    error = reply.get_json()["error"]
+    assert "model_version" not in reply.get_json()
+    assert all(name in error for name in allowed), error
+    tasks = [{"id": 1, "data": {"image": "/data/upload/1/a.jpg"}}]
+    client.post("/predict", json={"tasks": tasks, "project": "3", "label_config": CONFIG})
+    for job in Queue("zerolabel", connection=redis, serializer=JSONSerializer).jobs:
+        assert job.args[0]["spec"]["params"] == {}  # the refused options never reach a job
+
+
 def test_predict_before_setup_answers_one_entry_per_task(client):
     tasks = [{"id": 1, "data": {"image": "/data/upload/1/a.jpg"}}, {"id": 2, "data": {}}]
     reply = client.post("/predict", json={"tasks": tasks, "project": "9", "label_config": CONFIG})

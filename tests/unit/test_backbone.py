@@ -124,11 +124,52 @@ def test_unreadable_checkpoint_says_so(tmp_path: Path):
         load_backbone(ARCH, checkpoint=tmp_path / "nope.pth", device="cpu")
 
 
+def test_the_vit_and_the_detector_read_checkpoints_through_one_reader(tmp_path: Path):
+    from zerolabel.cad.model import read_checkpoint
+
+    tensor = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(2), tensor)
+    with pytest.raises(WeightsError, match=r"checkpoint .*tensor\.pt holds a Tensor, not a state"):
+        load_backbone(ARCH, checkpoint=tensor, device="cpu", model_kwargs=DEPTH2)
+    with pytest.raises(WeightsError, match=r"CAD checkpoint .*tensor\.pt holds a Tensor"):
+        read_checkpoint(tensor)
+
+
 def test_no_weights_offline_fails_at_once_with_instructions():
     start = time.perf_counter()
     with pytest.raises(WeightsError, match="--checkpoint PATH or ZEROLABEL_CHECKPOINT"):
         load_backbone("dino_vits16", device="cpu", offline=True, model_kwargs=DEPTH2)
     assert time.perf_counter() - start < 5  # no network retries
+
+
+def test_cached_hub_weights_load_offline_and_no_process_setting_changes(tmp_path, monkeypatch):
+    import os
+
+    import timm
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    reference = timm.create_model(ARCH, num_classes=0, **DEPTH2).state_dict()
+    repo = tmp_path / "models--timm--vit_small_patch16_224.dino"
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    save_file(reference, str(repo / "snapshots" / "abc123" / "model.safetensors"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    settings = (constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE"))
+    during: list[tuple[object, object]] = []
+    create = timm.create_model
+
+    def spy(*args, **kwargs):
+        during.append((constants.HF_HUB_OFFLINE, os.environ.get("HF_HUB_OFFLINE")))
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", spy)
+    backbone = load_backbone("dino_vits16", device="cpu", offline=True, model_kwargs=DEPTH2)
+    assert during and all(seen == settings for seen in during)
+    assert backbone.weights_id == "hub:vit_small_patch16_224.dino"
+    loaded = backbone.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in reference.items())
 
 
 def test_unknown_backbone_and_bad_options():

@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from zerolabel.contract import Box, DiscoveryRequest, DiscoveryResult, Region, Rle
-from zerolabel.errors import DiscoveryError
+from zerolabel.errors import ConfigError, DiscoveryError
 from zerolabel.labelstudio.client import LabelStudioError
 from zerolabel.labelstudio.options import ProjectOptions
 from zerolabel.loop.prelabel import PrelabelReport, prelabel_project
@@ -237,3 +237,14 @@ def test_the_progress_bar_counts_tasks(service, capsys):
 def test_bad_batch_size_is_refused(service):
     with pytest.raises(ValueError, match="batch_size"):
         prelabel_project(FakeClient([]), 1, service, batch_size=0)  # type: ignore[arg-type]
+
+
+def test_options_with_an_unknown_parameter_fail_at_once_and_queue_nothing(service):
+    with pytest.raises(ConfigError, match="unknown extra params \\['tua'\\]: allowed keys"):
+        ProjectOptions.parse('{"tua": 0.2}')
+    client = FakeClient(_tasks(3))
+    options = ProjectOptions.parse('{"method": "tokencut", "params": {"tua": 0.2}}')
+    with pytest.raises(ConfigError, match=r"no parameter 'tua'.*tau \(float.*eps \(float"):
+        _prelabel(client, service, options=options)
+    assert service.dispatcher.jobs == [] and service.dispatcher.log == []
+    assert client.created == []

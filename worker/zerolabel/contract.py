@@ -12,9 +12,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from zerolabel import methods
+from zerolabel.errors import ConfigError
+from zerolabel.methods import FEATURE_METHODS as FEATURE_METHODS  # re-exported: older imports
+from zerolabel.methods import METHOD_NAMES as METHOD_NAMES
+
 SCHEMA_VERSION = 1
-FEATURE_METHODS = ("lost", "tokencut", "maskcut")  # keys of zerolabel.discovery.METHODS
-METHOD_NAMES = (*FEATURE_METHODS, "cad")  # cad: a trained class-agnostic detector
 PIPELINE_VERSION = 1  # bump when a change alters the regions produced for the same spec
 
 
@@ -71,7 +74,7 @@ class Region:
 
     box: Box
     score: float  # method confidence in [0, 1]
-    method: str  # key of zerolabel.discovery.METHODS
+    method: str  # key of zerolabel.methods.METHODS
     mask: Rle | None = None
     label: str | None = None  # pseudo-class name once clustered
 
@@ -146,7 +149,12 @@ class DiscoverySpec:
     """What to run on an image. Its digest is the Label Studio ``model_version``.
 
     The backend and the workers build it from the same settings, so both name a result the
-    same way without the backend ever loading the model.
+    same way without the backend ever loading the model. Building one checks the method and
+    its parameters against :mod:`zerolabel.methods`, so a spec that exists can be run.
+
+    Raises:
+        ConfigError: an unknown method, an unknown or ill-typed parameter (the message names
+            the method's parameters with their types), or a negative ``max_side``.
     """
 
     method: str = "lost"
@@ -159,10 +167,27 @@ class DiscoverySpec:
     pos_embed: str = "dino"  # positional-embedding interpolation rule
 
     def __post_init__(self) -> None:
-        if self.method not in METHOD_NAMES:
-            raise ValueError(
-                f"unknown method {self.method!r}: use one of {', '.join(METHOD_NAMES)}"
+        info = methods.get(self.method)
+        # Typed values (an int given for a float parameter is stored as a float), so equal
+        # settings always give the same model_version.
+        object.__setattr__(self, "params", info.check_params(self.params))
+        if self.max_side is not None and (
+            isinstance(self.max_side, bool) or not isinstance(self.max_side, int)
+        ):
+            raise ConfigError(f"max_side must be an integer or None, got {self.max_side!r}")
+        if self.max_side is not None and self.max_side < 0:
+            raise ConfigError(
+                f"max_side must be >= 0 (0 means full resolution), got {self.max_side}"
             )
+
+    def effective_max_side(self) -> int | None:
+        """The longer-side cap images get: ``max_side``, else the method's default.
+
+        None means full resolution: ``max_side=0``, or a method without a default cap.
+        """
+        if self.max_side is None:
+            return methods.get(self.method).default_max_side
+        return self.max_side or None
 
     def model_version(self) -> str:
         """Stable across processes and machines for the same spec."""

@@ -1,6 +1,8 @@
 """Images in, regions out: preprocessing, batched forward pass, method, geometry.
 
-The only place where the model, the pure discovery methods and the pixel geometry meet.
+The only place where the models, the pure discovery methods and the pixel geometry meet. Every
+caller runs a spec through the :class:`Runner` protocol; :class:`ModelStore` builds the runner a
+spec's method kind needs (see :mod:`zerolabel.methods`), so no caller names a method.
 """
 
 from __future__ import annotations
@@ -10,28 +12,24 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
-from zerolabel import geometry
+from zerolabel import geometry, methods
 from zerolabel.contract import DiscoverySpec, Region
 from zerolabel.discovery import METHODS
+from zerolabel.errors import ConfigError, WeightsError
 from zerolabel.io.images import LoadedImage
+from zerolabel.methods import MethodKind
 from zerolabel.vit import features, preprocess
-from zerolabel.vit.backbone import Backbone
+from zerolabel.vit.backbone import Backbone, load_backbone, pick_device
+
+if TYPE_CHECKING:
+    from zerolabel.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
-
-#: Longer-side cap per method when none is given: LOST/TokenCut run at (capped) full
-#: resolution as in their papers; MaskCut at the 480 px its authors used, aspect preserved.
-DEFAULT_MAX_SIDE = {"lost": 1024, "tokencut": 1024, "maskcut": 480}
-
-
-def effective_max_side(spec: DiscoverySpec) -> int | None:
-    """The cap actually applied: the spec's, else the method default; 0 means none."""
-    side = DEFAULT_MAX_SIDE.get(spec.method) if spec.max_side is None else spec.max_side
-    return side or None
 
 
 @dataclass
@@ -44,14 +42,29 @@ class Timings:
     images: int = 0
 
 
+class Runner(Protocol):
+    """Runs one spec with its loaded model: what the CLI, the worker and benchmarks call."""
+
+    spec: DiscoverySpec
+    model_version: str
+    max_side: int | None  # longer-side cap to load images at; None: full resolution
+    timings: Timings
+
+    def run(self, images: Sequence[LoadedImage], batch_size: int = 8) -> list[list[Region]]:
+        """Regions for each image, in order."""
+        ...
+
+
 class Discoverer:
-    """Runs one discovery spec with one loaded backbone."""
+    """Runs a feature method (LOST, TokenCut, MaskCut) with one loaded ViT backbone."""
 
     def __init__(self, backbone: Backbone, spec: DiscoverySpec) -> None:
+        if spec.method not in METHODS:
+            raise ConfigError(f"method {spec.method!r} does not run on ViT features")
         self.backbone = backbone
         self.spec = spec
-        self.method = METHODS[spec.method]  # KeyError for "cad": see make_discoverer
-        self.max_side = effective_max_side(spec)
+        self.method = METHODS[spec.method]
+        self.max_side = spec.effective_max_side()
         self.model_version = spec.model_version()
         self.timings = Timings()
 
@@ -114,23 +127,28 @@ class Discoverer:
             torch.cuda.synchronize(self.backbone.device)
 
 
-class CadDiscoverer:
+class DetectorRunner:
     """Serves a trained class-agnostic detector (``zerolabel train-cad``) like a method.
 
-    Spec params: ``score_threshold`` (default 0.5) and ``max_detections`` (default 100).
+    Its parameters (threshold, detections per image) and their defaults are registered in
+    :mod:`zerolabel.methods`; the detector resizes images itself, so they are loaded at full
+    resolution unless the spec caps them.
     """
 
     def __init__(self, detector: torch.nn.Module, spec: DiscoverySpec) -> None:
+        info = methods.get(spec.method)
+        if info.kind is not MethodKind.DETECTOR:
+            raise ConfigError(f"method {spec.method!r} is not served by a detector")
         self.detector = detector
         self.spec = spec
-        self.max_side: int | None = None  # the detector resizes its input itself
+        self.max_side = spec.effective_max_side()
         self.model_version = spec.model_version()
         self.timings = Timings()
-        self.params = {"score_threshold": 0.5, "max_detections": 100, **spec.params}
+        self.params = {**info.defaults(), **spec.params}
 
     def run(self, images: Sequence[LoadedImage], batch_size: int = 8) -> list[list[Region]]:
         """Regions for each image (one forward pass per image)."""
-        from zerolabel.cad import detect
+        from zerolabel.cad.inference import detect
 
         results = []
         for image in images:
@@ -140,7 +158,7 @@ class CadDiscoverer:
                 Region(
                     box,
                     float(score),
-                    "cad",
+                    self.spec.method,
                     geometry.rle_encode(mask) if mask is not None and self.spec.masks else None,
                 )
                 for box, score, mask in found
@@ -151,17 +169,66 @@ class CadDiscoverer:
         return results
 
 
-def make_discoverer(
-    spec: DiscoverySpec,
-    *,
-    backbone: Backbone | None = None,
-    detector: torch.nn.Module | None = None,
-) -> Discoverer | CadDiscoverer:
-    """The runner for a spec: the detector for ``cad``, the backbone for feature methods."""
-    if spec.method == "cad":
-        if detector is None:
-            raise ValueError("method 'cad' needs a detector")
-        return CadDiscoverer(detector, spec)
-    if backbone is None:
-        raise ValueError(f"method {spec.method!r} needs a backbone")
-    return Discoverer(backbone, spec)
+class ModelStore:
+    """The models one process serves, each loaded on first use and then kept.
+
+    Feature methods share one backbone per (backbone, position rule); the detector is the one
+    file ``settings.cad_checkpoint`` names. A spec asking for other weights than these settings
+    serve is refused, so a result is never labelled with weights that did not make it.
+    """
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self._backbones: dict[tuple[str, str], Backbone] = {}
+        self._detector: torch.nn.Module | None = None
+
+    def runner(self, spec: DiscoverySpec) -> Runner:
+        """The runner for ``spec``, as its method's kind needs.
+
+        Raises:
+            WeightsError: the spec names weights these settings do not serve, or they fail.
+            ConfigError: the settings cannot serve the spec's method (no detector file).
+        """
+        if methods.get(spec.method).kind is MethodKind.DETECTOR:
+            return DetectorRunner(self.detector(spec), spec)
+        return Discoverer(self.backbone(spec), spec)
+
+    def backbone(self, spec: DiscoverySpec) -> Backbone:
+        """The loaded ViT backbone of a feature-method spec."""
+        key = (spec.backbone, spec.pos_embed)
+        if key not in self._backbones:
+            own = spec.backbone == self.settings.backbone
+            served = self.settings.weights if own else "hub"
+            if spec.weights != served:
+                raise WeightsError(
+                    f"the request asks for {spec.backbone} with weights {spec.weights!r} but "
+                    f"this worker has {served!r}: give backend and workers the same "
+                    "ZEROLABEL_BACKBONE, ZEROLABEL_CHECKPOINT and ZEROLABEL_WEIGHTS_TAG"
+                )
+            self._backbones[key] = load_backbone(
+                spec.backbone,
+                checkpoint=self.settings.checkpoint if own else None,
+                device=self.settings.device,
+                half=self.settings.half,
+                pos_embed=spec.pos_embed,
+                model_kwargs=self.settings.backbone_kwargs if own else None,
+                offline=self.settings.offline,
+            )
+        return self._backbones[key]
+
+    def detector(self, spec: DiscoverySpec) -> torch.nn.Module:
+        """The loaded detector of a detector spec (torchvision is imported only here)."""
+        served = self.settings.spec(method=spec.method)  # ConfigError without a detector file
+        checkpoint = self.settings.cad_checkpoint
+        if checkpoint is None:  # settings.spec refuses that already; typed for the load below
+            raise ConfigError(f"method {spec.method!r} needs ZEROLABEL_CAD_CHECKPOINT")
+        if served.weights != spec.weights:
+            raise WeightsError(
+                f"the request asks for detector {spec.weights!r} but this worker serves "
+                f"{served.weights!r}: give backend and workers the same ZEROLABEL_CAD_CHECKPOINT"
+            )
+        if self._detector is None:
+            from zerolabel.cad.model import load_detector
+
+            self._detector, _ = load_detector(checkpoint, pick_device(self.settings.device))
+        return self._detector

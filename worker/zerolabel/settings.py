@@ -6,13 +6,16 @@ Every variable is documented in docker/zerolabel.env.example and the README.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zerolabel import methods
 from zerolabel.contract import DiscoverySpec
 from zerolabel.errors import ConfigError
+from zerolabel.methods import MethodKind
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -28,14 +31,70 @@ def parse_bool(name: str, value: str) -> bool:
     raise ConfigError(f"{name}={value!r} is not a boolean (use one of: true, false, 1, 0)")
 
 
-def _int_or_none(name: str, value: str) -> int | None:
-    try:
-        number = int(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} is not an integer") from None
-    if number < 0:
-        raise ConfigError(f"{name}={value!r} must be >= 0 (0 means no limit)")
-    return number or None
+class EnvReader:
+    """Typed reads of one environment mapping; every settings class parses through it.
+
+    A variable that is unset or empty reads as None (the setting keeps its default); a value
+    that does not parse, or lies below its minimum, is a :class:`ConfigError` naming the
+    variable, so a process fails at start rather than on its first job.
+    """
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.env: Mapping[str, str] = os.environ if env is None else env
+
+    def text(self, name: str) -> str | None:
+        """The value, or None when unset or empty."""
+        return self.env.get(name) or None
+
+    def integer(self, name: str, *, minimum: int | None = None, note: str = "") -> int | None:
+        """An integer ``>= minimum``; ``note`` explains the bound in the error message."""
+        raw = self.text(name)
+        if raw is None:
+            return None
+        try:
+            number = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not an integer") from None
+        if minimum is not None and number < minimum:
+            raise ConfigError(f"{name}={raw!r} must be >= {minimum}{note}")
+        return number
+
+    def number(self, name: str, *, positive: bool = False, unit: str = "") -> float | None:
+        """A finite float ``>= 0`` (``> 0`` when ``positive``); ``unit`` names it in messages."""
+        raw = self.text(name)
+        if raw is None:
+            return None
+        what = f"a number of {unit}" if unit else "a number"
+        try:
+            number = float(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} must be {what}") from None
+        if not math.isfinite(number) or number < 0 or (positive and number == 0):
+            raise ConfigError(f"{name}={raw!r} must be {what} {'> 0' if positive else '>= 0'}")
+        return number
+
+    def flag(self, name: str) -> bool | None:
+        """A strict boolean (see :func:`parse_bool`); None when unset or empty."""
+        raw = self.text(name)
+        return None if raw is None else parse_bool(name, raw)
+
+    def json_object(self, name: str) -> dict[str, Any] | None:
+        """A JSON object, e.g. ``{"depth": 6}``; None when unset or empty."""
+        raw = self.text(name)
+        if raw is None:
+            return None
+        try:
+            parsed = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{name} is not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"{name} must be a JSON object, e.g. '{{\"depth\": 6}}'")
+        return parsed
+
+
+def _present(**values: Any) -> dict[str, Any]:
+    """The keyword arguments that were read (not None)."""
+    return {key: value for key, value in values.items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -50,25 +109,19 @@ class QueueSettings:
     retries: int = 2  # ZEROLABEL_JOB_RETRIES: re-runs after a transient failure (fetch timeout)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> QueueSettings:
-        env = os.environ if env is None else env
-        kwargs: dict[str, Any] = {}
-        if env.get("REDIS_URL"):
-            kwargs["redis_url"] = env["REDIS_URL"]
-        if env.get("ZEROLABEL_QUEUE"):
-            kwargs["queue"] = env["ZEROLABEL_QUEUE"]
-        for field_name, name in (
-            ("job_timeout_s", "ZEROLABEL_JOB_TIMEOUT_S"),
-            ("result_ttl_s", "ZEROLABEL_RESULT_TTL_S"),
-            ("lease_s", "ZEROLABEL_LEASE_S"),
-            ("retries", "ZEROLABEL_JOB_RETRIES"),
-        ):
-            if env.get(name):
-                try:
-                    kwargs[field_name] = int(env[name])
-                except ValueError:
-                    raise ConfigError(f"{name}={env[name]!r} is not an integer") from None
-        return cls(**kwargs)
+    def from_env(cls, env: Mapping[str, str] | EnvReader | None = None) -> QueueSettings:
+        """Build from ``env`` (default ``os.environ``); a malformed value fails here, at start."""
+        read = env if isinstance(env, EnvReader) else EnvReader(env)
+        return cls(
+            **_present(
+                redis_url=read.text("REDIS_URL"),
+                queue=read.text("ZEROLABEL_QUEUE"),
+                job_timeout_s=read.integer("ZEROLABEL_JOB_TIMEOUT_S", minimum=1),
+                result_ttl_s=read.integer("ZEROLABEL_RESULT_TTL_S", minimum=1),
+                lease_s=read.integer("ZEROLABEL_LEASE_S", minimum=1),
+                retries=read.integer("ZEROLABEL_JOB_RETRIES", minimum=0),
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -85,7 +138,7 @@ class WorkerSettings:
     device: str = "auto"  # ZEROLABEL_DEVICE: auto, cpu, cuda, cuda:1 ...
     half: bool = False  # ZEROLABEL_HALF: fp16 forward pass (CUDA only)
     method: str = "lost"  # ZEROLABEL_METHOD
-    max_side: int | None = None  # ZEROLABEL_MAX_SIDE: cap on the longer side; None = method default
+    max_side: int | None = None  # ZEROLABEL_MAX_SIDE: None: method default, 0: full size
     batch_size: int = 8  # ZEROLABEL_BATCH_SIZE: images per forward pass (same-size images)
     max_image_bytes: int = 64 * 2**20  # ZEROLABEL_MAX_IMAGE_BYTES
     max_image_pixels: int = 100_000_000  # ZEROLABEL_MAX_IMAGE_PIXELS
@@ -97,44 +150,35 @@ class WorkerSettings:
     queue: QueueSettings = field(default_factory=QueueSettings)  # REDIS_URL, ZEROLABEL_QUEUE...
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
+    def from_env(cls, env: Mapping[str, str] | EnvReader | None = None) -> WorkerSettings:
         """Build from ``env`` (default ``os.environ``); a malformed value fails here, at start."""
-        env = os.environ if env is None else env
-        kwargs: dict[str, Any] = {}
-        if "ZEROLABEL_BACKBONE" in env:
-            kwargs["backbone"] = env["ZEROLABEL_BACKBONE"]
-        if env.get("ZEROLABEL_CHECKPOINT"):
-            kwargs["checkpoint"] = env["ZEROLABEL_CHECKPOINT"]
-        if env.get("ZEROLABEL_CAD_CHECKPOINT"):
-            kwargs["cad_checkpoint"] = env["ZEROLABEL_CAD_CHECKPOINT"]
-        if env.get("ZEROLABEL_WEIGHTS_TAG"):
-            kwargs["weights_tag"] = env["ZEROLABEL_WEIGHTS_TAG"]
-        if env.get("ZEROLABEL_BACKBONE_KWARGS"):
-            kwargs["backbone_kwargs"] = _json_object(
-                "ZEROLABEL_BACKBONE_KWARGS", env["ZEROLABEL_BACKBONE_KWARGS"]
-            )
-        if "ZEROLABEL_POS_EMBED" in env:
-            kwargs["pos_embed"] = env["ZEROLABEL_POS_EMBED"]
-        for name in ("ZEROLABEL_OFFLINE", "HF_HUB_OFFLINE"):
-            if env.get(name) and parse_bool(name, env[name]):
-                kwargs["offline"] = True
-        if "ZEROLABEL_DEVICE" in env:
-            kwargs["device"] = env["ZEROLABEL_DEVICE"]
-        if "ZEROLABEL_HALF" in env:
-            kwargs["half"] = parse_bool("ZEROLABEL_HALF", env["ZEROLABEL_HALF"])
-        if "ZEROLABEL_METHOD" in env:
-            kwargs["method"] = env["ZEROLABEL_METHOD"]
-        if env.get("ZEROLABEL_MAX_SIDE"):
-            kwargs["max_side"] = _int_or_none("ZEROLABEL_MAX_SIDE", env["ZEROLABEL_MAX_SIDE"])
-        for key, name in (
-            ("batch_size", "ZEROLABEL_BATCH_SIZE"),
-            ("max_image_bytes", "ZEROLABEL_MAX_IMAGE_BYTES"),
-            ("max_image_pixels", "ZEROLABEL_MAX_IMAGE_PIXELS"),
-        ):
-            if env.get(name):
-                kwargs[key] = _int_or_none(name, env[name]) or getattr(cls, key)
-        kwargs.update(_fetch_fields(env))
-        settings = cls(queue=QueueSettings.from_env(env), **kwargs)
+        read = env if isinstance(env, EnvReader) else EnvReader(env)
+        offline = [read.flag("ZEROLABEL_OFFLINE"), read.flag("HF_HUB_OFFLINE")]
+        settings = cls(
+            queue=QueueSettings.from_env(read),
+            **_present(
+                backbone=read.env.get("ZEROLABEL_BACKBONE"),
+                checkpoint=read.text("ZEROLABEL_CHECKPOINT"),
+                cad_checkpoint=read.text("ZEROLABEL_CAD_CHECKPOINT"),
+                weights_tag=read.text("ZEROLABEL_WEIGHTS_TAG"),
+                backbone_kwargs=read.json_object("ZEROLABEL_BACKBONE_KWARGS"),
+                pos_embed=read.env.get("ZEROLABEL_POS_EMBED"),
+                offline=any(offline) or None,
+                device=read.env.get("ZEROLABEL_DEVICE"),
+                half=read.flag("ZEROLABEL_HALF"),
+                method=read.env.get("ZEROLABEL_METHOD"),
+                max_side=read.integer(
+                    "ZEROLABEL_MAX_SIDE", minimum=0, note=" (0 means full resolution)"
+                ),
+                batch_size=read.integer("ZEROLABEL_BATCH_SIZE"),  # checked by validate()
+                max_image_bytes=read.integer("ZEROLABEL_MAX_IMAGE_BYTES", minimum=1),
+                max_image_pixels=read.integer("ZEROLABEL_MAX_IMAGE_PIXELS", minimum=1),
+                fetch_timeout_s=read.number(
+                    "ZEROLABEL_FETCH_TIMEOUT_S", positive=True, unit="seconds"
+                ),
+                **_fetch_fields(read),
+            ),
+        )
         settings.validate()
         return settings
 
@@ -155,55 +199,51 @@ class WorkerSettings:
             "pos_embed": self.pos_embed,
         }
         fields.update({k: v for k, v in overrides.items() if v is not None})
-        if fields["method"] == "cad":
+        info = methods.get(str(fields["method"]))
+        if info.kind is MethodKind.DETECTOR:
+            # A detector stands in for the backbone: the spec names it and its checkpoint.
             if not self.cad_checkpoint:
                 raise ConfigError(
-                    "method 'cad' needs ZEROLABEL_CAD_CHECKPOINT (or --cad-checkpoint): the "
-                    "file zerolabel train-cad wrote"
+                    f"method {info.name!r} needs ZEROLABEL_CAD_CHECKPOINT (or --cad-checkpoint): "
+                    "the file zerolabel train-cad wrote"
                 )
-            fields |= {"backbone": "cad", "weights": os.path.basename(self.cad_checkpoint)}
+            fields |= {"backbone": info.name, "weights": os.path.basename(self.cad_checkpoint)}
         try:
             return DiscoverySpec(**fields)
         except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
 
     def validate(self) -> None:
-        self.spec()  # unknown method fails here
+        """Refuse settings no process could serve (also after CLI overrides).
+
+        Raises:
+            ConfigError: an unknown method or position rule, a batch size below 1, a negative
+                max side.
+        """
+        self.spec()  # unknown method, negative max side
         if self.pos_embed not in ("dino", "timm"):
             raise ConfigError(f"ZEROLABEL_POS_EMBED={self.pos_embed!r}: use 'dino' or 'timm'")
         if self.batch_size < 1:
-            raise ConfigError("ZEROLABEL_BATCH_SIZE must be at least 1")
+            raise ConfigError(
+                f"ZEROLABEL_BATCH_SIZE / --batch-size must be at least 1, got {self.batch_size}"
+            )
 
 
-def _fetch_fields(env: Mapping[str, str]) -> dict[str, Any]:
+def _fetch_fields(read: EnvReader) -> dict[str, Any]:
     fields: dict[str, Any] = {}
-    if env.get("LABEL_STUDIO_URL"):
-        fields["ls_url"] = env["LABEL_STUDIO_URL"].rstrip("/")
-    if env.get("LABEL_STUDIO_API_KEY"):
-        fields["ls_token"] = env["LABEL_STUDIO_API_KEY"]
-    if env.get("ZEROLABEL_ALLOWED_HOSTS"):
+    ls_url = read.text("LABEL_STUDIO_URL")
+    if ls_url:
+        fields["ls_url"] = ls_url.rstrip("/")
+    fields["ls_token"] = read.text("LABEL_STUDIO_API_KEY")
+    hosts = read.text("ZEROLABEL_ALLOWED_HOSTS")
+    if hosts:
         from zerolabel.io.fetch import parse_allowed_hosts
 
-        fields["allowed_hosts"] = parse_allowed_hosts(env["ZEROLABEL_ALLOWED_HOSTS"])
-    if env.get("ZEROLABEL_LOCAL_ROOTS"):
-        roots = env["ZEROLABEL_LOCAL_ROOTS"].split(os.pathsep)
-        fields["local_roots"] = tuple(r for r in roots if r)
-    if env.get("ZEROLABEL_FETCH_TIMEOUT_S"):
-        try:
-            fields["fetch_timeout_s"] = float(env["ZEROLABEL_FETCH_TIMEOUT_S"])
-        except ValueError:
-            raise ConfigError("ZEROLABEL_FETCH_TIMEOUT_S must be a number of seconds") from None
+        fields["allowed_hosts"] = parse_allowed_hosts(hosts)
+    roots = read.text("ZEROLABEL_LOCAL_ROOTS")
+    if roots:
+        fields["local_roots"] = tuple(r for r in roots.split(os.pathsep) if r)
     return fields
-
-
-def _json_object(name: str, value: str) -> dict[str, Any]:
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{name} is not valid JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise ConfigError(f"{name} must be a JSON object, e.g. '{{\"depth\": 6}}'")
-    return parsed
 
 
 @dataclass(frozen=True)
@@ -215,14 +255,13 @@ class BackendSettings:
     label: str | None = None  # ZEROLABEL_LABEL: label value to use (default: "object"-like)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> BackendSettings:
-        env = os.environ if env is None else env
-        kwargs: dict[str, Any] = {"discovery": WorkerSettings.from_env(env)}
-        if env.get("ZEROLABEL_WAIT_TIMEOUT_S"):
-            try:
-                kwargs["wait_timeout_s"] = float(env["ZEROLABEL_WAIT_TIMEOUT_S"])
-            except ValueError:
-                raise ConfigError("ZEROLABEL_WAIT_TIMEOUT_S must be a number of seconds") from None
-        if env.get("ZEROLABEL_LABEL"):
-            kwargs["label"] = env["ZEROLABEL_LABEL"]
-        return cls(**kwargs)
+    def from_env(cls, env: Mapping[str, str] | EnvReader | None = None) -> BackendSettings:
+        """Build from ``env`` (default ``os.environ``); a malformed value fails here, at start."""
+        read = env if isinstance(env, EnvReader) else EnvReader(env)
+        return cls(
+            discovery=WorkerSettings.from_env(read),
+            **_present(
+                wait_timeout_s=read.number("ZEROLABEL_WAIT_TIMEOUT_S", unit="seconds"),
+                label=read.text("ZEROLABEL_LABEL"),
+            ),
+        )

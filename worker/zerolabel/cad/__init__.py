@@ -15,22 +15,48 @@ backbone init and DropLoss (:mod:`zerolabel.cad.model`), then self-training
 
 Checkpoints (``checkpoint_last.pt``) hold the model, the optimizer, the iteration count, the
 config and the marker ``format: "zerolabel-cad-1"``; they load with ``weights_only=True``.
+
+Importing this package loads nothing heavy: each name below is imported from its submodule on
+first use, so a process that never touches the detector never imports torchvision's detection
+models or pycocotools (a LOST worker, the backend).
 """
 
 from __future__ import annotations
 
-from zerolabel.cad.config import CadConfig
-from zerolabel.cad.data import CocoDetectionDataset, Target
-from zerolabel.cad.inference import MASK_THRESHOLD, Detection, detect, self_training_round
-from zerolabel.cad.model import (
-    CHECKPOINT_FORMAT,
-    DropLossRoIHeads,
-    build_detector,
-    load_backbone_checkpoint,
-    load_detector,
-    read_checkpoint,
-)
-from zerolabel.cad.training import CHECKPOINT_NAME, train
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zerolabel.cad.config import CadConfig
+    from zerolabel.cad.data import CocoDetectionDataset, Target
+    from zerolabel.cad.inference import MASK_THRESHOLD, Detection, detect, self_training_round
+    from zerolabel.cad.model import (
+        CHECKPOINT_FORMAT,
+        DropLossRoIHeads,
+        build_detector,
+        load_backbone_checkpoint,
+        load_detector,
+        read_checkpoint,
+    )
+    from zerolabel.cad.training import CHECKPOINT_NAME, train
+
+_SUBMODULE = {
+    "CadConfig": "config",
+    "CocoDetectionDataset": "data",
+    "Target": "data",
+    "MASK_THRESHOLD": "inference",
+    "Detection": "inference",
+    "detect": "inference",
+    "self_training_round": "inference",
+    "CHECKPOINT_FORMAT": "model",
+    "DropLossRoIHeads": "model",
+    "build_detector": "model",
+    "load_backbone_checkpoint": "model",
+    "load_detector": "model",
+    "read_checkpoint": "model",
+    "CHECKPOINT_NAME": "training",
+    "train": "training",
+}
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -49,3 +75,15 @@ __all__ = [
     "self_training_round",
     "train",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its submodule when it is first asked for."""
+    submodule = _SUBMODULE.get(name)
+    if submodule is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{submodule}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -17,7 +17,6 @@ CutLER's recipe, as far as torchvision allows:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops import boxes as box_ops
 
 from zerolabel.cad.config import CadConfig
+from zerolabel.checkpoints import load_fitting, read_checkpoint_file, unwrap_state_dict
 from zerolabel.errors import WeightsError
-from zerolabel.vit.backbone import load_fitting, unwrap_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -130,13 +129,13 @@ def load_backbone_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load a ResNet-50 state dict into ``model.backbone.body``; ``fc.*`` keys are ignored.
 
     Accepts plain state dicts (torchvision, DINO's ``dino_resnet50_pretrain.pth``) and the
-    wrappers :func:`zerolabel.vit.backbone.unwrap_state_dict` knows (``teacher``, ``module.`` ...).
+    wrappers :func:`zerolabel.checkpoints.unwrap_state_dict` knows (``teacher``, ``module.`` ...).
 
     Raises:
         WeightsError: unreadable file, missing or unexpected keys (named), or wrong shapes.
     """
     path = Path(path)
-    loaded = _torch_load(path, what="backbone checkpoint")
+    loaded = read_checkpoint_file(path, what="backbone checkpoint")
     state = {k: v for k, v in unwrap_state_dict(loaded).items() if not k.startswith("fc.")}
     body = model.get_submodule("backbone.body")
     load_fitting(body, state, f"backbone checkpoint {path} does not fit ResNet-50")
@@ -150,7 +149,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         WeightsError: missing or unreadable file, or one that is not a zerolabel CAD checkpoint.
     """
     path = Path(path)
-    loaded = _torch_load(path, what="CAD checkpoint")
+    loaded = read_checkpoint_file(path, what="CAD checkpoint")
     marker = loaded.get("format")
     if marker != CHECKPOINT_FORMAT:
         found = f"format {marker!r}" if marker is not None else "no 'format' marker"
@@ -177,15 +176,3 @@ def load_detector(
     model = _build_architecture(config)
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), config
-
-
-def _torch_load(path: Path, what: str) -> Mapping[str, Any]:
-    if not path.is_file():
-        raise WeightsError(f"{what} {path} does not exist")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file: say which and why
-        raise WeightsError(f"cannot read {what} {path}: {exc}") from None
-    if not isinstance(loaded, Mapping):
-        raise WeightsError(f"{what} {path} holds a {type(loaded).__name__}, not a dict")
-    return loaded

@@ -8,7 +8,6 @@ Failures reach the user as one ``Error:`` line, decided in one place: :mod:`.err
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import sys
@@ -18,6 +17,7 @@ from typing import Any
 
 import click
 
+from zerolabel import methods
 from zerolabel.cli.errors import ZerolabelGroup, remember_url
 from zerolabel.cli.options import local_files_options
 from zerolabel.errors import DiscoveryError
@@ -65,18 +65,21 @@ def expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
     return sorted(found.values(), key=lambda p: str(p))
 
 
-def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``key=value`` pairs -> method keyword arguments (values parsed as JSON when possible)."""
-    params: dict[str, Any] = {}
+def parse_params(pairs: tuple[str, ...], method: str) -> dict[str, Any]:
+    """``key=value`` pairs -> keyword arguments of ``method``, typed by its registered types.
+
+    Raises:
+        click.BadParameter: a pair without ``=``.
+        ConfigError: an unknown method or parameter, or a value of the wrong type; the message
+            names the method's parameters with their types.
+    """
+    texts: dict[str, str] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--param")
-        try:
-            params[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key] = raw
-    return params
+        texts[key.strip()] = raw
+    return methods.get(method).parse_params(texts)
 
 
 @main.command()
@@ -93,7 +96,7 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option(
     "-m",
     "--method",
-    type=click.Choice(["lost", "tokencut", "maskcut", "cad"]),
+    type=click.Choice(methods.METHOD_NAMES),
     default=None,
     help="Discovery method, or cad for a trained detector [default: ZEROLABEL_METHOD or lost].",
 )
@@ -169,25 +172,21 @@ def predict(
     from zerolabel.loop import predict as batch
     from zerolabel.settings import WorkerSettings
 
-    try:
-        settings = WorkerSettings.from_env()
-        overrides = {
-            "method": method,
-            "cad_checkpoint": cad_checkpoint,
-            "backbone": backbone,
-            "checkpoint": checkpoint,
-            "max_side": max_side,
-            "device": device,
-            "half": half,
-            "batch_size": batch_size,
-        }
-        settings = batch.with_overrides(settings, overrides)
-        files = expand_inputs(inputs)
-        job = batch.BatchJob.create(
-            settings, square=square, params=parse_params(params), masks=not no_masks
-        )
-    except DiscoveryError as exc:
-        raise click.ClickException(str(exc)) from None
+    settings = WorkerSettings.from_env()
+    overrides = {
+        "method": method,
+        "cad_checkpoint": cad_checkpoint,
+        "backbone": backbone,
+        "checkpoint": checkpoint,
+        "max_side": max_side,
+        "device": device,
+        "half": half,
+        "batch_size": batch_size,
+    }
+    settings = batch.with_overrides(settings, overrides)
+    typed = parse_params(params, settings.method)  # refused here, before any model loads
+    files = expand_inputs(inputs)
+    job = batch.BatchJob.create(settings, square=square, params=typed, masks=not no_masks)
     start = time.perf_counter()
     report = job.run(
         files, Path(out_dir), label=label, url_prefix=url_prefix, document_root=Path(document_root)
@@ -260,8 +259,7 @@ def eval_(
     modes = [predictions is not None, project is not None, from_file is not None]
     if sum(modes) != 1 or (predictions is not None) != (gt_path is not None):
         raise click.UsageError("give PREDICTIONS with --gt, or --project, or --from-file")
-    if predictions is not None:
-        assert gt_path is not None
+    if predictions is not None and gt_path is not None:
         report = evaluate(
             predictions, gt_path, gt_format=gt_format, images_dir=images_dir, csv_path=csv_path
         )
@@ -301,12 +299,11 @@ def worker(name: str | None, burst: bool) -> None:
     settings = runtime.settings
     remember_url("redis", settings.queue.redis_url)
     spec = settings.spec()
-    assert runtime.redis is not None
-    runtime.redis.ping()  # a missing Redis fails in a moment, before the backbone is loaded
-    backbone = runtime.backbone(spec)  # load before taking jobs
-    logger.info(
-        "serving queue %r with %s on %s", settings.queue.queue, backbone.name, backbone.device
-    )
+    if runtime.redis is None:
+        raise DiscoveryError("the worker runtime has no Redis connection")
+    runtime.redis.ping()  # a missing Redis fails in a moment, before the model is loaded
+    runner = runtime.runner(spec)  # a ViT method or the trained detector, loaded before any job
+    logger.info("serving queue %r with %s", settings.queue.queue, runner.model_version)
     run_worker(runtime.redis, settings.queue, name=name, burst=burst)
 
 

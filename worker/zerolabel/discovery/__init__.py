@@ -7,7 +7,8 @@ Every method is a pure function ``method(keys, grid_hw, **params) -> list[Object
 - ``grid_hw``: (h, w) of the patch grid.
 
 Methods never see pixels, image sizes or files; :mod:`zerolabel.geometry` maps their patch masks
-back to the image. "Nothing found" is the empty list.
+back to the image. "Nothing found" is the empty list. Their parameters, defaults and bounds are
+registered in :mod:`zerolabel.methods`, which requests are checked against before they run.
 """
 
 from __future__ import annotations
@@ -47,6 +48,6 @@ METHODS: dict[str, DiscoveryMethod] = {
     "tokencut": tokencut.tokencut,
     "maskcut": maskcut.maskcut,
 }
-"""Discovery methods by the name requests use."""
+"""The function of each feature method of :data:`zerolabel.methods.METHODS`, by name."""
 
 __all__ = ["METHODS", "DiscoveryMethod", "ObjectMask"]

@@ -7,14 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zerolabel import methods
 from zerolabel.contract import DiscoverySpec
 from zerolabel.errors import ConfigError
 from zerolabel.settings import BackendSettings
 
-#: Method parameters a project may set at the top level of its extra params.
-METHOD_PARAMS = frozenset(
-    {"k_patches", "tau", "eps", "max_objects", "min_area_frac", "max_iou_with_previous"}
-)
+#: Method parameters a project may set at the top level of its extra params (any method's; the
+#: spec then checks them against the method it runs).
+METHOD_PARAMS = methods.param_names()
 _SPEC_OPTIONS = frozenset({"method", "backbone", "max_side", "square", "masks"})
 
 
@@ -23,6 +23,9 @@ class ProjectOptions:
     """Per-project choices from the ML backend's extra params (JSON object in Label Studio).
 
     Example: ``{"method": "maskcut", "max_side": 640, "tau": 0.2, "label": "object"}``.
+    Method parameters go at the top level or under ``"params"``; either way they are checked
+    against the method when the spec is built (:meth:`spec`), so ``/setup`` refuses a project
+    whose options no worker could run.
     """
 
     spec_overrides: dict[str, Any] = field(default_factory=dict)
@@ -36,13 +39,24 @@ class ProjectOptions:
         if unknown:
             allowed = ", ".join(sorted(_SPEC_OPTIONS | METHOD_PARAMS | {"label", "params"}))
             raise ConfigError(f"unknown extra params {sorted(unknown)}: allowed keys are {allowed}")
-        params = dict(data.get("params") or {})
+        nested = data.get("params") or {}
+        if not isinstance(nested, Mapping):
+            raise ConfigError(
+                'extra param "params" must be a JSON object of method parameters, e.g. '
+                '{"params": {"tau": 0.2}}'
+            )
+        params = dict(nested)
         params.update({k: v for k, v in data.items() if k in METHOD_PARAMS})
         spec = {k: v for k, v in data.items() if k in _SPEC_OPTIONS}
         return cls(spec_overrides=spec, params=params, label=data.get("label"))
 
     def spec(self, settings: BackendSettings, *, masks: bool) -> DiscoverySpec:
-        """The project's spec: environment defaults, then these options."""
+        """The project's spec: environment defaults, then these options.
+
+        Raises:
+            ConfigError: the options name an unknown method, or parameters the method does not
+                have or values of the wrong type (the message lists the allowed parameters).
+        """
         overrides = {"masks": masks, **self.spec_overrides}
         if self.params:
             overrides["params"] = self.params

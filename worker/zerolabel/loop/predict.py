@@ -16,15 +16,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from zerolabel.cad import load_detector
 from zerolabel.contract import DiscoveryResult, Region
 from zerolabel.errors import ImageLoadError
 from zerolabel.formats.coco import coco_from_results
 from zerolabel.io.images import ImageLimits, LoadedImage, load_file
 from zerolabel.labelstudio.tasks import Target, task
-from zerolabel.pipeline import CadDiscoverer, Discoverer, make_discoverer
+from zerolabel.pipeline import ModelStore, Runner
 from zerolabel.settings import WorkerSettings
-from zerolabel.vit.backbone import load_configured_backbone, pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +57,9 @@ class BatchReport:
 
 @dataclass
 class BatchJob:
-    """A loaded backbone plus a discovery configuration, applied to files in batches."""
+    """A runner (a loaded model and a spec) applied to files in batches."""
 
-    discoverer: Discoverer | CadDiscoverer
+    runner: Runner
     settings: WorkerSettings
 
     @classmethod
@@ -73,18 +71,19 @@ class BatchJob:
         params: dict[str, Any] | None = None,
         masks: bool = True,
     ) -> BatchJob:
+        """Check the spec the settings describe, then load its model.
+
+        Raises:
+            ConfigError: the spec cannot be built (unknown parameter...): nothing is loaded.
+            WeightsError: the model's weights are missing or do not fit.
+        """
         spec = settings.spec(square=square, params=params or {}, masks=masks)
-        if spec.method == "cad":
-            assert settings.cad_checkpoint is not None  # settings.spec checked it
-            detector, _ = load_detector(settings.cad_checkpoint, pick_device(settings.device))
-            return cls(make_discoverer(spec, detector=detector), settings)
-        backbone = load_configured_backbone(settings)
-        return cls(make_discoverer(spec, backbone=backbone), settings)
+        return cls(ModelStore(settings).runner(spec), settings)
 
     def discover(self, files: Sequence[Path]) -> Iterator[tuple[Path, DiscoveryResult | str]]:
         """Yield (file, result) or (file, failure reason) in input order, batch by batch."""
         limits = ImageLimits(self.settings.max_image_bytes, self.settings.max_image_pixels)
-        side = self.discoverer.max_side
+        side = self.runner.max_side
         size = self.settings.batch_size
         for start in range(0, len(files), size):
             chunk = files[start : start + size]
@@ -103,9 +102,7 @@ class BatchJob:
                 image, regs = done[path]
                 yield (
                     path,
-                    DiscoveryResult(
-                        str(path), image.original_hw, regs, self.discoverer.model_version
-                    ),
+                    DiscoveryResult(str(path), image.original_hw, regs, self.runner.model_version),
                 )
 
     def _run_chunk(
@@ -115,7 +112,7 @@ class BatchJob:
         each image runs alone so only the culprit is reported in ``failed``."""
         images = [image for _, image in loaded]
         try:
-            regions = self.discoverer.run(images, batch_size=self.settings.batch_size)
+            regions = self.runner.run(images, batch_size=self.settings.batch_size)
             return {
                 path: (image, regs) for (path, image), regs in zip(loaded, regions, strict=True)
             }
@@ -126,7 +123,7 @@ class BatchJob:
         done: dict[Path, tuple[LoadedImage, list[Region]]] = {}
         for path, image in loaded:
             try:
-                done[path] = (image, self.discoverer.run([image], batch_size=1)[0])
+                done[path] = (image, self.runner.run([image], batch_size=1)[0])
             except (RuntimeError, ValueError) as exc:
                 failed[path] = f"discovery failed: {exc}"
         return done

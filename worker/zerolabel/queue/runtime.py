@@ -1,101 +1,90 @@
-"""A worker process's long-lived state: loaded backbones, image fetchers, the result cache.
+"""A worker process's long-lived state: loaded models, image fetchers, the result cache.
 
-Built once per process; every job reuses it, so the model is never reloaded per job.
+Built once per process; every job reuses it, so a model is never reloaded per job.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import OrderedDict
 
-import torch
 from redis import Redis
 from redis.exceptions import RedisError
 
-from zerolabel.cad import load_detector
 from zerolabel.contract import DiscoveryRequest, DiscoveryResult, DiscoverySpec
 from zerolabel.errors import ConfigError, ImageLoadError, WeightsError
 from zerolabel.io.fetch import Fetcher, FetchPolicy, TransientFetchError
 from zerolabel.io.images import ImageLimits
-from zerolabel.pipeline import CadDiscoverer, Discoverer, effective_max_side, make_discoverer
+from zerolabel.pipeline import ModelStore, Runner
 from zerolabel.queue.dispatch import ResultCache
 from zerolabel.settings import WorkerSettings
-from zerolabel.vit.backbone import Backbone, load_backbone, pick_device
+from zerolabel.vit.backbone import Backbone
 
 logger = logging.getLogger(__name__)
+
+MAX_FETCHERS = 8
+"""Fetchers kept (one per Label Studio URL and token); the least recently used is closed."""
 
 
 class WorkerRuntime:
     """Serves discovery requests with models loaded once."""
 
-    def __init__(self, settings: WorkerSettings, redis: Redis | None = None) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        redis: Redis | None = None,
+        *,
+        max_fetchers: int = MAX_FETCHERS,
+    ) -> None:
+        if max_fetchers < 1:
+            raise ConfigError(f"max_fetchers must be at least 1, got {max_fetchers}")
         self.settings = settings
         self.redis = redis
         self.cache = ResultCache(redis, settings.queue.result_ttl_s) if redis else None
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
-        self._backbones: dict[tuple[str, str], Backbone] = {}
-        self._fetchers: dict[tuple[str | None, str | None], Fetcher] = {}
-        self._detector: torch.nn.Module | None = None
+        self.models = ModelStore(settings)
+        self.max_fetchers = max_fetchers
+        self._fetchers: OrderedDict[tuple[str | None, str | None], Fetcher] = OrderedDict()
 
     def backbone(self, spec: DiscoverySpec) -> Backbone:
-        """The loaded backbone for a spec (loaded on first use, then kept)."""
-        key = (spec.backbone, spec.pos_embed)
-        if key not in self._backbones:
-            self._check_weights(spec)
-            own = spec.backbone == self.settings.backbone
-            self._backbones[key] = load_backbone(
-                spec.backbone,
-                checkpoint=self.settings.checkpoint if own else None,
-                device=self.settings.device,
-                half=self.settings.half,
-                pos_embed=spec.pos_embed,
-                model_kwargs=self.settings.backbone_kwargs if own else None,
-                offline=self.settings.offline,
-            )
-        return self._backbones[key]
+        """The loaded backbone of a feature-method spec (loaded on first use, then kept)."""
+        return self.models.backbone(spec)
 
-    def runner(self, spec: DiscoverySpec) -> Discoverer | CadDiscoverer:
-        """What runs a spec: the kept detector for ``cad``, the kept backbone otherwise."""
-        if spec.method != "cad":
-            return make_discoverer(spec, backbone=self.backbone(spec))
-        served = self.settings.spec(method="cad")  # ConfigError without a detector
-        if served.weights != spec.weights or self.settings.cad_checkpoint is None:
-            raise WeightsError(
-                f"the request asks for detector {spec.weights!r} but this worker serves "
-                f"{served.weights!r}: give backend and workers the same ZEROLABEL_CAD_CHECKPOINT"
-            )
-        if self._detector is None:
-            self._detector, _ = load_detector(
-                self.settings.cad_checkpoint, pick_device(self.settings.device)
-            )
-        return make_discoverer(spec, detector=self._detector)
-
-    def _check_weights(self, spec: DiscoverySpec) -> None:
-        own = spec.backbone == self.settings.backbone
-        served = self.settings.weights if own else "hub"
-        if spec.weights != served:
-            raise WeightsError(
-                f"the request asks for {spec.backbone} with weights {spec.weights!r} but this "
-                f"worker has {served!r}: give backend and workers the same ZEROLABEL_BACKBONE, "
-                "ZEROLABEL_CHECKPOINT and ZEROLABEL_WEIGHTS_TAG"
-            )
+    def runner(self, spec: DiscoverySpec) -> Runner:
+        """What runs a spec, with its model loaded on first use and then kept."""
+        return self.models.runner(spec)
 
     def fetcher(self, request: DiscoveryRequest) -> Fetcher:
+        """The fetcher for the request's Label Studio URL and token (most recently used kept)."""
         ls_url = request.ls_url or self.settings.ls_url
         token = request.ls_token or self.settings.ls_token
         key = (ls_url, token)
-        if key not in self._fetchers:
-            self._fetchers[key] = Fetcher(
-                FetchPolicy(
-                    ls_url=ls_url,
-                    ls_token=token,
-                    allowed_hosts=self.settings.allowed_hosts,
-                    allow_local_paths=bool(self.settings.local_roots),
-                    local_roots=self.settings.local_roots,
-                    timeout_s=self.settings.fetch_timeout_s,
-                )
+        fetcher = self._fetchers.pop(key, None)
+        if fetcher is None:
+            fetcher = self._new_fetcher(ls_url, token)
+        self._fetchers[key] = fetcher  # now the most recently used
+        while len(self._fetchers) > self.max_fetchers:
+            _, evicted = self._fetchers.popitem(last=False)
+            evicted.close()
+        return fetcher
+
+    def _new_fetcher(self, ls_url: str | None, token: str | None) -> Fetcher:
+        return Fetcher(
+            FetchPolicy(
+                ls_url=ls_url,
+                ls_token=token,
+                allowed_hosts=self.settings.allowed_hosts,
+                allow_local_paths=bool(self.settings.local_roots),
+                local_roots=self.settings.local_roots,
+                timeout_s=self.settings.fetch_timeout_s,
             )
-        return self._fetchers[key]
+        )
+
+    def close(self) -> None:
+        """Close every kept fetcher (their HTTP connections); models stay loaded."""
+        while self._fetchers:
+            self._fetchers.popitem()[1].close()
 
     def discover(self, request: DiscoveryRequest) -> DiscoveryResult:
         """Fetch, look up the cache, run discovery, store the result.
@@ -107,7 +96,7 @@ class WorkerRuntime:
         version = spec.model_version()
         try:
             image = self.fetcher(request).fetch(
-                request.image, self.limits, max_side=effective_max_side(spec)
+                request.image, self.limits, max_side=spec.effective_max_side()
             )
         except TransientFetchError:
             raise

@@ -5,16 +5,16 @@ Weights come from, in order of preference:
     DoRA training checkpoint (weights under ``teacher``), or a timm / safetensors file;
   * the timm pretrained tag of the backbone, from the local hub cache or downloaded.
 A checkpoint that does not fit the architecture fails with the missing/unexpected keys named.
+Offline intent stays local to the call: cached hub weights are looked up in the local cache and
+handed to timm as a file, and nothing process-wide (environment, huggingface_hub flags) changes.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import hashlib
 import logging
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,9 @@ import timm
 import torch
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
+from zerolabel.checkpoints import load_fitting as load_fitting  # re-exported for callers
+from zerolabel.checkpoints import read_checkpoint_file
+from zerolabel.checkpoints import unwrap_state_dict as unwrap_state_dict
 from zerolabel.errors import ConfigError, WeightsError
 
 if TYPE_CHECKING:
@@ -41,8 +44,7 @@ BACKBONES: dict[str, str] = {
 }
 
 _HUB_HOST = ("huggingface.co", 443)
-_WRAPPER_KEYS = ("teacher", "state_dict", "model")  # DINO/DoRA training checkpoints, others
-_PREFIXES = ("module.", "backbone.", "_orig_mod.")  # DDP, DINO MultiCropWrapper, torch.compile
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm looks for, in its order
 
 HOW_TO_PROVIDE_WEIGHTS = (
     "Give a local checkpoint with --checkpoint PATH or ZEROLABEL_CHECKPOINT=PATH: the official "
@@ -134,10 +136,14 @@ def load_backbone(
     return Backbone(model, name, weights_id, torch_device, dtype, pos_embed)
 
 
-def _create(name: str, pretrained: bool, kwargs: Mapping[str, Any]) -> VisionTransformer:
+def _create(
+    name: str, pretrained: bool, kwargs: Mapping[str, Any], *, weights_file: str | None = None
+) -> VisionTransformer:
     if not timm.is_model(name.split(".")[0]):
         known = ", ".join(BACKBONES)
         raise ConfigError(f"unknown backbone {name!r}: use one of {known} or a timm ViT name")
+    if weights_file is not None:  # timm loads (and converts) this file instead of the hub's
+        kwargs = {**kwargs, "pretrained_cfg_overlay": {"file": weights_file}}
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as exc:  # e.g. a CNN refusing dynamic_img_size
@@ -151,11 +157,12 @@ def _from_hub(name: str, kwargs: Mapping[str, Any], *, offline: bool) -> VisionT
     """Pretrained weights from the local hub cache, else a download when the hub answers."""
     if "." not in name:
         raise WeightsError(f"{name!r} has no pretrained tag to download. {HOW_TO_PROVIDE_WEIGHTS}")
-    with _hub_offline():
+    cached = cached_hub_weights(name)
+    if cached is not None:
         try:
-            return _create(name, True, kwargs)
+            return _create(name, True, kwargs, weights_file=cached)
         except (OSError, RuntimeError) as exc:
-            logger.debug("no cached weights for %s: %s", name, exc)
+            logger.debug("cached weights %s for %s unusable: %s", cached, name, exc)
     if offline or not _hub_reachable():
         raise WeightsError(
             f"no weights for {name}: the model hub cannot be reached and nothing is cached. "
@@ -169,17 +176,27 @@ def _from_hub(name: str, kwargs: Mapping[str, Any], *, offline: bool) -> VisionT
         ) from None
 
 
-@contextlib.contextmanager
-def _hub_offline() -> Iterator[None]:
-    """Make huggingface_hub answer from its cache only, for the duration of the block."""
-    from huggingface_hub import constants
+def cached_hub_weights(name: str) -> str | None:
+    """The weights file of a timm ``architecture.tag`` already in the local hub cache, if any.
 
-    saved = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
+    A lookup in the cache folder only: it never touches the network and changes no setting.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
     try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # a name timm does not know
+        return None
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        return None
+    repo, _, revision = str(hub_id).partition("@")
+    filename = getattr(cfg, "hf_hub_filename", None)
+    for candidate in (filename,) if filename else _HUB_FILES:
+        found = try_to_load_from_cache(repo, candidate, revision=revision or None)
+        if isinstance(found, str):
+            return found
+    return None
 
 
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
@@ -194,70 +211,13 @@ def load_checkpoint(model: VisionTransformer, path: str | Path) -> str:
     """Load a local checkpoint into ``model`` strictly; returns a digest of the file.
 
     Raises:
-        WeightsError: unreadable file, or keys/shapes that do not fit the architecture.
+        WeightsError: missing or unreadable file, or keys/shapes that do not fit the architecture.
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"checkpoint {path} does not exist. {HOW_TO_PROVIDE_WEIGHTS}")
-    state = unwrap_state_dict(_read_checkpoint(path))
-    state = checkpoint_filter_fn(state, model)  # timm conversions (DINOv2 layout, pos_embed size)
+    loaded = read_checkpoint_file(path, what="checkpoint", hint=HOW_TO_PROVIDE_WEIGHTS)
+    state = checkpoint_filter_fn(unwrap_state_dict(loaded), model)  # timm conversions
     load_fitting(model, state, f"checkpoint {path.name} does not fit {_arch(model)}")
     return "file:" + _file_digest(path)
-
-
-def load_fitting(module: torch.nn.Module, state: Mapping[str, Any], what: str) -> None:
-    """Load ``state`` into ``module``, refusing any missing, unexpected or misshapen key.
-
-    Raises:
-        WeightsError: ``what`` followed by the keys (or shapes) that do not fit.
-    """
-    try:
-        result = module.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise WeightsError(f"{what}: {exc}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise WeightsError(
-            f"{what}: missing keys {_few(result.missing_keys)}, unexpected keys "
-            f"{_few(result.unexpected_keys)}"
-        )
-
-
-def _read_checkpoint(path: Path) -> Mapping[str, Any]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        # DINO training checkpoints pickle their argparse.Namespace next to the weights.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file: say which and why
-        raise WeightsError(f"cannot read checkpoint {path}: {exc}") from None
-    if not isinstance(loaded, Mapping):
-        raise WeightsError(f"checkpoint {path} holds a {type(loaded).__name__}, not a state dict")
-    return loaded
-
-
-def unwrap_state_dict(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Find the backbone weights inside common checkpoint wrappers and strip their prefixes.
-
-    ``{"teacher": {...}}`` (DINO/DoRA training checkpoints), ``{"state_dict": ...}``,
-    ``{"model": ...}``; prefixes ``module.``, ``backbone.``; projection-head keys are dropped.
-    """
-    for key in _WRAPPER_KEYS:
-        if key in state and isinstance(state[key], Mapping):
-            state = state[key]
-            break
-    weights: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        for prefix in _PREFIXES:
-            key = key.removeprefix(prefix)
-        if key.startswith("head."):
-            continue  # DINO projection head: not part of the backbone
-        weights[key] = value
-    return weights
 
 
 def _file_digest(path: Path) -> str:
@@ -272,13 +232,6 @@ def _arch(model: VisionTransformer) -> str:
     cfg: dict[str, Any] = dict(getattr(model, "default_cfg", {}))
     name = cfg.get("architecture", type(model).__name__)
     return f"{name} (depth {len(model.blocks)}, dim {model.embed_dim})"
-
-
-def _few(keys: list[str], limit: int = 8) -> str:
-    if not keys:
-        return "none"
-    shown = ", ".join(keys[:limit])
-    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def set_fused_attention(model: VisionTransformer, enabled: bool) -> None:

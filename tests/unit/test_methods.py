@@ -1,0 +1,127 @@
+"""The method registry: it matches the code that runs, and specs are checked against it."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from zerolabel import methods
+from zerolabel.contract import DiscoverySpec
+from zerolabel.errors import ConfigError
+from zerolabel.methods import MethodKind, Param
+
+
+def _keyword_arguments(function: Callable[..., Any]) -> dict[str, tuple[str, Any]]:
+    """name -> (annotation, default) of the keyword-only arguments."""
+    return {
+        p.name: (str(p.annotation), p.default)
+        for p in inspect.signature(function).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+
+
+@pytest.mark.parametrize("name", methods.FEATURE_METHODS)
+def test_registered_parameters_are_the_functions_keyword_arguments(name):
+    from zerolabel.discovery import METHODS
+
+    registered = {p.name: (p.type, p.default) for p in methods.get(name).params}
+    assert registered == _keyword_arguments(METHODS[name])
+
+
+def test_every_feature_method_has_a_function_and_the_detector_is_the_only_other():
+    from zerolabel.discovery import METHODS
+
+    assert tuple(METHODS) == methods.FEATURE_METHODS
+    others = [
+        info.name for info in methods.METHODS.values() if info.kind is not MethodKind.FEATURES
+    ]
+    assert others == ["cad"] and methods.get("cad").kind is MethodKind.DETECTOR
+
+
+def test_detector_parameters_are_keyword_arguments_of_detect():
+    from zerolabel.cad.inference import detect
+
+    # Names and types only: the served default threshold (0.5) is stricter than detect's own
+    # (0.05), which self-training relies on; the runner always passes the registered values.
+    registered = {p.name: p.type for p in methods.get("cad").params}
+    accepted = {k: annotation for k, (annotation, _) in _keyword_arguments(detect).items()}
+    assert registered == accepted
+
+
+def test_an_unknown_parameter_is_refused_with_the_allowed_ones_and_their_types():
+    with pytest.raises(ConfigError) as caught:
+        DiscoverySpec(method="tokencut", params={"tua": 0.2})
+    message = str(caught.value)
+    assert "no parameter 'tua'" in message
+    assert "tau (float in [-1, 1], default 0.2)" in message and "eps (float > 0" in message
+    with pytest.raises(ValueError, match=r"method 'lost' has no parameter 'tau'.*k_patches \(int"):
+        DiscoverySpec(method="lost", params={"tau": 0.2})
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "message"),
+    [
+        pytest.param("lost", {"k_patches": "many"}, "must be an int", id="string-for-int"),
+        pytest.param("lost", {"k_patches": 2.5}, "must be an int", id="float-for-int"),
+        pytest.param("lost", {"k_patches": True}, "must be an int", id="bool-for-int"),
+        pytest.param("lost", {"k_patches": 0}, "must be >= 1", id="below-minimum"),
+        pytest.param("tokencut", {"eps": 0}, "must be > 0", id="zero-eps"),
+        pytest.param("maskcut", {"max_objects": -1}, "must be >= 0", id="negative-count"),
+        pytest.param("maskcut", {"min_area_frac": 1.5}, r"must be in \[0, 1\]", id="above-max"),
+        pytest.param("tokencut", {"tau": float("nan")}, "finite", id="nan"),
+        pytest.param("cad", {"score_threshold": "high"}, "must be a float", id="string-for-float"),
+    ],
+)
+def test_ill_typed_or_out_of_range_values_are_refused_naming_the_parameter(method, params, message):
+    name = next(iter(params))
+    with pytest.raises(ConfigError, match=message) as caught:
+        DiscoverySpec(method=method, params=params)
+    assert f"parameter {name!r} of method {method!r}" in str(caught.value)
+    assert methods.get(method).allowed() in str(caught.value)
+
+
+def test_values_are_stored_typed_so_equal_settings_give_one_version():
+    as_int = DiscoverySpec(method="tokencut", params={"tau": 0})
+    assert as_int.params == {"tau": 0.0} and isinstance(as_int.params["tau"], float)
+    assert (
+        as_int.model_version()
+        == DiscoverySpec(method="tokencut", params={"tau": 0.0}).model_version()
+    )
+
+
+def test_command_line_strings_are_typed_by_the_registry():
+    parsed = methods.get("maskcut").parse_params({"max_objects": "5", "tau": "0.2"})
+    assert parsed == {"max_objects": 5, "tau": 0.2}
+    assert isinstance(parsed["max_objects"], int) and isinstance(parsed["tau"], float)
+    with pytest.raises(ConfigError, match="'max_objects' of method 'maskcut' must be an int"):
+        methods.get("maskcut").parse_params({"max_objects": "2.5"})
+    with pytest.raises(ConfigError, match="no parameter 'tua'"):
+        methods.get("tokencut").parse_params({"tua": "0.2"})
+
+
+def test_boolean_parameters_take_words_and_refuse_numbers():
+    flag = Param("refine", "bool", False)
+    assert flag.parse("yes") is True and flag.parse("0") is False
+    with pytest.raises(ValueError, match="true or false"):
+        flag.check(1)
+    assert flag.describe() == "refine (bool, default False)"
+
+
+def test_unknown_method_and_max_side_rules():
+    with pytest.raises(ConfigError, match="unknown method 'yolo': use one of lost, tokencut"):
+        methods.get("yolo")
+    assert DiscoverySpec(max_side=0).max_side == 0  # 0: full resolution
+    with pytest.raises(ConfigError, match="max_side must be >= 0"):
+        DiscoverySpec(max_side=-1)
+
+
+def test_default_sizes_and_the_parameter_names_options_accept():
+    assert [methods.get(m).default_max_side for m in methods.METHOD_NAMES] == [
+        1024,
+        1024,
+        480,
+        None,
+    ]
+    assert "k_patches" in methods.param_names() and "score_threshold" in methods.param_names()

@@ -1,0 +1,117 @@
+"""The worker runtime without models or Redis: fetcher cache, runner choice, refused jobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from zerolabel.contract import DiscoveryRequest, DiscoverySpec
+from zerolabel.errors import ConfigError, DiscoveryError, WeightsError
+from zerolabel.io.images import LoadedImage
+from zerolabel.pipeline import Discoverer, ModelStore
+from zerolabel.queue import jobs, runtime
+from zerolabel.queue.runtime import WorkerRuntime
+from zerolabel.settings import WorkerSettings
+
+
+class RecordingFetcher:
+    """Stands in for io.fetch.Fetcher: remembers its policy and whether it was closed."""
+
+    made: list[RecordingFetcher] = []
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+        self.closed = False
+        RecordingFetcher.made.append(self)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fetchers(monkeypatch: pytest.MonkeyPatch) -> list[RecordingFetcher]:
+    RecordingFetcher.made = []
+    monkeypatch.setattr(runtime, "Fetcher", RecordingFetcher)
+    return RecordingFetcher.made
+
+
+def _request(token: str) -> DiscoveryRequest:
+    return DiscoveryRequest(DiscoverySpec(), "/data/upload/1/a.jpg", 1, "http://ls:8080", token)
+
+
+def test_fetchers_are_kept_per_token_and_the_least_recently_used_is_closed(fetchers):
+    worker = WorkerRuntime(WorkerSettings(), max_fetchers=2)
+    first = worker.fetcher(_request("a"))
+    assert worker.fetcher(_request("a")) is first and len(fetchers) == 1
+    second = worker.fetcher(_request("b"))
+    assert worker.fetcher(_request("a")) is first  # "a" is now the most recently used
+    worker.fetcher(_request("c"))  # evicts "b", the least recently used
+    assert second.closed and not first.closed and len(fetchers) == 3
+    assert [f.policy.ls_token for f in fetchers if not f.closed] == ["a", "c"]
+    worker.close()
+    assert all(f.closed for f in fetchers)
+
+
+def test_many_tokens_never_keep_more_than_the_bound(fetchers):
+    worker = WorkerRuntime(WorkerSettings(), max_fetchers=3)
+    for index in range(20):
+        worker.fetcher(_request(f"token-{index}"))
+    assert sum(not f.closed for f in fetchers) == 3 and len(fetchers) == 20
+
+
+def test_a_detector_spec_without_a_detector_file_is_refused_before_loading():
+    store = ModelStore(WorkerSettings())
+    spec = DiscoverySpec(method="cad", backbone="cad", weights="cad-1.pt")
+    with pytest.raises(ConfigError, match="ZEROLABEL_CAD_CHECKPOINT"):
+        store.runner(spec)
+
+
+def test_specs_for_other_weights_are_refused_before_loading(tmp_path):
+    store = ModelStore(WorkerSettings(cad_checkpoint=str(tmp_path / "cad-mine.pt")))
+    theirs = DiscoverySpec(method="cad", backbone="cad", weights="cad-theirs.pt")
+    with pytest.raises(WeightsError, match="'cad-theirs.pt' but this worker serves 'cad-mine.pt'"):
+        store.runner(theirs)
+    tagged = DiscoverySpec(method="lost", weights="my-finetune")
+    with pytest.raises(WeightsError, match="weights 'my-finetune' but this worker has 'hub'"):
+        store.runner(tagged)
+
+
+def test_a_job_whose_spec_cannot_be_built_answers_an_error_and_is_not_retried(monkeypatch):
+    def no_runtime() -> WorkerRuntime:
+        raise AssertionError("the runtime (and its model) must not be touched")
+
+    monkeypatch.setattr(jobs, "get_runtime", no_runtime)
+    request = DiscoveryRequest(DiscoverySpec(method="tokencut"), "a.jpg", 4).to_dict()
+    request["spec"]["params"] = {"tua": 0.2}  # a backend of another version sent it
+    answer = jobs.discover(request)
+    assert answer["task_id"] == 4 and answer["regions"] == []
+    assert "no parameter 'tua'" in answer["error"] and "tau (float" in answer["error"]
+
+
+def test_a_runtime_without_redis_is_an_explicit_error(monkeypatch):
+    monkeypatch.setattr(jobs, "get_runtime", lambda: WorkerRuntime(WorkerSettings()))
+    with pytest.raises(DiscoveryError, match="no Redis connection"):
+        jobs.discover(DiscoveryRequest(DiscoverySpec(), "a.jpg").to_dict())
+
+
+class Patch16:
+    """The one fact Discoverer.frame needs about a backbone."""
+
+    patch_size = 16
+
+
+@pytest.mark.parametrize(
+    ("env", "content_hw"),
+    [
+        pytest.param({"ZEROLABEL_MAX_SIDE": "0"}, (1500, 3000), id="zero-is-full-resolution"),
+        pytest.param({}, (512, 1024), id="unset-is-the-method-default"),
+        pytest.param({"ZEROLABEL_MAX_SIDE": "600"}, (300, 600), id="a-cap"),
+    ],
+)
+def test_max_side_from_the_environment_reaches_the_network_input(env, content_hw):
+    spec = WorkerSettings.from_env(env).spec()
+    runner = Discoverer(Patch16(), spec)  # type: ignore[arg-type]
+    assert runner.max_side == (None if content_hw == (1500, 3000) else content_hw[1])
+    image = LoadedImage("a.jpg", np.zeros((1500, 3000, 3), np.uint8), (1500, 3000), "0")
+    assert runner.frame(image).content_hw == content_hw

@@ -1,0 +1,258 @@
+"""The discovery methods by name: parameters, defaults, bounds and kind (standard library only).
+
+Each method is written down here once. The backend, the contract and the CLI check a request
+against this table before anything is queued or loaded, so a misspelt or ill-typed parameter is
+refused where it is typed, with the allowed parameters named. :mod:`zerolabel.discovery` binds
+the feature methods to their functions; a unit test keeps this table and their keyword arguments
+(names, types, defaults) identical.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from zerolabel.errors import ConfigError
+
+ParamType = Literal["int", "float", "bool"]
+ParamValue = int | float | bool
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class MethodKind(enum.Enum):
+    """What runs a method."""
+
+    FEATURES = "features"  # a pure function of ViT patch keys (zerolabel.discovery)
+    DETECTOR = "detector"  # a trained detector served like a method (zerolabel.cad)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One keyword argument of a method, with its type, default and allowed range."""
+
+    name: str
+    type: ParamType
+    default: ParamValue
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False  # ``value > minimum`` instead of ``value >= minimum``
+
+    def describe(self) -> str:
+        """E.g. ``k_patches (int >= 1, default 100)``."""
+        return f"{self.name} ({self.type}{self._range()}, default {self.default!r})"
+
+    def _range(self) -> str:
+        low = "" if self.minimum is None else _number(self.minimum)
+        high = "" if self.maximum is None else _number(self.maximum)
+        if low and high:
+            return f" in {'(' if self.exclusive_minimum else '['}{low}, {high}]"
+        if low:
+            return f" {'>' if self.exclusive_minimum else '>='} {low}"
+        return f" <= {high}" if high else ""
+
+    def check(self, value: object) -> ParamValue:
+        """``value`` as this parameter's type.
+
+        Raises:
+            ValueError: a value of another type (ints are accepted for floats) or out of range.
+        """
+        if self.type == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"must be true or false, got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"must be {_article(self.type)}, got {value!r}")
+        if self.type == "int" and not isinstance(value, int):
+            raise ValueError(f"must be an int, got {value!r}")
+        number: int | float = value if self.type == "int" else float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        if self.minimum is not None and (
+            number < self.minimum or (self.exclusive_minimum and number == self.minimum)
+        ):
+            raise ValueError(f"must be{self._range()}, got {value!r}")
+        if self.maximum is not None and number > self.maximum:
+            raise ValueError(f"must be{self._range()}, got {value!r}")
+        return number
+
+    def parse(self, text: str) -> ParamValue:
+        """A command-line string as this parameter's type, then checked.
+
+        Raises:
+            ValueError: text that does not spell a value of this type, or one out of range.
+        """
+        cleaned = text.strip()
+        if self.type == "bool":
+            if cleaned.lower() not in _TRUE | _FALSE:
+                raise ValueError(f"must be true or false, got {text!r}")
+            return self.check(cleaned.lower() in _TRUE)
+        try:
+            value: int | float = int(cleaned) if self.type == "int" else float(cleaned)
+        except ValueError:
+            raise ValueError(f"must be {_article(self.type)}, got {text!r}") from None
+        return self.check(value)
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A registered method: how it runs, its parameters and its default image size."""
+
+    name: str
+    kind: MethodKind
+    params: tuple[Param, ...]
+    default_max_side: int | None  # longer-side cap when the spec gives none; None: full size
+    summary: str
+
+    def param(self, name: str) -> Param:
+        """The parameter called ``name``.
+
+        Raises:
+            ConfigError: the method has no such parameter (the message lists those it has).
+        """
+        for param in self.params:
+            if param.name == name:
+                return param
+        raise ConfigError(
+            f"method {self.name!r} has no parameter {name!r}; its parameters are {self.allowed()}"
+        )
+
+    def allowed(self) -> str:
+        """The parameters with their types, ranges and defaults, for error messages."""
+        return ", ".join(p.describe() for p in self.params) or "none"
+
+    def defaults(self) -> dict[str, ParamValue]:
+        """Every parameter at its default."""
+        return {p.name: p.default for p in self.params}
+
+    def check_params(self, params: Mapping[str, object]) -> dict[str, ParamValue]:
+        """``params`` with each value checked and typed (ints become floats where floats go).
+
+        Raises:
+            ConfigError: an unknown parameter, or a value of the wrong type or out of range;
+                the message names the allowed parameters with their types.
+        """
+        if not isinstance(params, Mapping):
+            raise ConfigError(
+                f"params of method {self.name!r} must be a mapping of name to value, got "
+                f"{type(params).__name__}; its parameters are {self.allowed()}"
+            )
+        return {str(name): self._checked(str(name), value) for name, value in params.items()}
+
+    def parse_params(self, texts: Mapping[str, str]) -> dict[str, ParamValue]:
+        """Command-line ``name -> text`` pairs typed by the parameters' types.
+
+        Raises:
+            ConfigError: as :meth:`check_params`.
+        """
+        parsed: dict[str, ParamValue] = {}
+        for name, text in texts.items():
+            try:
+                parsed[name] = self.param(name).parse(text)
+            except ConfigError:
+                raise
+            except ValueError as exc:
+                raise self._bad_value(name, exc) from None
+        return parsed
+
+    def _checked(self, name: str, value: object) -> ParamValue:
+        try:
+            return self.param(name).check(value)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise self._bad_value(name, exc) from None
+
+    def _bad_value(self, name: str, exc: ValueError) -> ConfigError:
+        return ConfigError(
+            f"parameter {name!r} of method {self.name!r} {exc}; its parameters are {self.allowed()}"
+        )
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def _article(type_name: ParamType) -> str:
+    return "an int" if type_name == "int" else f"a {type_name}"
+
+
+_PARAMS: dict[str, tuple[Param, ...]] = {
+    "lost": (Param("k_patches", "int", 100, minimum=1),),
+    "tokencut": (
+        Param("tau", "float", 0.2, minimum=-1.0, maximum=1.0),
+        Param("eps", "float", 1e-5, minimum=0.0, exclusive_minimum=True),
+    ),
+    "maskcut": (
+        Param("tau", "float", 0.15, minimum=-1.0, maximum=1.0),
+        Param("eps", "float", 1e-5, minimum=0.0, exclusive_minimum=True),
+        Param("max_objects", "int", 3, minimum=0),
+        Param("min_area_frac", "float", 0.01, minimum=0.0, maximum=1.0),
+        Param("max_iou_with_previous", "float", 0.5, minimum=0.0, maximum=1.0),
+    ),
+    "cad": (
+        Param("score_threshold", "float", 0.5, minimum=0.0, maximum=1.0),
+        Param("max_detections", "int", 100, minimum=1),
+    ),
+}
+
+METHODS: dict[str, MethodInfo] = {
+    "lost": MethodInfo(
+        "lost",
+        MethodKind.FEATURES,
+        _PARAMS["lost"],
+        default_max_side=1024,
+        summary="one box around the least-connected patch (Simeoni et al., 2021)",
+    ),
+    "tokencut": MethodInfo(
+        "tokencut",
+        MethodKind.FEATURES,
+        _PARAMS["tokencut"],
+        default_max_side=1024,
+        summary="one object from a normalized cut of the patch graph (Wang et al., 2022)",
+    ),
+    "maskcut": MethodInfo(
+        "maskcut",
+        MethodKind.FEATURES,
+        _PARAMS["maskcut"],
+        default_max_side=480,  # the size MaskCut's authors used, aspect preserved
+        summary="several objects from repeated normalized cuts (Wang et al., 2023)",
+    ),
+    "cad": MethodInfo(
+        "cad",
+        MethodKind.DETECTOR,
+        _PARAMS["cad"],
+        default_max_side=None,  # the detector resizes its input itself
+        summary="a class-agnostic detector trained with zerolabel train-cad",
+    ),
+}
+"""Every method a spec may name, by name. LOST and TokenCut run at (capped) full resolution as
+in their papers; the detector sees the full image unless the spec caps it."""
+
+METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
+FEATURE_METHODS: tuple[str, ...] = tuple(
+    name for name, info in METHODS.items() if info.kind is MethodKind.FEATURES
+)
+
+
+def get(name: str) -> MethodInfo:
+    """The registered method called ``name``.
+
+    Raises:
+        ConfigError: no such method (the message lists the registered ones).
+    """
+    try:
+        return METHODS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"unknown method {name!r}: use one of {', '.join(METHOD_NAMES)}"
+        ) from None
+
+
+def param_names() -> frozenset[str]:
+    """Every parameter name of every method."""
+    return frozenset(p.name for info in METHODS.values() for p in info.params)
