@@ -20,7 +20,7 @@ config and the marker ``format: "zerolabel-cad-1"``; they load with ``weights_on
 from __future__ import annotations
 
 from zerolabel.cad.config import CadConfig
-from zerolabel.cad.data import CocoDetectionDataset, Target
+from zerolabel.cad.data import CocoDetectionDataset, TrainingTarget
 from zerolabel.cad.inference import MASK_THRESHOLD, Detection, detect, self_training_round
 from zerolabel.cad.model import (
     CHECKPOINT_FORMAT,
@@ -40,7 +40,6 @@ __all__ = [
     "CocoDetectionDataset",
     "Detection",
     "DropLossRoIHeads",
-    "Target",
     "build_detector",
     "detect",
     "load_backbone_checkpoint",
@@ -48,4 +47,5 @@ __all__ = [
     "read_checkpoint",
     "self_training_round",
     "train",
+    "TrainingTarget",
 ]
