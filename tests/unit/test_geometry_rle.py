@@ -120,3 +120,14 @@ def test_run_helpers_reject_counts_of_the_wrong_total() -> None:
         rle_runs(Rle((3, 4), [5, 6]))
     with pytest.raises(ValueError, match="past 3x4"):
         rle_from_runs(np.array([2]), np.array([13]), (3, 4))
+
+
+def test_coco_string_equals_pycocotools_on_long_and_uneven_runs() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        counts = [int(c) for c in rng.integers(1, 1 << int(rng.integers(1, 24)), size=9)]
+        h = 7
+        counts[-1] += -sum(counts) % h  # whole columns
+        rle = Rle((h, sum(counts) // h), counts)
+        expected = mask_utils.frPyObjects(rle.to_dict(), *rle.size_hw)
+        assert rle_to_coco_string(rle) == expected["counts"].decode()

@@ -167,19 +167,23 @@ def rle_to_coco_string(rle: Rle) -> str:
     written in 5-bit groups, least significant first, offset by 48 into printable ASCII; bit
     0x20 marks that more groups follow.
     """
-    out: list[str] = []
-    counts = rle.counts
-    for i, count in enumerate(counts):
-        x = count - counts[i - 2] if i > 2 else count
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5  # arithmetic shift: negative deltas end at -1
-            more = x != -1 if c & 0x10 else x != 0
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
+    counts = np.asarray(rle.counts, dtype=np.int64)
+    x = counts.copy()
+    x[3:] -= counts[1:-2]
+    pending = np.ones(x.size, dtype=bool)  # counts with groups still to write
+    groups: list[npt.NDArray[np.int64]] = []
+    written: list[BoolArray] = []
+    while pending.any():
+        c = x & 0x1F
+        x >>= 5  # arithmetic shift: negative deltas end at -1
+        more = np.where(c & 0x10, x != -1, x != 0)
+        groups.append(c | (more.astype(np.int64) << 5))
+        written.append(pending)
+        pending = pending & more
+    if not groups:
+        return ""
+    chars = np.stack(groups, axis=1)[np.stack(written, axis=1)] + 48  # count by count
+    return chars.astype(np.uint8).tobytes().decode("ascii")
 
 
 # --- set runs ------------------------------------------------------------------------------
