@@ -70,7 +70,7 @@ def check_regions(result: list[dict[str, Any]], label: str = "object") -> None:
     image, with the expected label and masks that decode to something."""
     from collections import Counter
 
-    from zerolabel.labelstudio.tasks import brush_rle_decode
+    from zerolabel.labelstudio.brush import brush_rle_decode
 
     kinds = Counter(region["type"] for region in result)
     assert kinds["rectanglelabels"] >= 1 and kinds["brushlabels"] == kinds["rectanglelabels"]

@@ -14,7 +14,7 @@ from redis import Redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from zerolabel.contract import DiscoveryRequest
-from zerolabel.labelstudio.tasks import brush_rle_decode
+from zerolabel.labelstudio.brush import brush_rle_decode
 from zerolabel.queue.service import PredictionService
 from zerolabel.settings import BackendSettings
 from zerolabel_backend.app import create_app

@@ -13,7 +13,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from zerolabel.contract import Box, DiscoveryResult, Region
-from zerolabel.formats.coco import coco_from_results, coco_results_list
+from zerolabel.formats.coco import coco_from_results
 from zerolabel.geometry import mask_to_box, rle_encode
 
 H, W = 30, 50  # non-square: a swapped width/height shows up as a wrong shape
@@ -121,18 +121,15 @@ def _precision_at_half_iou(gt: COCO, dt: COCO, iou_type: str, image_ids: list[in
     return evaluator.eval["precision"][0, :, 0, 0, -1]  # IoU 0.5, every recall, 100 dets
 
 
-def test_load_res_accepts_the_results_list_and_scores_it_perfectly() -> None:
+def test_load_res_accepts_the_annotations_and_scores_them_perfectly() -> None:
     dataset = coco_from_results(_results(), NAMES)
-    before = copy.deepcopy(dataset)
-    detections = coco_results_list(dataset)
-    assert len(detections) == len(dataset["annotations"])
+    detections = copy.deepcopy(dataset["annotations"])  # loadRes edits its input
     assert all({"image_id", "category_id", "bbox", "score"} <= set(d) for d in detections)
     assert sum("segmentation" in d for d in detections) == 3
     gt = _load(dataset)
     with contextlib.redirect_stdout(io.StringIO()):
         dt = gt.loadRes(detections)
     assert len(dt.getAnnIds()) == len(detections)
-    assert dataset == before  # loadRes edits its input: the list holds copies
     # predictions scored against themselves: every detection matches at IoU 0.5
     assert _precision_at_half_iou(gt, dt, "bbox", [1, 2, 3]).min() == pytest.approx(1.0)
     # masks only where every region has one (a box-only region has no segmentation)

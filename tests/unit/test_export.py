@@ -31,8 +31,9 @@ from zerolabel.formats.export import (
     write_voc,
     write_yolo,
 )
-from zerolabel.geometry import mask_to_box, rle_encode
-from zerolabel.labelstudio.tasks import Target, brush_rle_encode, prediction
+from zerolabel.geometry import mask_to_box, rle_decode, rle_encode
+from zerolabel.labelstudio.brush import brush_rle_encode
+from zerolabel.labelstudio.tasks import Target, prediction
 
 H, W = 37, 53
 
@@ -298,7 +299,7 @@ def test_predictions_of_a_model_version_merge_our_box_and_mask(
     assert len(objects) == len(masks)  # one object per zl-...-box / zl-...-mask pair
     for i, (obj, mask) in enumerate(zip(objects, masks, strict=True)):
         assert obj.mask is not None
-        np.testing.assert_array_equal(obj.mask, mask)
+        np.testing.assert_array_equal(rle_decode(obj.mask), mask)
         box = mask_to_box(mask)
         assert box is not None and obj.box.to_list() == _approx_box(box)
         assert obj.score == pytest.approx(0.5 + 0.1 * i)
@@ -325,7 +326,8 @@ def test_regions_merge_only_when_they_are_one_object() -> None:
     objects = ds.images[0].objects
     assert [o.label for o in objects] == ["dog", "cat", "cat", "bird"]
     assert objects[0].box.to_list() == _approx_box(Box(4, 1, 41, 13))
-    np.testing.assert_array_equal(objects[0].mask, MASK_A)
+    assert objects[0].mask is not None
+    np.testing.assert_array_equal(rle_decode(objects[0].mask), MASK_A)
     assert [o.mask is not None for o in objects] == [True, False, True, False]
     assert ds.dropped_regions == {"unsupported result type 'choices'": 1}
 

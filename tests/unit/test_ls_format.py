@@ -9,9 +9,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from zerolabel.contract import Box, DiscoveryResult, Region
+from zerolabel.contract import Box, DiscoveryResult, Region, Rle
 from zerolabel.geometry import mask_to_box, rle_encode
-from zerolabel.labelstudio.tasks import Target, brush_rle_decode, brush_rle_encode, prediction, task
+from zerolabel.labelstudio.brush import (
+    brush_rle_decode,
+    brush_rle_encode,
+    brush_rle_to_rle,
+    rle_to_brush_rle,
+)
+from zerolabel.labelstudio.tasks import Target, prediction, task
 
 from tests.ls_reference import check_ls_task, load_sdk_brush
 
@@ -79,6 +85,18 @@ def test_our_decoder_inverts_our_encoder(mask: np.ndarray) -> None:
     np.testing.assert_array_equal(decoded, mask)
 
 
+@pytest.mark.parametrize("mask", MASKS)
+def test_brush_rle_converts_to_and_from_coco_rle_without_pixels(mask: np.ndarray) -> None:
+    brush = brush_rle_encode(mask)
+    assert brush_rle_to_rle(brush, mask.shape) == rle_encode(mask)
+    assert rle_to_brush_rle(rle_encode(mask)) == brush  # so byte-identical to the sdk too
+
+
+def test_rle_to_brush_rle_rejects_counts_of_the_wrong_total() -> None:
+    with pytest.raises(ValueError, match="expected 3x4"):
+        rle_to_brush_rle(Rle((3, 4), [5, 6]))
+
+
 def test_encoder_output_is_json_ready_bytes() -> None:
     rle = brush_rle_encode(_RNG.random((20, 30)) < 0.5)
     assert all(type(b) is int and 0 <= b <= 255 for b in rle)
@@ -144,6 +162,7 @@ def test_decoder_matches_sdk_on_literal_and_repeat_runs(
         alpha = sdk.decode_rle(rle).reshape(h, w, 4)[:, :, 3]
         ours = brush_rle_decode(rle, (h, w), threshold=threshold)
         np.testing.assert_array_equal(ours, alpha > threshold)
+        assert brush_rle_to_rle(rle, (h, w), threshold=threshold) == rle_encode(alpha > threshold)
 
 
 def test_decoder_rejects_wrong_size_and_truncated_streams() -> None:
@@ -153,6 +172,10 @@ def test_decoder_rejects_wrong_size_and_truncated_streams() -> None:
         brush_rle_decode(rle, (12, 11))
     with pytest.raises(ValueError, match="truncated"):
         brush_rle_decode(rle[: len(rle) // 2], (12, 10))
+    with pytest.raises(ValueError, match="expected 12x11x4"):
+        brush_rle_to_rle(rle, (12, 11))
+    with pytest.raises(ValueError, match="truncated"):
+        brush_rle_to_rle(rle[: len(rle) // 2], (12, 10))
 
 
 # --- prediction JSON ---------------------------------------------------------------------

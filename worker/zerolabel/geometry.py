@@ -4,6 +4,12 @@ The discovery methods work on the ViT patch grid. The network sees the image res
 ``content_hw`` and zero-padded on the bottom/right to a multiple of the patch size; patch
 ``(row, col)`` covers content pixels ``[row * p, (row + 1) * p)`` x ``[col * p, (col + 1) * p)``.
 This module is the only place that maps those cells back to the original image.
+
+Masks travel as :class:`~zerolabel.contract.Rle` (column-major, COCO's order). The run helpers
+at the end work on "set runs": ``starts`` and ``ends`` (exclusive) of the runs of set pixels
+of a flattened mask, int64 arrays, increasing and not touching. :func:`transpose_runs` turns
+row-major set runs into column-major ones without building the pixel array, so a mask never
+costs more than its runs.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import numpy.typing as npt
 from zerolabel.contract import Box, Rle
 
 BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -160,16 +167,134 @@ def rle_to_coco_string(rle: Rle) -> str:
     written in 5-bit groups, least significant first, offset by 48 into printable ASCII; bit
     0x20 marks that more groups follow.
     """
-    out: list[str] = []
-    counts = rle.counts
-    for i, count in enumerate(counts):
-        x = count - counts[i - 2] if i > 2 else count
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5  # arithmetic shift: negative deltas end at -1
-            more = x != -1 if c & 0x10 else x != 0
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
+    counts = np.asarray(rle.counts, dtype=np.int64)
+    x = counts.copy()
+    x[3:] -= counts[1:-2]
+    pending = np.ones(x.size, dtype=bool)  # counts with groups still to write
+    groups: list[npt.NDArray[np.int64]] = []
+    written: list[BoolArray] = []
+    while pending.any():
+        c = x & 0x1F
+        x >>= 5  # arithmetic shift: negative deltas end at -1
+        more = np.where(c & 0x10, x != -1, x != 0)
+        groups.append(c | (more.astype(np.int64) << 5))
+        written.append(pending)
+        pending = pending & more
+    if not groups:
+        return ""
+    chars = np.stack(groups, axis=1)[np.stack(written, axis=1)] + 48  # count by count
+    return chars.astype(np.uint8).tobytes().decode("ascii")
+
+
+# --- set runs ------------------------------------------------------------------------------
+
+
+def rle_runs(rle: Rle) -> tuple[IntArray, IntArray]:
+    """Set runs of an Rle: starts and ends (exclusive) in its column-major pixel order.
+
+    Raises:
+        ValueError: if the counts do not sum to the mask's H x W pixels.
+    """
+    h, w = rle.size_hw
+    bounds = np.cumsum(np.asarray([0, *rle.counts], dtype=np.int64))
+    if int(bounds[-1]) != h * w:
+        raise ValueError(f"RLE counts sum to {int(bounds[-1])}, expected {h}x{w}={h * w}")
+    return bounds[1:-1:2], bounds[2::2]
+
+
+def rle_from_runs(starts: IntArray, ends: IntArray, hw: tuple[int, int]) -> Rle:
+    """The Rle of an [H, W] mask given its column-major set runs (not touching, increasing).
+
+    Raises:
+        ValueError: if a run reaches past the H x W pixels.
+    """
+    h, w = hw
+    if starts.size and int(ends[-1]) > h * w:
+        raise ValueError(f"set runs end at pixel {int(ends[-1])}, past {h}x{w}={h * w}")
+    bounds = np.empty(2 * starts.size + 2, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, h * w
+    bounds[1:-1:2], bounds[2:-1:2] = starts, ends
+    counts = np.diff(bounds)
+    if counts.size > 1 and counts[-1] == 0:  # ends set: no empty run of zeros after it
+        counts = counts[:-1]
+    return Rle((int(h), int(w)), counts.tolist())
+
+
+def transpose_runs(
+    starts: IntArray, ends: IntArray, hw: tuple[int, int]
+) -> tuple[IntArray, IntArray]:
+    """Row-major set runs of an [H, W] mask -> its column-major set runs.
+
+    Works on the runs only: pixel (r, c) is a column-major boundary exactly when it differs
+    from pixel (r - 1, c), so the boundaries at row r are the columns where rows r - 1 and r
+    disagree. Each row is a union of intervals, so that set is the XOR of their edges. Cost
+    grows with the number of runs and boundaries, not with H x W. Called with ``hw`` swapped,
+    it turns column-major runs back into row-major ones.
+
+    Args:
+        starts: [n] first pixel of each set run, row-major (index r * W + c).
+        ends: [n] one past the last pixel of each run.
+        hw: (height, width) of the mask.
+
+    Returns:
+        (starts, ends) of the set runs in column-major order (index c * H + r).
+    """
+    h, w = hw
+    keep = ends > starts
+    rows, c0, c1 = _row_segments(starts[keep], ends[keep], w)
+    # the edges of row r count for the boundaries at rows r and r + 1 (above and below it)
+    edge_rows = np.concatenate((rows, rows, rows + 1, rows + 1))
+    edge_cols = np.concatenate((c0, c1, c0, c1))
+    keys = _odd(edge_rows * (w + 1) + edge_cols)  # edges met twice cancel
+    row, col = np.divmod(keys, w + 1)
+    first, last, at = col[0::2], col[1::2], row[0::2]  # [first, last) columns at row `at`
+    widths = last - first
+    offsets = np.arange(int(widths.sum()), dtype=np.int64) - np.repeat(
+        np.cumsum(widths) - widths, widths
+    )
+    columns = np.repeat(first, widths) + offsets
+    # row h of column c and row 0 of column c + 1 are one position: boundaries there cancel
+    bounds = _odd(columns * h + np.repeat(at, widths))
+    bounds = bounds[bounds < h * w]
+    if bounds.size % 2:
+        bounds = np.append(bounds, h * w)
+    return bounds[0::2], bounds[1::2]
+
+
+def _row_segments(
+    starts: IntArray, ends: IntArray, width: int
+) -> tuple[IntArray, IntArray, IntArray]:
+    """Row-major runs cut at row ends: (row, first column, end column) of each piece."""
+    first_row, last_row = starts // width, (ends - 1) // width
+    pieces = last_row - first_row + 1
+    run = np.repeat(np.arange(starts.size), pieces)
+    rows = np.repeat(first_row, pieces) + (
+        np.arange(run.size, dtype=np.int64) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    )
+    c0 = np.where(rows == first_row[run], starts[run] - rows * width, 0)
+    c1 = np.where(rows == last_row[run], ends[run] - rows * width, width)
+    return rows, c0, c1
+
+
+def _odd(values: IntArray) -> IntArray:
+    """The values occurring an odd number of times, sorted."""
+    unique, counts = np.unique(values, return_counts=True)
+    odd: IntArray = unique[counts % 2 == 1]
+    return odd
+
+
+def rle_box(rle: Rle) -> Box | None:
+    """Tight box of the set pixels of an Rle (max exclusive), read from its runs; None if empty.
+
+    Equal to ``mask_to_box(rle_decode(rle))`` without decoding.
+    """
+    h = rle.size_hw[0]
+    starts, ends = rle_runs(rle)
+    starts, ends = starts[ends > starts], ends[ends > starts]
+    if starts.size == 0:
+        return None
+    first_col, last_col = starts // h, (ends - 1) // h
+    spans = first_col != last_col  # a run over two columns or more covers rows 0 .. h - 1
+    y0 = int(np.where(spans, 0, starts % h).min())
+    y1 = int(np.where(spans, h, (ends - 1) % h + 1).max())
+    return Box(float(first_col.min()), float(y0), float(last_col.max() + 1), float(y1))

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from zerolabel.cad.config import CadConfig
-    from zerolabel.cad.data import CocoDetectionDataset, Target
+    from zerolabel.cad.data import CocoDetectionDataset, TrainingTarget
     from zerolabel.cad.inference import MASK_THRESHOLD, Detection, detect, self_training_round
     from zerolabel.cad.model import (
         CHECKPOINT_FORMAT,
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 _SUBMODULE = {
     "CadConfig": "config",
     "CocoDetectionDataset": "data",
-    "Target": "data",
+    "TrainingTarget": "data",
     "MASK_THRESHOLD": "inference",
     "Detection": "inference",
     "detect": "inference",
@@ -66,7 +66,6 @@ __all__ = [
     "CocoDetectionDataset",
     "Detection",
     "DropLossRoIHeads",
-    "Target",
     "build_detector",
     "detect",
     "load_backbone_checkpoint",
@@ -74,6 +73,7 @@ __all__ = [
     "read_checkpoint",
     "self_training_round",
     "train",
+    "TrainingTarget",
 ]
 
 

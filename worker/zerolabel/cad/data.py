@@ -1,7 +1,7 @@
 """Training data of the detector: a COCO file's images and targets in torchvision's format.
 
-Segmentations may be compressed or uncompressed RLE or polygons (:func:`_coco_rle`, also used
-by :mod:`zerolabel.cad.inference` to compare pseudo-labels with detections).
+Segmentations may be compressed or uncompressed RLE or polygons (:func:`segmentation_rle`, also
+used by :mod:`zerolabel.cad.inference` to compare pseudo-labels with detections).
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from torch.utils.data import Dataset
 
 from zerolabel.io.images import ImageLimits, load_file
 
-Target = dict[str, Tensor]
+TrainingTarget = dict[str, Tensor]
+"""One image's training target, as torchvision detectors take it: ``boxes``, ``labels``,
+optionally ``masks``."""
 
 
-class CocoDetectionDataset(Dataset[tuple[Tensor, Target]]):
+class CocoDetectionDataset(Dataset[tuple[Tensor, TrainingTarget]]):
     """Images and targets of a COCO file, in torchvision's detection format.
 
     ``dataset[i]`` is ``(image, target)``: image [3, h, w] float in [0, 1]; target ``boxes``
@@ -60,7 +62,7 @@ class CocoDetectionDataset(Dataset[tuple[Tensor, Target]]):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+    def __getitem__(self, index: int) -> tuple[Tensor, TrainingTarget]:
         info = self.images[index]
         loaded = load_file(self.images_dir / info["file_name"], self.limits, max_side=self.max_side)
         coco_hw = (info.get("height"), info.get("width"))
@@ -76,7 +78,7 @@ class CocoDetectionDataset(Dataset[tuple[Tensor, Target]]):
 
     def _target(
         self, anns: list[dict[str, Any]], original_hw: tuple[int, int], out_hw: tuple[int, int]
-    ) -> Target:
+    ) -> TrainingTarget:
         (height, width), (out_h, out_w) = original_hw, out_hw
         xyxy = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
         boxes = torch.tensor(xyxy, dtype=torch.float32).reshape(-1, 4)
@@ -106,7 +108,7 @@ def _decode_segmentation(ann: dict[str, Any], hw: tuple[int, int]) -> npt.NDArra
         x, y, w, h = ann["bbox"]
         mask[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))] = 1
         return mask
-    rle = _coco_rle(segmentation, hw)
+    rle = segmentation_rle(segmentation, hw)
     if list(rle["size"]) != list(hw):
         raise ValueError(f"annotation {ann.get('id')}: mask is {rle['size']}, image is {hw}")
     return np.asarray(mask_utils.decode(rle), dtype=np.uint8)
@@ -119,7 +121,7 @@ def _resize_mask(mask: npt.NDArray[np.uint8], out_hw: tuple[int, int]) -> npt.ND
     return np.array(resized, dtype=np.uint8)
 
 
-def _coco_rle(segmentation: Any, hw: tuple[int, int]) -> dict[str, Any]:
+def segmentation_rle(segmentation: Any, hw: tuple[int, int]) -> dict[str, Any]:
     """pycocotools RLE of a COCO segmentation: compressed or uncompressed RLE, or polygons."""
     rle: dict[str, Any] = segmentation
     if isinstance(segmentation, list):  # polygons

@@ -16,10 +16,10 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import Tensor, nn
 
-from zerolabel.cad.data import _coco_rle
+from zerolabel.cad.data import segmentation_rle
 from zerolabel.contract import Box
-from zerolabel.formats.coco import CATEGORY_ID
-from zerolabel.geometry import box_iou, rle_area, rle_encode, rle_to_coco_string
+from zerolabel.formats.coco import CATEGORY_ID, coco_annotation
+from zerolabel.geometry import box_iou, rle_encode
 from zerolabel.io.images import LoadedImage
 
 MASK_THRESHOLD = 0.5  # mask probability above which a pixel belongs to the object
@@ -138,29 +138,23 @@ def self_training_round(
 def _detection_annotation(
     detection: Detection, image_id: int, hw: tuple[int, int]
 ) -> dict[str, Any]:
-    """A COCO annotation (without id) in the layout of :mod:`zerolabel.formats.coco`."""
+    """A COCO annotation (without id), built by :func:`zerolabel.formats.coco.coco_annotation`."""
     box, score, mask = detection
-    ann: dict[str, Any] = {
-        "image_id": image_id,
-        "category_id": CATEGORY_ID,
-        "bbox": [box.x0, box.y0, box.width, box.height],
-        "area": float(box.width * box.height),
-        "score": float(score),
-        "iscrowd": 0,
-    }
-    if mask is not None:
-        if mask.shape != hw:
-            raise ValueError(f"image {image_id}: mask is {mask.shape} but the image is {hw}")
-        rle = rle_encode(mask)
-        ann["segmentation"] = {"size": list(hw), "counts": rle_to_coco_string(rle)}
-        ann["area"] = float(rle_area(rle))
-    return ann
+    return coco_annotation(
+        box,
+        rle_encode(mask) if mask is not None else None,
+        image_id=image_id,
+        category_id=CATEGORY_ID,
+        image_hw=hw,
+        score=score,
+        where=f"image {image_id}",
+    )
 
 
 def _best_iou(ann: dict[str, Any], kept: list[dict[str, Any]], hw: tuple[int, int]) -> float:
     """Highest IoU of a previous label with the kept detections (mask IoU where both have one)."""
     best = 0.0
-    rle = _coco_rle(ann["segmentation"], hw) if ann.get("segmentation") else None
+    rle = segmentation_rle(ann["segmentation"], hw) if ann.get("segmentation") else None
     for det in kept:
         if rle is not None and "segmentation" in det:
             iou = float(mask_utils.iou([det["segmentation"]], [rle], [0])[0][0])

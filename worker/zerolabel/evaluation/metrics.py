@@ -19,6 +19,7 @@ from typing import Any
 
 from zerolabel.contract import Box
 from zerolabel.evaluation.ground_truth import GroundTruth, load_json, read_ground_truth, unique_stem
+from zerolabel.formats.coco import coco_annotation
 from zerolabel.geometry import box_iou
 
 CORLOC_IOU = 0.5
@@ -160,19 +161,20 @@ def _coco_dataset(
     with_score: bool,
 ) -> dict[str, Any]:
     """A one-category COCO dataset dict over the GT images, with ``anns`` as annotations."""
-    annotations = []
-    for ann_id, (image_id, box, score) in enumerate(anns, start=1):
-        ann = {
-            "id": ann_id,
-            "image_id": image_id,
-            "category_id": 1,
-            "bbox": [box.x0, box.y0, box.width, box.height],
-            "area": box.width * box.height,
-            "iscrowd": 0,
-        }
-        if with_score:
-            ann["score"] = score
-        annotations.append(ann)
+    sizes = {image_ids[stem]: image.image_hw for stem, image in gt.items()}
+    annotations = [
+        {"id": ann_id}
+        | coco_annotation(
+            box,
+            None,
+            image_id=image_id,
+            category_id=1,
+            image_hw=sizes[image_id],
+            score=score if with_score else None,
+            where=f"image {image_id}",
+        )
+        for ann_id, (image_id, box, score) in enumerate(anns, start=1)
+    ]
     images = [
         {
             "id": image_ids[s],

@@ -97,24 +97,3 @@ def coco_annotation(
         ann["segmentation"] = {"size": [h, w], "counts": rle_to_coco_string(mask)}
         ann["area"] = float(rle_area(mask))
     return ann
-
-
-def coco_results_list(coco: dict[str, Any]) -> list[dict[str, Any]]:
-    """The annotations of :func:`coco_from_results` as a results list for ``COCO.loadRes``.
-
-    Args:
-        coco: a dict built by :func:`coco_from_results`.
-
-    Returns:
-        One ``{"image_id", "category_id", "bbox", "score"[, "segmentation"]}`` per annotation,
-        copied, so that ``loadRes`` (which edits its input) leaves ``coco`` alone. Note that
-        ``loadRes`` itself rejects an empty list.
-    """
-    detections = []
-    for ann in coco["annotations"]:
-        det = {key: ann[key] for key in ("image_id", "category_id", "score")}
-        det["bbox"] = list(ann["bbox"])
-        if "segmentation" in ann:
-            det["segmentation"] = dict(ann["segmentation"])
-        detections.append(det)
-    return detections

@@ -10,21 +10,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from zerolabel.contract import Box
-
-BoolArray = npt.NDArray[np.bool_]
+from zerolabel.contract import Box, Rle
 
 
 @dataclass
 class ObjectRecord:
-    """One object: box in original pixels (x1, y1 exclusive), class name, optional mask."""
+    """One object: box in original pixels (x1, y1 exclusive), class name, optional mask.
+
+    The mask stays run-length encoded (column-major, the image's size): writers that need
+    pixels decode one mask at a time.
+    """
 
     box: Box
     label: str
-    mask: BoolArray | None = None  # [H, W] bool, the image's size
+    mask: Rle | None = None
     score: float | None = None  # the region's "score" when it has one (predictions do)
 
 

@@ -13,13 +13,11 @@ Reading (:func:`read_ls_export`) picks one result list per task:
 - ``source="predictions"``: the raw pseudo-labels, the latest prediction (same rule) of
   ``model_version``, or of any version when it is None.
 
-Regions become objects: a ``rectanglelabels``/``rectangle`` region gives a box, a
-``brushlabels``/``brush`` region a mask and its tight box. The box and the mask zerolabel
-wrote for one object (ids ``zl-<hash>-<n>-box`` / ``-mask``), or regions sharing one id, merge
-into one object that keeps the rectangle as its box and the brush as its mask. A rotated
-rectangle counts as the axis-aligned bounds of its rotated corners (Label Studio turns it
-clockwise, in degrees, about its top-left corner). Boxes are clipped to the image; empty
-masks and boxes are dropped and counted. Masks are held decoded, [H, W] bool each.
+Regions become objects through :func:`zerolabel.labelstudio.regions.read_objects` (the
+reader clustering and project evaluation use too): a rectangle gives a box (rotated ones their
+axis-aligned bounds, clipped to the image), a brush a mask and its tight box; zerolabel's box
+and mask of one object merge into one object. Empty masks and boxes are dropped and counted.
+Masks stay run-length encoded (:class:`~zerolabel.contract.Rle`), never a pixel array per mask.
 
 The writers (:mod:`zerolabel.formats.writers`) take any :class:`Dataset`. Sizes come from the
 regions' ``original_width`` and ``original_height``; a task whose regions carry none (e.g. an
@@ -31,17 +29,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import re
-from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from zerolabel.contract import Box
-from zerolabel.formats.dataset import BoolArray, Dataset, ImageRecord, ObjectRecord, SkippedTask
+from zerolabel.formats.dataset import Dataset, ImageRecord, ObjectRecord, SkippedTask
 from zerolabel.formats.writers import (
     AGNOSTIC_LABEL,
     class_names,
@@ -50,8 +44,13 @@ from zerolabel.formats.writers import (
     write_voc,
     write_yolo,
 )
-from zerolabel.geometry import mask_to_box
-from zerolabel.labelstudio.tasks import brush_rle_decode
+from zerolabel.labelstudio.regions import (
+    BOX_TYPES,
+    MASK_TYPES,
+    RegionError,
+    read_objects,
+    result_image_hw,
+)
 
 __all__ = [
     "AGNOSTIC_LABEL",
@@ -60,7 +59,6 @@ __all__ = [
     "FORMATS",
     "MASK_TYPES",
     "SOURCES",
-    "BoolArray",
     "Dataset",
     "ImageRecord",
     "ObjectRecord",
@@ -87,21 +85,11 @@ FORMATS = ("coco", "yolo", "voc")
 DEFAULT_LABEL = "object"
 """Label of regions that carry none (plain ``Rectangle`` / ``Brush`` tags)."""
 
-BOX_TYPES = ("rectanglelabels", "rectangle")
-MASK_TYPES = ("brushlabels", "brush")
-_ZEROLABEL_ID = re.compile(r"(zl-[0-9a-f]+-\d+)-(?:box|mask)")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 class _Skip(Exception):
     """A task cannot be exported; the message is the reason reported."""
-
-
-class _Shape(NamedTuple):
-    box: Box
-    label: str | None
-    score: float | None
-    mask: BoolArray | None = None
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -204,8 +192,14 @@ def _read_task(
         raise _Skip(f"no file name in the image URL {url!r}")
     result = _choose(task, source, model_version).get("result") or []
     items = [item for item in result if isinstance(item, dict)]
-    height, width = _image_hw(items)
-    objects = _objects(items, (height, width), dataset.dropped_regions)
+    try:
+        height, width = result_image_hw(items)
+    except RegionError as exc:
+        raise _Skip(str(exc)) from None
+    objects = [
+        ObjectRecord(r.box, r.label or DEFAULT_LABEL, r.mask, r.score)
+        for r in read_objects(items, (height, width), dataset.dropped_regions)
+    ]
     return ImageRecord(file_name, width, height, objects, task.get("id"))
 
 
@@ -245,120 +239,6 @@ def _timestamp(item: dict[str, Any]) -> datetime | None:
     except ValueError:
         return None
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
-
-
-def _image_hw(items: list[dict[str, Any]]) -> tuple[int, int]:
-    """(height, width) from the regions' ``original_height`` and ``original_width``."""
-    if any(item.get("image_rotation") for item in items):
-        raise _Skip("image_rotation is set: the image was rotated in the editor (unsupported)")
-    sizes = {
-        (item["original_height"], item["original_width"])
-        for item in items
-        if isinstance(item.get("original_height"), int | float)
-        and isinstance(item.get("original_width"), int | float)
-    }
-    if not sizes:
-        raise _Skip("no region carries original_width/original_height (no size info)")
-    if len(sizes) > 1:
-        raise _Skip(f"regions disagree on the image size (height, width): {sorted(sizes)}")
-    height, width = sizes.pop()
-    if height < 1 or width < 1:
-        raise _Skip(f"invalid image size {width}x{height}")
-    return int(height), int(width)
-
-
-# --- regions -> objects --------------------------------------------------------------------
-
-
-def _objects(
-    items: list[dict[str, Any]], hw: tuple[int, int], dropped: Counter[str]
-) -> list[ObjectRecord]:
-    """Group the result items by object, then make one ObjectRecord per object."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for index, item in enumerate(items):
-        kind = item.get("type")
-        if kind not in BOX_TYPES + MASK_TYPES + ("labels",):
-            dropped[f"unsupported result type {kind!r}"] += 1
-            continue
-        region_id = str(item.get("id") or f"#{index}")
-        match = _ZEROLABEL_ID.fullmatch(region_id)
-        groups.setdefault(match.group(1) if match else region_id, []).append(item)
-    objects: list[ObjectRecord] = []
-    for group in groups.values():
-        objects.extend(_group_objects(group, hw, dropped))
-    return objects
-
-
-def _group_objects(
-    group: list[dict[str, Any]], hw: tuple[int, int], dropped: Counter[str]
-) -> list[ObjectRecord]:
-    """One object from a box and a mask of one region; separate objects otherwise."""
-    boxes = [s for i in group if i["type"] in BOX_TYPES and (s := _read_box(i, hw, dropped))]
-    masks = [s for i in group if i["type"] in MASK_TYPES and (s := _read_mask(i, hw, dropped))]
-    group_label = next((_label(i) for i in group if i["type"] == "labels"), None)
-    if len(boxes) == 1 and len(masks) == 1:
-        box, mask = boxes[0], masks[0]
-        label = box.label or mask.label or group_label or DEFAULT_LABEL
-        score = box.score if box.score is not None else mask.score
-        return [ObjectRecord(box.box, label, mask.mask, score)]
-    return [
-        ObjectRecord(s.box, s.label or group_label or DEFAULT_LABEL, s.mask, s.score)
-        for s in boxes + masks
-    ]
-
-
-def _read_box(item: dict[str, Any], hw: tuple[int, int], dropped: Counter[str]) -> _Shape | None:
-    """A rectangle in pixels (axis-aligned bounds when rotated), clipped; None if degenerate."""
-    value = item.get("value") or {}
-    height, width = hw
-    try:
-        x, y = float(value["x"]) * width / 100, float(value["y"]) * height / 100
-        w, h = float(value["width"]) * width / 100, float(value["height"]) * height / 100
-        angle = math.radians(float(value.get("rotation") or 0.0))
-    except (KeyError, TypeError, ValueError):
-        dropped["rectangle without numeric x/y/width/height"] += 1
-        return None
-    cos, sin = math.cos(angle), math.sin(angle)
-    xs = [x + dx * cos - dy * sin for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
-    ys = [y + dx * sin + dy * cos for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
-    x0, x1 = (min(max(v, 0.0), float(width)) for v in (min(xs), max(xs)))
-    y0, y1 = (min(max(v, 0.0), float(height)) for v in (min(ys), max(ys)))
-    if x1 <= x0 or y1 <= y0:
-        dropped["empty rectangle (after clipping to the image)"] += 1
-        return None
-    return _Shape(Box(x0, y0, x1, y1), _label(item), _score(item))
-
-
-def _read_mask(item: dict[str, Any], hw: tuple[int, int], dropped: Counter[str]) -> _Shape | None:
-    """A brush region decoded to an [H, W] mask with its tight box; None if unusable."""
-    value = item.get("value") or {}
-    rle = value.get("rle")
-    if value.get("format", "rle") != "rle" or not isinstance(rle, list):
-        dropped[f"brush format {value.get('format')!r} without an rle list"] += 1
-        return None
-    try:
-        mask = brush_rle_decode(rle, hw)
-    except ValueError:
-        dropped["brush RLE does not decode to the image size"] += 1
-        return None
-    box = mask_to_box(mask)
-    if box is None:
-        dropped["empty mask"] += 1
-        return None
-    return _Shape(box, _label(item), _score(item), mask)
-
-
-def _label(item: dict[str, Any]) -> str | None:
-    """First entry of the region's label list (``value[type]``), or None."""
-    labels = (item.get("value") or {}).get(item.get("type"))
-    if isinstance(labels, list) and labels and isinstance(labels[0], str):
-        return labels[0]
-    return None
-
-
-def _score(item: dict[str, Any]) -> float | None:
-    score = item.get("score")
-    return float(score) if isinstance(score, int | float) and not isinstance(score, bool) else None
 
 
 # --- all at once ---------------------------------------------------------------------------

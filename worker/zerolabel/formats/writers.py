@@ -14,7 +14,6 @@ from typing import Any
 
 from zerolabel.formats.coco import coco_annotation
 from zerolabel.formats.dataset import Dataset, ImageRecord, ObjectRecord
-from zerolabel.geometry import rle_encode
 
 AGNOSTIC_LABEL = "object"
 """The single class of class-agnostic exports."""
@@ -59,10 +58,9 @@ def to_coco(ds: Dataset, *, class_agnostic: bool) -> dict[str, Any]:
 def _coco_annotation(
     obj: ObjectRecord, image: ImageRecord, image_id: int, category_id: int
 ) -> dict[str, Any]:
-    mask = rle_encode(obj.mask) if obj.mask is not None else None
     return coco_annotation(
         obj.box,
-        mask,
+        obj.mask,
         image_id=image_id,
         category_id=category_id,
         image_hw=(image.height, image.width),

@@ -1,10 +1,12 @@
 """Pseudo-classes for the objects of Label Studio tasks: describe, cluster, relabel.
 
 Works on task JSON as Label Studio exports it (and as ``zerolabel predict`` writes it), so a
-folder run and a project run share everything but image access. An object is a box region
-and the brush region of the same zerolabel object (ids ``zl-<hash>-<n>-box`` / ``-mask``);
-other regions are objects of their own. Labels are keyed by (task index, object key), so
-objects whose descriptor fails never shift anyone else's label.
+folder run and a project run share everything but image access. Objects and their boxes come
+from :func:`zerolabel.labelstudio.regions.read_objects`, the reader export uses, so the crop
+described is the box export writes: a box region and the brush region of the same zerolabel
+object (ids ``zl-<hash>-<n>-box`` / ``-mask``) are one object, other regions objects of their
+own. Labels are keyed by (task index, object key), so objects whose descriptor fails never
+shift anyone else's label.
 """
 
 from __future__ import annotations
@@ -12,16 +14,15 @@ from __future__ import annotations
 import copy
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from zerolabel.contract import Box
 from zerolabel.errors import DiscoveryError
-from zerolabel.geometry import mask_to_box
 from zerolabel.io.images import LoadedImage
-from zerolabel.labelstudio.tasks import brush_rle_decode
-from zerolabel.loop.clustering import ObjectClusters, apply_mapping, cluster_objects
+from zerolabel.labelstudio.regions import RegionError, object_key, read_objects, result_image_hw
+from zerolabel.loop.clustering import ObjectClusters, cluster_objects
 from zerolabel.vit.backbone import Backbone
 from zerolabel.vit.descriptors import DescriptorCache
 
@@ -31,12 +32,18 @@ ObjectId = tuple[int, str]  # (task index, object key)
 _LABEL_KEYS = {"rectanglelabels": "rectanglelabels", "brushlabels": "brushlabels"}
 
 
-def object_key(region_id: str) -> str:
-    """The object a region belongs to: our ``-box``/``-mask`` suffixes name one object."""
-    for suffix in ("-box", "-mask"):
-        if region_id.startswith("zl-") and region_id.endswith(suffix):
-            return region_id[: -len(suffix)]
-    return region_id
+__all__ = [
+    "ClusterRun",
+    "ObjectId",
+    "chosen_prediction",
+    "cluster_tasks",
+    "describe_tasks",
+    "labelled_tasks",
+    "map_task_labels",
+    "object_boxes",
+    "object_key",
+    "relabel",
+]
 
 
 def chosen_prediction(task: dict[str, Any], model_version: str | None) -> dict[str, Any] | None:
@@ -51,20 +58,22 @@ def chosen_prediction(task: dict[str, Any], model_version: str | None) -> dict[s
 
 
 def object_boxes(result: Sequence[dict[str, Any]]) -> dict[str, Box]:
-    """Object key -> box in original pixels (from the rectangle, else the mask's tight box)."""
+    """Object key -> box in original pixels, as export reads it.
+
+    The rectangle's box (rotated: its axis-aligned bounds), else the mask's tight box, clipped
+    to the image; when several objects share a key, the first one's. Unreadable regions are
+    left out.
+
+    Raises:
+        RegionError: the regions carry no usable image size (see
+            :func:`~zerolabel.labelstudio.regions.result_image_hw`).
+    """
+    items = [item for item in result if isinstance(item, dict)]
+    if not items:
+        return {}
     boxes: dict[str, Box] = {}
-    for item in result:
-        key, value = object_key(str(item.get("id"))), item.get("value") or {}
-        w, h = item.get("original_width"), item.get("original_height")
-        if not w or not h:
-            continue
-        if item.get("type") == "rectanglelabels":
-            x0, y0 = value["x"] * w / 100, value["y"] * h / 100
-            boxes[key] = Box(x0, y0, x0 + value["width"] * w / 100, y0 + value["height"] * h / 100)
-        elif item.get("type") == "brushlabels" and key not in boxes:
-            box = mask_to_box(brush_rle_decode(value["rle"], (h, w)))
-            if box is not None:
-                boxes[key] = box
+    for region in read_objects(items, result_image_hw(items)):
+        boxes.setdefault(region.key, region.box)
     return boxes
 
 
@@ -102,28 +111,28 @@ def describe_tasks(
     """(object id, descriptor or None) for every object, plus per-task failures."""
     items: list[tuple[ObjectId, Any]] = []
     failures: list[tuple[int, str]] = []
-    for index, boxes in _task_boxes(tasks, model_version):
+    for index, task in enumerate(tasks):
+        prediction = chosen_prediction(task, model_version)
+        if prediction is None:
+            continue
+        try:
+            boxes = object_boxes(prediction.get("result") or [])
+        except RegionError as exc:
+            failures.append((index, str(exc)))
+            logger.warning("task %s: regions not read: %s", task.get("id"), exc)
+            continue
         if not boxes:
             continue
         try:
-            image = load_image(tasks[index])
+            image = load_image(task)
             rows = cache.get_or_compute(backbone, image, list(boxes.values()))
         except (DiscoveryError, ValueError, OSError) as exc:
             failures.append((index, str(exc)))
-            logger.warning("task %s: objects not described: %s", tasks[index].get("id"), exc)
+            logger.warning("task %s: objects not described: %s", task.get("id"), exc)
             items.extend(((index, key), None) for key in boxes)
             continue
         items.extend(((index, key), row) for key, row in zip(boxes, rows, strict=True))
     return items, failures
-
-
-def _task_boxes(
-    tasks: Sequence[dict[str, Any]], model_version: str | None
-) -> Iterator[tuple[int, dict[str, Box]]]:
-    for index, task in enumerate(tasks):
-        prediction = chosen_prediction(task, model_version)
-        if prediction is not None:
-            yield index, object_boxes(prediction.get("result") or [])
 
 
 def cluster_tasks(
@@ -144,14 +153,6 @@ def cluster_tasks(
         raise DiscoveryError("no object could be described: nothing to cluster")
     clusters: ObjectClusters[ObjectId] = cluster_objects(items, k=k, seed=seed)
     return ClusterRun(dict(clusters.labels), list(clusters.names), failures)
-
-
-def rename(run: ClusterRun, mapping: dict[str, str]) -> ClusterRun:
-    """Apply a team's mapping file (rename and merge clusters) to every object's label."""
-    ids = list(run.labels)
-    renamed = apply_mapping([run.labels[i] for i in ids], mapping)
-    names = sorted({n for n in apply_mapping(run.names, mapping) if n is not None})
-    return ClusterRun(dict(zip(ids, renamed, strict=True)), names, run.failures)
 
 
 def labelled_tasks(

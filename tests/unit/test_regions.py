@@ -1,0 +1,182 @@
+"""The one Label Studio region reader: boxes, masks as Rle, object keys; clustering and export
+see the same box for a region."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from zerolabel.contract import Box, DiscoveryResult, Region
+from zerolabel.formats.export import export, read_ls_export
+from zerolabel.geometry import mask_to_box, rle_encode
+from zerolabel.labelstudio.brush import brush_rle_encode
+from zerolabel.labelstudio.regions import (
+    RegionError,
+    object_id,
+    object_key,
+    read_objects,
+    read_region,
+    result_image_hw,
+)
+from zerolabel.labelstudio.tasks import Target, prediction
+from zerolabel.loop.pseudo_classes import describe_tasks, object_boxes
+
+H, W = 60, 80
+
+
+def _item(region_id: str, kind: str, value: dict[str, Any], hw: tuple[int, int] = (H, W)) -> Any:
+    return {
+        "id": region_id,
+        "type": kind,
+        "from_name": "label",
+        "to_name": "image",
+        "original_width": hw[1],
+        "original_height": hw[0],
+        "image_rotation": 0,
+        "value": value,
+    }
+
+
+def _rect(region_id: str, box: Box, rotation: float = 0.0, label: str = "thing") -> Any:
+    value = {
+        "x": 100 * box.x0 / W,
+        "y": 100 * box.y0 / H,
+        "width": 100 * box.width / W,
+        "height": 100 * box.height / H,
+        "rotation": rotation,
+        "rectanglelabels": [label],
+    }
+    return _item(region_id, "rectanglelabels", value)
+
+
+def _brush(region_id: str, mask: np.ndarray) -> Any:
+    value = {"format": "rle", "rle": brush_rle_encode(mask), "brushlabels": ["blob"]}
+    return _item(region_id, "brushlabels", value, mask.shape)
+
+
+def _blob() -> np.ndarray:
+    yy, xx = np.ogrid[:H, :W]
+    return ((yy - 30) / 12) ** 2 + ((xx - 50) / 20) ** 2 < 1
+
+
+def _rotated_bounds(box: Box, degrees: float) -> Box:
+    """Axis-aligned bounds of ``box`` turned clockwise (y down) about its top-left corner."""
+    cos, sin = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    corners = [(0.0, 0.0), (box.width, 0.0), (box.width, box.height), (0.0, box.height)]
+    xs = [box.x0 + dx * cos - dy * sin for dx, dy in corners]
+    ys = [box.y0 + dx * sin + dy * cos for dx, dy in corners]
+    return Box(max(min(xs), 0), max(min(ys), 0), min(max(xs), W), min(max(ys), H))
+
+
+class _RecordingCache:
+    """Stands in for the descriptor cache: keeps the boxes it is asked to describe."""
+
+    def __init__(self) -> None:
+        self.boxes: list[Box] = []
+
+    def get_or_compute(self, backbone: Any, image: Any, boxes: list[Box]) -> np.ndarray:
+        self.boxes.extend(boxes)
+        return np.zeros((len(boxes), 4), dtype=np.float32)
+
+
+def _clustering_crops(task: dict[str, Any]) -> list[Box]:
+    cache = _RecordingCache()
+    _, failures = describe_tasks([task], lambda _: object(), None, cache)  # type: ignore[arg-type]
+    assert failures == []
+    return cache.boxes
+
+
+@pytest.mark.parametrize(
+    "rotation", [0.0, 30.0, 90.0, 135.0, -60.0, 200.0], ids=lambda r: f"{r:g}deg"
+)
+def test_clustering_crops_the_box_export_writes_for_a_rotated_rectangle(
+    rotation: float, tmp_path: Path
+) -> None:
+    box = Box(50.0, 8.0, 78.0, 20.0)  # near the right edge: most turns leave the image
+    result = [_rect("zl-0a1b2c-0-box", box, rotation), _brush("zl-0a1b2c-1-mask", _blob())]
+    task = {"id": 1, "data": {"image": "/data/upload/1/a.png"}, "predictions": [{"result": result}]}
+
+    crops = _clustering_crops(task)
+    paths = export([task], tmp_path, formats=("coco",), source="predictions")
+    written = [
+        Box(x, y, x + w, y + h)
+        for x, y, w, h in (a["bbox"] for a in json.loads(paths["coco"].read_text())["annotations"])
+    ]
+    read = [o.box for o in read_ls_export([task], source="predictions").images[0].objects]
+    assert crops == written == read
+    assert crops[0].to_list() == pytest.approx(_rotated_bounds(box, rotation).to_list(), abs=1e-9)
+    assert crops[1] == mask_to_box(_blob())
+
+
+def test_our_box_and_mask_are_one_object_cropped_at_the_rectangle() -> None:
+    mask = _blob()
+    region = Region(Box(25.0, 15.0, 75.0, 45.0), 0.8, "maskcut", rle_encode(mask))
+    items = prediction(DiscoveryResult("a.png", (H, W), [region], "v1"), Target())["result"]
+    assert [object_key(i["id"]) for i in items] == [object_id("v1", 0)] * 2
+    (obj,) = read_objects(items, result_image_hw(items))
+    assert obj.box == Box(25.0, 15.0, 75.0, 45.0) and obj.mask == rle_encode(mask)
+    assert obj.score == pytest.approx(0.8)
+    assert object_boxes(items) == {object_id("v1", 0): obj.box}
+
+
+@pytest.mark.parametrize(
+    ("region_id", "key"),
+    [
+        pytest.param("zl-0a1b2c-3-box", "zl-0a1b2c-3", id="our-box"),
+        pytest.param("zl-0a1b2c-3-mask", "zl-0a1b2c-3", id="our-mask"),
+        pytest.param("zl-0a1b2c-3", "zl-0a1b2c-3", id="no-part"),
+        pytest.param("zl-notahash-3-box", "zl-notahash-3-box", id="not-our-form"),
+        pytest.param("Xy7_aQ-box", "Xy7_aQ-box", id="drawn-in-ls"),
+    ],
+)
+def test_object_key_strips_only_our_part_suffixes(region_id: str, key: str) -> None:
+    assert object_key(region_id) == key
+
+
+def test_a_brush_is_read_as_an_rle_and_its_tight_box() -> None:
+    mask = _blob()
+    region = read_region(_brush("p9", mask), (H, W))
+    assert region.mask == rle_encode(mask) and region.box == mask_to_box(mask)
+    assert (region.key, region.label, region.score) == ("p9", "blob", None)
+
+
+@pytest.mark.parametrize(
+    ("item", "reason"),
+    [
+        pytest.param(_rect("r", Box(1, 1, 5, 5)) | {"type": "polygonlabels"}, "unsupported"),
+        pytest.param(_item("r", "rectanglelabels", {"x": "a"}), "without numeric"),
+        pytest.param(_rect("r", Box(90, 1, 95, 5)), "empty rectangle"),
+        pytest.param(_item("b", "brushlabels", {"format": "png"}), "brush format 'png'"),
+        pytest.param(_brush("b", np.ones((H, W + 1), dtype=bool)), "does not decode"),
+        pytest.param(_brush("b", np.zeros((H, W), dtype=bool)), "empty mask"),
+    ],
+)
+def test_unreadable_items_name_the_reason(item: dict[str, Any], reason: str) -> None:
+    with pytest.raises(RegionError, match=reason):
+        read_region(item, (H, W))
+
+
+def test_items_without_an_id_are_objects_of_their_own() -> None:
+    items = [_rect("", Box(1, 1, 9, 9)), _rect("", Box(20, 20, 30, 30))]
+    for item in items:
+        del item["id"]
+    assert [r.key for r in read_objects(items, (H, W))] == ["#0", "#1"]
+
+
+def test_image_size_problems_are_reported_and_skip_the_task_in_clustering() -> None:
+    with pytest.raises(RegionError, match="no size info"):
+        result_image_hw([{"id": "q", "type": "choices", "value": {}}])
+    with pytest.raises(RegionError, match="disagree"):
+        result_image_hw([_rect("a", Box(1, 1, 5, 5)), _brush("b", np.ones((3, 4), dtype=bool))])
+    turned = _rect("a", Box(1, 1, 5, 5)) | {"image_rotation": 90}
+    task = {"id": 5, "data": {"image": "x.png"}, "predictions": [{"result": [turned]}]}
+    cache = _RecordingCache()
+    items, failures = describe_tasks([task], lambda _: object(), None, cache)  # type: ignore[arg-type]
+    assert items == [] and cache.boxes == []
+    assert failures == [
+        (0, "image_rotation is set: the image was rotated in the editor (unsupported)")
+    ]
