@@ -292,11 +292,14 @@ def _eval_project(
 @click.option("--name", default=None, help="Worker name shown by RQ [default: host.pid].")
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty (batch machines).")
 def worker(name: str | None, burst: bool) -> None:
-    """Serve discovery jobs from the Redis queue; the backbone is loaded once and kept."""
+    """Serve discovery jobs from the Redis queue; the backbone is loaded once and kept.
+
+    When Redis goes away the worker waits for it (capped backoff) and carries on.
+    """
     from redis.exceptions import RedisError
 
-    from zerolabel.queue.dispatch import run_worker
     from zerolabel.queue.jobs import get_runtime
+    from zerolabel.queue.worker import run_worker
 
     try:
         runtime = get_runtime()
@@ -313,7 +316,10 @@ def worker(name: str | None, burst: bool) -> None:
     logger.info(
         "serving queue %r with %s on %s", settings.queue.queue, backbone.name, backbone.device
     )
-    run_worker(runtime.redis, settings.queue, name=name, burst=burst)
+    try:
+        run_worker(runtime.redis, settings.queue, name=name, burst=burst)
+    except DiscoveryError as exc:  # the name is taken by a live worker
+        raise click.ClickException(str(exc)) from None
 
 
 def _register_commands() -> None:
