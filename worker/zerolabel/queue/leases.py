@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 from redis.exceptions import RedisError, WatchError
+from rq import Queue
 from rq.job import Job
 from rq.job_lifecycle import record_job_failure
 
@@ -179,4 +180,6 @@ def quarantine(job: Job) -> None:
     logger.error("job %s: %s", job.id, QUARANTINE_REASON)
     with job.connection.pipeline() as pipe:
         record_job_failure(job, QUARANTINE_REASON, pipe)
+        if job.origin:  # should anything have queued it again meanwhile
+            Queue(job.origin, connection=job.connection).remove(job.id, pipeline=pipe)
         pipe.execute()
