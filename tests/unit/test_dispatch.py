@@ -110,6 +110,35 @@ def test_a_run_of_a_live_worker_is_not_struck(redis):
         assert not runs.running("job")
 
 
+class _RestartedRedis(fakeredis.FakeRedis):
+    """fakeredis with the uptime INFO reports (fakeredis has no INFO)."""
+
+    uptime_s = 0
+
+    def info(self, section: object = None, *args: object, **kwargs: object) -> dict[str, int]:
+        return {"uptime_in_seconds": self.uptime_s}
+
+
+@pytest.mark.parametrize(
+    ("began_s_ago", "uptime_s", "struck"),
+    [
+        pytest.param(60, 5, 0, id="began-before-a-restart-moments-ago"),
+        pytest.param(60, 100, 1, id="restart-long-ago"),
+        pytest.param(1, 5, 1, id="began-after-the-restart"),
+    ],
+)
+def test_missing_heartbeats_right_after_a_redis_restart_are_not_deaths(
+    began_s_ago, uptime_s, struck
+):
+    redis = _RestartedRedis()
+    redis.uptime_s = uptime_s
+    seconds, _ = redis.time()
+    record = RunRecord("w1", "gone", since=seconds - began_s_ago)
+    redis.set("zerolabel:run:job", record.dumps())
+    runs = Runs(redis, ttl_s=60)
+    assert runs.running("job") == (struck == 0) and runs.settle("job") == struck
+
+
 def _request(n: int = 1) -> DiscoveryRequest:
     return DiscoveryRequest(DiscoverySpec(), f"/data/upload/1/{n}.jpg", n)
 

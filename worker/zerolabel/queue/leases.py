@@ -6,24 +6,28 @@ Keys:
   zerolabel:strikes:<job id>  how many runs of the job ended with their worker process dead
 
 A run whose record outlives its worker's heartbeat died with its worker (killed, out of
-memory). Whoever notices first (the backend asking again, or the worker picking the job up once
-more) deletes the record and counts a strike, exactly once per run. After
-:data:`QUARANTINE_AFTER` strikes the job is failed with :data:`QUARANTINE_REASON` instead of being
-run again; delete its strikes key to allow it once more.
+memory), unless the run began before Redis last started and that start was less than
+:data:`RESTART_GRACE_S` seconds ago: every heartbeat lapsed during the outage and live workers
+are still reconnecting (they queue again what the outage cut short themselves). Whoever notices
+a dead run first (the backend asking again, or a worker picking the job up once more) deletes
+its record and counts a strike, exactly once per run. After :data:`QUARANTINE_AFTER` strikes the
+job is failed with :data:`QUARANTINE_REASON` instead of being run again; delete its strikes key
+to allow it once more.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis import Redis
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError, ResponseError, WatchError
 from rq import Queue
 from rq.job import Job
 from rq.job_lifecycle import record_job_failure
@@ -34,6 +38,8 @@ from zerolabel.queue.heartbeat import is_alive
 logger = logging.getLogger(__name__)
 
 QUARANTINE_AFTER = 2
+RESTART_GRACE_S = 15
+"""After Redis starts, how long a missing heartbeat is not yet taken for a dead worker."""
 QUARANTINE_REASON = "quarantined: the job stopped its worker twice (killed or out of memory)"
 
 
@@ -89,15 +95,16 @@ class RunRecord:
 
     worker: str
     instance: str
+    since: float = field(default=0.0, compare=False)  # Redis server time when the run began
 
     def dumps(self) -> str:
-        return json.dumps({"worker": self.worker, "instance": self.instance})
+        return json.dumps({"worker": self.worker, "instance": self.instance, "since": self.since})
 
     @classmethod
     def loads(cls, raw: bytes | str) -> RunRecord | None:
         try:
             data = json.loads(raw)
-            return cls(str(data["worker"]), str(data["instance"]))
+            return cls(str(data["worker"]), str(data["instance"]), float(data.get("since", 0)))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -123,17 +130,12 @@ class Runs:
         self.settle(job_id)
         if self.strikes(job_id) >= QUARANTINE_AFTER:
             raise QuarantinedJobError(QUARANTINE_REASON)
-        self.redis.set(_run_key(job_id), record.dumps(), ex=self.ttl_s)
+        began = dataclasses.replace(record, since=self._server_time())
+        self.redis.set(_run_key(job_id), began.dumps(), ex=self.ttl_s)
 
     def end(self, job_id: str, record: RunRecord) -> None:
         """Forget the run of ``job_id`` that ``record`` describes (not a later one)."""
         self._drop(job_id, lambda seen: seen == record, count=False)
-
-    def running(self, job_id: str) -> bool:
-        """Whether a live worker process runs ``job_id`` now."""
-        raw = self.redis.get(_run_key(job_id))
-        record = RunRecord.loads(raw) if raw else None
-        return record is not None and is_alive(self.redis, record.worker, record.instance)
 
     def settle(self, job_id: str) -> int:
         """Count the recorded run of ``job_id`` as a strike if its worker died; the strikes."""
@@ -148,8 +150,30 @@ class Runs:
     def quarantined(self, job_id: str) -> bool:
         return self.strikes(job_id) >= QUARANTINE_AFTER
 
+    def running(self, job_id: str) -> bool:
+        """Whether a worker process runs ``job_id`` now (or may: Redis has just restarted)."""
+        raw = self.redis.get(_run_key(job_id))
+        record = RunRecord.loads(raw) if raw else None
+        return record is not None and not self._dead(record)
+
     def _dead(self, record: RunRecord) -> bool:
-        return not is_alive(self.redis, record.worker, record.instance)
+        if is_alive(self.redis, record.worker, record.instance):
+            return False
+        return not self._outage_may_explain(record)
+
+    def _outage_may_explain(self, record: RunRecord) -> bool:
+        """Whether the run began before Redis last started, and that start was moments ago."""
+        try:
+            uptime = self.redis.info("server").get("uptime_in_seconds")
+        except ResponseError:  # INFO not offered (a proxy, a test double)
+            return False
+        if uptime is None or int(uptime) >= RESTART_GRACE_S:
+            return False
+        return record.since < self._server_time() - int(uptime)
+
+    def _server_time(self) -> float:
+        seconds, micros = self.redis.time()
+        return float(seconds) + micros / 1e6
 
     def _drop(self, job_id: str, matches: Callable[[RunRecord], bool], *, count: bool) -> bool:
         """Delete the run record when ``matches`` accepts it, counting a strike if asked.

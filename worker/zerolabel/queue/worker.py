@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -151,6 +152,14 @@ class ZerolabelWorker(SimpleWorker):
         if self.scheduler is not None:
             with contextlib.suppress(*_AWAY):
                 self.scheduler.acquire_locks(auto_start=True)  # type: ignore[no-untyped-call]
+
+    def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
+        """RQ's command channel: while Redis is away, retry quietly (the work loop reports it)."""
+        if not isinstance(exc, REDIS_DOWN):
+            super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
+            return
+        logger.debug("command channel: %s", exc)
+        time.sleep(2.0)
 
     def check_for_suspension(self, burst: bool) -> None:
         self._ride_out(lambda: super(ZerolabelWorker, self).check_for_suspension(burst))
