@@ -45,45 +45,70 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
             process.wait()
 
 
+class RedisServer:
+    """A throw-away redis-server on a fixed 127.0.0.1 port that can be stopped and started again.
+
+    With ``appendonly`` it keeps an append-only file in ``tmp``, so queued jobs survive a restart.
+    """
+
+    def __init__(self, tmp: Path, *, appendonly: bool = False) -> None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise RuntimeError("redis-server is not installed: apt-get install redis-server")
+        self.tmp = tmp
+        self.appendonly = appendonly
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> subprocess.Popen[bytes]:
+        assert self.binary is not None
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--dir",
+                str(self.tmp),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        from redis import Redis
+
+        wait_for(lambda: Redis.from_url(self.url).ping(), 10, "redis-server")
+        return self.process
+
+    def stop(self) -> None:
+        """SIGTERM: Redis writes its append-only file and exits."""
+        if self.process is not None:
+            stop(self.process)
+
+
 @contextlib.contextmanager
 def redis_server(tmp: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A throw-away redis-server; yields its URL and process."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed: apt-get install redis-server")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            binary,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
+    server = RedisServer(tmp)
     try:
-        from redis import Redis
-
-        wait_for(lambda: Redis.from_url(url).ping(), 10, "redis-server")
-        yield url, process
+        yield server.url, server.start()
     finally:
-        stop(process)
+        server.stop()
 
 
-def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """``zerolabel worker`` in its own process, output to ``log``."""
+def start_worker(
+    env: dict[str, str], log: Path, name: str | None = None
+) -> subprocess.Popen[bytes]:
+    """``zerolabel worker`` (``--name`` when given) in its own process, output to ``log``."""
+    named = ["--name", name] if name else []
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "zerolabel.cli.main", "worker"],
+            [sys.executable, "-m", "zerolabel.cli.main", "worker", *named],
             cwd=ROOT,
             env={**os.environ, **env},
             stdout=out,

@@ -291,9 +291,12 @@ def _eval_project(
 @click.option("--name", default=None, help="Worker name shown by RQ [default: host.pid].")
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty (batch machines).")
 def worker(name: str | None, burst: bool) -> None:
-    """Serve discovery jobs from the Redis queue; the backbone is loaded once and kept."""
-    from zerolabel.queue.dispatch import run_worker
+    """Serve discovery jobs from the Redis queue; the model is loaded once and kept.
+
+    When Redis goes away the worker waits for it (capped backoff) and carries on.
+    """
     from zerolabel.queue.jobs import get_runtime
+    from zerolabel.queue.worker import run_worker
 
     runtime = get_runtime()
     settings = runtime.settings

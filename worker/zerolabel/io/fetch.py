@@ -16,6 +16,12 @@ exchanged for) comes from :class:`~zerolabel.labelstudio.auth.LabelStudioAuth`, 
 only to URLs of the Label Studio origin; the retry policy and the transient statuses come from
 the same module.
 
+One deadline bounds each attempt: connecting, every redirect, the response headers and the body
+together. Each socket read and write waits at most for what is left of it, so a server that
+trickles its headers or body byte by byte fails at the fetch timeout, not later.
+``FetchPolicy.budget_s`` bounds all attempts of one fetch together (queued jobs use it, so a dead
+host costs about one timeout per job run).
+
 Errors: :class:`TransientFetchError` (retried here, then raised: the job may be retried later)
 and :class:`~zerolabel.errors.ImageLoadError` for everything a retry will not fix. Messages and this
 module's logs never hold a token, and keep a URL's query string only for ``?d=`` of local-files
@@ -24,10 +30,14 @@ URLs (urllib3's own DEBUG log does print request paths with their query strings)
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import partial
 from http import HTTPStatus
@@ -38,6 +48,9 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 import requests
+from requests.adapters import DEFAULT_POOLBLOCK, HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import DecodeError, ReadTimeoutError
 from urllib3.exceptions import HTTPError as Urllib3Error
 
@@ -82,10 +95,11 @@ class FetchPolicy:
         allowed_hosts: further hosts for absolute http(s) URLs, as ``host`` or ``host:port``.
         allow_local_paths: accept local paths and ``file://`` URLs (CLI jobs).
         local_roots: when non-empty, local paths must resolve inside one of these directories.
-        timeout_s: time allowed for one attempt (connect, redirects and body); one socket read
-            already under way when it runs out may add up to this much again.
+        timeout_s: time allowed for one attempt: connect, redirects, headers and body together.
         retries: further attempts after a transient failure.
         backoff_s: the first pause between attempts; it doubles at each retry.
+        budget_s: time allowed for all attempts of one fetch together, pauses included (no
+            attempt starts, and no pause is taken, past it); None: no bound beyond the attempts.
     """
 
     ls_url: str | None = None
@@ -96,6 +110,7 @@ class FetchPolicy:
     timeout_s: float = 20.0
     retries: int = 3
     backoff_s: float = 0.5
+    budget_s: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("allowed_hosts", "local_roots"):
@@ -108,6 +123,8 @@ class FetchPolicy:
         _host_keys(self.allowed_hosts)
         if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0:
             raise ConfigError("FetchPolicy needs timeout_s > 0, retries >= 0 and backoff_s >= 0")
+        if self.budget_s is not None and self.budget_s <= 0:
+            raise ConfigError("FetchPolicy needs budget_s > 0 (or None)")
 
 
 def parse_allowed_hosts(value: str) -> frozenset[str]:
@@ -249,19 +266,34 @@ class Fetcher:
         return resolved
 
     def _download(self, url: str, limits: ImageLimits) -> tuple[bytes, str]:
+        budget = self.policy.budget_s
+        end = None if budget is None else self._clock() + budget
+        attempts = 0
+
+        def attempt() -> tuple[bytes, str]:
+            nonlocal attempts
+            attempts += 1
+            deadline = self._clock() + self.policy.timeout_s
+            return self._attempt(url, limits, deadline if end is None else min(deadline, end))
+
+        def again(exc: DiscoveryError) -> bool:
+            pause = self._retry.pause_s(attempts - 1)
+            return _is_transient(exc) and (end is None or self._clock() + pause < end)
+
         try:
-            return self._retry.run(
-                lambda: self._attempt(url, limits), transient=_is_transient, sleep=self._sleep
-            )
+            return self._retry.run(attempt, transient=again, sleep=self._sleep)
         except TransientFetchError as exc:
-            if self._retry.attempts == 1:
+            if attempts == 1:
                 raise
-            reason = f"{exc.reason} (gave up after {self._retry.attempts} attempts)"
+            reason = f"{exc.reason} (gave up after {attempts} attempts)"
             raise TransientFetchError(exc.source, reason) from None
 
-    def _attempt(self, url: str, limits: ImageLimits) -> tuple[bytes, str]:
+    def _attempt(self, url: str, limits: ImageLimits, deadline: float) -> tuple[bytes, str]:
+        with _socket_deadline(lambda: deadline - self._clock()):
+            return self._redirects(url, limits, deadline)
+
+    def _redirects(self, url: str, limits: ImageLimits, deadline: float) -> tuple[bytes, str]:
         source = _display(url)
-        deadline = self._clock() + self.policy.timeout_s
         current, hops = url, 0
         while True:
             with self._open(current, source, deadline) as response:
@@ -308,6 +340,8 @@ class Fetcher:
             raise TransientFetchError(source, f"timed out after {self.policy.timeout_s:g} s")
         if self._session is None:
             self._session = plain_session()  # never credentials from ~/.netrc or user info
+            for prefix in ("http://", "https://"):
+                self._session.mount(prefix, _DeadlineAdapter())
         try:
             return self._session.request(
                 method, url, stream=True, allow_redirects=False, timeout=remaining, **kwargs
@@ -359,6 +393,108 @@ class Fetcher:
             reason = f"connection broken while reading ({_root_cause(exc)})"
             raise TransientFetchError(source, reason) from None
         return bytes(body)
+
+
+_REMAINING: ContextVar[Callable[[], float] | None] = ContextVar("_REMAINING", default=None)
+"""Seconds left to the current fetch attempt, for the sockets it reads and writes."""
+
+
+@contextlib.contextmanager
+def _socket_deadline(remaining: Callable[[], float]) -> Iterator[None]:
+    token = _REMAINING.set(remaining)
+    try:
+        yield
+    finally:
+        _REMAINING.reset(token)
+
+
+class _DeadlineSocket:
+    """A connected socket whose reads and writes wait no longer than the fetch has left.
+
+    Outside a fetch (an idle pooled connection) it behaves like the socket it wraps.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._timeout = sock.gettimeout()
+
+    def settimeout(self, value: float | None) -> None:
+        self._timeout = value
+        self._sock.settimeout(value)
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def _arm(self) -> None:
+        remaining = _REMAINING.get()
+        if remaining is None:
+            self._sock.settimeout(self._timeout)
+            return
+        left = remaining()
+        if left <= 0:
+            raise TimeoutError("the fetch deadline has passed")
+        self._sock.settimeout(left if self._timeout is None else min(left, self._timeout))
+
+    def recv_into(self, *args: Any) -> int:
+        self._arm()
+        return self._sock.recv_into(*args)
+
+    def recv(self, *args: Any) -> bytes:
+        self._arm()
+        return self._sock.recv(*args)
+
+    def send(self, *args: Any) -> int:
+        self._arm()
+        return self._sock.send(*args)
+
+    def sendall(self, *args: Any) -> None:
+        self._arm()
+        self._sock.sendall(*args)
+
+    def makefile(self, mode: str = "r", buffering: int | None = None, **kwargs: Any) -> Any:
+        """Binary reads go through this object (http.client reads the response this way)."""
+        if mode != "rb":
+            return self._sock.makefile(mode, buffering, **kwargs)  # type: ignore[call-overload]
+        raw = socket.SocketIO(self, "rb")  # type: ignore[arg-type]
+        # as socket.makefile does: the descriptor stays open until this reader is closed too
+        self._sock._io_refs += 1  # type: ignore[attr-defined]
+        return io.BufferedReader(raw, buffering or io.DEFAULT_BUFFER_SIZE)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _DeadlineHTTPConnection(HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        self.sock = _DeadlineSocket(self.sock)
+
+
+class _DeadlineHTTPSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        self.sock = _DeadlineSocket(self.sock)
+
+
+class _DeadlineHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """Connections whose sockets keep to the deadline of the fetch under way."""
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = DEFAULT_POOLBLOCK, **kwargs: Any
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _DeadlineHTTPPool,
+            "https": _DeadlineHTTPSPool,
+        }
 
 
 def _is_transient(exc: DiscoveryError) -> bool:

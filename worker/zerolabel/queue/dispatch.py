@@ -1,36 +1,51 @@
-"""Everything that knows Redis and RQ: the queue, idempotent jobs, leases, the result cache.
+"""The backend's side of the queue: connections, submitting idempotent jobs, collecting results.
 
 Imported by the backend (which must not import torch) and by workers. Jobs are enqueued by
 string reference (``zerolabel.queue.jobs.discover``) with RQ's JSON serializer, so the backend never
-imports the worker's code.
+imports the worker's code. The worker side lives in :mod:`zerolabel.queue.worker`; leases, run
+records and the quarantine in :mod:`zerolabel.queue.leases`; heartbeats in
+:mod:`zerolabel.queue.heartbeat`; the result cache in :mod:`zerolabel.queue.cache`.
 
 Keys:
   rq:job:<job id>                      RQ's own job hash (job id = request.job_id)
   zerolabel:lease:<job id>             held and renewed by the worker running that job
+  zerolabel:run:<job id>               the worker process running that job
+  zerolabel:strikes:<job id>           runs of that job that died with their worker
+  zerolabel:worker:<name>              a live worker's heartbeat
   zerolabel:result:<version>:<sha256>  a finished result by model_version and image content
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue, Retry, SimpleWorker
+from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from zerolabel.contract import DiscoveryRequest, DiscoveryResult
+from zerolabel.queue.cache import ResultCache
+from zerolabel.queue.heartbeat import live_workers
+from zerolabel.queue.leases import QUARANTINE_AFTER, Runs, lease, lease_key, quarantine
 from zerolabel.settings import QueueSettings
+
+__all__ = [
+    "JOB_FUNCTION",
+    "Dispatcher",
+    "Outcome",
+    "ResultCache",
+    "connect",
+    "lease",
+    "make_queue",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +64,6 @@ def make_queue(redis: Redis, settings: QueueSettings) -> Queue:
     return Queue(settings.queue, connection=redis, serializer=JSONSerializer)
 
 
-def _lease_key(job_id: str) -> str:
-    return f"zerolabel:lease:{job_id}"
-
-
-def _result_key(model_version: str, sha256: str) -> str:
-    return f"zerolabel:result:{model_version}:{sha256}"
-
-
 # --- backend side ------------------------------------------------------------------------------
 
 
@@ -69,18 +76,26 @@ class Outcome:
 
 
 class Dispatcher:
-    """Turns requests into RQ jobs (one job per image URL and spec) and collects results."""
+    """Turns requests into RQ jobs (one job per image URL and spec) and collects results.
+
+    Attributes:
+        job_function: what the jobs run, by import path (tests enqueue functions of their own).
+    """
+
+    job_function: str = JOB_FUNCTION
 
     def __init__(self, redis: Redis, settings: QueueSettings) -> None:
         self.redis = redis
         self.settings = settings
         self.queue = make_queue(redis, settings)
+        self.runs = Runs(redis, settings.result_ttl_s)
 
     def submit(self, request: DiscoveryRequest) -> Job:
         """The job for this request: the existing one when it is done or alive, else a new one.
 
         A failed job, or a started job whose worker no longer renews its lease (killed
-        mid-job), is replaced, so asking again recovers the task.
+        mid-job), is replaced, so asking again recovers the task; a job that stopped its worker
+        twice is failed instead (quarantined) and stays failed.
         """
         job = self._existing(request.job_id)
         if job is not None and self._usable(job):
@@ -88,7 +103,7 @@ class Dispatcher:
         if job is not None:
             job.delete()
         return self.queue.enqueue(
-            JOB_FUNCTION,
+            self.job_function,
             request.to_dict(),
             job_id=request.job_id,
             description=f"discover task {request.task_id} ({request.spec.model_version()})",
@@ -111,12 +126,27 @@ class Dispatcher:
         if status == JobStatus.FINISHED or status in _WAITING:
             return True
         if status == JobStatus.STARTED:
-            if self.redis.exists(_lease_key(job.id)):
-                return True
-            started = job.started_at.timestamp() if job.started_at else 0.0
-            if time.time() - started < self.settings.lease_s:
-                return True  # the worker is taking the lease right now
-            logger.warning("job %s lost its worker mid-run; queueing it again", job.id)
+            return self._still_running(job)
+        if status == JobStatus.FAILED:
+            return self.runs.quarantined(job.id)  # keep answering with the quarantine
+        return False
+
+    def _still_running(self, job: Job) -> bool:
+        """Whether a started job still has its worker; if not, strike it and maybe quarantine it.
+
+        Returns:
+            True to keep the job (running, or failed by the quarantine just now), False to run it
+            again.
+        """
+        if self.redis.exists(lease_key(job.id)) or self.runs.running(job.id):
+            return True
+        started = job.started_at.timestamp() if job.started_at else 0.0
+        if time.time() - started < self.settings.lease_s:
+            return True  # the worker is taking the lease right now
+        if self.runs.settle(job.id) >= QUARANTINE_AFTER:
+            quarantine(job)
+            return True
+        logger.warning("job %s lost its worker mid-run; queueing it again", job.id)
         return False
 
     def collect(self, jobs: Sequence[Job], timeout_s: float, poll_s: float = 0.05) -> list[Outcome]:
@@ -153,10 +183,14 @@ class Dispatcher:
         return None
 
     def health(self) -> dict[str, Any]:
-        """Redis reachability, queue depth and live workers (never raises)."""
+        """Redis reachability, queue depth and live workers (never raises).
+
+        ``workers`` counts worker processes whose heartbeat is alive, not RQ's registrations
+        (which outlive a killed worker by minutes).
+        """
         try:
             self.redis.ping()
-            workers = SimpleWorker.all(queue=self.queue)
+            workers = live_workers(self.redis, self.settings.queue)
             return {
                 "reachable": True,
                 "queue": self.settings.queue,
@@ -175,61 +209,3 @@ def _last_line(job: Job) -> str:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-# --- worker side -------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def lease(redis: Redis, job_id: str | None, lease_s: int) -> Iterator[None]:
-    """Hold ``zerolabel:lease:<job_id>`` while the block runs, renewed by a daemon thread.
-
-    When the worker dies the key expires within ``lease_s`` and the backend re-queues the job.
-    """
-    if job_id is None:  # run outside RQ (CLI, tests)
-        yield
-        return
-    key = _lease_key(job_id)
-    stop = threading.Event()
-    redis.set(key, os.getpid(), ex=lease_s)
-
-    def renew() -> None:
-        while not stop.wait(lease_s / 3):
-            with contextlib.suppress(RedisError):
-                redis.set(key, os.getpid(), ex=lease_s)
-
-    thread = threading.Thread(target=renew, name=f"lease-{job_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        with contextlib.suppress(RedisError):
-            redis.delete(key)
-
-
-class ResultCache:
-    """Finished results by model_version and image content hash."""
-
-    def __init__(self, redis: Redis, ttl_s: int) -> None:
-        self.redis = redis
-        self.ttl_s = ttl_s
-
-    def get(self, model_version: str, sha256: str) -> DiscoveryResult | None:
-        raw = self.redis.get(_result_key(model_version, sha256))
-        return DiscoveryResult.from_dict(json.loads(raw)) if raw else None
-
-    def put(self, result: DiscoveryResult, sha256: str) -> None:
-        key = _result_key(result.model_version, sha256)
-        self.redis.set(key, json.dumps(result.to_dict()), ex=self.ttl_s)
-
-
-def run_worker(
-    redis: Redis, settings: QueueSettings, name: str | None = None, burst: bool = False
-) -> None:
-    """Serve jobs in this process until stopped (SimpleWorker: the model stays loaded)."""
-    worker = SimpleWorker(
-        [make_queue(redis, settings)], connection=redis, serializer=JSONSerializer, name=name
-    )
-    worker.work(burst=burst, with_scheduler=True)

@@ -78,6 +78,7 @@ class WorkerRuntime:
                 allow_local_paths=bool(self.settings.local_roots),
                 local_roots=self.settings.local_roots,
                 timeout_s=self.settings.fetch_timeout_s,
+                budget_s=self.settings.fetch_timeout_s,  # per job run; RQ does the re-runs
             )
         )
 

@@ -1,0 +1,272 @@
+"""Heartbeats, run records, the quarantine and transient-only retries, on fakeredis (no servers)."""
+
+from __future__ import annotations
+
+import logging
+
+import fakeredis
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rq import Queue, Retry
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from zerolabel.contract import DiscoveryRequest, DiscoverySpec
+from zerolabel.io.fetch import TransientFetchError
+from zerolabel.queue.dispatch import Dispatcher
+from zerolabel.queue.heartbeat import Heartbeat, WorkerNameInUse, heartbeat_ttl, live_workers
+from zerolabel.queue.leases import (
+    QUARANTINE_REASON,
+    QuarantinedJobError,
+    RunRecord,
+    Runs,
+    lease_key,
+)
+from zerolabel.queue.outage import Backoff, wait_for_redis
+from zerolabel.queue.worker import is_transient, run_worker
+from zerolabel.settings import QueueSettings
+
+SETTINGS = QueueSettings(queue="zerolabel", lease_s=2, retries=2)
+CALLS: list[str] = []
+
+
+def never_succeeds(name: str) -> None:
+    CALLS.append(name)
+    raise ValueError(f"k_patches must be positive ({name})")
+
+
+def network_down(name: str) -> None:
+    CALLS.append(name)
+    raise TransientFetchError("http://images/a.png", "timed out after 20 s")
+
+
+def fine(name: str) -> str:
+    CALLS.append(name)
+    return name
+
+
+@pytest.fixture
+def redis() -> fakeredis.FakeRedis:
+    CALLS.clear()
+    return fakeredis.FakeRedis()
+
+
+def _queue(redis: fakeredis.FakeRedis) -> Queue:
+    return Queue(SETTINGS.queue, connection=redis, serializer=JSONSerializer)
+
+
+def _work(redis: fakeredis.FakeRedis, name: str = "w1") -> None:
+    run_worker(redis, SETTINGS, name=name, burst=True, with_scheduler=False)
+
+
+# --- heartbeats --------------------------------------------------------------------------------
+
+
+def test_health_counts_live_heartbeats_of_its_queue_only(redis):
+    dispatcher = Dispatcher(redis, SETTINGS)
+    assert dispatcher.health()["workers"] == 0
+    with Heartbeat(redis, "a", "zerolabel", 5), Heartbeat(redis, "b", "other-queue", 5):
+        assert dispatcher.health()["workers"] == 1
+        assert {beat.name for beat in live_workers(redis)} == {"a", "b"}
+    assert dispatcher.health()["workers"] == 0  # a worker that exits takes its heartbeat along
+
+
+def test_a_name_held_by_a_live_heartbeat_is_refused(redis):
+    with Heartbeat(redis, "same", "zerolabel", 1):
+        with pytest.raises(WorkerNameInUse, match="'same'"):
+            Heartbeat(redis, "same", "zerolabel", 1).claim(poll_s=0.05)
+
+
+def test_a_name_whose_heartbeat_lapsed_is_taken_over(redis):
+    redis.set("zerolabel:worker:w1", b"from a dead process", ex=1)
+    with Heartbeat(redis, "w1", "zerolabel", 1) as beat:  # waits for the old key to lapse
+        assert [b.instance for b in live_workers(redis)] == [beat.instance]
+
+
+def test_heartbeats_lapse_no_later_than_leases():
+    assert heartbeat_ttl(15) == 5 and heartbeat_ttl(2) == 2
+
+
+# --- run records and the quarantine ------------------------------------------------------------
+
+
+def test_runs_of_dead_workers_are_struck_once_each_then_quarantined(redis):
+    runs = Runs(redis, ttl_s=60)
+    dead = RunRecord("gone", "instance-1")
+    runs.begin("job", dead)
+    assert runs.settle("job") == 1
+    assert runs.settle("job") == 1  # the same dead run is counted once
+    runs.begin("job", RunRecord("gone-too", "instance-2"))
+    with pytest.raises(QuarantinedJobError, match="quarantined: the job stopped its worker twice"):
+        runs.begin("job", RunRecord("next", "instance-3"))
+    assert runs.strikes("job") == 2 and runs.quarantined("job")
+
+
+def test_a_run_of_a_live_worker_is_not_struck(redis):
+    runs = Runs(redis, ttl_s=60)
+    with Heartbeat(redis, "alive", "zerolabel", 5) as beat:
+        runs.begin("job", RunRecord("alive", beat.instance))
+        assert runs.running("job") and runs.settle("job") == 0
+        runs.end("job", RunRecord("alive", beat.instance))
+        assert not runs.running("job")
+
+
+class _RestartedRedis(fakeredis.FakeRedis):
+    """fakeredis with the uptime INFO reports (fakeredis has no INFO)."""
+
+    uptime_s = 0
+
+    def info(self, section: object = None, *args: object, **kwargs: object) -> dict[str, int]:
+        return {"uptime_in_seconds": self.uptime_s}
+
+
+@pytest.mark.parametrize(
+    ("began_s_ago", "uptime_s", "struck"),
+    [
+        pytest.param(60, 5, 0, id="began-before-a-restart-moments-ago"),
+        pytest.param(60, 100, 1, id="restart-long-ago"),
+        pytest.param(1, 5, 1, id="began-after-the-restart"),
+    ],
+)
+def test_missing_heartbeats_right_after_a_redis_restart_are_not_deaths(
+    began_s_ago, uptime_s, struck
+):
+    redis = _RestartedRedis()
+    redis.uptime_s = uptime_s
+    seconds, _ = redis.time()
+    record = RunRecord("w1", "gone", since=seconds - began_s_ago)
+    redis.set("zerolabel:run:job", record.dumps())
+    runs = Runs(redis, ttl_s=60)
+    assert runs.running("job") == (struck == 0) and runs.settle("job") == struck
+
+
+def _request(n: int = 1) -> DiscoveryRequest:
+    return DiscoveryRequest(DiscoverySpec(), f"/data/upload/1/{n}.jpg", n)
+
+
+def _lose_worker_mid_run(redis: fakeredis.FakeRedis, job: Job, worker: str) -> None:
+    """What a worker killed mid-job leaves: a started job, its run record, no lease."""
+    job.set_status(JobStatus.STARTED)
+    redis.hset(job.key, "started_at", "2020-01-01T00:00:00.000000Z")
+    Runs(redis, 60).begin(job.id, RunRecord(worker, f"{worker}-instance"))
+    assert not redis.exists(lease_key(job.id))
+
+
+def test_a_job_that_stopped_its_worker_twice_is_failed_not_queued_again(redis):
+    dispatcher = Dispatcher(redis, SETTINGS)
+    request, other = _request(1), _request(2)
+    _lose_worker_mid_run(redis, dispatcher.submit(request), "w1")
+    again = dispatcher.submit(request)  # first death: queued again
+    assert again.get_status() == JobStatus.QUEUED and dispatcher.runs.strikes(request.job_id) == 1
+    _lose_worker_mid_run(redis, again, "w2")
+    quarantined = dispatcher.submit(request)  # second death: failed
+    healthy = dispatcher.submit(other)
+    outcomes = dispatcher.collect([quarantined, healthy], timeout_s=0.2)
+    assert outcomes[0].result is None
+    assert outcomes[0].reason == f"failed: {QUARANTINE_REASON}"
+    assert outcomes[1].reason and outcomes[1].reason.startswith("late")  # other tasks unaffected
+    assert dispatcher.submit(request).get_status() == JobStatus.FAILED  # and it stays failed
+    assert _queue(redis).job_ids == [other.job_id]
+
+
+def test_a_started_job_whose_worker_lives_is_left_running(redis):
+    dispatcher = Dispatcher(redis, SETTINGS)
+    request = _request()
+    job = dispatcher.submit(request)
+    with Heartbeat(redis, "busy", "zerolabel", 5) as beat:
+        job.set_status(JobStatus.STARTED)
+        redis.hset(job.key, "started_at", "2020-01-01T00:00:00.000000Z")
+        Runs(redis, 60).begin(job.id, RunRecord("busy", beat.instance))
+        assert dispatcher.submit(request).get_status() == JobStatus.STARTED
+    assert dispatcher.runs.strikes(request.job_id) == 0
+
+
+# --- the worker: transient-only retries, the quarantine at pick-up ------------------------------
+
+
+def test_errors_that_cannot_succeed_run_once_transient_ones_use_the_retries(redis):
+    queue = _queue(redis)
+    bad = queue.enqueue(f"{__name__}.never_succeeds", "bad", retry=Retry(max=2))
+    flaky = queue.enqueue(f"{__name__}.network_down", "flaky", retry=Retry(max=2))
+    good = queue.enqueue(f"{__name__}.fine", "good", retry=Retry(max=2))
+    _work(redis)
+    assert CALLS.count("bad") == 1 and CALLS.count("flaky") == 3 and CALLS.count("good") == 1
+    assert bad.get_status(refresh=True) == flaky.get_status(refresh=True) == JobStatus.FAILED
+    assert "ValueError: k_patches must be positive (bad)" in bad.latest_result().exc_string
+    assert good.get_status(refresh=True) == JobStatus.FINISHED and good.return_value() == "good"
+    assert not redis.keys("zerolabel:run:*")  # every run's record is gone with it
+
+
+def test_a_quarantined_job_is_failed_at_pick_up_without_running(redis):
+    job = _queue(redis).enqueue(f"{__name__}.fine", "killer", retry=Retry(max=2))
+    runs = Runs(redis, 60)
+    for n in range(2):
+        runs.begin(job.id, RunRecord(f"dead-{n}", "gone"))
+        runs.settle(job.id)
+    _work(redis)
+    assert CALLS == [] and job.get_status(refresh=True) == JobStatus.FAILED
+    assert QUARANTINE_REASON in job.latest_result().exc_string
+
+
+def test_a_stale_registration_of_a_dead_worker_does_not_block_its_name(redis):
+    from rq import SimpleWorker
+
+    SimpleWorker([_queue(redis)], connection=redis, name="w1").register_birth()  # then killed
+    _queue(redis).enqueue(f"{__name__}.fine", "after restart")
+    _work(redis, name="w1")
+    assert CALLS == ["after restart"]
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (TransientFetchError("u", "HTTP 503 Service Unavailable"), True),
+        (RedisConnectionError("Connection refused"), True),
+        (ValueError("k_patches"), False),
+        (TypeError("bad argument"), False),
+        (QuarantinedJobError(QUARANTINE_REASON), False),
+    ],
+)
+def test_which_failures_are_transient(exc, transient):
+    assert is_transient(exc) is transient
+
+
+# --- waiting for Redis -------------------------------------------------------------------------
+
+
+class _FlakyPing:
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+
+    def ping(self) -> bool:
+        if self.failures:
+            self.failures -= 1
+            raise RedisConnectionError("Connection refused")
+        return True
+
+
+def test_waiting_for_redis_backs_off_to_a_cap_and_logs_once_each_way(caplog):
+    caplog.set_level(logging.INFO, logger="zerolabel.queue.outage")
+    pauses: list[float] = []
+    redis = _FlakyPing(failures=6)
+    back = wait_for_redis(
+        redis,  # type: ignore[arg-type]
+        RedisConnectionError("Connection reset by peer"),
+        backoff=Backoff(first_s=0.5, cap_s=4),
+        sleep=pauses.append,
+    )
+    assert back and pauses == [0.5, 1, 2, 4, 4, 4, 4]
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 2  # one line when it goes, one when it is back: none per retry
+    assert messages[0].startswith("Redis unreachable (ConnectionError: Connection reset by peer)")
+    assert messages[1].startswith("Redis is back after")
+
+
+def test_waiting_for_redis_ends_when_the_worker_is_asked_to_stop():
+    stop = iter([False, False, True])
+    back = wait_for_redis(
+        _FlakyPing(failures=100),  # type: ignore[arg-type]
+        RedisConnectionError("Connection refused"),
+        should_stop=lambda: next(stop),
+        sleep=lambda s: None,
+    )
+    assert back is False

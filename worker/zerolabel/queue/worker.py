@@ -1,0 +1,269 @@
+"""The worker process: serves the queue in-process, outlives Redis outages and bad jobs.
+
+- Redis away (refused, reset, timeouts, LOADING): the worker logs it once, pings with capped
+  exponential backoff and resumes the same queue; a job the outage cut short is queued again.
+- Its heartbeat (:mod:`zerolabel.queue.heartbeat`) is renewed by a thread, also during jobs.
+- Every run is recorded (:class:`~zerolabel.queue.leases.Runs`): a job whose runs stopped their
+  worker twice fails with the quarantine message instead of running a third time.
+- Only transient failures (fetch timeouts, connection errors, HTTP 5xx/429, Redis hiccups) use
+  the job's RQ retries; anything else fails the job at once with its message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.exceptions import AbandonedJobError, NoSuchJobError, StopRequested
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from rq.timeouts import BaseDeathPenalty
+
+from zerolabel.io.fetch import TransientFetchError
+from zerolabel.queue.heartbeat import Heartbeat, heartbeat_ttl
+from zerolabel.queue.leases import RunRecord, Runs, lease_key
+from zerolabel.queue.outage import REDIS_DOWN, Backoff, RedisUnavailable, wait_for_redis
+from zerolabel.settings import QueueSettings
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_AWAY: tuple[type[Exception], ...] = (RedisUnavailable, *REDIS_DOWN)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether running the job again may succeed: network trouble, not a bad request or bug."""
+    return isinstance(exc, (TransientFetchError, *_AWAY))
+
+
+def retry_only_transient(
+    job: Job,
+    exc_type: type[BaseException] | None,
+    exc_value: BaseException | None,
+    tb: TracebackType | None,
+) -> bool:
+    """RQ exception handler: a failure no re-run can fix fails the job now, retries unused."""
+    if exc_value is None or isinstance(exc_value, AbandonedJobError) or is_transient(exc_value):
+        return True
+    if job.retries_left:
+        logger.warning(
+            "job %s: %s cannot succeed on a re-run; failing it without retries",
+            job.id,
+            type(exc_value).__name__,
+        )
+        job.retries_left = 0
+    return True
+
+
+class OutageAwareQueue(Queue):
+    """A queue whose blocking dequeue reports Redis going away to the worker, not to RQ's loop."""
+
+    @classmethod
+    def dequeue_any(
+        cls,
+        queues: Iterable[Queue],
+        timeout: int | None,
+        connection: Redis,
+        job_class: type[Job] | None = None,
+        serializer: Any = None,
+        death_penalty_class: type[BaseDeathPenalty] | None = None,
+    ) -> tuple[Job, Queue] | None:
+        try:
+            return super().dequeue_any(
+                queues, timeout, connection, job_class, serializer, death_penalty_class
+            )
+        except REDIS_DOWN as exc:
+            raise RedisUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+class ZerolabelWorker(SimpleWorker):
+    """An RQ SimpleWorker (jobs run in this process, the model stays loaded) that waits out
+    Redis outages, records its runs and retries only transient failures.
+
+    Args:
+        queues: the queues to serve (:class:`OutageAwareQueue`).
+        heartbeat: this process's heartbeat (it names the worker).
+        runs: run records and strikes.
+        backoff: pauses between pings while Redis is away.
+        **kwargs: passed to :class:`rq.SimpleWorker`.
+    """
+
+    def __init__(
+        self,
+        queues: list[Queue],
+        *,
+        heartbeat: Heartbeat,
+        runs: Runs,
+        backoff: Backoff | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            queues,
+            name=heartbeat.name,
+            queue_class=OutageAwareQueue,
+            exception_handlers=[retry_only_transient],
+            **kwargs,
+        )
+        self.beat = heartbeat
+        self.runs = runs
+        self.backoff = backoff or Backoff()
+        self.record = RunRecord(heartbeat.name, heartbeat.instance)
+
+    # --- names ---------------------------------------------------------------------------------
+
+    def release_stale_registration(self) -> None:
+        """Retire RQ's registration of this name left by a process that died without a word.
+
+        Call after the heartbeat claimed the name: no live process holds it then.
+        """
+        if self.connection.exists(self.key) and not self.connection.hexists(self.key, "death"):
+            logger.warning("worker name %r was left registered by a dead process", self.name)
+            self.register_death()  # type: ignore[no-untyped-call]
+
+    # --- Redis outages -------------------------------------------------------------------------
+
+    def _ride_out(self, action: Callable[[], T]) -> T:
+        """``action()``, run again after each Redis outage until it completes."""
+        while True:
+            try:
+                return action()
+            except _AWAY as exc:
+                self._wait_for_redis(exc)
+
+    def _wait_for_redis(self, exc: BaseException) -> None:
+        cause = exc.__cause__ if isinstance(exc, RedisUnavailable) and exc.__cause__ else exc
+        back = wait_for_redis(
+            self.connection, cause, backoff=self.backoff, should_stop=lambda: self._stop_requested
+        )
+        if not back:
+            raise StopRequested()
+        self._restart_scheduler()
+
+    def _restart_scheduler(self) -> None:
+        """The scheduler process (retries with a delay) exits when Redis goes; start it again."""
+        if self.scheduler is not None:
+            with contextlib.suppress(*_AWAY):
+                self.scheduler.acquire_locks(auto_start=True)  # type: ignore[no-untyped-call]
+
+    def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
+        """RQ's command channel: while Redis is away, retry quietly (the work loop reports it)."""
+        if not isinstance(exc, REDIS_DOWN):
+            super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
+            return
+        logger.debug("command channel: %s", exc)
+        time.sleep(2.0)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        self._ride_out(lambda: super(ZerolabelWorker, self).check_for_suspension(burst))
+
+    def run_maintenance_tasks(self) -> None:
+        self._ride_out(super().run_maintenance_tasks)
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[Job, Queue] | None:
+        parent = SimpleWorker.dequeue_job_and_maintain_ttl
+        return self._ride_out(lambda: parent(self, timeout, max_idle_time))
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)
+            return
+        try:
+            super().heartbeat(timeout)
+        except REDIS_DOWN as exc:  # the next dequeue waits for Redis
+            logger.debug("RQ heartbeat not sent: %s", exc)
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()  # type: ignore[no-untyped-call]
+        except REDIS_DOWN as exc:
+            logger.warning("could not record this worker's exit in Redis: %s", exc)
+
+    # --- runs ----------------------------------------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        self.beat.working_on(job.id)
+        try:
+            super().execute_job(job, queue)
+        except _AWAY as exc:
+            self._wait_for_redis(exc)
+            self._requeue_cut_short(job, queue)
+        finally:
+            self.beat.working_on(None)
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        super().prepare_job_execution(job, remove_from_intermediate_queue)
+        self.runs.begin(job.id, self.record)  # QuarantinedJobError fails the job, unrun
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        super().handle_execution_ended(job, queue, heartbeat_ttl)
+        self.runs.end(job.id, self.record)
+
+    def _requeue_cut_short(self, job: Job, queue: Queue) -> None:
+        """Queue again (at the front) a job whose run or result the outage lost."""
+        self._ride_out(lambda: self._requeue(job.id, queue))
+
+    def _requeue(self, job_id: str, queue: Queue) -> None:
+        self.runs.end(job_id, self.record)
+        try:
+            job = Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
+        except NoSuchJobError:
+            return
+        status = job.get_status(refresh=False)
+        ours = status == JobStatus.STARTED and job.worker_name == self.name
+        stuck = status == JobStatus.QUEUED and job_id in queue.intermediate_queue.get_job_ids()
+        if not (ours or stuck):
+            return  # finished, failed or queued again meanwhile
+        registry = queue.started_job_registry
+        executions = [
+            f"{jid}:{eid}"
+            for jid, eid in registry.get_job_and_execution_ids(cleanup=False)
+            if jid == job_id
+        ]
+        with self.connection.pipeline() as pipe:
+            if executions:
+                pipe.zrem(registry.key, *executions)
+            pipe.lrem(queue.intermediate_queue.key, 0, job_id)
+            pipe.delete(lease_key(job_id))
+            pipe.execute()
+        queue.enqueue_job(job, at_front=True)
+        logger.warning("job %s was cut short by the Redis outage; queued again", job_id)
+
+
+def make_worker_queue(redis: Redis, settings: QueueSettings) -> OutageAwareQueue:
+    return OutageAwareQueue(settings.queue, connection=redis, serializer=JSONSerializer)
+
+
+def run_worker(
+    redis: Redis,
+    settings: QueueSettings,
+    name: str | None = None,
+    burst: bool = False,
+    *,
+    with_scheduler: bool = True,
+) -> None:
+    """Serve jobs in this process until stopped.
+
+    Raises:
+        WorkerNameInUse: a live worker process already serves under ``name``.
+    """
+    ttl = heartbeat_ttl(settings.lease_s)
+    with Heartbeat(redis, name or uuid.uuid4().hex, settings.queue, ttl) as beat:
+        worker = ZerolabelWorker(
+            [make_worker_queue(redis, settings)],
+            heartbeat=beat,
+            runs=Runs(redis, settings.result_ttl_s),
+            connection=redis,
+            serializer=JSONSerializer,
+        )
+        worker.release_stale_registration()
+        worker.work(burst=burst, with_scheduler=with_scheduler)
