@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from zerolabel.evaluation.clusters import hungarian_accuracy, nmi, purity
 from zerolabel.loop.clustering import (
     Whitening,
     apply_mapping,
@@ -9,9 +10,6 @@ from zerolabel.loop.clustering import (
     cluster_names,
     cluster_objects,
     fit_kmeans,
-    hungarian_accuracy,
-    nmi,
-    purity,
     suggest_k,
     whiten,
 )

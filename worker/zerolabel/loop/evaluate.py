@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zerolabel.evaluation.clusters import hungarian_accuracy, nmi, purity
 from zerolabel.evaluation.ground_truth import GroundTruth, GtImage
 from zerolabel.evaluation.metrics import EvalReport, Predictions, report_for
 from zerolabel.formats.export import Dataset, read_ls_export
 from zerolabel.geometry import box_iou
-from zerolabel.loop.clustering import hungarian_accuracy, nmi, purity
 
 MATCH_IOU = 0.5
 
