@@ -7,12 +7,15 @@ imports the worker's code.
 Keys:
   rq:job:<job id>                      RQ's own job hash (job id = request.job_id)
   zerolabel:lease:<job id>             held and renewed by the worker running that job
-  zerolabel:result:<version>:<sha256>  a finished result by model_version and image content
+  zerolabel:result:<version>:<origin digest>:<sha256>
+                                       a finished result by model_version, the origin the
+                                       image came from and its content
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -53,8 +56,9 @@ def _lease_key(job_id: str) -> str:
     return f"zerolabel:lease:{job_id}"
 
 
-def _result_key(model_version: str, sha256: str) -> str:
-    return f"zerolabel:result:{model_version}:{sha256}"
+def _result_key(model_version: str, origin: str, sha256: str) -> str:
+    digest = hashlib.sha256(origin.encode()).hexdigest()[:16]
+    return f"zerolabel:result:{model_version}:{digest}:{sha256}"
 
 
 # --- backend side ------------------------------------------------------------------------------
@@ -210,18 +214,22 @@ def lease(redis: Redis, job_id: str | None, lease_s: int) -> Iterator[None]:
 
 
 class ResultCache:
-    """Finished results by model_version and image content hash."""
+    """Finished results by model_version, image origin and image content hash.
+
+    ``origin`` names where the image came from (``scheme://host:port``, or ``local``); a result
+    computed from one origin is never returned for another. Keys hold only its digest.
+    """
 
     def __init__(self, redis: Redis, ttl_s: int) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
 
-    def get(self, model_version: str, sha256: str) -> DiscoveryResult | None:
-        raw = self.redis.get(_result_key(model_version, sha256))
+    def get(self, model_version: str, origin: str, sha256: str) -> DiscoveryResult | None:
+        raw = self.redis.get(_result_key(model_version, origin, sha256))
         return DiscoveryResult.from_dict(json.loads(raw)) if raw else None
 
-    def put(self, result: DiscoveryResult, sha256: str) -> None:
-        key = _result_key(result.model_version, sha256)
+    def put(self, result: DiscoveryResult, origin: str, sha256: str) -> None:
+        key = _result_key(result.model_version, origin, sha256)
         self.redis.set(key, json.dumps(result.to_dict()), ex=self.ttl_s)
 
 
