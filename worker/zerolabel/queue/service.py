@@ -98,7 +98,12 @@ class PredictionService:
     def predict(
         self, tasks: Sequence[dict[str, Any]], label_config: str, context: ProjectContext
     ) -> list[dict[str, Any]]:
-        """Exactly one entry per task, in order."""
+        """Exactly one entry per task, in order.
+
+        Raises:
+            ConfigError: the labeling config cannot be served, or the context names a Label
+                Studio that is not configured (see :meth:`context`).
+        """
         target, spec = self.plan(label_config, context.options)
         version = spec.model_version()
         ls_url = self._ls_url(context)
