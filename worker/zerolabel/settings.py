@@ -10,12 +10,15 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zerolabel import methods
 from zerolabel.contract import DiscoverySpec
 from zerolabel.errors import ConfigError
 from zerolabel.methods import MethodKind
+
+if TYPE_CHECKING:
+    from zerolabel.labelstudio.auth import LabelStudioSites
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -144,6 +147,7 @@ class WorkerSettings:
     max_image_pixels: int = 100_000_000  # ZEROLABEL_MAX_IMAGE_PIXELS
     ls_url: str | None = None  # LABEL_STUDIO_URL: for task URLs like /data/upload/...
     ls_token: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY (legacy or PAT)
+    ls_aliases: tuple[str, ...] = ()  # ZEROLABEL_LABEL_STUDIO_ALIASES: other URLs of that LS
     allowed_hosts: frozenset[str] = frozenset()  # ZEROLABEL_ALLOWED_HOSTS: extra image hosts
     local_roots: tuple[str, ...] = ()  # ZEROLABEL_LOCAL_ROOTS: folders queued jobs may read
     fetch_timeout_s: float = 20.0  # ZEROLABEL_FETCH_TIMEOUT_S: per download attempt
@@ -182,6 +186,18 @@ class WorkerSettings:
         settings.validate()
         return settings
 
+    def ls_sites(self) -> LabelStudioSites:
+        """The configured Label Studio (``LABEL_STUDIO_URL`` and its aliases).
+
+        The only places the Label Studio token goes, and the only hostnames ``/setup`` may name.
+
+        Raises:
+            ConfigError: a URL credentials may not go to, or aliases without a Label Studio URL.
+        """
+        from zerolabel.labelstudio.auth import LabelStudioSites
+
+        return LabelStudioSites.configure(self.ls_url, self.ls_aliases)
+
     @property
     def weights(self) -> str:
         """How model_version names the weights: the tag, else the checkpoint file name, else hub."""
@@ -218,9 +234,10 @@ class WorkerSettings:
 
         Raises:
             ConfigError: an unknown method or position rule, a batch size below 1, a negative
-                max side.
+                max side, a Label Studio URL or alias credentials may not go to.
         """
         self.spec()  # unknown method, negative max side
+        self.ls_sites()
         if self.pos_embed not in ("dino", "timm"):
             raise ConfigError(f"ZEROLABEL_POS_EMBED={self.pos_embed!r}: use 'dino' or 'timm'")
         if self.batch_size < 1:
@@ -235,6 +252,9 @@ def _fetch_fields(read: EnvReader) -> dict[str, Any]:
     if ls_url:
         fields["ls_url"] = ls_url.rstrip("/")
     fields["ls_token"] = read.text("LABEL_STUDIO_API_KEY")
+    aliases = read.text("ZEROLABEL_LABEL_STUDIO_ALIASES")
+    if aliases:
+        fields["ls_aliases"] = tuple(a.strip() for a in aliases.split(",") if a.strip())
     hosts = read.text("ZEROLABEL_ALLOWED_HOSTS")
     if hosts:
         from zerolabel.io.fetch import parse_allowed_hosts
