@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import signal
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,7 +21,15 @@ from zerolabel.queue.service import PredictionService
 from zerolabel.settings import BackendSettings
 from zerolabel_backend.app import create_app
 
-from tests.servers import image_server, redis_server, start_worker, stop, wait_for, wait_for_workers
+from tests.servers import (
+    image_server,
+    redis_contents,
+    redis_server,
+    start_worker,
+    stop,
+    wait_for,
+    wait_for_workers,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -222,36 +228,6 @@ class _LabelStudioImages(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def _every_value(redis: Redis) -> list[bytes]:
-    """Every key and every value held in Redis, zlib-compressed values (RQ job data) unpacked."""
-    found: list[bytes] = []
-    for key in redis.scan_iter(count=1000):
-        found.append(key)
-        kind = redis.type(key).decode()
-        if kind == "string":
-            found.append(redis.get(key) or b"")
-        elif kind == "hash":
-            for field, value in redis.hgetall(key).items():
-                found += [field, value]
-        elif kind == "list":
-            found += redis.lrange(key, 0, -1)
-        elif kind == "set":
-            found += list(redis.smembers(key))
-        elif kind == "zset":
-            found += [member for member, _ in redis.zrange(key, 0, -1, withscores=True)]
-        elif kind == "stream":
-            for _, entry in redis.xrange(key):
-                for field, value in entry.items():
-                    found += [field, value]
-        else:
-            found.append(redis.dump(key) or b"")
-    unpacked = []
-    for value in found:
-        with contextlib.suppress(zlib.error):
-            unpacked.append(zlib.decompress(value))
-    return found + unpacked
-
-
 def test_no_token_is_ever_stored_in_redis(tmp_path, tiny_env):
     """Setup with a token, jobs through a real redis-server and worker: no key or value holds it."""
     _LabelStudioImages.seen = []
@@ -285,7 +261,7 @@ def test_no_token_is_ever_stored_in_redis(tmp_path, tiny_env):
                 results = client.post("/predict", json=body).get_json()["results"]
                 assert [bool(r.get("result")) for r in results] == [True, True, False]
                 assert "404" in results[2]["error"]
-                values = _every_value(Redis.from_url(redis_url))
+                values = redis_contents(Redis.from_url(redis_url))
                 assert any(b"zerolabel:result:" in v for v in values)  # results are stored
                 assert any(b"/data/upload/1/" in v for v in values)  # job payloads were read
                 for secret in (WORKER_KEY, SETUP_TOKEN):

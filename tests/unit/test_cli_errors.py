@@ -339,3 +339,21 @@ def test_bugs_keep_their_traceback():
 def test_interrupt_is_left_to_click():
     result = CliRunner().invoke(_group_running(KeyboardInterrupt()), ["run"])
     assert result.exit_code == 1 and "Aborted!" in result.output and "Error:" not in result.output
+
+
+# --- --env-file ------------------------------------------------------------------------------
+
+
+def test_a_missing_env_file_is_one_error_line(tmp_path):
+    result = _run(["--env-file", str(tmp_path / "none.env"), "eval", "--project", "1"])
+    _error_line(result, "env file", "none.env")
+
+
+def test_settings_come_from_the_env_file(tmp_path):
+    env_file = _write(tmp_path / "zerolabel.env", "# worker settings\nZEROLABEL_BATCH_SIZE=abc\n")
+    image = _write(tmp_path / "a.jpg", "not an image")
+    try:
+        result = _run(["--env-file", env_file, "predict", image, "-o", str(tmp_path / "out")])
+        _error_line(result, "ZEROLABEL_BATCH_SIZE='abc' is not an integer")
+    finally:
+        os.environ.pop("ZEROLABEL_BATCH_SIZE", None)  # the file wrote it into this process

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -29,13 +29,13 @@ from zerolabel.settings import BackendSettings
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class ProjectContext:
     """What Label Studio told us about a project in /setup; build it with
     :meth:`PredictionService.context`, which checks the hostname.
 
-    It holds no credentials. The ``access_token`` parameter is accepted for callers that still
-    pass one and dropped at once: workers download with their own ``LABEL_STUDIO_API_KEY``.
+    It holds no credentials: workers download with their own ``LABEL_STUDIO_API_KEY``, and the
+    token Label Studio sends to /setup is never kept or forwarded.
 
     Attributes:
         hostname: the configured Label Studio URL /setup named, for ``/data/...`` image URLs;
@@ -45,17 +45,6 @@ class ProjectContext:
 
     hostname: str | None = None
     options: ProjectOptions = field(default_factory=ProjectOptions)
-    access_token: ClassVar[None] = None  # never kept; see the class docstring
-
-    def __init__(
-        self,
-        hostname: str | None = None,
-        access_token: object = None,
-        options: ProjectOptions | None = None,
-    ) -> None:
-        del access_token  # never kept, never forwarded
-        object.__setattr__(self, "hostname", hostname or None)
-        object.__setattr__(self, "options", options if options is not None else ProjectOptions())
 
 
 class PredictionService:
@@ -93,7 +82,7 @@ class PredictionService:
                 the configured URLs and how to add another name for it).
         """
         site = self.sites.check_hostname(hostname)
-        return ProjectContext(site.url if site is not None else None, options=options)
+        return ProjectContext(site.url if site is not None else None, options)
 
     def predict(
         self, tasks: Sequence[dict[str, Any]], label_config: str, context: ProjectContext
