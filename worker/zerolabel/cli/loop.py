@@ -1,6 +1,6 @@
 """``zerolabel`` commands of the labeling loop: prelabel here, cluster / export in :mod:`.labels`,
-relabel in :mod:`.relabel`, train-cad / self-train in :mod:`.detector`; :data:`COMMANDS` lists
-them all.
+relabel in :mod:`.relabel`, clusters-sheet in :mod:`.sheets`, import in :mod:`.project`,
+train-cad / self-train in :mod:`.detector`; :data:`COMMANDS` lists them all.
 
 Project variants talk to Label Studio with ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``
 (legacy token or personal access token).
@@ -15,6 +15,7 @@ from zerolabel.cli.detector import self_train, train_cad
 from zerolabel.cli.errors import remember_url
 from zerolabel.cli.labels import cluster, export
 from zerolabel.cli.relabel import relabel
+from zerolabel.cli.sheets import clusters_sheet
 
 
 @click.command()
@@ -82,4 +83,4 @@ def prelabel(
         raise SystemExit(1)
 
 
-COMMANDS = [cluster, relabel, export, prelabel, train_cad, self_train]
+COMMANDS = [cluster, clusters_sheet, relabel, export, prelabel, train_cad, self_train]
