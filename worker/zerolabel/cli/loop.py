@@ -14,6 +14,7 @@ from zerolabel.cli.common import ls_client
 from zerolabel.cli.detector import self_train, train_cad
 from zerolabel.cli.errors import remember_url
 from zerolabel.cli.labels import cluster, export
+from zerolabel.cli.project import import_
 from zerolabel.cli.relabel import relabel
 from zerolabel.cli.sheets import clusters_sheet
 
@@ -83,4 +84,13 @@ def prelabel(
         raise SystemExit(1)
 
 
-COMMANDS = [cluster, clusters_sheet, relabel, export, prelabel, train_cad, self_train]
+COMMANDS = [
+    import_,
+    cluster,
+    clusters_sheet,
+    relabel,
+    export,
+    prelabel,
+    train_cad,
+    self_train,
+]

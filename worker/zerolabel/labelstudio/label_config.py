@@ -90,6 +90,27 @@ def find_target(
     )
 
 
+def control_targets(label_config: str) -> set[tuple[str, str, str]]:
+    """``(tag, name, image name)`` of every box and brush control and image it points at, e.g.
+    ``("RectangleLabels", "label", "image")``: what a prediction's ``from_name`` and
+    ``to_name`` must name.
+
+    Raises:
+        ConfigError: the config is not valid XML (or refused, see :func:`parse_config`).
+    """
+    return {
+        (control.tag, control.name, to_name)
+        for control in _controls(parse_config(label_config))
+        for to_name in control.to_names
+    }
+
+
+def has_labeling_tags(label_config: str) -> bool:
+    """Whether the config holds any tag inside its root (Label Studio's default for a new
+    project is an empty ``<View></View>``)."""
+    return len(parse_config(label_config)) > 0
+
+
 MAX_CONFIG_CHARS = 1_000_000
 """Longest labeling config accepted (Label Studio's own are a few KB, large taxonomies ~100 KB)."""
 MAX_CONFIG_DEPTH = 64
