@@ -47,4 +47,5 @@ def test_import_a_folder_run_then_draw_the_project_sheets(label_studio, tiny_env
         main, ["clusters-sheet", "--project", str(project), "-o", str(sheets)], env=env
     )
     assert drawn.exit_code == 0, drawn.output
-    assert Image.open(sheets / "object.png").size[0] > 0
+    with Image.open(sheets / "object.png") as sheet:
+        assert sheet.size[0] > 0

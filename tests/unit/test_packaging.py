@@ -99,3 +99,20 @@ def test_nothing_imports_the_old_package_names():
     for path in [*LIBRARY.rglob("*.py"), *BACKEND.rglob("*.py")]:
         old = {m for m in _imported_modules(path) if m.split(".")[0] in ("backend", "worker")}
         assert not old, f"{path.relative_to(ROOT)} imports {sorted(old)}"
+
+
+def test_the_backend_stack_is_maintained_flask_and_werkzeug_without_label_studio_ml():
+    """label-studio-ml 1.0.9 pinned Flask 1.1.2 / Werkzeug 2.0.2 (CVE-2023-25577, CVE-2023-46136,
+    CVE-2023-23934, CVE-2023-30861); the backend speaks the protocol itself on current releases."""
+    import tomllib
+    from importlib.metadata import version
+
+    declared = tomllib.loads((ROOT / "backend" / "pyproject.toml").read_text())["project"]
+    requirements = " ".join(declared["dependencies"]).lower()
+    assert "label-studio-ml" not in requirements
+    assert "flask>=3.1" in requirements and "werkzeug>=3.1" in requirements
+
+    def release(name: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in version(name).split(".")[:2])
+
+    assert release("flask") >= (3, 1) and release("werkzeug") >= (3, 1)
