@@ -31,6 +31,7 @@ from typing import Any
 from zerolabel.formats.dataset import Dataset, ImageRecord, ObjectRecord, SkippedTask
 from zerolabel.formats.reader import (
     DEFAULT_LABEL,
+    NO_SIZE,
     SIZE_FROM_TASK,
     SOURCES,
     ImageSizer,
@@ -57,6 +58,7 @@ __all__ = [
     "DEFAULT_LABEL",
     "FORMATS",
     "MASK_TYPES",
+    "NO_SIZE",
     "SIZE_FROM_TASK",
     "SOURCES",
     "Dataset",
@@ -64,6 +66,7 @@ __all__ = [
     "ImageSizer",
     "ObjectRecord",
     "SkippedTask",
+    "check_formats",
     "check_predictions",
     "class_names",
     "detect_image_key",

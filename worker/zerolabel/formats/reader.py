@@ -43,6 +43,9 @@ DEFAULT_LABEL = "object"
 SIZE_FROM_TASK = "the task's other annotations/predictions"
 """:attr:`ImageRecord.size_from` of an image sized from another result of its task."""
 
+NO_SIZE = "no size info"
+"""Part of the reason of every task skipped because its image size could not be known."""
+
 ImageSizer = Callable[[dict[str, Any]], tuple[tuple[int, int], str] | None]
 """Task -> ``((height, width), how)`` read from its image, or None when the image is not at
 hand; ``how`` names the source (e.g. ``"image file"``) in :attr:`ImageRecord.size_from`."""
@@ -199,7 +202,7 @@ def _image_hw(
         return found
     what = "negative (empty result)" if not items else "result"
     raise _Skip(
-        f"{what} with no size info: no result of the task gives one "
+        f"{what} with {NO_SIZE}: no result of the task gives one "
         "original_width/original_height, and its image was not at hand"
     )
 
