@@ -439,17 +439,18 @@ def test_a_negative_is_kept_in_every_format_sized_from_its_prediction(tmp_path: 
 
 
 def test_a_negative_without_any_sized_result_is_sized_from_its_image() -> None:
-    asked: list[int] = []
+    asked: list[str] = []
 
-    def image_size(task: dict[str, Any]) -> tuple[tuple[int, int], str] | None:
-        asked.append(task["id"])
-        return ((W, H), "image file") if task["id"] == 10 else None
+    def image_size(url: str) -> tuple[tuple[int, int], str] | None:
+        asked.append(url)
+        return ((W, H), "image file") if url.endswith("a.png") else None
 
     tasks = [_task(10, "/data/upload/1/a.png", []), _task(11, "/data/upload/1/b.png", [])]
     ds = read_ls_export(tasks, image_size=image_size)
     (image,) = ds.images
     assert (image.task_id, image.width, image.height, image.objects) == (10, H, W, [])
-    assert image.size_from == "image file" and asked == [10, 11]
+    assert image.size_from == "image file"
+    assert asked == ["/data/upload/1/a.png", "/data/upload/1/b.png"]
     assert [s.task_id for s in ds.skipped] == [11] and "no size info" in ds.skipped[0].reason
 
 

@@ -136,6 +136,26 @@ def test_negatives_are_sized_from_the_document_root_or_reported_by_task_id(
     assert "1 negative task(s) left out, image size unknown: task(s) 8" in result.output
 
 
+def test_download_copies_the_files_of_the_document_root_without_fetching(
+    tmp_path: Path, environment: None, served: _Server
+) -> None:
+    (tmp_path / "root").mkdir()
+    photos = {name: _jpeg_with_exif((30, 20), (n, 6, 7)) for n, name in enumerate(["p", "q"])}
+    tasks = []
+    for name, photo in photos.items():
+        (tmp_path / "root" / f"{name}.jpg").write_bytes(photo)
+        task = _task(0, f"/data/local-files/?d={name}.jpg", [_rect(30, 20)])
+        del task["id"]  # as `zerolabel predict` writes them: no ids
+        tasks.append(task)
+    args = ["--download-images", "--document-root", str(tmp_path / "root"), "-f", "voc"]
+    result = _export(tmp_path, tasks, *args)
+    assert result.exit_code == 0, result.output
+    for name, photo in photos.items():
+        assert (tmp_path / "out" / "images" / f"{name}.jpg").read_bytes() == photo
+        assert (tmp_path / "out" / "voc" / "JPEGImages" / f"{name}.jpg").read_bytes() == photo
+    assert served.asked == []
+
+
 def test_val_fraction_splits_the_export(tmp_path: Path, environment: None) -> None:
     tasks = [_task(i, f"/data/upload/1/{i}.jpg", [_rect(40, 30)]) for i in range(1, 6)]
     result = _export(tmp_path, tasks, "--val-fraction", "0.4", "--seed", "3")

@@ -248,8 +248,8 @@ def relabel(
 @click.option(
     "--download-images",
     is_flag=True,
-    help="Also save each exported image, bytes as served, under OUT/images (for train-cad) "
-    "and in the YOLO and VOC layouts.",
+    help="Also save each exported image, bytes as served (or as found under --document-root), "
+    "under OUT/images (for train-cad) and in the YOLO and VOC layouts.",
 )
 @click.option(
     "--val-fraction",
@@ -264,7 +264,7 @@ def relabel(
     type=click.Path(file_okay=False, exists=True),
     default=None,
     help="Label Studio's local-files document root on this machine: negatives are sized "
-    "from their image files there.",
+    "from their image files there, and --download-images copies them from there.",
 )
 @click.option(
     "--url-prefix",
@@ -304,10 +304,9 @@ def export(
     )
     if source == "predictions":
         fx.check_predictions(data, model_version)
-    key = fx.detect_image_key(data)
     out = Path(out_dir)
-    store = ImageStore(out / "images", _fetch_bytes(settings), key) if download_images else None
-    local = local_file(Path(document_root), url_prefix, key) if document_root else None
+    local = local_file(Path(document_root), url_prefix) if document_root else None
+    store = ImageStore(out / "images", _fetch_bytes(settings), local) if download_images else None
     ds = fx.read_ls_export(
         data, source=source, model_version=model_version, image_size=image_sizer(local, store)
     )
@@ -315,7 +314,7 @@ def export(
         fx.split_images(ds, val_fraction, seed)
     if {"yolo", "voc"} & set(formats):
         fx.label_stems(ds)  # clashing label files: fail before any download
-    images = store.get_all(ds, data) if store is not None else None
+    images = store.get_all(ds) if store is not None else None
     meta = {"source": source, "model_version": model_version}
     written = fx.write_dataset(ds, out, formats, not labels, images=images, meta=meta)
     if store is not None:
@@ -346,8 +345,7 @@ def _export_notes(ds: Any, store: Any, had_images: bool) -> list[str]:
         notes.append(f"{count} object(s) whose box and mask disagreed: {how}")
     if store is not None and store.failures:
         notes.append(
-            f"{len(store.failures)} image(s) could not be downloaded: "
-            f"task(s) {_ids(list(store.failures))}"
+            f"{len(store.failures)} image(s) could not be downloaded: {_ids(list(store.failures))}"
         )
     return notes
 

@@ -34,7 +34,8 @@ class ImageRecord:
     An image without objects is a negative example, kept in every format. ``size_from`` says
     where its size came from when its own result carried none (None: from its regions);
     ``split`` is ``"train"`` or ``"val"`` once :func:`zerolabel.formats.split.split_images`
-    assigned one (None: no split asked for).
+    assigned one (None: no split asked for). Sized images are listed in the summary by task
+    id, else (tasks of ``zerolabel predict`` have none) by file name.
     """
 
     file_name: str
@@ -44,6 +45,7 @@ class ImageRecord:
     task_id: int | None = None
     size_from: str | None = None
     split: str | None = None
+    url: str = ""  # the task's image URL
 
 
 @dataclass(frozen=True)
@@ -68,10 +70,11 @@ class Dataset:
         drops, box/mask conflicts, the images sized from elsewhere (how -> task ids) and the
         split (when one was made)."""
         objects = [obj for image in self.images for obj in image.objects]
-        sized: dict[str, list[int | None]] = {}
+        sized: dict[str, list[int | str]] = {}
         for image in self.images:
             if image.size_from is not None:
-                sized.setdefault(image.size_from, []).append(image.task_id)
+                name = image.file_name if image.task_id is None else image.task_id
+                sized.setdefault(image.size_from, []).append(name)
         summary: dict[str, Any] = {
             "images": len(self.images),
             "negatives": sum(not image.objects for image in self.images),

@@ -1,7 +1,8 @@
 """The images of an export: local copies, bytes as served, and image sizes for negatives.
 
 :class:`ImageStore` keeps one file per exported image under ``folder/<file_name>`` holding the
-bytes exactly as the server sent them (never decoded and re-encoded: EXIF and pixels intact).
+bytes exactly as the server sent them, or as the file under Label Studio's local-files document
+root holds them (never decoded and re-encoded: EXIF and pixels intact).
 :func:`image_sizer` reads an image's size from a local file (Label Studio's local-files
 document root) or from the store, for results that carry none (negatives).
 """
@@ -13,7 +14,6 @@ import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote
 
 from PIL import Image
@@ -32,37 +32,36 @@ SIZE_FROM_DOWNLOAD = "downloaded image"
 Fetch = Callable[[str], bytes]
 """Image URL -> its bytes as served."""
 
+LocalFile = Callable[[str], Path | None]
+"""Image URL -> its file on this machine, or None."""
+
 
 class ImageStore:
-    """Downloads each image once, into ``folder/<file_name>``, byte for byte.
+    """Saves each image once, into ``folder/<file_name>``, byte for byte.
 
-    A file already there is taken as the image (a rerun downloads nothing again). Failures
-    are kept in :attr:`failures` (task id -> reason), never raised.
+    The bytes come from the image's file on this machine when ``local`` finds one, else from
+    ``fetch``. A file already in ``folder`` is taken as the image (a rerun fetches nothing
+    again). Failures are kept in :attr:`failures` (image URL -> reason), never raised.
     """
 
-    def __init__(self, folder: Path, fetch: Fetch, image_key: str) -> None:
+    def __init__(self, folder: Path, fetch: Fetch, local: LocalFile | None = None) -> None:
         self.folder = folder
         self._fetch = fetch
-        self._key = image_key
-        self.failures: dict[Any, str] = {}
+        self._local = local
+        self.failures: dict[str, str] = {}
 
-    def get(self, task: dict[str, Any]) -> Path | None:
-        """The local copy of the task's image, downloaded if needed; None when it failed."""
-        data = task.get("data")
-        url = data.get(self._key) if isinstance(data, dict) else None
-        name = file_name_from_url(url) if isinstance(url, str) else ""
-        if not isinstance(url, str) or not name:
-            self.failures[task.get("id")] = f"no image URL under data[{self._key!r}]"
-            return None
-        target = self.folder / name
+    def get(self, url: str) -> Path | None:
+        """The local copy of the image at ``url``, saved if needed; None when that failed."""
+        target = self.folder / file_name_from_url(url)
         if target.is_file():
             return target
         try:
-            body = self._fetch(url)
+            found = self._local(url) if self._local is not None else None
+            body = found.read_bytes() if found is not None else self._fetch(url)
             _check_image(body)
         except (DiscoveryError, ValueError, OSError) as exc:
-            self.failures[task.get("id")] = str(exc)
-            logger.error("task %s: image not downloaded: %s", task.get("id"), exc)
+            self.failures[url] = str(exc)
+            logger.error("%s: image not saved: %s", url, exc)
             return None
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".part")
@@ -70,13 +69,11 @@ class ImageStore:
         partial.replace(target)
         return target
 
-    def get_all(self, ds: Dataset, data: list[dict[str, Any]]) -> dict[str, Path]:
+    def get_all(self, ds: Dataset) -> dict[str, Path]:
         """The local copy of every image of ``ds`` (only those), by file name."""
-        tasks = {task.get("id"): task for task in data if isinstance(task, dict)}
         files: dict[str, Path] = {}
         for image in ds.images:
-            task = tasks.get(image.task_id)
-            path = self.get(task) if task is not None else None
+            path = self.get(image.url) if image.url else None
             if path is not None:
                 files[image.file_name] = path
         return files
@@ -93,19 +90,13 @@ def _check_image(body: bytes) -> None:
         raise ValueError(f"the server did not send an image ({exc})") from None
 
 
-LocalFile = Callable[[dict[str, Any]], Path | None]
-"""Task -> its image file on this machine, or None."""
-
-
-def local_file(document_root: Path, url_prefix: str, image_key: str) -> LocalFile:
-    """Task -> its image file below ``document_root`` (URLs ``url_prefix`` + relative path),
-    or None when its URL has another form or no such file exists."""
+def local_file(document_root: Path, url_prefix: str) -> LocalFile:
+    """Image URL -> its file below ``document_root`` (URLs ``url_prefix`` + relative path),
+    or None when the URL has another form or no such file exists."""
     root = document_root.resolve()
 
-    def find(task: dict[str, Any]) -> Path | None:
-        data = task.get("data")
-        url = data.get(image_key) if isinstance(data, dict) else None
-        if not isinstance(url, str) or not url.startswith(url_prefix):
+    def find(url: str) -> Path | None:
+        if not url.startswith(url_prefix):
             return None
         local = "/data/local-files" in url
         name = file_name_from_url(url) if local else unquote(url.removeprefix(url_prefix))
@@ -125,15 +116,15 @@ def image_sizer(local: LocalFile | None, store: ImageStore | None) -> ImageSizer
     if store is not None:
         finders.append((SIZE_FROM_DOWNLOAD, store.get))
 
-    def size(task: dict[str, Any]) -> tuple[tuple[int, int], str] | None:
+    def size(url: str) -> tuple[tuple[int, int], str] | None:
         for how, find in finders:
-            path = find(task)
+            path = find(url)
             if path is None:
                 continue
             try:
                 return image_hw(path), how
             except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-                logger.warning("task %s: cannot read the size of %s: %s", task.get("id"), path, exc)
+                logger.warning("%s: cannot read the size of %s: %s", url, path, exc)
         return None
 
     return size

@@ -46,8 +46,8 @@ SIZE_FROM_TASK = "the task's other annotations/predictions"
 NO_SIZE = "no size info"
 """Part of the reason of every task skipped because its image size could not be known."""
 
-ImageSizer = Callable[[dict[str, Any]], tuple[tuple[int, int], str] | None]
-"""Task -> ``((height, width), how)`` read from its image, or None when the image is not at
+ImageSizer = Callable[[str], tuple[tuple[int, int], str] | None]
+"""Image URL -> ``((height, width), how)`` read from the image, or None when it is not at
 hand; ``how`` names the source (e.g. ``"image file"``) in :attr:`ImageRecord.size_from`."""
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -164,7 +164,7 @@ def _read_task(
         raise _Skip(f"no file name in the image URL {url!r}")
     chosen = _choose(task, source, model_version)
     items = [item for item in chosen.get("result") or [] if isinstance(item, dict)]
-    (height, width), size_from = _image_hw(task, items, image_size)
+    (height, width), size_from = _image_hw(task, items, image_size, url)
     before = _predicted_items(task, chosen) if source == "annotations" else {}
     regions = read_objects(
         items,
@@ -174,11 +174,11 @@ def _read_task(
         conflicts=dataset.box_mask_conflicts,
     )
     objects = [ObjectRecord(r.box, r.label or DEFAULT_LABEL, r.mask, r.score) for r in regions]
-    return ImageRecord(file_name, width, height, objects, task.get("id"), size_from)
+    return ImageRecord(file_name, width, height, objects, task.get("id"), size_from, url=url)
 
 
 def _image_hw(
-    task: dict[str, Any], items: list[dict[str, Any]], image_size: ImageSizer | None
+    task: dict[str, Any], items: list[dict[str, Any]], image_size: ImageSizer | None, url: str
 ) -> tuple[tuple[int, int], str | None]:
     """The image size and where it came from (None: from ``items`` themselves)."""
     try:
@@ -197,12 +197,12 @@ def _image_hw(
                 continue
     if len(sizes) == 1:
         return sizes.pop(), SIZE_FROM_TASK
-    found = image_size(task) if image_size is not None else None
+    found = image_size(url) if image_size is not None else None
     if found is not None:
         return found
     what = "negative (empty result)" if not items else "result"
     raise _Skip(
-        f"{what} with {NO_SIZE}: no result of the task gives one "
+        f"{what} of {file_name_from_url(url)} with {NO_SIZE}: no result of the task gives one "
         "original_width/original_height, and its image was not at hand"
     )
 
