@@ -12,6 +12,5 @@ COPY backend ./backend
 RUN --mount=type=cache,target=/root/.cache/pip pip install . ./backend
 
 EXPOSE 9090
-# One process with threads: requests mostly wait on Redis, and /setup state stays in one place.
-CMD ["gunicorn", "--bind", "0.0.0.0:9090", "--workers", "1", "--threads", "16", \
-     "--timeout", "120", "zerolabel_backend.wsgi:app"]
+# waitress: requests are read whole before a thread takes them; ZEROLABEL_HTTP_THREADS threads.
+CMD ["zerolabel", "serve", "--host", "0.0.0.0", "--port", "9090"]

@@ -11,10 +11,13 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from redis import Redis
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,3 +156,33 @@ def image_server(folder: Path) -> Iterator[tuple[str, type[_QuietHandler]]]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def redis_contents(redis: Redis) -> list[bytes]:
+    """Every key and every value held in Redis, zlib-compressed values (RQ job data) unpacked."""
+    found: list[bytes] = []
+    for key in redis.scan_iter(count=1000):
+        found.append(key)
+        kind = redis.type(key).decode()
+        if kind == "string":
+            found.append(redis.get(key) or b"")
+        elif kind == "hash":
+            for field, value in redis.hgetall(key).items():
+                found += [field, value]
+        elif kind == "list":
+            found += redis.lrange(key, 0, -1)
+        elif kind == "set":
+            found += list(redis.smembers(key))
+        elif kind == "zset":
+            found += [member for member, _ in redis.zrange(key, 0, -1, withscores=True)]
+        elif kind == "stream":
+            for _, entry in redis.xrange(key):
+                for field, value in entry.items():
+                    found += [field, value]
+        else:
+            found.append(redis.dump(key) or b"")
+    unpacked = []
+    for value in found:
+        with contextlib.suppress(zlib.error):
+            unpacked.append(zlib.decompress(value))
+    return found + unpacked

@@ -1,109 +1,184 @@
-"""The HTTP API Label Studio 1.23 calls: /health, /setup, /predict, /webhook, /versions.
+"""The HTTP API Label Studio 1.23 calls: /health, /setup, /predict, /webhook, /versions, /metrics.
 
-Served by our own small Flask app rather than label-studio-ml 1.0.9's, which logs request
-bodies (tokens included) at debug level, answers GET /versions with 405, treats every project
-edit as a training event that changes the model version, and fails /predict before /setup.
+The label-studio-ml protocol is spoken directly with Flask (no label-studio-ml package: its last
+release pins Flask 1.1 and Werkzeug 2.0, which carry known advisories, logs request bodies with
+tokens at debug level and retrains on every project edit). Every answer is JSON: a malformed
+request gets a 400 naming the field and the cause, a bad task gets its own error entry, and no
+route answers an HTML page. With ``BASIC_AUTH_USER`` and ``BASIC_AUTH_PASS`` set, every route
+but ``/`` and ``/health`` requires them (the credentials of Label Studio's "Connect Model" form).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import logging
 import threading
+from collections import OrderedDict
 from typing import Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 from zerolabel.errors import ConfigError
 from zerolabel.labelstudio.options import ProjectOptions
 from zerolabel.queue.service import PredictionService, ProjectContext
+from zerolabel.settings import BackendSettings
 
-from zerolabel_backend.model import ZeroLabelBackend
+from zerolabel_backend.protocol import (
+    BadRequest,
+    parse_body,
+    predict_request,
+    setup_request,
+    task_problem,
+)
 
 logger = logging.getLogger(__name__)
 
+MAX_PROJECTS = 10_000
+"""Projects whose /setup is remembered; the least recently set up is forgotten first."""
+
+_OPEN_ROUTES = frozenset({"/", "/health"})
+
 
 class ProjectRegistry:
-    """What each project's last /setup said (hostname, token, options), by project id."""
+    """What each project's last /setup said (hostname and options), by project id; bounded."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = MAX_PROJECTS) -> None:
         self._lock = threading.Lock()
-        self._projects: dict[str, ProjectContext] = {}
+        self._projects: OrderedDict[str, ProjectContext] = OrderedDict()
+        self._capacity = capacity
 
-    def remember(self, project: Any, context: ProjectContext) -> None:
+    def remember(self, project: str, context: ProjectContext) -> None:
         with self._lock:
-            self._projects[_project_key(project)] = context
+            key = _project_key(project)
+            self._projects.pop(key, None)
+            self._projects[key] = context
+            while len(self._projects) > self._capacity:
+                self._projects.popitem(last=False)
 
-    def get(self, project: Any) -> ProjectContext:
+    def get(self, project: str) -> ProjectContext:
         with self._lock:
             return self._projects.get(_project_key(project), ProjectContext())
 
 
-def _project_key(project: Any) -> str:
+def _project_key(project: str) -> str:
     """Label Studio sends "<id>.<created timestamp>"; the id alone names the project."""
-    return str(project or "").split(".")[0]
+    return project.split(".")[0]
 
 
-def create_app(service: PredictionService) -> Flask:
+def create_app(service: PredictionService, settings: BackendSettings | None = None) -> Flask:
     """The Flask app; ``service`` is shared by all requests (one per process)."""
+    settings = settings or service.settings
     app = Flask("zerolabel")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     projects = ProjectRegistry()
 
-    def model(label_config: str, context: ProjectContext) -> ZeroLabelBackend:
-        return ZeroLabelBackend(
-            label_config,
-            service=service,
-            options=context.options,
-            hostname=context.hostname or "",
-            access_token=context.access_token or "",
-        )
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int]:
+        return jsonify({"status": "ERROR", "error": exc.description or exc.name}), exc.code or 500
+
+    @app.errorhandler(BadRequest)
+    def bad_request(exc: BadRequest) -> tuple[Response, int]:
+        logger.warning("%s %s refused: %s", request.method, request.path, exc)
+        return jsonify({"status": "ERROR", "error": str(exc)}), 400
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception) -> tuple[Response, int]:
+        logger.exception("%s %s failed", request.method, request.path)
+        return jsonify({"status": "ERROR", "error": f"internal error: {type(exc).__name__}"}), 500
+
+    @app.before_request
+    def authenticate() -> tuple[Response, int, dict[str, str]] | None:
+        if settings.basic_auth is None or request.path in _OPEN_ROUTES:
+            return None
+        if _authorized(request.headers.get("Authorization", ""), settings.basic_auth):
+            return None
+        answer = jsonify({"status": "ERROR", "error": "authentication required"})
+        return answer, 401, {"WWW-Authenticate": 'Basic realm="zerolabel"'}
+
+    def body() -> dict[str, Any]:
+        return parse_body(request.get_data(cache=False))
 
     @app.route("/", methods=["GET"])
     @app.route("/health", methods=["GET"])
-    def health() -> Any:
+    def health() -> Response:
         queue = service.health()
         status = "UP" if queue["reachable"] else "DEGRADED"
         return jsonify({"status": status, "model_class": "ZeroLabelBackend", "queue": queue})
 
     @app.route("/setup", methods=["POST"])
-    def setup() -> Any:
-        data = request.get_json(silent=True) or {}
+    def setup() -> tuple[Response, int] | Response:
+        setup = setup_request(body())
         try:
-            options = ProjectOptions.parse(data.get("extra_params"))
-            context = ProjectContext(
-                data.get("hostname") or None, data.get("access_token") or None, options
-            )
-            version = model(data.get("schema") or "", context).model_version
+            options = ProjectOptions.parse(setup.extra_params)
+            context = service.context(setup.hostname, options)
+            version = service.model_version(setup.schema, options)
         except ConfigError as exc:
-            logger.warning("setup of project %s refused: %s", data.get("project"), exc)
+            logger.warning("setup of project %s refused: %s", setup.project, exc)
             return jsonify({"status": "ERROR", "error": str(exc)}), 400
-        projects.remember(data.get("project"), context)
+        projects.remember(setup.project, context)
         return jsonify({"model_version": version})
 
     @app.route("/predict", methods=["POST"])
-    def predict() -> Any:
-        data = request.get_json(silent=True) or {}
-        tasks = data.get("tasks") or []
-        context = projects.get(data.get("project"))
+    def predict() -> tuple[Response, int] | Response:
+        asked = predict_request(body())
+        context = projects.get(asked.project)
         try:
-            backend = model(data.get("label_config") or "", context)
-            results = backend.predict(tasks, **(data.get("params") or {}))
-            version = backend.model_version
+            version = service.model_version(asked.label_config, context.options)
         except ConfigError as exc:
-            logger.warning("predict for project %s refused: %s", data.get("project"), exc)
+            logger.warning("predict for project %s refused: %s", asked.project, exc)
             return jsonify({"status": "ERROR", "error": str(exc)}), 400
-        return jsonify({"results": results, "model_version": version})
+        return jsonify(
+            {
+                "results": _predict(service, asked.tasks, asked.label_config, context),
+                "model_version": version,
+            }
+        )
 
     @app.route("/webhook", methods=["POST"])
-    def webhook() -> Any:
-        event = (request.get_json(silent=True) or {}).get("action")
+    def webhook() -> Response:
+        event = body().get("action")
         logger.debug("webhook event %s ignored", event)
-        return jsonify({"status": "ok", "event": event}), 200
+        return jsonify({"status": "ok", "event": event if isinstance(event, str) else None})
 
     @app.route("/versions", methods=["GET", "POST"])
-    def versions() -> Any:
+    def versions() -> Response:
         return jsonify({"versions": [], "model_dir": None})
 
     @app.route("/metrics", methods=["GET"])
-    def metrics() -> Any:
+    def metrics() -> Response:
         return jsonify({})
 
     return app
+
+
+def _predict(
+    service: PredictionService, tasks: list[Any], label_config: str, context: ProjectContext
+) -> list[dict[str, Any]]:
+    """One entry per task, in order; a malformed task gets an error entry of its own."""
+    entries: list[dict[str, Any] | None] = []
+    good: list[dict[str, Any]] = []
+    for task in tasks:
+        problem = task_problem(task)
+        if problem:
+            logger.warning("task refused: %s", problem)
+        entries.append({"error": problem} if problem else None)
+        if not problem:
+            good.append(task)
+    served = iter(service.predict(good, label_config, context) if good else [])
+    return [entry if entry is not None else next(served) for entry in entries]
+
+
+def _authorized(header: str, credentials: tuple[str, str]) -> bool:
+    """HTTP basic credentials, compared in constant time."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    user_ok = hmac.compare_digest(user.encode(), credentials[0].encode())
+    password_ok = hmac.compare_digest(password.encode(), credentials[1].encode())
+    return user_ok and password_ok

@@ -1,27 +1,64 @@
-"""``zerolabel serve``: the development server (gunicorn serves :mod:`.wsgi` in production).
+"""``zerolabel serve``: the backend's production server (waitress, threads, bounded requests).
 
 Registered as a ``zerolabel.commands`` entry point, so the library's CLI offers it without
-importing this package.
+importing this package; ``python -m zerolabel_backend`` runs the same command.
+
+waitress reads each request whole in its I/O thread before a worker thread sees it, so slow
+clients cost a connection, not a thread; the threads (``ZEROLABEL_HTTP_THREADS``) are for
+/predict calls waiting on their jobs, with /health still answered beside them.
 """
 
 from __future__ import annotations
 
-import click
-from werkzeug.serving import run_simple
-from zerolabel.errors import DiscoveryError
-from zerolabel.queue.service import PredictionService
-from zerolabel.settings import BackendSettings
+import logging
 
-from zerolabel_backend.app import create_app
+import click
+
+CHANNEL_TIMEOUT_S = 60
+"""A connection silent this long is closed."""
+CONNECTION_LIMIT = 500
+"""Open connections accepted at once."""
 
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=9090, show_default=True, help="Port to bind.")
-def serve(host: str, port: int) -> None:
-    """Run the Label Studio ML backend (development server; use gunicorn in production)."""
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read settings from this file; variables already in the environment win.",
+)
+def serve(host: str, port: int, env_file: str | None) -> None:
+    """Run the Label Studio ML backend (HTTP, for Label Studio's Connect Model)."""
+    import waitress
+    from zerolabel.errors import DiscoveryError
+    from zerolabel.queue.service import PredictionService
+    from zerolabel.settings import BackendSettings, load_env_file
+
+    from zerolabel_backend.app import create_app
+
     try:
-        app = create_app(PredictionService(BackendSettings.from_env()))
+        if env_file is not None:
+            load_env_file(env_file)
+        settings = BackendSettings.from_env()
+        app = create_app(PredictionService(settings), settings)
     except DiscoveryError as exc:
         raise click.ClickException(str(exc)) from None
-    run_simple(host, port, app, threaded=True)
+    _setup_logging(settings.log_level)
+    waitress.serve(
+        app,
+        host=host,
+        port=port,
+        threads=settings.http_threads,
+        connection_limit=CONNECTION_LIMIT,
+        channel_timeout=CHANNEL_TIMEOUT_S,
+        max_request_body_size=settings.max_request_bytes,
+        ident="zerolabel",
+    )
+
+
+def _setup_logging(level: str) -> None:
+    if not logging.getLogger().handlers:  # the zerolabel group may have set it up already
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)

@@ -1,4 +1,4 @@
-"""WSGI entry point: ``gunicorn --workers 1 --threads 8 zerolabel_backend.wsgi:app``.
+"""WSGI entry point for any WSGI server: ``app``. ``zerolabel serve`` is the supported one.
 
 Settings are read and logging is configured here, once per process.
 """
@@ -6,15 +6,14 @@ Settings are read and logging is configured here, once per process.
 from __future__ import annotations
 
 import logging
-import os
 
 from zerolabel.queue.service import PredictionService
 from zerolabel.settings import BackendSettings
 
 from zerolabel_backend.app import create_app
 
+_settings = BackendSettings.from_env()
 logging.basicConfig(
-    level=os.environ.get("ZEROLABEL_LOG_LEVEL", "INFO").upper(),
-    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    level=_settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
 )
-app = create_app(PredictionService(BackendSettings.from_env()))
+app = create_app(PredictionService(_settings), _settings)

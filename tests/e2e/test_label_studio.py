@@ -12,12 +12,14 @@ from collections import Counter
 import pytest
 import requests
 from click.testing import CliRunner
+from redis import Redis
 from zerolabel.cli.main import main
 
 from tests.ls_reference import check_regions
 from tests.servers import (
     ROOT,
     free_port,
+    redis_contents,
     redis_server,
     start_worker,
     stop,
@@ -33,9 +35,13 @@ UPLOADS = ("000001.jpg", "000004.jpg")
 LOCAL = ("000032.jpg", "000033.jpg")
 
 
+BASIC_AUTH = ("labelstudio", "connect-model-password")
+
+
 @pytest.fixture(scope="module")
 def backend(label_studio, tiny_env, tmp_path_factory):
-    """redis-server, one worker and the backend (``zerolabel serve``), as real processes."""
+    """redis-server, one worker and the backend (``zerolabel serve``, basic auth on), as real
+    processes. Workers download with their own key; the token /setup sends is never used."""
     tmp = tmp_path_factory.mktemp("e2e-stack")
     port = free_port()
     with redis_server(tmp) as (redis_url, _):
@@ -43,6 +49,11 @@ def backend(label_studio, tiny_env, tmp_path_factory):
             "REDIS_URL": redis_url,
             **tiny_env,
             "ZEROLABEL_WAIT_TIMEOUT_S": "60",
+            "LABEL_STUDIO_URL": label_studio.url,
+            "LABEL_STUDIO_API_KEY": label_studio.token,
+            "BASIC_AUTH_USER": BASIC_AUTH[0],
+            "BASIC_AUTH_PASS": BASIC_AUTH[1],
+            "ZEROLABEL_REQUIRE_BASIC_AUTH": "true",
         }
         worker = start_worker(env, tmp / "worker.log")
         with (tmp / "backend.log").open("wb") as log:
@@ -58,6 +69,8 @@ def backend(label_studio, tiny_env, tmp_path_factory):
             wait_for_workers(redis_url, 1)
             wait_for(lambda: requests.get(f"{url}/health", timeout=2).ok, 60, "backend")
             yield url
+            stored = b"".join(redis_contents(Redis.from_url(redis_url)))
+            assert label_studio.token.encode() not in stored, "a token was stored in Redis"
         finally:
             stop(server)
             stop(worker)
@@ -92,11 +105,21 @@ def test_label_studio_gets_boxes_and_masks_for_every_task(label_studio, backend)
     _import_tasks(ls, project)
     tasks = ls.api("GET", f"/api/tasks?project={project}&page_size=100").json()["tasks"]
     assert len(tasks) == len(UPLOADS) + len(LOCAL)
-    ml = ls.api(
-        "POST", "/api/ml", json={"project": project, "url": backend, "title": "zerolabel"}
-    ).json()
+    assert requests.post(f"{backend}/setup", timeout=10, json={}).status_code == 401
+    connection = {
+        "project": project,
+        "url": backend,
+        "title": "zerolabel",
+        "auth_method": "BASIC_AUTH",
+        "basic_auth_user": BASIC_AUTH[0],
+        "basic_auth_pass": BASIC_AUTH[1],
+    }
+    ml = ls.api("POST", "/api/ml", json=connection).json()
     version = requests.post(
-        f"{backend}/setup", timeout=10, json={"project": str(project), "schema": CONFIG}
+        f"{backend}/setup",
+        timeout=10,
+        auth=BASIC_AUTH,
+        json={"project": str(project), "schema": CONFIG},
     ).json()["model_version"]
 
     _retrieve(ls, project)

@@ -35,13 +35,17 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_env, tmp_path_factory) -> Iterator[Stack]:
-    """redis-server and one worker as real processes; the service that queues to them."""
+def stack(label_studio, tiny_env, tmp_path_factory) -> Iterator[Stack]:
+    """redis-server and one worker as real processes; the service that queues to them.
+
+    The worker downloads images with its own LABEL_STUDIO_API_KEY, never the CLI's token."""
     tmp = tmp_path_factory.mktemp("prelabel-stack")
     with redis_server(tmp) as (redis_url, _):
         env = {
             "REDIS_URL": redis_url,
             **tiny_env,
+            "LABEL_STUDIO_URL": label_studio.url,
+            "LABEL_STUDIO_API_KEY": label_studio.token,
         }
         worker = start_worker(env, tmp / "worker.log")
         try:
@@ -102,7 +106,7 @@ def _run(client: LabelStudioClient, project: int, service: PredictionService) ->
 def test_interrupted_prelabel_resumes_and_writes_each_task_once(label_studio, stack, project):
     ls, service = label_studio, stack.service
     version = service.model_version(CONFIG, ProjectOptions())
-    token = _personal_access_token(ls) or ls.token  # workers fetch images with it too
+    token = _personal_access_token(ls) or ls.token  # the CLI's token; workers use their own
     with InterruptingClient(ls.url, token, allowed=3) as client, pytest.raises(KeyboardInterrupt):
         prelabel_project(client, project, service, batch_size=2, wait_timeout_s=WAIT_S)
     with LabelStudioClient(ls.url, ls.token, timeout_s=120) as client:

@@ -192,3 +192,41 @@ def test_export_splits_into_an_ultralytics_layout_with_the_images(predicted, tmp
             image = yolo / "images" / split / f"{label.stem}.jpg"
             assert image.read_bytes() == (photos / image.name).read_bytes()
             assert (out / "voc" / "JPEGImages" / image.name).read_bytes() == image.read_bytes()
+
+
+def test_cluster_takes_backbone_and_weights_on_the_command_line(predicted, tmp_path):
+    root, photos, tasks_file, env = predicted
+    from_env = _cluster(root, photos, tasks_file, env, "weights-from-env")
+    bare = {k: v for k, v in env.items() if k not in ("ZEROLABEL_CHECKPOINT", "ZEROLABEL_BACKBONE")}
+    out = tmp_path / "weights-from-options"
+    args = ["cluster", str(tasks_file), "-k", "2", "-o", str(out), "--document-root", str(photos)]
+    weights = ["-b", env["ZEROLABEL_BACKBONE"], "-c", env["ZEROLABEL_CHECKPOINT"]]
+    result = CliRunner().invoke(
+        main, [*args, *weights, "--cache-dir", str(tmp_path / "cache")], env=bare
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "tasks.json").read_text() == (from_env / "tasks.json").read_text()
+
+
+def test_relabel_keeps_the_folder_config_in_step_and_is_rerunnable(predicted, tmp_path):
+    root, photos, tasks_file, env = predicted
+    clustered = _cluster(root, photos, tasks_file, env, "to-rename")
+    config_file = clustered / "label_config.xml"
+    config_file.write_text(config_file.read_text().replace("<View>", "<View>\n  <!-- team -->"))
+    mapping = tmp_path / "mapping.json"
+    mapping.write_text(json.dumps({"cluster_00": "animal", "cluster_01": "animal"}))
+    args = ["relabel", str(clustered / "tasks.json"), "--mapping", str(mapping)]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    config = config_file.read_text()
+    assert "<!-- team -->" in config and "cluster_0" not in config
+    assert find_target(config, label="animal").brush_label == "animal"
+    relabelled = (clustered / "tasks.json").read_bytes()
+    names = {n for s in _labels_per_object(json.loads(relabelled)).values() for n in s}
+    assert names == {"animal"}
+
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert "nothing to relabel: the mapping was applied already" in again.output
+    assert (clustered / "tasks.json").read_bytes() == relabelled
+    assert config_file.read_text() == config

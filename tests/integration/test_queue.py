@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 import signal
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,15 @@ from zerolabel.queue.service import PredictionService
 from zerolabel.settings import BackendSettings
 from zerolabel_backend.app import create_app
 
-from tests.servers import image_server, redis_server, start_worker, stop, wait_for, wait_for_workers
+from tests.servers import (
+    image_server,
+    redis_contents,
+    redis_server,
+    start_worker,
+    stop,
+    wait_for,
+    wait_for_workers,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +197,80 @@ def test_an_image_that_cannot_be_read_is_reported_and_tried_again_next_time(stac
     assert stack.hits["/missing.jpg"] == 1
     again = stack.predict(["missing.jpg"], ids=[41])["results"][0]
     assert "404" in again["error"] and stack.hits["/missing.jpg"] == 2  # not a stale answer
+
+
+WORKER_KEY = "f0e1d2c3b4a5968778695a4b3c2d1e0f00112233"  # the workers' LABEL_STUDIO_API_KEY
+SETUP_TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.c2V0dXAtb25seQ"
+
+
+class _LabelStudioImages(BaseHTTPRequestHandler):
+    """Serves example photos at /data/upload/1/<name>, only with the workers' key."""
+
+    seen: list[tuple[str, str | None]] = []
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        auth = self.headers.get("Authorization")
+        self.seen.append((self.path, auth))
+        name = self.path.removeprefix("/data/upload/1/")
+        path = EXAMPLES / "voc2007" / "JPEGImages" / name
+        if auth != f"Token {WORKER_KEY}":
+            status, body = 401, b'{"detail": "Authentication credentials were not provided."}'
+        elif name in PHOTOS and path.is_file():
+            status, body = 200, path.read_bytes()
+        else:
+            status, body = 404, b"not found"
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_no_token_is_ever_stored_in_redis(tmp_path, tiny_env):
+    """Setup with a token, jobs through a real redis-server and worker: no key or value holds it."""
+    _LabelStudioImages.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _LabelStudioImages)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    ls_url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with redis_server(tmp_path) as (redis_url, _):
+            env = {
+                "REDIS_URL": redis_url,
+                **tiny_env,
+                "LABEL_STUDIO_URL": ls_url,
+                "LABEL_STUDIO_API_KEY": WORKER_KEY,
+                "ZEROLABEL_WAIT_TIMEOUT_S": "60",
+            }
+            log = tmp_path / "worker.log"
+            worker = start_worker(env, log)
+            try:
+                wait_for_workers(redis_url, 1)
+                service = PredictionService(BackendSettings.from_env(env))
+                client = create_app(service).test_client()
+                setup = {"project": "4.1", "schema": CONFIG, "hostname": ls_url}
+                reply = client.post("/setup", json=setup | {"access_token": SETUP_TOKEN})
+                assert reply.status_code == 200
+                tasks = [
+                    {"id": i, "data": {"image": f"/data/upload/1/{name}"}}
+                    for i, name in enumerate([*PHOTOS[:2], "missing.jpg"], start=1)
+                ]
+                body = {"tasks": tasks, "project": "4.1", "label_config": CONFIG}
+                results = client.post("/predict", json=body).get_json()["results"]
+                assert [bool(r.get("result")) for r in results] == [True, True, False]
+                assert "404" in results[2]["error"]
+                values = redis_contents(Redis.from_url(redis_url))
+                assert any(b"zerolabel:result:" in v for v in values)  # results are stored
+                assert any(b"/data/upload/1/" in v for v in values)  # job payloads were read
+                for secret in (WORKER_KEY, SETUP_TOKEN):
+                    assert not [v for v in values if secret.encode() in v], secret
+            finally:
+                stop(worker)
+            assert WORKER_KEY not in log.read_text() and SETUP_TOKEN not in log.read_text()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert {auth for _, auth in _LabelStudioImages.seen} == {f"Token {WORKER_KEY}"}

@@ -182,11 +182,13 @@ def test_cluster_k_below_one_is_a_usage_error(tmp_path):
     _error_line(_run(["cluster", tasks, "-k", "0"]), "-k", exit_code=2)
 
 
-def test_cluster_without_weights_names_settings_not_missing_options(tmp_path):
+def test_cluster_without_weights_names_its_checkpoint_option_and_the_setting(tmp_path):
+    # cluster takes -c/--checkpoint like predict, so the hint names both ways to give weights
+    # (a command without the option shows the setting only: see test_weights_hint_*).
     tasks = _write(tmp_path / "tasks.json", _tasks([2]))
     env = {"ZEROLABEL_OFFLINE": "1", "ZEROLABEL_CHECKPOINT": "", "ZEROLABEL_DEVICE": "cpu"}
     line = _error_line(_run(["cluster", tasks, "--cache-dir", str(tmp_path)], env))
-    assert "ZEROLABEL_CHECKPOINT=PATH" in line and "--checkpoint" not in line
+    assert "--checkpoint PATH or ZEROLABEL_CHECKPOINT=PATH" in line
 
 
 def test_cluster_project_needs_label_studio_settings():
@@ -372,3 +374,21 @@ def test_export_of_predictions_of_a_model_version_not_present_is_refused(tmp_pat
     )
     _error_line(result, "model version 'nope' not found", "'v1'")
     assert not (tmp_path / "out").exists()
+
+
+# --- --env-file ------------------------------------------------------------------------------
+
+
+def test_a_missing_env_file_is_one_error_line(tmp_path):
+    result = _run(["--env-file", str(tmp_path / "none.env"), "eval", "--project", "1"])
+    _error_line(result, "env file", "none.env")
+
+
+def test_settings_come_from_the_env_file(tmp_path):
+    env_file = _write(tmp_path / "zerolabel.env", "# worker settings\nZEROLABEL_BATCH_SIZE=abc\n")
+    image = _write(tmp_path / "a.jpg", "not an image")
+    try:
+        result = _run(["--env-file", env_file, "predict", image, "-o", str(tmp_path / "out")])
+        _error_line(result, "ZEROLABEL_BATCH_SIZE='abc' is not an integer")
+    finally:
+        os.environ.pop("ZEROLABEL_BATCH_SIZE", None)  # the file wrote it into this process

@@ -21,11 +21,29 @@ def test_result_survives_json():
     assert result.score == 0.75
 
 
-def test_request_survives_json_and_hides_its_token():
-    request = DiscoveryRequest(SPEC, "/data/upload/1/a.jpg", 3, "http://ls:8080", "s3cret")
+def test_request_survives_json_and_carries_no_token():
+    request = DiscoveryRequest(SPEC, "/data/upload/1/a.jpg", 3, "http://ls:8080")
     assert DiscoveryRequest.from_dict(json.loads(json.dumps(request.to_dict()))) == request
-    assert "s3cret" not in repr(request)
+    assert set(request.to_dict()) == {"schema", "spec", "image", "task_id", "ls_url"}
     assert re.fullmatch(r"[A-Za-z0-9_-]+", request.job_id)
+
+
+def test_a_token_sent_by_an_older_backend_is_not_read():
+    data = DiscoveryRequest(SPEC, "/data/upload/1/a.jpg", 3, "http://ls:8080").to_dict()
+    request = DiscoveryRequest.from_dict(data | {"ls_token": "s3cret"})
+    assert "s3cret" not in json.dumps(request.to_dict()) and "s3cret" not in repr(request)
+
+
+def test_job_id_follows_the_label_studio_a_relative_url_belongs_to():
+    def job(image: str, ls_url: str | None) -> str:
+        return DiscoveryRequest(SPEC, image, 1, ls_url).job_id
+
+    relative = "/data/local-files/?d=set1/photo.jpg"
+    assert job(relative, "http://ls:8080") != job(relative, "http://evil:8080")
+    assert job(relative, "http://ls:8080") == job(relative, "http://ls:8080/")
+    assert job(relative, "http://ls:8080") == job("http://ls:8080" + relative, None)
+    absolute = "http://images.test/a.jpg"  # already names its origin
+    assert job(absolute, "http://ls:8080") == job(absolute, None)
 
 
 def test_model_version_is_the_same_in_another_process():

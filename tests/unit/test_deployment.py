@@ -59,6 +59,37 @@ def test_label_studio_can_reach_the_backend_and_tells_it_its_own_address():
     assert environment["LABEL_STUDIO_HOST"] == "http://label-studio:8080"
 
 
+def test_compose_turns_basic_auth_on_and_sets_its_own_addresses():
+    services = json.loads(_compose("--profile", "cpu", "config", "--format", "json").stdout)
+    services = services["services"]
+    assert services["backend"]["environment"]["ZEROLABEL_REQUIRE_BASIC_AUTH"] == "true"
+    for name in ("backend", "worker", "worker-cpu"):
+        environment = services[name]["environment"]
+        assert environment["REDIS_URL"] == "redis://redis:6379/0"
+        assert environment["LABEL_STUDIO_URL"] == "http://label-studio:8080"
+
+
+def test_the_env_file_serves_processes_outside_compose_as_it_is():
+    from zerolabel.settings import BackendSettings, load_env_file
+
+    env: dict[str, str] = {}
+    load_env_file(ENV_EXAMPLE, env)
+    settings = BackendSettings.from_env(env)
+    assert settings.discovery.queue.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.discovery.ls_url == "http://127.0.0.1:8080"
+    assert settings.basic_auth is None
+
+
+def test_a_backend_told_to_require_basic_auth_refuses_to_start_without_it():
+    from zerolabel.errors import ConfigError
+    from zerolabel.settings import BackendSettings
+
+    with pytest.raises(ConfigError, match="BASIC_AUTH_USER and BASIC_AUTH_PASS"):
+        BackendSettings.from_env({"ZEROLABEL_REQUIRE_BASIC_AUTH": "true"})
+    both = {"ZEROLABEL_REQUIRE_BASIC_AUTH": "1", "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p"}
+    assert BackendSettings.from_env(both).basic_auth == ("u", "p")
+
+
 def _documented() -> set[str]:
     return set(re.findall(r"^([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), flags=re.M))
 
@@ -68,7 +99,10 @@ def _read_by_code() -> set[str]:
     for path in [*ROOT.glob("backend/**/*.py"), *ROOT.glob("worker/**/*.py")]:
         text = path.read_text()
         names |= set(
-            re.findall(r"""["']((?:ZEROLABEL|LABEL_STUDIO|REDIS)_[A-Z0-9_]+|REDIS_URL)["']""", text)
+            re.findall(
+                r"""["']((?:ZEROLABEL|LABEL_STUDIO|REDIS|BASIC_AUTH)_[A-Z0-9_]+|REDIS_URL)["']""",
+                text,
+            )
         )
     return names
 

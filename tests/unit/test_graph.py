@@ -200,3 +200,24 @@ def test_fast_solver_accepts_cuda_tensors():
     assert v.device.type == "cuda"
     assert eigenvalue == pytest.approx(eigenvalue_ref, rel=1e-9, abs=1e-12)
     assert torch.allclose(v.cpu(), v_ref, atol=1e-8)
+
+
+# --- determinism on graphs without structure -------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [16, 400])
+def test_a_graph_without_structure_gives_the_same_eigenvector_every_time(n):
+    # Every patch alike (a constant image): eigenvalue 1 is repeated n - 1 times, so any
+    # vector orthogonal to the trivial one solves the problem; ARPACK's restarts must not
+    # pick a different one on each call.
+    w = torch.ones(n, n, dtype=torch.float64)
+    runs = [second_smallest_eigenvector(w) for _ in range(3)]
+    assert all(torch.equal(v, runs[0][0]) for v, _ in runs)
+    assert all(graph.cut_score(value) == 0.0 for _, value in runs)
+
+
+def test_cut_score_is_zero_for_lambda_one_up_to_rounding():
+    assert graph.cut_score(1.0 - 1e-15) == 0.0
+    assert graph.cut_score(1.0 + 1e-15) == 0.0
+    assert graph.cut_score(0.25) == 0.75
+    assert graph.cut_score(-1e-12) == 1.0

@@ -88,3 +88,11 @@ def test_lost_rejects_bad_input(keys, grid_hw, kwargs, message):
 
 def test_lost_is_registered():
     assert METHODS["lost"] is lost
+
+
+def test_featureless_keys_give_the_first_patch_with_score_zero_every_time():
+    keys = torch.linspace(0.5, 1.0, 16).repeat(10 * 12, 1)  # every patch correlates with all
+    runs = [lost(keys, (10, 12)) for _ in range(3)]
+    assert all(len(found) == 1 and found[0].score == 0.0 for found in runs)
+    assert all(torch.equal(found[0].mask, runs[0][0].mask) for found in runs)
+    assert bool(runs[0][0].mask.all())

@@ -175,3 +175,15 @@ def test_object_mask_checks_its_fields():
 
 def test_maskcut_is_registered():
     assert METHODS["maskcut"] is maskcut
+
+
+def test_featureless_keys_give_the_same_zero_score_objects_every_time():
+    # A very dark photo: every patch has (nearly) the same key, every cut is arbitrary.
+    base = torch.linspace(-1, 1, 16)
+    keys = base.repeat(20 * 20, 1) + 1e-6 * torch.sin(torch.arange(20 * 20 * 16.0)).reshape(-1, 16)
+    runs = [maskcut(keys, (20, 20)) for _ in range(3)]
+    assert runs[0] and all(o.score == 0.0 for o in runs[0])
+    for found in runs[1:]:
+        assert [o.mask.numpy().tobytes() for o in found] == [
+            o.mask.numpy().tobytes() for o in runs[0]
+        ]

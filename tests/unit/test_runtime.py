@@ -36,28 +36,46 @@ def fetchers(monkeypatch: pytest.MonkeyPatch) -> list[RecordingFetcher]:
     return RecordingFetcher.made
 
 
-def _request(token: str) -> DiscoveryRequest:
-    return DiscoveryRequest(DiscoverySpec(), "/data/upload/1/a.jpg", 1, "http://ls:8080", token)
+SETTINGS = WorkerSettings(
+    ls_url="http://ls:8080", ls_token="worker-key", ls_aliases=("http://localhost:8080",)
+)
 
 
-def test_fetchers_are_kept_per_token_and_the_least_recently_used_is_closed(fetchers):
-    worker = WorkerRuntime(WorkerSettings(), max_fetchers=2)
-    first = worker.fetcher(_request("a"))
-    assert worker.fetcher(_request("a")) is first and len(fetchers) == 1
-    second = worker.fetcher(_request("b"))
-    assert worker.fetcher(_request("a")) is first  # "a" is now the most recently used
-    worker.fetcher(_request("c"))  # evicts "b", the least recently used
-    assert second.closed and not first.closed and len(fetchers) == 3
-    assert [f.policy.ls_token for f in fetchers if not f.closed] == ["a", "c"]
+def _request(ls_url: str | None, image: str = "/data/upload/1/a.jpg") -> DiscoveryRequest:
+    return DiscoveryRequest(DiscoverySpec(), image, 1, ls_url)
+
+
+def test_fetchers_are_kept_per_configured_label_studio_url(fetchers):
+    worker = WorkerRuntime(SETTINGS)
+    first = worker.fetcher(_request("http://ls:8080"))
+    assert worker.fetcher(_request(None)) is first  # no URL named: LABEL_STUDIO_URL
+    assert worker.fetcher(_request("HTTP://LS:8080/")) is first  # the same origin
+    assert worker.fetcher(_request("http://evil:1", "http://ls:8080/a.jpg")) is first
+    alias = worker.fetcher(_request("http://localhost:8080"))
+    assert len(fetchers) == 2 and alias.policy.ls_url == "http://localhost:8080"
+    assert alias.policy.ls_aliases == ("http://ls:8080",)
+    assert {f.policy.ls_token for f in fetchers} == {"worker-key"}  # the worker's own key
     worker.close()
     assert all(f.closed for f in fetchers)
 
 
-def test_many_tokens_never_keep_more_than_the_bound(fetchers):
-    worker = WorkerRuntime(WorkerSettings(), max_fetchers=3)
-    for index in range(20):
-        worker.fetcher(_request(f"token-{index}"))
-    assert sum(not f.closed for f in fetchers) == 3 and len(fetchers) == 20
+@pytest.mark.parametrize(
+    "ls_url",
+    ["http://evil:1", "http://ls:8081", "https://ls:8080", "http://user@ls:8080", "ls:8080"],
+)
+def test_a_label_studio_the_worker_is_not_configured_for_gets_no_fetcher(fetchers, ls_url):
+    worker = WorkerRuntime(SETTINGS)
+    for _ in range(20):
+        with pytest.raises(ConfigError, match="ZEROLABEL_LABEL_STUDIO_ALIASES") as info:
+            worker.fetcher(_request(ls_url))
+    assert fetchers == [] and "user" not in str(info.value)
+    assert "LABEL_STUDIO_URL=http://ls:8080" in str(info.value)
+
+
+def test_a_refused_label_studio_is_a_per_task_error(fetchers):
+    answer = WorkerRuntime(SETTINGS).discover(_request("http://evil:1"))
+    assert answer.task_id == 1 and answer.regions == [] and fetchers == []
+    assert answer.error and "not the one this worker is configured for" in answer.error
 
 
 def test_a_detector_spec_without_a_detector_file_is_refused_before_loading():

@@ -87,3 +87,11 @@ def test_tokencut_rejects_bad_input():
 
 def test_tokencut_is_registered():
     assert METHODS["tokencut"] is tokencut
+
+
+@pytest.mark.parametrize("constant", [0.0, 1.0], ids=["zero-keys", "equal-keys"])
+def test_featureless_keys_give_one_repeatable_zero_score_object(constant):
+    keys = torch.full((20 * 20, 16), constant) + torch.linspace(0, 1, 16) * constant
+    runs = [tokencut(keys, (20, 20)) for _ in range(3)]
+    assert all(len(found) == 1 and found[0].score == 0.0 for found in runs)
+    assert all(torch.equal(found[0].mask, runs[0][0].mask) for found in runs)

@@ -205,13 +205,18 @@ class DiscoverySpec:
 
 @dataclass(frozen=True)
 class DiscoveryRequest:
-    """One image to discover objects in: what crosses Redis from the backend to a worker."""
+    """One image to discover objects in: what crosses Redis from the backend to a worker.
+
+    It holds no credentials: workers download with the Label Studio token of their own
+    configuration (``LABEL_STUDIO_API_KEY``), sent only to the Label Studio they are configured
+    for. ``ls_url`` only names which configured Label Studio a relative image URL belongs to;
+    a worker refuses one it is not configured for.
+    """
 
     spec: DiscoverySpec
     image: str  # task image URL (Label Studio relative or absolute) or a local path
     task_id: int | None = None
     ls_url: str | None = None  # Label Studio base URL, for relative image URLs
-    ls_token: str | None = field(default=None, repr=False)  # never logged
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -220,11 +225,11 @@ class DiscoveryRequest:
             "image": self.image,
             "task_id": self.task_id,
             "ls_url": self.ls_url,
-            "ls_token": self.ls_token,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiscoveryRequest:
+        """The request; any token an older backend sent along is not read."""
         if data.get("schema") != SCHEMA_VERSION:
             raise ValueError(
                 f"request schema {data.get('schema')!r} is not {SCHEMA_VERSION}: "
@@ -235,11 +240,21 @@ class DiscoveryRequest:
             image=str(data["image"]),
             task_id=data.get("task_id"),
             ls_url=data.get("ls_url"),
-            ls_token=data.get("ls_token"),
         )
 
     @property
+    def absolute_image(self) -> str:
+        """The image URL with its origin: a relative Label Studio URL joined to ``ls_url``."""
+        if self.ls_url and self.image.startswith("/"):
+            return self.ls_url.strip().rstrip("/") + self.image
+        return self.image
+
+    @property
     def job_id(self) -> str:
-        """Same image URL and spec -> same RQ job (``[A-Za-z0-9_-]`` only)."""
-        key = f"{self.spec.model_version()}|{self.image}"
+        """Same absolute image URL and spec -> same RQ job (``[A-Za-z0-9_-]`` only).
+
+        The URL includes its origin, so the same relative path on two Label Studio hosts is
+        two jobs, and a result fetched from one is never handed to requests for the other.
+        """
+        key = f"{self.spec.model_version()}|{self.absolute_image}"
         return "zl-" + hashlib.sha256(key.encode()).hexdigest()[:32]

@@ -111,6 +111,8 @@ class Discoverer:
         objects = self.method(feat.k, feat.grid_hw, **self.spec.params)
         regions = []
         for obj in objects:
+            if obj.score <= 0.0:
+                continue  # no structure (a constant image): the mask is arbitrary, not an object
             patch_mask = obj.mask.cpu().numpy().astype(bool)
             box = geometry.patch_mask_to_box(patch_mask, frame)
             if box is None or box.width <= 0 or box.height <= 0:

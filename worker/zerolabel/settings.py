@@ -8,14 +8,19 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from zerolabel import methods
 from zerolabel.contract import DiscoverySpec
 from zerolabel.errors import ConfigError
 from zerolabel.methods import MethodKind
+
+if TYPE_CHECKING:
+    from zerolabel.labelstudio.auth import LabelStudioSites
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -92,6 +97,40 @@ class EnvReader:
         return parsed
 
 
+def load_env_file(
+    path: str | os.PathLike[str], env: MutableMapping[str, str] | None = None
+) -> None:
+    """Add the ``NAME=value`` lines of an env file to ``env`` (default ``os.environ``).
+
+    The format is docker compose's: ``#`` comments, blank lines, optional ``export``, values
+    optionally in single or double quotes. A variable already set in ``env`` keeps its value, so
+    the process environment overrides the file. Called once, by entry points (``--env-file``).
+
+    Raises:
+        ConfigError: a line that is not ``NAME=value``; the file cannot be read.
+    """
+    target = os.environ if env is None else env
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"env file {path}: {exc.strerror or exc}") from None
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        name, sep, value = stripped.removeprefix("export ").partition("=")
+        name = name.strip()
+        if not sep or not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"env file {path}, line {number}: expected NAME=value")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        target.setdefault(name, value)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def _present(**values: Any) -> dict[str, Any]:
     """The keyword arguments that were read (not None)."""
     return {key: value for key, value in values.items() if value is not None}
@@ -144,6 +183,7 @@ class WorkerSettings:
     max_image_pixels: int = 100_000_000  # ZEROLABEL_MAX_IMAGE_PIXELS
     ls_url: str | None = None  # LABEL_STUDIO_URL: for task URLs like /data/upload/...
     ls_token: str | None = field(default=None, repr=False)  # LABEL_STUDIO_API_KEY (legacy or PAT)
+    ls_aliases: tuple[str, ...] = ()  # ZEROLABEL_LABEL_STUDIO_ALIASES: other URLs of that LS
     allowed_hosts: frozenset[str] = frozenset()  # ZEROLABEL_ALLOWED_HOSTS: extra image hosts
     local_roots: tuple[str, ...] = ()  # ZEROLABEL_LOCAL_ROOTS: folders queued jobs may read
     fetch_timeout_s: float = 20.0  # ZEROLABEL_FETCH_TIMEOUT_S: per download attempt
@@ -182,6 +222,18 @@ class WorkerSettings:
         settings.validate()
         return settings
 
+    def ls_sites(self) -> LabelStudioSites:
+        """The configured Label Studio (``LABEL_STUDIO_URL`` and its aliases).
+
+        The only places the Label Studio token goes, and the only hostnames ``/setup`` may name.
+
+        Raises:
+            ConfigError: a URL credentials may not go to, or aliases without a Label Studio URL.
+        """
+        from zerolabel.labelstudio.auth import LabelStudioSites
+
+        return LabelStudioSites.configure(self.ls_url, self.ls_aliases)
+
     @property
     def weights(self) -> str:
         """How model_version names the weights: the tag, else the checkpoint file name, else hub."""
@@ -218,9 +270,10 @@ class WorkerSettings:
 
         Raises:
             ConfigError: an unknown method or position rule, a batch size below 1, a negative
-                max side.
+                max side, a Label Studio URL or alias credentials may not go to.
         """
         self.spec()  # unknown method, negative max side
+        self.ls_sites()
         if self.pos_embed not in ("dino", "timm"):
             raise ConfigError(f"ZEROLABEL_POS_EMBED={self.pos_embed!r}: use 'dino' or 'timm'")
         if self.batch_size < 1:
@@ -235,6 +288,9 @@ def _fetch_fields(read: EnvReader) -> dict[str, Any]:
     if ls_url:
         fields["ls_url"] = ls_url.rstrip("/")
     fields["ls_token"] = read.text("LABEL_STUDIO_API_KEY")
+    aliases = read.text("ZEROLABEL_LABEL_STUDIO_ALIASES")
+    if aliases:
+        fields["ls_aliases"] = tuple(a.strip() for a in aliases.split(",") if a.strip())
     hosts = read.text("ZEROLABEL_ALLOWED_HOSTS")
     if hosts:
         from zerolabel.io.fetch import parse_allowed_hosts
@@ -253,15 +309,49 @@ class BackendSettings:
     discovery: WorkerSettings = field(default_factory=WorkerSettings)
     wait_timeout_s: float = 30.0  # ZEROLABEL_WAIT_TIMEOUT_S: how long /predict waits for jobs
     label: str | None = None  # ZEROLABEL_LABEL: label value to use (default: "object"-like)
+    # BASIC_AUTH_USER and BASIC_AUTH_PASS: required on every route but /health when set.
+    basic_auth: tuple[str, str] | None = field(default=None, repr=False)
+    max_request_bytes: int = 16 * 2**20  # ZEROLABEL_MAX_REQUEST_BYTES: larger bodies get a 413
+    http_threads: int = 64  # ZEROLABEL_HTTP_THREADS: requests served at once (/predict waits)
+    log_level: str = "INFO"  # ZEROLABEL_LOG_LEVEL: DEBUG, INFO, WARNING, ERROR
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | EnvReader | None = None) -> BackendSettings:
         """Build from ``env`` (default ``os.environ``); a malformed value fails here, at start."""
         read = env if isinstance(env, EnvReader) else EnvReader(env)
-        return cls(
+        settings = cls(
             discovery=WorkerSettings.from_env(read),
             **_present(
                 wait_timeout_s=read.number("ZEROLABEL_WAIT_TIMEOUT_S", unit="seconds"),
                 label=read.text("ZEROLABEL_LABEL"),
+                basic_auth=_basic_auth(read),
+                max_request_bytes=read.integer("ZEROLABEL_MAX_REQUEST_BYTES", minimum=1024),
+                http_threads=read.integer("ZEROLABEL_HTTP_THREADS", minimum=1),
+                log_level=_log_level(read.text("ZEROLABEL_LOG_LEVEL")),
             ),
         )
+        if read.flag("ZEROLABEL_REQUIRE_BASIC_AUTH") and settings.basic_auth is None:
+            raise ConfigError(
+                "ZEROLABEL_REQUIRE_BASIC_AUTH is on but BASIC_AUTH_USER and BASIC_AUTH_PASS are "
+                "not set: choose a user and password, and enter them in Label Studio's Connect "
+                "Model form"
+            )
+        return settings
+
+
+def _log_level(value: str | None) -> str | None:
+    if value is None:
+        return None
+    level = value.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"ZEROLABEL_LOG_LEVEL={value!r}: use DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def _basic_auth(read: EnvReader) -> tuple[str, str] | None:
+    user, password = read.text("BASIC_AUTH_USER"), read.text("BASIC_AUTH_PASS")
+    if (user is None) != (password is None):
+        raise ConfigError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+    if user is not None and ":" in user:
+        raise ConfigError("BASIC_AUTH_USER cannot contain ':' (HTTP basic auth splits on it)")
+    return (user, password) if user is not None and password is not None else None

@@ -1,4 +1,5 @@
-"""``zerolabel cluster``, ``relabel`` and ``export``: pseudo-classes and the labels' way out.
+"""``zerolabel cluster`` and ``export``: pseudo-classes and the labels' way out (``relabel``
+and ``clusters-sheet``: :mod:`.relabel`, :mod:`.sheets`).
 
 Each works on a tasks file (folder mode) or on a Label Studio project (``--project``, with
 ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``); both share everything but image access.
@@ -17,7 +18,6 @@ from zerolabel.cli.common import (
     file_loader,
     ls_client,
     project_tasks,
-    read_json,
     read_tasks,
     url_loader,
     worker_settings,
@@ -47,6 +47,19 @@ logger = logging.getLogger("zerolabel")
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
+    "-b",
+    "--backbone",
+    default=None,
+    help="ViT that describes the crops, as for predict [default: ZEROLABEL_BACKBONE].",
+)
+@click.option(
+    "-c",
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Local weights file, as for predict [default: ZEROLABEL_CHECKPOINT].",
+)
+@click.option(
     "-o",
     "--out",
     "out_dir",
@@ -69,6 +82,8 @@ def cluster(
     model_version: str | None,
     k: int | None,
     seed: int,
+    backbone: str | None,
+    checkpoint: str | None,
     out_dir: str,
     document_root: str,
     url_prefix: str,
@@ -79,14 +94,15 @@ def cluster(
     Give the tasks.json of `zerolabel predict` (folder mode) or --project: the labels are then
     added to the project's labeling config and every prediction is relabelled in place.
     """
-    from zerolabel.labelstudio.label_config import add_labels, default_config
-    from zerolabel.loop.pseudo_classes import cluster_tasks, labelled_tasks
+    from zerolabel.labelstudio.config_edit import add_labels, default_config
+    from zerolabel.loop.predict import with_overrides
+    from zerolabel.loop.pseudo_classes import cluster_tasks, labelled_tasks, update_predictions
     from zerolabel.vit.backbone import load_configured_backbone
     from zerolabel.vit.descriptors import DescriptorCache
 
     if (tasks_file is None) == (project is None):
         raise click.UsageError("give either TASKS_FILE or --project")
-    settings = worker_settings()
+    settings = with_overrides(worker_settings(), {"backbone": backbone, "checkpoint": checkpoint})
     client = ls_client(settings) if project is not None else None
     tasks = project_tasks(client, project) if client else read_tasks(str(tasks_file))
     if k is not None:
@@ -94,11 +110,10 @@ def cluster(
     loader = (
         url_loader(settings) if client else file_loader(Path(document_root), url_prefix, settings)
     )
-    backbone = load_configured_backbone(settings)
     run = cluster_tasks(
         tasks,
         loader,
-        backbone,
+        load_configured_backbone(settings),
         DescriptorCache(Path(cache_dir)),
         k=k,
         seed=seed,
@@ -106,8 +121,10 @@ def cluster(
     )
     labelled = labelled_tasks(tasks, run, model_version=model_version)
     if client is not None:
-        client.set_label_config(project, add_labels(client.label_config(project), run.names))
-        _update_predictions(client, tasks, labelled, model_version)
+        config = client.label_config(project)
+        if add_labels(config, run.names) != config:
+            client.set_label_config(project, add_labels(config, run.names))
+        update_predictions(client, tasks, labelled, model_version)
     else:
         out = Path(out_dir)
         write_json(out / "tasks.json", labelled)
@@ -140,76 +157,6 @@ def _check_enough_objects(tasks: list[dict[str, Any]], k: int, model_version: st
 
 def _predictions(model_version: str | None) -> str:
     return f"predictions of model_version {model_version!r}" if model_version else "predictions"
-
-
-def _update_predictions(
-    client: Any,
-    before: list[dict[str, Any]],
-    after: list[dict[str, Any]],
-    model_version: str | None,
-) -> int:
-    from zerolabel.loop.pseudo_classes import chosen_prediction
-
-    updated = 0
-    for old, new in zip(before, after, strict=True):
-        old_pred = chosen_prediction(old, model_version)
-        new_pred = chosen_prediction(new, model_version)
-        if old_pred and new_pred and old_pred.get("result") != new_pred.get("result"):
-            client.update_prediction(old_pred["id"], new_pred["result"])
-            updated += 1
-    return updated
-
-
-@click.command()
-@click.argument("tasks_file", required=False, type=click.Path(exists=True, dir_okay=False))
-@project_option
-@model_version_option
-@click.option(
-    "--mapping",
-    "mapping_file",
-    type=click.Path(exists=True, dir_okay=False),
-    required=True,
-    help='JSON object {"cluster_00": "dog", "cluster_03": "dog", ...}.',
-)
-@click.option(
-    "-o",
-    "--out",
-    "out_file",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Where to write the relabelled tasks [default: overwrite TASKS_FILE].",
-)
-def relabel(
-    tasks_file: str | None,
-    project: int | None,
-    model_version: str | None,
-    mapping_file: str,
-    out_file: str | None,
-) -> None:
-    """Rename or merge pseudo-classes everywhere they are used, from a mapping file."""
-    from zerolabel.labelstudio.label_config import add_labels
-    from zerolabel.loop.pseudo_classes import map_task_labels
-
-    if (tasks_file is None) == (project is None):
-        raise click.UsageError("give either TASKS_FILE or --project")
-    mapping = read_json(mapping_file)
-    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
-        raise click.BadParameter(
-            "the mapping must be a JSON object of names", param_hint="--mapping"
-        )
-    settings = worker_settings()
-    client = ls_client(settings) if project is not None else None
-    tasks = project_tasks(client, project) if client else read_tasks(str(tasks_file))
-    relabelled = map_task_labels(tasks, mapping, model_version=model_version)
-    if client is not None:
-        names = sorted(set(mapping.values()))
-        client.set_label_config(project, add_labels(client.label_config(project), names))
-        count = _update_predictions(client, tasks, relabelled, model_version)
-        click.echo(f"relabelled {count} prediction(s) in project {project}", err=True)
-    else:
-        target = Path(out_file or str(tasks_file))
-        write_json(target, relabelled)
-        click.echo(f"wrote {target}", err=True)
 
 
 @click.command()

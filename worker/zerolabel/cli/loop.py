@@ -1,5 +1,6 @@
-"""``zerolabel`` commands of the labeling loop: prelabel here, cluster / relabel / export in
-:mod:`.labels`, train-cad / self-train in :mod:`.detector`; :data:`COMMANDS` lists them all.
+"""``zerolabel`` commands of the labeling loop: prelabel here, cluster / export in :mod:`.labels`,
+relabel in :mod:`.relabel`, clusters-sheet in :mod:`.sheets`, import in :mod:`.project`,
+train-cad / self-train in :mod:`.detector`; :data:`COMMANDS` lists them all.
 
 Project variants talk to Label Studio with ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``
 (legacy token or personal access token).
@@ -12,7 +13,10 @@ import click
 from zerolabel.cli.common import ls_client
 from zerolabel.cli.detector import self_train, train_cad
 from zerolabel.cli.errors import remember_url
-from zerolabel.cli.labels import cluster, export, relabel
+from zerolabel.cli.labels import cluster, export
+from zerolabel.cli.project import import_
+from zerolabel.cli.relabel import relabel
+from zerolabel.cli.sheets import clusters_sheet
 
 
 @click.command()
@@ -80,4 +84,13 @@ def prelabel(
         raise SystemExit(1)
 
 
-COMMANDS = [cluster, relabel, export, prelabel, train_cad, self_train]
+COMMANDS = [
+    import_,
+    cluster,
+    clusters_sheet,
+    relabel,
+    export,
+    prelabel,
+    train_cad,
+    self_train,
+]

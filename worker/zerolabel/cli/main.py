@@ -39,9 +39,20 @@ def _setup_logging(verbose: bool) -> None:
 @click.option(
     "-v", "--verbose", is_flag=True, help="Debug logging (with the traceback of an error)."
 )
-def main(verbose: bool) -> None:
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read settings from this file (docker/zerolabel.env.example's format); variables "
+    "already in the environment win.",
+)
+def main(verbose: bool, env_file: str | None) -> None:
     """Zero-label object pre-labeling for Label Studio."""
     _setup_logging(verbose)
+    if env_file is not None:
+        from zerolabel.settings import load_env_file
+
+        load_env_file(env_file)
 
 
 def expand_inputs(inputs: tuple[str, ...]) -> list[Path]:

@@ -19,10 +19,19 @@ Clean graphs give eigenvectors with many entries equal up to rounding (all patch
 cluster share one value), so a plain argmax would pick whichever of them the solver's rounding
 favours. :func:`peak_index` treats values within ``PEAK_RTOL`` of the maximum as tied and takes
 the lowest index, which makes seeds reproducible across solvers.
+
+The same graph gives the same eigenvector on every run, even when the wanted eigenvalue is
+repeated (a constant or near-constant image makes every patch alike: any vector orthogonal to
+the trivial one is an eigenvector). The Lanczos start vector is fixed, and so are the vectors
+ARPACK draws when its Krylov space closes early, which it takes from a generator seeded here.
+A cut with no structure at all (``lambda`` = 1 up to rounding) scores exactly 0
+(:func:`cut_score`); the pipeline emits no region for it.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 
 import numpy as np
@@ -37,6 +46,12 @@ logger = logging.getLogger(__name__)
 
 PEAK_RTOL = 1e-9
 """Relative tolerance (of the largest magnitude) within which eigenvector entries are tied."""
+
+NO_STRUCTURE_ATOL = 1e-9
+"""Cut scores ``1 - lambda`` at most this are 0: rounding of ``lambda`` = 1 (no structure)."""
+
+LANCZOS_SEED = 0
+"""Seed of the Lanczos start vector and of any vector ARPACK draws while restarting."""
 
 LANCZOS_MIN_N = 8
 """Below this many nodes the fast solver hands the problem to the dense one."""
@@ -171,6 +186,18 @@ def dense_second_smallest_eigenvector(w: torch.Tensor) -> tuple[torch.Tensor, fl
     return _canonical(vectors[:, 0], w.device), float(values[0])
 
 
+def cut_score(eigenvalue: float) -> float:
+    """Confidence of a normalized cut: ``clamp(1 - lambda, 0, 1)``, and exactly 0 when
+    ``1 - lambda`` is within :data:`NO_STRUCTURE_ATOL` of 0 (a graph without structure, where
+    rounding alone decides the sign).
+
+    Args:
+        eigenvalue: the cut's generalized eigenvalue ``lambda``.
+    """
+    score = min(max(1.0 - eigenvalue, 0.0), 1.0)
+    return 0.0 if score <= NO_STRUCTURE_ATOL else score
+
+
 def salient_side(v: torch.Tensor) -> torch.Tensor:
     """``v > mean(v)``: the side of the cut the authors call salient.
 
@@ -214,15 +241,28 @@ def bipartition(v: torch.Tensor) -> tuple[torch.Tensor, int]:
 def _top_eigenpair(
     operator: scipy.sparse.linalg.LinearOperator, *, ncv: int, maxiter: int
 ) -> tuple[float, npt.NDArray[np.float64]] | None:
-    """Largest-algebraic eigenpair by ARPACK from a fixed start vector; None if not converged."""
-    start = np.random.default_rng(0).standard_normal(operator.shape[0])
+    """Largest-algebraic eigenpair by ARPACK from a fixed start vector; None if not converged.
+
+    ARPACK restarts from random vectors when its Krylov space becomes invariant (a repeated
+    eigenvalue, e.g. a constant image); SciPy draws them from fresh OS entropy unless given a
+    generator, so one seeded here keeps the result the same from run to run.
+    """
+    start = np.random.default_rng(LANCZOS_SEED).standard_normal(operator.shape[0])
+    seeded = {"rng": np.random.default_rng(LANCZOS_SEED)} if _eigsh_takes_rng() else {}
     try:
         mu, u = scipy.sparse.linalg.eigsh(
-            operator, k=1, which="LA", v0=start, ncv=ncv, maxiter=maxiter, tol=0
+            operator, k=1, which="LA", v0=start, ncv=ncv, maxiter=maxiter, tol=0, **seeded
         )
     except scipy.sparse.linalg.ArpackNoConvergence:
         return None
     return float(mu[0]), u[:, 0]
+
+
+@functools.cache
+def _eigsh_takes_rng() -> bool:
+    """Whether this SciPy's ``eigsh`` accepts a generator (older ones restart from a fixed
+    internal seed instead)."""
+    return "rng" in inspect.signature(scipy.sparse.linalg.eigsh).parameters
 
 
 def _affinity_and_degree(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

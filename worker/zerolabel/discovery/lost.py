@@ -24,7 +24,8 @@ def lost(keys: torch.Tensor, grid_hw: tuple[int, int], *, k_patches: int = 100) 
     4. Expansion set: those of the ``k_patches`` lowest-degree patches with ``A[seed, q] > 0``.
     5. Mask ``sum_{s in S} A[s, q] > 0``, reduced to its 4-connected component holding the seed.
 
-    Score: ``1 - d_seed / N``, the fraction of patches the seed does not correlate with.
+    Score: ``1 - d_seed / N``, the fraction of patches the seed does not correlate with (0 when
+    every patch correlates with every other: no structure, which the pipeline does not emit).
 
     Args:
         keys: [N, D] last-block attention keys, N = h * w, row-major.

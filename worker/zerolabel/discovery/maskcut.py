@@ -27,6 +27,7 @@ import torch
 from zerolabel.discovery import ObjectMask
 from zerolabel.discovery.graph import (
     component_containing,
+    cut_score,
     ncut_graph,
     peak_index,
     salient_side,
@@ -47,7 +48,8 @@ def maskcut(
 ) -> list[ObjectMask]:
     """Up to ``max_objects`` disjoint objects, as MaskCut computes them on the patch grid.
 
-    Score per object: ``clamp(1 - lambda, 0, 1)`` of the cut that produced it.
+    Score per object: :func:`~zerolabel.discovery.graph.cut_score` of the cut that produced
+    it (0 for a cut without structure, which the pipeline does not emit).
 
     Args:
         keys: [N, D] last-block attention keys, N = h * w, row-major.
@@ -82,7 +84,7 @@ def maskcut(
             mask = torch.zeros_like(mask)  # an all-zero "previous" for the next iteration
         kept = mask & ~claimed
         if kept.any():
-            objects.append(ObjectMask(mask=kept, score=min(max(1.0 - eigenvalue, 0.0), 1.0)))
+            objects.append(ObjectMask(mask=kept, score=cut_score(eigenvalue)))
         claimed, previous = claimed | mask, mask
     return objects
 

@@ -8,6 +8,7 @@ from zerolabel.discovery import ObjectMask
 from zerolabel.discovery.graph import (
     bipartition,
     component_containing,
+    cut_score,
     ncut_graph,
     second_smallest_eigenvector,
     validate_keys,
@@ -23,8 +24,9 @@ def tokencut(
     ``(D - W) v = lambda D v``; foreground ``v > mean(v)``, flipped unless it holds the seed
     ``argmax |v|``; the 4-connected component holding the seed.
 
-    Score: ``clamp(1 - lambda, 0, 1)``. ``lambda`` is the normalized-cut cost of the
-    bipartition (near 0 for a clean cut, near 1 when the graph has no structure).
+    Score: ``clamp(1 - lambda, 0, 1)`` (:func:`~zerolabel.discovery.graph.cut_score`).
+    ``lambda`` is the normalized-cut cost of the bipartition (near 0 for a clean cut, 1 when
+    the graph has no structure: score 0, which the pipeline does not emit).
 
     Args:
         keys: [N, D] last-block attention keys, N = h * w, row-major.
@@ -41,4 +43,4 @@ def tokencut(
     v, eigenvalue = second_smallest_eigenvector(ncut_graph(keys, tau, eps))
     foreground, seed = bipartition(v)
     mask = component_containing(foreground.reshape(grid_hw), divmod(seed, grid_hw[1]))
-    return [ObjectMask(mask=mask, score=min(max(1.0 - eigenvalue, 0.0), 1.0))]
+    return [ObjectMask(mask=mask, score=cut_score(eigenvalue))]

@@ -3,10 +3,16 @@
 What a URI may name is decided by a :class:`FetchPolicy`:
 
 - ``/data/upload/...``, ``/data/local-files/?d=...`` and any other path starting with ``/`` are
-  Label Studio URLs, joined to ``ls_url``; they are the only requests that carry credentials.
-- ``http(s)://`` URLs are fetched only from the Label Studio host and ``allowed_hosts`` (hosts
-  compared without scheme, ports 80 and 443 taken as the default); redirects are followed by hand
-  and every target is checked again.
+  Label Studio URLs, joined to ``ls_url``.
+- ``http(s)://`` URLs are fetched only from the Label Studio hosts (``ls_url`` and ``ls_aliases``)
+  and ``allowed_hosts`` (hosts compared without scheme, ports 80 and 443 taken as the default);
+  redirects are followed by hand and every target is checked again.
+- Every http(s) URL is parsed once, by :func:`parse_target`, into a :class:`Target`: the policy
+  checks that object and the request goes to the URL re-serialised from it. URLs with user info,
+  backslashes, control characters, whitespace or %-escapes in the host part, dot segments, or
+  that HTTP libraries would read differently, are refused before any request.
+- Only image paths (``/data/upload/...`` and ``/data/local-files/...``) of a configured Label
+  Studio origin get the token: never its API, never another host, also after redirects.
 - Local paths and ``file://`` URLs only with ``allow_local_paths``, inside ``local_roots`` if given.
   With no ``ls_url`` set, an absolute path outside ``/data/upload/`` and ``/data/local-files/``
   is a local path.
@@ -44,15 +50,16 @@ from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 import requests
 from requests.adapters import DEFAULT_POOLBLOCK, HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import DecodeError, ReadTimeoutError
+from urllib3.exceptions import DecodeError, LocationParseError, ReadTimeoutError
 from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.util import parse_url
 
 from zerolabel.errors import ConfigError, DiscoveryError, ImageLoadError
 from zerolabel.io.images import ImageLimits, LoadedImage, decode, load_file, read_file
@@ -62,10 +69,10 @@ from zerolabel.labelstudio.auth import (
     TOKEN_REFRESH_PATH,
     TRANSIENT_STATUSES,
     LabelStudioAuth,
+    LabelStudioSites,
+    Origin,
     RetryPolicy,
     TokenExchangeError,
-    bound_origin,
-    parse_origin,
     plain_session,
 )
 
@@ -79,10 +86,125 @@ MAX_REDIRECTS = 3
 _LS_PREFIXES = ("/data/upload/", "/data/local-files/")
 _REDIRECTS = {301, 302, 303, 307, 308}
 _CHUNK = 64 * 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_HOST = re.compile(r"[a-z0-9_.-]+|[0-9a-f:.]+")  # a name or IPv4 address; an IPv6 address
 
 
 class TransientFetchError(ImageLoadError):
     """A failure that may pass (connection, timeout, HTTP 429 or 5xx), raised after the retries."""
+
+
+class UnsafeURLError(ValueError):
+    """An http(s) URL refused by :func:`parse_target`; the message says why (never the URL)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """An http(s) URL parsed once: the policy checks this object, the request goes to ``url``.
+
+    Attributes:
+        scheme: ``http`` or ``https``.
+        host: lower-case name or address (an IPv6 address without brackets).
+        port: the port, the scheme's default filled in.
+        path: the path as sent, percent-encoded.
+        query: the query string as sent, percent-encoded (without ``?``).
+        url: the request URL, re-serialised from the parts above; HTTP libraries read it back
+            as the same scheme, host, port, path and query.
+    """
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    query: str
+    url: str
+
+    @property
+    def origin(self) -> Origin:
+        """Scheme, host and port: what the Label Studio sites are compared with."""
+        return Origin(self.scheme, self.host, self.port)
+
+
+def parse_target(url: str) -> Target:
+    """Parse an absolute http(s) URL once, refusing what parsers could read differently.
+
+    Refused: backslashes and control characters anywhere; user info, whitespace, %-escapes or
+    non-ASCII characters in the host part; ``.`` or ``..`` path segments (also %-encoded); and
+    any URL that ``urllib.parse`` and urllib3 (which requests uses to connect) do not read as
+    the same scheme, host, port, path and query.
+
+    Raises:
+        UnsafeURLError: the reason, without the URL.
+    """
+    if "\\" in url:
+        raise UnsafeURLError("has a backslash, which HTTP clients and servers read differently")
+    if not url.isprintable():
+        raise UnsafeURLError("has control characters or line breaks")
+    try:
+        parts = urlsplit(url)
+        scheme, port = parts.scheme.lower(), parts.port
+    except ValueError:
+        raise UnsafeURLError("is not a valid URL (bad port or brackets)") from None
+    if scheme not in _DEFAULT_PORTS:
+        raise UnsafeURLError("is not an http(s) URL")
+    if "@" in parts.netloc:
+        raise UnsafeURLError("has user info (user@host); give the URL without it")
+    netloc = parts.netloc
+    if not netloc.isascii() or "%" in netloc or any(c.isspace() for c in netloc):
+        raise UnsafeURLError("has whitespace, %-escapes or non-ASCII characters in its host part")
+    host = (parts.hostname or "").lower()
+    if not _HOST.fullmatch(host) or port == 0:
+        raise UnsafeURLError("has no valid host and port")
+    path = parts.path or "/"
+    if any(segment in (".", "..") for segment in unquote(path).split("/")):
+        raise UnsafeURLError("has '.' or '..' path segments")
+    authority = f"[{host}]" if ":" in host else host
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        authority += f":{port}"
+    wire = _as_requests_sends(urlunsplit((scheme, authority, path, parts.query, "")))
+    sent = urlsplit(wire)
+    port = _DEFAULT_PORTS[scheme] if port is None else port
+    target = Target(scheme, host, port, sent.path, sent.query, wire)
+    if not _read_alike(target) or _as_requests_sends(wire) != wire:
+        raise UnsafeURLError("is read differently by HTTP libraries")
+    return target
+
+
+def _as_requests_sends(url: str) -> str:
+    """``url`` as requests would send it (its quoting and normalisation)."""
+    prepared = requests.PreparedRequest()
+    try:
+        prepared.prepare_url(url, None)
+    except (requests.RequestException, LocationParseError, ValueError):
+        raise UnsafeURLError("is not a URL HTTP libraries accept") from None
+    return str(prepared.url)
+
+
+def _read_alike(target: Target) -> bool:
+    """Whether urllib.parse and urllib3 both read ``target.url`` as ``target``'s parts."""
+    try:
+        split = urlsplit(target.url)
+        urllib3_parts = parse_url(target.url)
+        split_port = split.port
+    except (ValueError, LocationParseError):
+        return False
+    default = _DEFAULT_PORTS[target.scheme]
+    ours = (target.scheme, target.host, target.port, target.path, target.query)
+    by_split = (
+        split.scheme,
+        split.hostname,
+        default if split_port is None else split_port,
+        split.path,
+        split.query,
+    )
+    by_urllib3 = (
+        urllib3_parts.scheme,
+        (urllib3_parts.host or "").lower().removeprefix("[").removesuffix("]"),
+        urllib3_parts.port or default,
+        urllib3_parts.path,
+        urllib3_parts.query or "",
+    )
+    return ours == by_split == by_urllib3 and urllib3_parts.auth is None
 
 
 @dataclass(frozen=True)
@@ -91,10 +213,13 @@ class FetchPolicy:
 
     Attributes:
         ls_url: Label Studio base URL, e.g. ``http://127.0.0.1:8080`` (a path prefix is kept).
-        ls_token: a legacy API token or a personal access token; only sent to ``ls_url``.
+        ls_token: a legacy API token or a personal access token; only sent to image paths of
+            ``ls_url`` and ``ls_aliases``.
         allowed_hosts: further hosts for absolute http(s) URLs, as ``host`` or ``host:port``.
         allow_local_paths: accept local paths and ``file://`` URLs (CLI jobs).
         local_roots: when non-empty, local paths must resolve inside one of these directories.
+        ls_aliases: other URLs of the same Label Studio (``ZEROLABEL_LABEL_STUDIO_ALIASES``):
+            their hosts are allowed and their image paths get the token too.
         timeout_s: time allowed for one attempt: connect, redirects, headers and body together.
         retries: further attempts after a transient failure.
         backoff_s: the first pause between attempts; it doubles at each retry.
@@ -107,19 +232,21 @@ class FetchPolicy:
     allowed_hosts: frozenset[str] = frozenset()
     allow_local_paths: bool = False
     local_roots: tuple[str, ...] = ()
+    ls_aliases: tuple[str, ...] = ()
     timeout_s: float = 20.0
     retries: int = 3
     backoff_s: float = 0.5
     budget_s: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("allowed_hosts", "local_roots"):
+        for name in ("allowed_hosts", "local_roots", "ls_aliases"):
             if isinstance(getattr(self, name), str):
                 raise TypeError(f"FetchPolicy.{name} takes a collection of strings, not a string")
         object.__setattr__(self, "allowed_hosts", frozenset(self.allowed_hosts))
         object.__setattr__(self, "local_roots", tuple(self.local_roots))
-        if self.ls_url is not None:
-            bound_origin(self.ls_url)
+        object.__setattr__(self, "ls_aliases", tuple(self.ls_aliases))
+        if self.ls_url is not None or self.ls_aliases:
+            LabelStudioSites.configure(self.ls_url, self.ls_aliases)
         _host_keys(self.allowed_hosts)
         if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0:
             raise ConfigError("FetchPolicy needs timeout_s > 0, retries >= 0 and backoff_s >= 0")
@@ -149,13 +276,15 @@ class Fetcher:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.policy = policy
+        self.sites = LabelStudioSites.configure(policy.ls_url, policy.ls_aliases)
         self._auth = (
-            LabelStudioAuth(policy.ls_url, policy.ls_token, clock=clock) if policy.ls_url else None
+            LabelStudioAuth(policy.ls_url, policy.ls_token, clock=clock, aliases=policy.ls_aliases)
+            if policy.ls_url
+            else None
         )
         self._retry = RetryPolicy(policy.retries, policy.backoff_s)
         self._allowed = _host_keys(policy.allowed_hosts)
-        if self._auth is not None:
-            self._allowed.add(_host_key(self._auth.origin.host, self._auth.origin.port))
+        self._allowed.update(_host_key(origin.host, origin.port) for origin in self.sites.origins)
         self._session: requests.Session | None = None
         self._clock = clock
         self._sleep = sleep
@@ -192,7 +321,7 @@ class Fetcher:
         target = self.resolve(uri)
         if isinstance(target, Path):
             return load_file(target, limits, max_side=max_side)
-        source = _display(target)
+        source = _display(target.url)
         data, content_type = self._download(target, limits)
         try:
             return decode(data, source, limits, max_side=max_side)
@@ -215,16 +344,18 @@ class Fetcher:
             return read_file(target, limits)
         return self._download(target, limits)[0]
 
-    def resolve(self, uri: str) -> str | Path:
-        """The absolute URL or local path ``uri`` names, refused if the policy forbids it."""
+    def resolve(self, uri: str) -> Target | Path:
+        """The parsed URL or the local path ``uri`` names, refused if the policy forbids it."""
         uri = uri.strip()
         if not uri:
             raise ImageLoadError(repr(uri), "empty image URI")
-        parts = urlsplit(uri)
+        try:
+            parts = urlsplit(uri)
+        except ValueError:
+            raise ImageLoadError(_display(uri), "not a valid URL (bad port or brackets)") from None
         scheme = parts.scheme.lower()
         if scheme in ("http", "https"):
-            self._check_allowed(uri, uri)
-            return uri
+            return self._checked(uri, uri)
         if scheme == "file":
             if parts.netloc not in ("", "localhost"):
                 raise ImageLoadError(uri, "file:// URLs must name a local file (no remote host)")
@@ -235,22 +366,40 @@ class Fetcher:
         if uri.startswith("/") and (
             self._auth or uri.startswith(_LS_PREFIXES) or not self.policy.allow_local_paths
         ):
-            return self._ls_url(uri)
+            return self._checked(self._ls_url(uri), uri)
         return self._local_path(Path(uri), uri)
 
     def allows(self, url: str) -> bool:
         """Whether the policy lets an absolute http(s) URL be fetched."""
-        origin = parse_origin(url)
-        return origin is not None and _host_key(origin.host, origin.port) in self._allowed
+        try:
+            return self._allowed_target(parse_target(url))
+        except UnsafeURLError:
+            return False
 
-    def _check_allowed(self, url: str, source: str) -> None:
-        if self.allows(url):
-            return
-        origin = parse_origin(url)
-        where = "" if url == source else f"redirected to {_display(url)}: "
-        if origin is None:
-            raise ImageLoadError(_display(source), f"{where}not an http(s) URL with a valid host")
-        host = _host_key(origin.host, origin.port)
+    def sends_token(self, target: Target) -> bool:
+        """Whether a request to ``target`` carries the Label Studio token.
+
+        Only image paths of a configured Label Studio origin, and only with a token configured.
+        """
+        return (
+            self._auth is not None
+            and self.sites.may_send_token(target.origin, target.path)
+            and self._auth.covers(target.url)
+        )
+
+    def _allowed_target(self, target: Target) -> bool:
+        return _host_key(target.host, target.port) in self._allowed
+
+    def _checked(self, url: str, source: str, *, redirected: bool = False) -> Target:
+        """``url`` parsed once and checked against the allow-list; ImageLoadError if refused."""
+        where = f"redirected to {_display(url)}: " if redirected else ""
+        try:
+            target = parse_target(url)
+        except UnsafeURLError as exc:
+            raise ImageLoadError(_display(source), f"{where}URL refused: it {exc}") from None
+        if self._allowed_target(target):
+            return target
+        host = _host_key(target.host, target.port)
         raise ImageLoadError(
             _display(source),
             f"{where}host {host!r} is not allowed; add it to {ALLOWED_HOSTS_SETTING} "
@@ -258,12 +407,13 @@ class Fetcher:
         )
 
     def _ls_url(self, path: str) -> str:
-        if self._auth is None:
+        primary = self.sites.primary
+        if primary is None:
             raise ImageLoadError(
                 _display(path),
                 f"a Label Studio URL, but no Label Studio URL is configured (set {LS_URL_SETTING})",
             )
-        return self._auth.base_url + path
+        return primary.url + path
 
     def _local_path(self, path: Path, uri: str) -> Path:
         if not self.policy.allow_local_paths:
@@ -277,7 +427,7 @@ class Fetcher:
             raise ImageLoadError(uri, f"resolves to {resolved}, outside the local roots ({listed})")
         return resolved
 
-    def _download(self, url: str, limits: ImageLimits) -> tuple[bytes, str]:
+    def _download(self, url: Target, limits: ImageLimits) -> tuple[bytes, str]:
         budget = self.policy.budget_s
         end = None if budget is None else self._clock() + budget
         attempts = 0
@@ -300,12 +450,12 @@ class Fetcher:
             reason = f"{exc.reason} (gave up after {attempts} attempts)"
             raise TransientFetchError(exc.source, reason) from None
 
-    def _attempt(self, url: str, limits: ImageLimits, deadline: float) -> tuple[bytes, str]:
+    def _attempt(self, url: Target, limits: ImageLimits, deadline: float) -> tuple[bytes, str]:
         with _socket_deadline(lambda: deadline - self._clock()):
             return self._redirects(url, limits, deadline)
 
-    def _redirects(self, url: str, limits: ImageLimits, deadline: float) -> tuple[bytes, str]:
-        source = _display(url)
+    def _redirects(self, url: Target, limits: ImageLimits, deadline: float) -> tuple[bytes, str]:
+        source = _display(url.url)
         current, hops = url, 0
         while True:
             with self._open(current, source, deadline) as response:
@@ -313,22 +463,28 @@ class Fetcher:
                 if status in _REDIRECTS and response.headers.get("Location"):
                     if hops == MAX_REDIRECTS:
                         raise ImageLoadError(source, f"more than {MAX_REDIRECTS} redirects")
-                    current = urljoin(current, response.headers["Location"])
-                    self._check_allowed(current, url)
-                    logger.debug("%s redirects to %s", source, _display(current))
+                    current = self._redirected(current, response.headers["Location"], source)
+                    logger.debug("%s redirects to %s", source, _display(current.url))
                     hops += 1
                     continue
                 self._check_status(status, current, source)
                 body = self._read_body(response, source, limits, deadline)
                 return body, response.headers.get("Content-Type", "").lower()
 
-    def _open(self, url: str, source: str, deadline: float) -> requests.Response:
-        """GET ``url``, with Label Studio's Authorization header when it goes there."""
-        get = partial(self._get, url, source, deadline)
-        if self._auth is None:
+    def _redirected(self, current: Target, location: str, source: str) -> Target:
+        """The checked target of a redirect (parsed once, like any other URL)."""
+        if "\\" in location or not location.isprintable():
+            reason = "redirected to a URL with a backslash or control characters: refused"
+            raise ImageLoadError(source, reason)
+        return self._checked(urljoin(current.url, location), source, redirected=True)
+
+    def _open(self, url: Target, source: str, deadline: float) -> requests.Response:
+        """GET ``url``, with Label Studio's Authorization header when it may carry it."""
+        get = partial(self._get, url.url, source, deadline)
+        if self._auth is None or not self.sends_token(url):
             return get({})
         try:
-            return self._auth.send(url, get, partial(self._post, source, deadline))
+            return self._auth.send(url.url, get, partial(self._post, source, deadline))
         except TokenExchangeError as exc:
             raise _exchange_error(exc, source) from None
 
@@ -367,16 +523,17 @@ class Fetcher:
         except requests.RequestException as exc:
             raise ImageLoadError(source, f"request failed ({type(exc).__name__})") from None
 
-    def _check_status(self, status: int, url: str, source: str) -> None:
+    def _check_status(self, status: int, target: Target, source: str) -> None:
         if 200 <= status < 300:
             return
+        url = target.url
         where = "" if _display(url) == source else f"at {_display(url)}"
         reason = f"{where + ': ' if where else ''}HTTP {status} {_phrase(status)}"
         if status in TRANSIENT_STATUSES:
             raise TransientFetchError(source, reason)
-        if status in (401, 403) and self._auth is not None and self._auth.covers(url):
+        if status in (401, 403) and self._auth is not None and self.sends_token(target):
             reason += f"; {self._auth.hint()}"
-        elif status == 404 and "/data/local-files" in url:
+        elif status == 404 and "/data/local-files" in target.path:
             reason += "; is a Local Files storage connected for this path?"
         raise ImageLoadError(source, reason)
 
@@ -565,7 +722,10 @@ def _host_keys(entries: Iterable[str]) -> set[str]:
 def _display(url: str) -> str:
     """``url`` fit for messages and logs: no user info, no fragment, and no query string except
     the ``d`` parameter of local-files URLs (other queries may hold signed credentials)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<not a valid URL>"
     netloc = parts.netloc.rpartition("@")[2]
     query = ""
     if parts.path.rstrip("/").endswith("/data/local-files"):

@@ -7,11 +7,17 @@ Label Studio 1.23 accepts two kinds of token:
   token that lives 5 minutes and is sent as ``Authorization: Bearer <access>``.
 
 A :class:`LabelStudioAuth` is bound to the origin (scheme, host, port) of the configured Label
-Studio URL and to one token. It hands out the header only for URLs of that origin, as decided by
+Studio URL (plus, for image downloads, the origins of its configured aliases) and to one token.
+It hands out the header only for URLs of those origins, as decided by
 :func:`may_receive_credentials`; it exchanges a personal access token when needed, reuses the
 access token for :data:`ACCESS_TOKEN_TTL_S` and exchanges once more when Label Studio answers 401.
 The HTTP requests themselves stay with the caller, which passes in how to send them, so that each
 caller keeps its own session, time limits and error types.
+
+:class:`LabelStudioSites` is the configured Label Studio as a whole: ``LABEL_STUDIO_URL`` and the
+other names given in ``ZEROLABEL_LABEL_STUDIO_ALIASES``. Credentials are configured per process
+and go only there; a URL named by a request (a task, Label Studio's ``/setup``) is only ever
+matched against these sites, never trusted on its own.
 
 :data:`TRANSIENT_STATUSES` and :class:`RetryPolicy` are the one definition of which failures are
 worth another attempt and how long to wait before it. No message or log here holds a token.
@@ -22,7 +28,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 from urllib.parse import urlsplit
@@ -37,6 +43,12 @@ LS_URL_SETTING = "LABEL_STUDIO_URL"
 """Environment variable named in errors about the Label Studio URL."""
 LS_TOKEN_SETTING = "LABEL_STUDIO_API_KEY"
 """Environment variable named in errors about Label Studio credentials."""
+LS_ALIASES_SETTING = "ZEROLABEL_LABEL_STUDIO_ALIASES"
+"""Environment variable listing other URLs of the same Label Studio (same token)."""
+
+IMAGE_PATH_PREFIXES: tuple[str, ...] = ("/data/upload/", "/data/local-files/")
+"""Paths (below the configured URL's own path) where Label Studio serves task images: the only
+requests of an image download that carry the token."""
 
 ACCESS_TOKEN_TTL_S = 240.0
 """How long an exchanged access token is reused; Label Studio's live 5 minutes."""
@@ -161,7 +173,10 @@ def parse_origin(url: str) -> Origin | None:
         scheme = parts.scheme.lower()
         if scheme not in _DEFAULT_PORTS or not parts.hostname:
             return None
-        return Origin(scheme, parts.hostname, parts.port or _DEFAULT_PORTS[scheme])
+        port = parts.port
+        if port == 0:
+            return None
+        return Origin(scheme, parts.hostname, _DEFAULT_PORTS[scheme] if port is None else port)
     except ValueError:  # a bad port, or brackets of an IPv6 address left open
         return None
 
@@ -178,20 +193,152 @@ def may_receive_credentials(url: str, origin: Origin) -> bool:
     return "@" not in urlsplit(url).netloc
 
 
-def bound_origin(url: str) -> Origin:
+def bound_origin(url: str, setting: str = LS_URL_SETTING) -> Origin:
     """The origin of a configured Label Studio URL, refused if credentials could not go there.
 
+    Args:
+        url: the configured URL.
+        setting: the environment variable it came from, named in the error.
+
     Raises:
-        ConfigError: not an http(s) URL with a host and a valid port, or one with user info or
-            a backslash.
+        ConfigError: not an http(s) URL with a host and a valid port, or one with user info,
+            a query, a fragment or a backslash.
     """
     origin = parse_origin(url)
-    if origin is None or not may_receive_credentials(url, origin):
+    if origin is None or not may_receive_credentials(url, origin) or _has_query(url):
         raise ConfigError(
-            f"Label Studio URL {_without_user_info(url)!r} is not an http(s) URL with a host "
-            f"and no user info (set {LS_URL_SETTING}, e.g. http://127.0.0.1:8080)"
+            f"Label Studio URL {_without_user_info(url)!r} is not an http(s) URL with a host, "
+            f"no user info and no query (set {setting}, e.g. http://127.0.0.1:8080)"
         )
     return origin
+
+
+@dataclass(frozen=True)
+class LabelStudioSite:
+    """One configured URL of the Label Studio: its origin and the path it is served under.
+
+    Attributes:
+        url: the URL as configured, without a trailing slash (relative task URLs join it).
+        origin: its scheme, host and port.
+        base_path: the path Label Studio is served under: ``""``, or e.g. ``"/ls"``.
+    """
+
+    url: str
+    origin: Origin
+    base_path: str
+
+    @classmethod
+    def parse(cls, url: str, setting: str = LS_URL_SETTING) -> LabelStudioSite:
+        """The site of a configured URL.
+
+        Raises:
+            ConfigError: credentials could not go there (see :func:`bound_origin`).
+        """
+        origin = bound_origin(url, setting)
+        base = url.strip().rstrip("/")
+        return cls(base, origin, urlsplit(base).path.rstrip("/"))
+
+    def serves_images_at(self, path: str) -> bool:
+        """Whether ``path`` (of a URL of this origin) is where Label Studio serves task images."""
+        return any(path.startswith(self.base_path + prefix) for prefix in IMAGE_PATH_PREFIXES)
+
+
+@dataclass(frozen=True)
+class LabelStudioSites:
+    """The configured Label Studio: ``LABEL_STUDIO_URL`` first, then its aliases.
+
+    Every site names the same Label Studio and shares one token. Nothing here ever comes from
+    a request: URLs that requests name are matched against these sites with :meth:`find` and
+    :meth:`check_hostname`, so credentials and the image allow-list follow the configuration only.
+
+    Attributes:
+        sites: the primary site first; empty when ``LABEL_STUDIO_URL`` is not set.
+    """
+
+    sites: tuple[LabelStudioSite, ...] = ()
+
+    @classmethod
+    def configure(cls, url: str | None, aliases: Iterable[str] = ()) -> LabelStudioSites:
+        """The sites of ``LABEL_STUDIO_URL`` and ``ZEROLABEL_LABEL_STUDIO_ALIASES``.
+
+        Raises:
+            ConfigError: a URL credentials may not go to, or aliases without a Label Studio URL.
+        """
+        aliases = tuple(aliases)
+        if not url:
+            if aliases:
+                raise ConfigError(
+                    f"{LS_ALIASES_SETTING} lists other names of the Label Studio at "
+                    f"{LS_URL_SETTING}, which is not set: set {LS_URL_SETTING} too"
+                )
+            return cls()
+        primary = LabelStudioSite.parse(url)
+        sites = [primary]
+        for alias in aliases:
+            site = LabelStudioSite.parse(alias, LS_ALIASES_SETTING)
+            if all(site.origin != known.origin for known in sites):
+                sites.append(site)
+        return cls(tuple(sites))
+
+    @property
+    def primary(self) -> LabelStudioSite | None:
+        """The site of ``LABEL_STUDIO_URL``; None when it is not set."""
+        return self.sites[0] if self.sites else None
+
+    @property
+    def origins(self) -> tuple[Origin, ...]:
+        """Every configured origin, the primary first."""
+        return tuple(site.origin for site in self.sites)
+
+    def find(self, url: str) -> LabelStudioSite | None:
+        """The configured site whose origin ``url`` has (default ports filled in), else None.
+
+        A URL with user info, a backslash or a non-printable character matches no site.
+        """
+        origin = parse_origin(url.strip())
+        if origin is None:
+            return None
+        for site in self.sites:
+            if site.origin == origin and may_receive_credentials(url.strip(), origin):
+                return site
+        return None
+
+    def check_hostname(self, hostname: str | None) -> LabelStudioSite | None:
+        """The site a ``/setup`` hostname names: None for an empty one or when none is set.
+
+        Without ``LABEL_STUDIO_URL`` a hostname is not kept (nothing may go there); relative
+        task URLs then fail per task, asking for ``LABEL_STUDIO_URL``.
+
+        Raises:
+            ConfigError: the hostname is not one of the configured sites.
+        """
+        if not hostname or not hostname.strip() or not self.sites:
+            return None
+        site = self.find(hostname)
+        if site is None:
+            raise ConfigError(
+                f"hostname {_without_user_info(hostname.strip())} is not the configured Label "
+                f"Studio ({self.describe()}); add it to {LS_ALIASES_SETTING} if it is another "
+                "name for it"
+            )
+        return site
+
+    def may_send_token(self, origin: Origin, path: str) -> bool:
+        """Whether a request to ``path`` on ``origin`` may carry the Label Studio token.
+
+        Only image paths (:data:`IMAGE_PATH_PREFIXES` below a site's path) of a configured
+        origin: never the API, never another host.
+        """
+        return any(site.origin == origin and site.serves_images_at(path) for site in self.sites)
+
+    def describe(self) -> str:
+        """The configured URLs, for messages (configured URLs hold no credentials)."""
+        if not self.sites:
+            return f"{LS_URL_SETTING} is not set"
+        text = f"{LS_URL_SETTING}={self.sites[0].url}"
+        if len(self.sites) > 1:
+            text += f", {LS_ALIASES_SETTING}={','.join(site.url for site in self.sites[1:])}"
+        return text
 
 
 def plain_session() -> requests.Session:
@@ -213,13 +360,17 @@ class LabelStudioAuth:
     Not thread-safe (it caches the access token): use one per thread.
 
     Args:
-        url: Label Studio base URL, e.g. ``http://127.0.0.1:8080`` (a path prefix is kept).
+        url: Label Studio base URL, e.g. ``http://127.0.0.1:8080`` (a path prefix is kept);
+            a personal access token is exchanged there.
         token: a legacy API token, a personal access token, or None (no header at all).
         clock: monotonic clock for the access token's expiry (tests pass a fake).
         ttl_s: how long an exchanged access token is reused.
+        aliases: other configured URLs of the same Label Studio whose origins get the header
+            too (see :class:`LabelStudioSites`).
 
     Raises:
-        ConfigError: ``url`` is not one credentials may go to (see :func:`bound_origin`).
+        ConfigError: ``url`` or an alias is not one credentials may go to (see
+            :func:`bound_origin`).
     """
 
     def __init__(
@@ -229,8 +380,13 @@ class LabelStudioAuth:
         *,
         clock: Callable[[], float] = time.monotonic,
         ttl_s: float = ACCESS_TOKEN_TTL_S,
+        aliases: Sequence[str] = (),
     ) -> None:
         self.origin = bound_origin(url)
+        self.origins: tuple[Origin, ...] = (
+            self.origin,
+            *(bound_origin(alias, LS_ALIASES_SETTING) for alias in aliases),
+        )
         self.base_url = url.rstrip("/")
         self._token = token or None
         self._pat = self._token is not None and is_personal_access_token(self._token)
@@ -255,8 +411,8 @@ class LabelStudioAuth:
         return self.base_url + TOKEN_REFRESH_PATH
 
     def covers(self, url: str) -> bool:
-        """Whether requests to ``url`` get the Authorization header."""
-        return may_receive_credentials(url, self.origin)
+        """Whether requests to ``url`` get the Authorization header (one of its origins)."""
+        return any(may_receive_credentials(url, origin) for origin in self.origins)
 
     def headers(self, url: str, post: PostJSON) -> dict[str, str]:
         """The Authorization header for ``url``: empty for another origin or without a token.
@@ -341,6 +497,11 @@ def _reply_detail(reply: requests.Response) -> str:
         return str(body["detail"])[:_DETAIL_CHARS]
     text = " ".join(reply.text.split())[:_DETAIL_CHARS]
     return text or reply.reason or ""
+
+
+def _has_query(url: str) -> bool:
+    parts = urlsplit(url.strip())
+    return bool(parts.query or parts.fragment or "?" in url or "#" in url)
 
 
 def _without_user_info(url: str) -> str:

@@ -202,6 +202,30 @@ class LabelStudioClient:
         body = {"result": result}
         return dict(self.request("PATCH", f"/api/predictions/{prediction_id}", json=body))
 
+    # --- import and local files ------------------------------------------------------------
+
+    def import_tasks(self, project_id: int, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+        """Create tasks, with their ``predictions``, in a project
+        (``POST /api/projects/{id}/import``); returns Label Studio's counts (``task_count``,
+        ``prediction_count``...). Never retried: a lost reply may hide an import that was made.
+        """
+        return dict(self.request("POST", f"/api/projects/{project_id}/import", json=tasks) or {})
+
+    def local_storages(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's local-files import storages (``GET /api/storages/localfiles``)."""
+        params = {"project": project_id}
+        return list(self.request("GET", "/api/storages/localfiles", params=params) or [])
+
+    def create_local_storage(self, project_id: int, path: str, *, title: str) -> dict[str, Any]:
+        """Let the project's tasks read files below ``path`` (absolute, on the Label Studio
+        host, inside its LOCAL_FILES_DOCUMENT_ROOT) through ``/data/local-files/?d=`` URLs.
+
+        Label Studio checks the path when it creates the storage (400 with its reason). The
+        storage is not synced: a sync would add a task of its own for every file.
+        """
+        body = {"project": project_id, "path": path, "use_blob_urls": True, "title": title}
+        return dict(self.request("POST", "/api/storages/localfiles", json=body))
+
     # --- transport ---------------------------------------------------------------------
 
     def request(

@@ -70,7 +70,7 @@ def find_target(
         ConfigError: the config is not XML, or lacks an image, a control pointing at it, a
             label, or the asked-for image or label; the message says how to fix it.
     """
-    root = _parse(label_config)
+    root = parse_config(label_config)
     controls = _controls(root)
     image = _pick_image(list(root.iter("Image")), controls, image_name)
     to_name = _image_name(image)
@@ -90,6 +90,27 @@ def find_target(
     )
 
 
+def control_targets(label_config: str) -> set[tuple[str, str, str]]:
+    """``(tag, name, image name)`` of every box and brush control and image it points at, e.g.
+    ``("RectangleLabels", "label", "image")``: what a prediction's ``from_name`` and
+    ``to_name`` must name.
+
+    Raises:
+        ConfigError: the config is not valid XML (or refused, see :func:`parse_config`).
+    """
+    return {
+        (control.tag, control.name, to_name)
+        for control in _controls(parse_config(label_config))
+        for to_name in control.to_names
+    }
+
+
+def has_labeling_tags(label_config: str) -> bool:
+    """Whether the config holds any tag inside its root (Label Studio's default for a new
+    project is an empty ``<View></View>``)."""
+    return len(parse_config(label_config)) > 0
+
+
 MAX_CONFIG_CHARS = 1_000_000
 """Longest labeling config accepted (Label Studio's own are a few KB, large taxonomies ~100 KB)."""
 MAX_CONFIG_DEPTH = 64
@@ -98,12 +119,18 @@ MAX_CONFIG_DEPTH = 64
 _DECLARATION = re.compile(r"<!(?!--|\[CDATA\[)")
 
 
-def _parse(label_config: str) -> ET.Element:
+def parse_config(label_config: str, *, keep_comments: bool = False) -> ET.Element:
     """The root element of the config, parsed defensively.
 
     A labeling config arrives from the network (``/setup``, ``/predict``), so before any
     parsing its size is bounded, document type and entity declarations are refused (no
     entity expansion, no external entities), and while parsing its nesting depth is bounded.
+
+    Args:
+        label_config: the XML text.
+        keep_comments: keep comments and processing instructions in the tree (for configs
+            that are edited and written back, see :mod:`zerolabel.labelstudio.config_edit`);
+            the text is parsed a second time for that, once it passed every check above.
     """
     if not label_config or not label_config.strip():
         raise ConfigError(
@@ -135,6 +162,9 @@ def _parse(label_config: str) -> ET.Element:
             raise ConfigError(f"labeling config nests elements more than {MAX_CONFIG_DEPTH} deep")
     if root is None:  # expat raises on a document without an element; kept for the type checker
         raise ConfigError("labeling config has no root element")
+    if keep_comments:
+        builder = ET.TreeBuilder(insert_comments=True, insert_pis=True)
+        return ET.fromstring(label_config, parser=ET.XMLParser(target=builder))
     return root
 
 
@@ -254,36 +284,3 @@ def _unknown_label(label: str, controls: list[_Control]) -> ConfigError:
     if near:
         message += f" (label values are case-sensitive: did you mean {near[0]!r}?)"
     return ConfigError(message)
-
-
-def add_labels(label_config: str, names: list[str]) -> str:
-    """The config with ``<Label value=...>`` added for each name missing from its
-    ``<RectangleLabels>`` and ``<BrushLabels>`` controls (existing labels are kept).
-
-    Raises:
-        ConfigError: the config is not valid XML or has no such control.
-    """
-    root = _parse(label_config)
-    controls = [el for el in root.iter() if el.tag in (BOX_TAG, BRUSH_TAG)]
-    if not controls:
-        raise ConfigError(f"labeling config has no <{BOX_TAG}> or <{BRUSH_TAG}> to add labels to")
-    for control in controls:
-        present = {label.get("value") for label in control.iter("Label")}
-        for name in names:
-            if name not in present:
-                ET.SubElement(control, "Label", {"value": name})
-    return ET.tostring(root, encoding="unicode")
-
-
-def default_config(labels: list[str]) -> str:
-    """A boxes-and-masks labeling config listing ``labels`` (for folders clustered offline)."""
-    items = "".join(f'<Label value="{_xml_attr(name)}"/>' for name in labels)
-    return (
-        '<View>\n  <Image name="image" value="$image"/>\n'
-        f'  <RectangleLabels name="label" toName="image">{items}</RectangleLabels>\n'
-        f'  <BrushLabels name="mask" toName="image">{items}</BrushLabels>\n</View>\n'
-    )
-
-
-def _xml_attr(value: str) -> str:
-    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")

@@ -17,6 +17,22 @@ from zerolabel.settings import BackendSettings
 METHOD_PARAMS = methods.param_names()
 _SPEC_OPTIONS = frozenset({"method", "backbone", "max_side", "square", "masks"})
 
+PROJECT_BACKBONES = (
+    "dino_vits16",
+    "dino_vits8",
+    "dino_vitb16",
+    "dino_vitb8",
+    "dinov2_vits14",
+    "dora_vits16",
+)
+"""Backbones a project may ask for (the named ones of :data:`zerolabel.vit.backbone.BACKBONES`);
+any other timm name only through the workers' own ``ZEROLABEL_BACKBONE``."""
+
+PROJECT_SIDE_RANGE = (64, 2048)
+"""Bounds of a project's ``max_side`` and ``square`` in pixels. A request decides them, so they
+stay where one image fits a worker's memory; full resolution (``max_side`` 0) and larger inputs
+are the operator's choice, through ``ZEROLABEL_MAX_SIDE``."""
+
 
 @dataclass(frozen=True)
 class ProjectOptions:
@@ -39,7 +55,8 @@ class ProjectOptions:
         if unknown:
             allowed = ", ".join(sorted(_SPEC_OPTIONS | METHOD_PARAMS | {"label", "params"}))
             raise ConfigError(f"unknown extra params {sorted(unknown)}: allowed keys are {allowed}")
-        nested = data.get("params") or {}
+        nested = data.get("params")
+        nested = {} if nested is None else nested
         if not isinstance(nested, Mapping):
             raise ConfigError(
                 'extra param "params" must be a JSON object of method parameters, e.g. '
@@ -48,7 +65,11 @@ class ProjectOptions:
         params = dict(nested)
         params.update({k: v for k, v in data.items() if k in METHOD_PARAMS})
         spec = {k: v for k, v in data.items() if k in _SPEC_OPTIONS}
-        return cls(spec_overrides=spec, params=params, label=data.get("label"))
+        _check_spec_options(spec)
+        label = data.get("label")
+        if label is not None and not isinstance(label, str):
+            raise ConfigError(f'extra param "label" must be a string, got {label!r}')
+        return cls(spec_overrides=spec, params=params, label=label)
 
     def spec(self, settings: BackendSettings, *, masks: bool) -> DiscoverySpec:
         """The project's spec: environment defaults, then these options.
@@ -58,9 +79,37 @@ class ProjectOptions:
                 have or values of the wrong type (the message lists the allowed parameters).
         """
         overrides = {"masks": masks, **self.spec_overrides}
+        backbone = overrides.get("backbone")
+        if backbone is not None and backbone not in (
+            *PROJECT_BACKBONES,
+            settings.discovery.backbone,
+        ):
+            raise ConfigError(
+                f'extra param "backbone" {backbone!r} is not served: use one of '
+                f"{', '.join(PROJECT_BACKBONES)} (or the workers' ZEROLABEL_BACKBONE)"
+            )
         if self.params:
             overrides["params"] = self.params
         return settings.discovery.spec(**overrides)
+
+
+def _check_spec_options(spec: Mapping[str, Any]) -> None:
+    """Types and bounds of the spec options a project sets (a request decides them)."""
+    low, high = PROJECT_SIDE_RANGE
+    for name in ("max_side", "square"):
+        value = spec.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(
+                f'extra param "{name}" must be a whole number of pixels from {low} to {high}, '
+                f"got {value!r} (full resolution and larger inputs: ZEROLABEL_MAX_SIDE)"
+            )
+    for name in ("method", "backbone"):
+        if name in spec and not isinstance(spec[name], str):
+            raise ConfigError(f'extra param "{name}" must be a string, got {spec[name]!r}')
+    if "masks" in spec and not isinstance(spec["masks"], bool):
+        raise ConfigError(f'extra param "masks" must be true or false, got {spec["masks"]!r}')
 
 
 def _as_mapping(raw: str | Mapping[str, Any] | None) -> Mapping[str, Any]:

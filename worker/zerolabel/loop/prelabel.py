@@ -7,9 +7,13 @@ gets one prediction, stored with ``POST /api/predictions`` as soon as its batch 
 
 Re-running is how an interrupted or partly failed run is finished: tasks that got their
 prediction now carry the version and are skipped; the others are queued again, and jobs still
-running or finished since are picked up (the job id depends only on the image and the spec).
-A task's prediction is stored at most once per version unless two runs work on one project
-at the same time.
+running or finished since are picked up (the job id depends only on the image, the Label
+Studio URL it is relative to, and the spec). A task's prediction is stored at most once per
+version unless two runs work on one project at the same time.
+
+The client's token stays in this process: requests carry no credentials, and workers download
+task images with their own ``LABEL_STUDIO_API_KEY`` from the Label Studio they are configured for
+(``worker_ls_url`` must be its ``LABEL_STUDIO_URL`` or one of its aliases).
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ def prelabel_project(
     """Write one prediction of the current model version to every task that lacks one.
 
     Args:
-        client: Label Studio client; its token also lets workers download task images.
+        client: Label Studio client (its token is used here only, never sent to workers).
         project_id: the project to pre-label.
         service: the backend's service: plans the spec and holds the queue's dispatcher.
         options: the project's options, as given to the ML backend as extra params; the same
@@ -102,8 +106,9 @@ def prelabel_project(
             collected, so workers stay busy while predictions are stored.
         wait_timeout_s: how long one batch is waited for; late tasks are reported.
         max_tasks: attempt at most this many tasks in this run (None: all).
-        worker_ls_url: Label Studio URL as workers reach it, for ``/data/...`` image URLs;
-            None takes ``client.url``.
+        worker_ls_url: Label Studio URL as workers reach it, for ``/data/...`` image URLs:
+            their ``LABEL_STUDIO_URL`` or one of their ``ZEROLABEL_LABEL_STUDIO_ALIASES``
+            (workers refuse others per task); None takes ``client.url``.
         progress: show a tqdm progress bar on stderr (when tqdm is installed).
 
     Returns:
@@ -205,8 +210,7 @@ class _Run:
 
     def _submit(self, batch: list[_Pending]) -> list[Job]:
         requests = [
-            DiscoveryRequest(self.spec, p.image, p.task_id, self.worker_ls_url, self.client.token)
-            for p in batch
+            DiscoveryRequest(self.spec, p.image, p.task_id, self.worker_ls_url) for p in batch
         ]
         try:
             return [self.service.dispatcher.submit(request) for request in requests]

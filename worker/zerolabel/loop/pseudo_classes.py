@@ -43,6 +43,7 @@ __all__ = [
     "object_boxes",
     "object_key",
     "relabel",
+    "update_predictions",
 ]
 
 
@@ -171,12 +172,23 @@ def labelled_tasks(
 
 def map_task_labels(
     tasks: Sequence[dict[str, Any]], mapping: dict[str, str], *, model_version: str | None = None
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Rename or merge clusters in already labelled tasks (no features recomputed).
 
+    A mapping key no region carries while its new name is carried was applied before: running
+    the same mapping twice leaves the tasks as the first run left them.
+
+    Returns:
+        Copies of the tasks relabelled, and the mapping keys some region carried (empty: the
+        whole mapping had been applied already and the copies equal the tasks).
+
     Raises:
-        ValueError: a mapping key that no region carries (a typo in the mapping file).
+        ValueError: an empty new name, or a mapping key that no region carries and whose new
+            name no region carries either (a typo in the mapping file).
     """
+    empty = sorted(key for key, name in mapping.items() if not name)
+    if empty:
+        raise ValueError(f"the mapping gives an empty name to {', '.join(empty)}")
     out = copy.deepcopy(list(tasks))
     seen: set[str] = set()
     for task in out:
@@ -187,7 +199,28 @@ def map_task_labels(
                 continue
             seen.update(item["value"].get(key) or [])
             item["value"][key] = [mapping.get(v, v) for v in item["value"].get(key) or []]
-    unknown = sorted(set(mapping) - seen)
+    unknown = sorted(key for key, name in mapping.items() if key not in seen and name not in seen)
     if unknown:
-        raise ValueError(f"mapping names clusters no region carries: {', '.join(unknown)}")
-    return out
+        raise ValueError(
+            f"mapping names clusters no region carries: {', '.join(unknown)} "
+            f"(labels in use: {', '.join(sorted(seen)) or 'none'})"
+        )
+    return out, [key for key in mapping if key in seen]
+
+
+def update_predictions(
+    client: Any,
+    before: Sequence[dict[str, Any]],
+    after: Sequence[dict[str, Any]],
+    model_version: str | None,
+) -> int:
+    """PATCH every project prediction whose result differs between ``before`` and ``after``
+    (the same tasks, relabelled); returns how many were updated."""
+    updated = 0
+    for old, new in zip(before, after, strict=True):
+        old_pred = chosen_prediction(old, model_version)
+        new_pred = chosen_prediction(new, model_version)
+        if old_pred and new_pred and old_pred.get("result") != new_pred.get("result"):
+            client.update_prediction(old_pred["id"], new_pred["result"])
+            updated += 1
+    return updated

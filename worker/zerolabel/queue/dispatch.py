@@ -12,7 +12,8 @@ Keys:
   zerolabel:run:<job id>               the worker process running that job
   zerolabel:strikes:<job id>           runs of that job that died with their worker
   zerolabel:worker:<name>              a live worker's heartbeat
-  zerolabel:result:<version>:<sha256>  a finished result by model_version and image content
+  zerolabel:result:<version>:<origin digest>:<sha256>
+                                       a finished result by model_version, image origin and content
 """
 
 from __future__ import annotations

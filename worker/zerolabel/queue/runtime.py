@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import OrderedDict
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -16,6 +15,12 @@ from zerolabel.contract import DiscoveryRequest, DiscoveryResult, DiscoverySpec
 from zerolabel.errors import ConfigError, ImageLoadError, WeightsError
 from zerolabel.io.fetch import Fetcher, FetchPolicy, TransientFetchError
 from zerolabel.io.images import ImageLimits
+from zerolabel.labelstudio.auth import (
+    LS_ALIASES_SETTING,
+    LS_URL_SETTING,
+    LabelStudioSite,
+    parse_origin,
+)
 from zerolabel.pipeline import ModelStore, Runner
 from zerolabel.queue.dispatch import ResultCache
 from zerolabel.settings import WorkerSettings
@@ -23,29 +28,27 @@ from zerolabel.vit.backbone import Backbone
 
 logger = logging.getLogger(__name__)
 
-MAX_FETCHERS = 8
-"""Fetchers kept (one per Label Studio URL and token); the least recently used is closed."""
+LOCAL_ORIGIN = "local"
+"""How the result cache names the origin of images read from local files."""
 
 
 class WorkerRuntime:
-    """Serves discovery requests with models loaded once."""
+    """Serves discovery requests with models loaded once.
 
-    def __init__(
-        self,
-        settings: WorkerSettings,
-        redis: Redis | None = None,
-        *,
-        max_fetchers: int = MAX_FETCHERS,
-    ) -> None:
-        if max_fetchers < 1:
-            raise ConfigError(f"max_fetchers must be at least 1, got {max_fetchers}")
+    Label Studio credentials come from the worker's own settings (``LABEL_STUDIO_API_KEY``),
+    never from a request: there is one fetcher per configured Label Studio URL
+    (``LABEL_STUDIO_URL`` and ``ZEROLABEL_LABEL_STUDIO_ALIASES``), so the number of fetchers, and
+    of connection pools, is bounded by the configuration.
+    """
+
+    def __init__(self, settings: WorkerSettings, redis: Redis | None = None) -> None:
         self.settings = settings
         self.redis = redis
         self.cache = ResultCache(redis, settings.queue.result_ttl_s) if redis else None
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         self.models = ModelStore(settings)
-        self.max_fetchers = max_fetchers
-        self._fetchers: OrderedDict[tuple[str | None, str | None], Fetcher] = OrderedDict()
+        self.sites = settings.ls_sites()
+        self._fetchers: dict[str | None, Fetcher] = {}
 
     def backbone(self, spec: DiscoverySpec) -> Backbone:
         """The loaded backbone of a feature-method spec (loaded on first use, then kept)."""
@@ -56,24 +59,41 @@ class WorkerRuntime:
         return self.models.runner(spec)
 
     def fetcher(self, request: DiscoveryRequest) -> Fetcher:
-        """The fetcher for the request's Label Studio URL and token (most recently used kept)."""
-        ls_url = request.ls_url or self.settings.ls_url
-        token = request.ls_token or self.settings.ls_token
-        key = (ls_url, token)
-        fetcher = self._fetchers.pop(key, None)
+        """The fetcher for the configured Label Studio URL the request's image belongs to.
+
+        A relative image URL is joined to the configured site whose origin ``request.ls_url``
+        has (the primary one when the request names none); other images use the primary's.
+
+        Raises:
+            ConfigError: the request names a Label Studio this worker is not configured for.
+        """
+        site = self._site(request)
+        key = site.url if site is not None else None
+        fetcher = self._fetchers.get(key)
         if fetcher is None:
-            fetcher = self._new_fetcher(ls_url, token)
-        self._fetchers[key] = fetcher  # now the most recently used
-        while len(self._fetchers) > self.max_fetchers:
-            _, evicted = self._fetchers.popitem(last=False)
-            evicted.close()
+            fetcher = self._fetchers[key] = self._new_fetcher(site)
         return fetcher
 
-    def _new_fetcher(self, ls_url: str | None, token: str | None) -> Fetcher:
+    def _site(self, request: DiscoveryRequest) -> LabelStudioSite | None:
+        if not request.ls_url or not request.image.startswith("/"):
+            return self.sites.primary
+        site = self.sites.find(request.ls_url)
+        if site is None:
+            raise ConfigError(
+                f"the task's image is on the Label Studio at {_origin_text(request.ls_url)}, "
+                f"which is not the one this worker is configured for ({self.sites.describe()}); "
+                f"set {LS_URL_SETTING} on the workers, or add it to {LS_ALIASES_SETTING} if it "
+                "is another name for it"
+            )
+        return site
+
+    def _new_fetcher(self, site: LabelStudioSite | None) -> Fetcher:
+        others = tuple(s.url for s in self.sites.sites if s != site)
         return Fetcher(
             FetchPolicy(
-                ls_url=ls_url,
-                ls_token=token,
+                ls_url=site.url if site is not None else None,
+                ls_token=self.settings.ls_token if site is not None else None,
+                ls_aliases=others if site is not None else (),
                 allowed_hosts=self.settings.allowed_hosts,
                 allow_local_paths=bool(self.settings.local_roots),
                 local_roots=self.settings.local_roots,
@@ -104,7 +124,8 @@ class WorkerRuntime:
         except (ImageLoadError, ConfigError) as exc:
             logger.warning("task %s: %s", request.task_id, exc)
             return DiscoveryResult(request.image, (0, 0), [], version, request.task_id, str(exc))
-        cached = self._cached(version, image.sha256)
+        origin = _image_origin(image.source)
+        cached = self._cached(version, origin, image.sha256)
         if cached is not None:
             logger.info("task %s: served from the result cache", request.task_id)
             return dataclasses.replace(cached, source=request.image, task_id=request.task_id)
@@ -118,21 +139,39 @@ class WorkerRuntime:
         result = DiscoveryResult(
             request.image, image.original_hw, regions, version, request.task_id
         )
-        self._store(result, image.sha256)
+        self._store(result, origin, image.sha256)
         return result
 
-    def _cached(self, version: str, sha256: str) -> DiscoveryResult | None:
+    def _cached(self, version: str, origin: str, sha256: str) -> DiscoveryResult | None:
         if self.cache is None:
             return None
         try:
-            return self.cache.get(version, sha256)
+            return self.cache.get(version, origin, sha256)
         except RedisError as exc:
             logger.warning("result cache unavailable: %s", exc)
             return None
 
-    def _store(self, result: DiscoveryResult, sha256: str) -> None:
+    def _store(self, result: DiscoveryResult, origin: str, sha256: str) -> None:
         if self.cache is not None:
             try:
-                self.cache.put(result, sha256)
+                self.cache.put(result, origin, sha256)
             except RedisError as exc:
                 logger.warning("result cache unavailable: %s", exc)
+
+
+def _image_origin(source: str) -> str:
+    """``scheme://host:port`` of a downloaded image's URL, or :data:`LOCAL_ORIGIN`."""
+    origin = parse_origin(source)
+    if origin is None:
+        return LOCAL_ORIGIN
+    scheme, host, port = origin
+    return f"{scheme}://{host}:{port}"
+
+
+def _origin_text(url: str) -> str:
+    """The origin of a URL named by a request, for messages (never its user info or path)."""
+    origin = parse_origin(url)
+    if origin is None:
+        return repr("<not an http(s) URL>")
+    scheme, host, port = origin
+    return f"{scheme}://{host}:{port}"

@@ -2,13 +2,18 @@
 
 Entries for tasks without a result carry no ``result`` key: Label Studio then stores no
 prediction for them, so they are asked for again later instead of being marked done.
+
+Nothing here carries a Label Studio token: requests name the configured Label Studio a relative
+image URL belongs to, and workers download with their own ``LABEL_STUDIO_API_KEY``. The hostname
+Label Studio sends to ``/setup`` is accepted only when it is ``LABEL_STUDIO_URL`` or one of
+``ZEROLABEL_LABEL_STUDIO_ALIASES`` (:meth:`PredictionService.context`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from redis import Redis
@@ -26,14 +31,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ProjectContext:
-    """What Label Studio told us about a project in /setup."""
+    """What Label Studio told us about a project in /setup; build it with
+    :meth:`PredictionService.context`, which checks the hostname.
 
-    hostname: str | None = None  # Label Studio URL, for /data/... image URLs
-    access_token: str | None = None  # never logged
-    options: ProjectOptions = ProjectOptions()
+    It holds no credentials: workers download with their own ``LABEL_STUDIO_API_KEY``, and the
+    token Label Studio sends to /setup is never kept or forwarded.
 
-    def __repr__(self) -> str:
-        return f"ProjectContext(hostname={self.hostname!r}, options={self.options!r})"
+    Attributes:
+        hostname: the configured Label Studio URL /setup named, for ``/data/...`` image URLs;
+            None: ``LABEL_STUDIO_URL``.
+        options: the project's extra params.
+    """
+
+    hostname: str | None = None
+    options: ProjectOptions = field(default_factory=ProjectOptions)
 
 
 class PredictionService:
@@ -41,6 +52,7 @@ class PredictionService:
 
     def __init__(self, settings: BackendSettings, redis: Redis | None = None) -> None:
         self.settings = settings
+        self.sites = settings.discovery.ls_sites()
         self.dispatcher = Dispatcher(
             redis or connect(settings.discovery.queue), settings.discovery.queue
         )
@@ -56,12 +68,34 @@ class PredictionService:
     def model_version(self, label_config: str, options: ProjectOptions) -> str:
         return self.plan(label_config, options)[1].model_version()
 
+    def context(self, hostname: str | None, options: ProjectOptions) -> ProjectContext:
+        """The project context for a ``/setup`` call; its access token is never used.
+
+        Args:
+            hostname: the Label Studio URL /setup names: empty, ``LABEL_STUDIO_URL`` or one of
+                ``ZEROLABEL_LABEL_STUDIO_ALIASES`` (origins compared, default ports filled in).
+                Without ``LABEL_STUDIO_URL`` it is not kept: nothing may be sent there.
+            options: the project's extra params.
+
+        Raises:
+            ConfigError: the hostname is not the configured Label Studio (the message names
+                the configured URLs and how to add another name for it).
+        """
+        site = self.sites.check_hostname(hostname)
+        return ProjectContext(site.url if site is not None else None, options)
+
     def predict(
         self, tasks: Sequence[dict[str, Any]], label_config: str, context: ProjectContext
     ) -> list[dict[str, Any]]:
-        """Exactly one entry per task, in order."""
+        """Exactly one entry per task, in order.
+
+        Raises:
+            ConfigError: the labeling config cannot be served, or the context names a Label
+                Studio that is not configured (see :meth:`context`).
+        """
         target, spec = self.plan(label_config, context.options)
         version = spec.model_version()
+        ls_url = self._ls_url(context)
         entries: list[dict[str, Any] | None] = [None] * len(tasks)
         requests: dict[int, DiscoveryRequest] = {}
         for index, task in enumerate(tasks):
@@ -69,17 +103,25 @@ class PredictionService:
             if not isinstance(image, str) or not image:
                 entries[index] = _no_result(task, f"task data has no '{target.data_key}' image URL")
                 continue
-            requests[index] = DiscoveryRequest(
-                spec,
-                image,
-                task.get("id"),
-                context.hostname or self.settings.discovery.ls_url,
-                context.access_token or self.settings.discovery.ls_token,
-            )
+            requests[index] = DiscoveryRequest(spec, image, task.get("id"), ls_url)
         outcomes = self._run(list(requests.values()))
         for index, outcome in zip(requests, outcomes, strict=True):
             entries[index] = self._entry(tasks[index], outcome, target, version)
         return [entry or {} for entry in entries]
+
+    def _ls_url(self, context: ProjectContext) -> str | None:
+        """The configured Label Studio URL the project's relative image URLs belong to.
+
+        The hostname is checked again here, so a context built without :meth:`context` never
+        sends a worker anywhere else. None without ``LABEL_STUDIO_URL``: workers then join
+        relative URLs to their own, and answer a per-task error naming the setting if they
+        have none.
+
+        Raises:
+            ConfigError: the context names a Label Studio that is not configured.
+        """
+        site = self.sites.check_hostname(context.hostname) or self.sites.primary
+        return site.url if site is not None else None
 
     def _run(self, requests: list[DiscoveryRequest]) -> list[Outcome]:
         if not requests:
