@@ -63,7 +63,8 @@ class _Server:
         self.files: dict[str, bytes] = {}
         self.asked: list[str] = []
 
-    def download(self, url: str) -> tuple[bytes, str]:
+    def download(self, target: Any) -> tuple[bytes, str]:
+        url = str(target.url)  # the fetcher's one parse of the URL
         self.asked.append(url)
         return self.files[url], "image/jpeg"
 
