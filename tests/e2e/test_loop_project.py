@@ -129,3 +129,38 @@ def test_eval_and_export_a_corrected_project(project, tmp_path):
         coco.annToMask(a).sum() == a["area"] for a in coco.anns.values() if a.get("segmentation")
     )
     assert Path(out / "yolo" / "labels" / "classes.txt").read_text().split() == ["object"]
+
+
+def test_a_task_annotated_as_empty_is_exported_and_scored_as_a_negative(project, tmp_path):
+    ls, project_id, env = project
+    predictions = ls.predictions(project_id)
+    negative = predictions[0]["task"]
+    ls.api("POST", f"/api/tasks/{negative}/annotations", json={"result": []})  # "nothing here"
+
+    out = tmp_path / "export"
+    exported = CliRunner().invoke(
+        main,
+        ["export", "--project", str(project_id), "-o", str(out), "--download-images"]
+        + ["--val-fraction", "0.5"],
+        env=env,
+    )
+    assert exported.exit_code == 0, exported.output
+    coco = json.loads((out / "coco.json").read_text())
+    assert len(coco["images"]) == len(PHOTOS)
+    (image,) = [im for im in coco["images"] if im["ls_task_id"] == negative]
+    assert not [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+    name = image["file_name"]
+    served = (out / "images" / name).read_bytes()
+    assert served == (ls.document_root / "loop" / Path(name).name).read_bytes()
+    labels = list((out / "yolo" / "labels").rglob(f"{Path(name).stem}.txt"))
+    assert len(labels) == 1 and labels[0].read_text() == ""
+
+    version = predictions[0]["model_version"]
+    scored = CliRunner().invoke(
+        main, ["eval", "--project", str(project_id), "--model-version", version], env=env
+    )
+    assert scored.exit_code == 0, scored.output
+    assert any(
+        line.split()[:3] == ["negatives", "(no", "object)"] and line.split()[-1] == "1"
+        for line in scored.output.splitlines()
+    )

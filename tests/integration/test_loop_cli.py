@@ -158,6 +158,42 @@ def test_export_of_labelled_predictions_keeps_the_pseudo_classes(predicted, tmp_
     ]
 
 
+def test_export_splits_into_an_ultralytics_layout_with_the_images(predicted, tmp_path):
+    root, photos, tasks_file, env = predicted
+    out = tmp_path / "split"
+    tasks = json.loads(tasks_file.read_text())
+    tasks[0]["annotations"] = [{"id": 1, "result": []}]  # an annotator: nothing here
+    for task in tasks[1:]:
+        task["annotations"] = [{"id": 2, "result": task["predictions"][-1]["result"]}]
+    source = tmp_path / "annotated.json"
+    source.write_text(json.dumps(tasks))
+    result = CliRunner().invoke(
+        main,
+        ["export", "--from-file", str(source), "-o", str(out), "-f", "yolo", "-f", "voc"]
+        + ["--val-fraction", "0.34", "--seed", "1", "--document-root", str(photos)]
+        + ["--download-images"],
+    )
+    assert result.exit_code == 0, result.output
+    yolo = out / "yolo"
+    data = (yolo / "data.yaml").read_text()
+    assert 'train: "images/train"' in data and 'val: "images/val"' in data
+    by_split = {s: sorted((yolo / "labels" / s).glob("*.txt")) for s in ("train", "val")}
+    assert len(by_split["train"]) + len(by_split["val"]) == 6 and len(by_split["val"]) == 2
+    negative = Path(tasks[0]["data"]["image"].split("=")[-1]).stem
+    assert any(
+        p.stem == negative and p.read_text() == "" for p in by_split["train"] + by_split["val"]
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["negatives"] == 1 and summary["split"] == {"train": 4, "val": 2}
+    voc_lists = out / "voc" / "ImageSets" / "Main"
+    assert len((voc_lists / "val.txt").read_text().split()) == 2
+    for split, files in by_split.items():  # the photos themselves, byte for byte
+        for label in files:
+            image = yolo / "images" / split / f"{label.stem}.jpg"
+            assert image.read_bytes() == (photos / image.name).read_bytes()
+            assert (out / "voc" / "JPEGImages" / image.name).read_bytes() == image.read_bytes()
+
+
 def test_cluster_takes_backbone_and_weights_on_the_command_line(predicted, tmp_path):
     root, photos, tasks_file, env = predicted
     from_env = _cluster(root, photos, tasks_file, env, "weights-from-env")

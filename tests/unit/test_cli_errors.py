@@ -343,6 +343,39 @@ def test_interrupt_is_left_to_click():
     assert result.exit_code == 1 and "Aborted!" in result.output and "Error:" not in result.output
 
 
+# --- eval refuses what it cannot score -------------------------------------------------------
+
+
+def _annotated(tasks: list[dict]) -> list[dict]:
+    for task in tasks:
+        task["annotations"] = [{"id": task["id"], "result": task["predictions"][0]["result"]}]
+    return tasks
+
+
+def test_eval_of_an_export_file_with_predictions_listed_by_id_is_refused(tmp_path):
+    tasks = _annotated(_tasks([1, 2]))
+    for task in tasks:
+        task["predictions"] = [task["id"] + 100]  # Label Studio's JSON export lists ids only
+    result = _run(["eval", "--from-file", _write(tmp_path / "export.json", tasks)])
+    _error_line(result, "predictions are listed only by id", "--project")
+
+
+def test_eval_of_a_model_version_not_present_lists_the_versions(tmp_path):
+    tasks = _write(tmp_path / "tasks.json", _annotated(_tasks([1, 2])))
+    result = _run(["eval", "--from-file", tasks, "--model-version", "nope"])
+    _error_line(result, "model version 'nope' not found", "'v1'")
+
+
+def test_export_of_predictions_of_a_model_version_not_present_is_refused(tmp_path):
+    tasks = _write(tmp_path / "tasks.json", _tasks([1]))
+    result = _run(
+        ["export", "--from-file", tasks, "-o", str(tmp_path / "out"), "--source", "predictions"]
+        + ["--model-version", "nope"]
+    )
+    _error_line(result, "model version 'nope' not found", "'v1'")
+    assert not (tmp_path / "out").exists()
+
+
 # --- --env-file ------------------------------------------------------------------------------
 
 

@@ -219,3 +219,22 @@ def test_format_table_is_aligned_and_names_every_metric() -> None:
     for name in ("images", "CorLoc", "AP50", "AP ", "AR100"):
         assert name in table
     assert "61.9" in table and "n/a" in table
+
+
+def test_listed_images_without_a_box_count_as_without_prediction(tmp_path: Path) -> None:
+    gt = read_voc(VOC)
+    preds = _perfect(gt)
+    empty = sorted(preds)[:2]
+    for stem in empty:
+        preds[stem] = []  # listed in the file, as predict lists every image, but no box
+    report = evaluate(_write_predictions(tmp_path / "p.json", gt, preds), VOC)
+    assert report.n_missing == len(empty)
+
+
+def test_negatives_get_a_row_but_no_corloc_and_their_boxes_are_false_positives() -> None:
+    gt = _one_box_gt(2) | {"neg": GtImage("neg.jpg", (100, 100), [], [])}
+    value, rows = corloc(_perfect(gt), gt)
+    assert value == 1.0 and len(rows) == 3
+    with_fp = _perfect(gt) | {"neg": [(Box(0, 0, 50, 50), 2.0)]}
+    assert corloc(with_fp, gt)[0] == 1.0
+    assert coco_metrics(with_fp, gt)["ap50"] < coco_metrics(_perfect(gt), gt)["ap50"]

@@ -22,6 +22,7 @@ from pycocotools.coco import COCO
 from zerolabel.contract import Box, DiscoveryResult, Region
 from zerolabel.evaluation.ground_truth import read_voc, read_yolo
 from zerolabel.formats.export import (
+    SIZE_FROM_TASK,
     Dataset,
     detect_image_key,
     export,
@@ -411,3 +412,53 @@ def test_predictions_listed_by_id_only_are_explained() -> None:
     task = {"id": 4, "data": {"image": "/data/upload/1/y.png"}, "predictions": [17, 18]}
     ds = read_ls_export([task], source="predictions")
     assert ds.images == [] and "by id only" in ds.skipped[0].reason
+
+
+# --- negatives: an annotation with an empty result ("no objects here") ------------------------
+
+
+def _negative_task(task_id: int, url: str, predicted: list[dict[str, Any]]) -> dict[str, Any]:
+    task = _task(task_id, url, [])
+    return task | {"predictions": [{"id": 5, "model_version": "v1", "result": predicted}]}
+
+
+def test_a_negative_is_kept_in_every_format_sized_from_its_prediction(tmp_path: Path) -> None:
+    # the model saw something, the annotator deleted it: the prediction gives the size
+    tasks = [*_export(), _negative_task(3, "/data/upload/3/empty.png", [_rect("p", FLOAT_BOX)])]
+    paths = export(tasks, tmp_path)
+    coco = json.loads(paths["coco"].read_text())
+    (image,) = [im for im in coco["images"] if im["ls_task_id"] == 3]
+    assert (image["width"], image["height"]) == (W, H)
+    assert not [a for a in coco["annotations"] if a["image_id"] == image["id"]]
+    assert (paths["yolo"] / "labels" / "empty.txt").read_text() == ""
+    gt = read_voc(paths["voc"])
+    assert gt["empty"].boxes == [] and gt["empty"].image_hw == (H, W)
+    summary = json.loads(paths["summary"].read_text())
+    assert (summary["images"], summary["negatives"], summary["skipped_tasks"]) == (3, 1, [])
+    assert summary["sized_from"] == {SIZE_FROM_TASK: [3]}
+
+
+def test_a_negative_without_any_sized_result_is_sized_from_its_image() -> None:
+    asked: list[str] = []
+
+    def image_size(url: str) -> tuple[tuple[int, int], str] | None:
+        asked.append(url)
+        return ((W, H), "image file") if url.endswith("a.png") else None
+
+    tasks = [_task(10, "/data/upload/1/a.png", []), _task(11, "/data/upload/1/b.png", [])]
+    ds = read_ls_export(tasks, image_size=image_size)
+    (image,) = ds.images
+    assert (image.task_id, image.width, image.height, image.objects) == (10, H, W, [])
+    assert image.size_from == "image file"
+    assert asked == ["/data/upload/1/a.png", "/data/upload/1/b.png"]
+    assert [s.task_id for s in ds.skipped] == [11] and "no size info" in ds.skipped[0].reason
+
+
+def test_exporting_an_unknown_model_version_is_refused_with_the_versions_present(
+    tmp_path: Path,
+) -> None:
+    task = {"id": 3, "data": {"image": "/data/upload/1/x.png"}}
+    task["predictions"] = [_discovery("v1", [MASK_A]), _discovery("v2", [MASK_B])]
+    with pytest.raises(ValueError, match="model version 'nope' not found.*'v1', 'v2'"):
+        export([task], tmp_path / "out", source="predictions", model_version="nope")
+    assert not (tmp_path / "out").exists()

@@ -290,3 +290,58 @@ def test_errors_name_the_path(tmp_path: Path, make, fmt: str, message: str) -> N
 def _touch(path: Path) -> Path:
     path.write_text("")
     return path
+
+
+def _yolo_folder(root: Path, labels: dict[str, str], images: list[str]) -> Path:
+    (root / "labels").mkdir(parents=True)
+    (root / "images").mkdir()
+    for stem, text in labels.items():
+        (root / "labels" / f"{stem}.txt").write_text(text)
+    for stem in images:
+        Image.new("RGB", (40, 20)).save(root / "images" / f"{stem}.png")
+    return root / "labels"
+
+
+def test_yolo_label_without_image_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    labels = _yolo_folder(tmp_path, {"a": "0 0.5 0.5 0.5 0.5\n", "lost": "0 0.5 0.5 1 1\n"}, ["a"])
+    with caplog.at_level("WARNING"):
+        gt = read_yolo(labels)
+    assert sorted(gt) == ["a"] and len(gt["a"].boxes) == 1
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "1 YOLO label file(s) without an image skipped" in warning and "lost.txt" in warning
+
+
+def test_yolo_image_without_label_file_is_a_negative(tmp_path: Path) -> None:
+    labels = _yolo_folder(tmp_path, {"a": "0 0.5 0.5 0.5 0.5\n"}, ["a", "empty"])
+    gt = read_yolo(labels)
+    assert sorted(gt) == ["a", "empty"]
+    assert gt["empty"] == GtImage("empty.png", (20, 40), [], [])
+
+
+def test_yolo_predictions_on_an_unlabelled_image_are_false_positives(tmp_path: Path) -> None:
+    from zerolabel.evaluation.metrics import evaluate
+
+    labels = _yolo_folder(tmp_path, {"a": "0 0.5 0.5 0.5 0.5\n"}, ["a", "empty"])
+    images = [{"id": i, "file_name": f"{s}.png"} for i, s in ((1, "a"), (2, "empty"))]
+    hit = {"image_id": 1, "bbox": [10, 5, 20, 10], "score": 0.5}
+    false = {"image_id": 2, "bbox": [0, 0, 20, 10], "score": 0.9}
+    scores = {}
+    for name, anns in (("clean", [hit]), ("with-fp", [hit, false])):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"images": images, "annotations": anns}))
+        scores[name] = evaluate(path, labels, "yolo").ap50
+    assert scores["clean"] == pytest.approx(1.0) and scores["with-fp"] < 0.9
+
+
+def test_yolo_split_folders_pair_labels_with_images_of_the_same_split(tmp_path: Path) -> None:
+    for split in ("train", "val"):
+        (tmp_path / "labels" / split).mkdir(parents=True)
+        (tmp_path / "images" / split).mkdir(parents=True)
+    (tmp_path / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    Image.new("RGB", (40, 20)).save(tmp_path / "images" / "train" / "a.png")
+    Image.new("RGB", (30, 10)).save(tmp_path / "images" / "val" / "b.png")
+    gt = read_ground_truth(tmp_path)
+    assert gt["a"].image_hw == (20, 40) and len(gt["a"].boxes) == 1
+    assert gt["b"] == GtImage("b.png", (10, 30), [], [])

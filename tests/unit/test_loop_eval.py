@@ -7,6 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 from zerolabel.cli.main import main
+from zerolabel.evaluation.metrics import evaluate
 from zerolabel.loop.evaluate import evaluate_export
 
 W, H = 200, 100
@@ -88,3 +89,76 @@ def test_eval_from_an_export_file_prints_both_tables(tmp_path):
     result = CliRunner().invoke(main, ["eval", "--from-file", str(path), "--model-version", "v1"])
     assert result.exit_code == 0, result.output
     assert "CorLoc" in result.output and "purity" in result.output
+
+
+def _folder_files(tmp_path, tasks):
+    """The same images as COCO ground truth and a COCO prediction file listing every image."""
+    images, truth, guesses = [], [], []
+    for task in tasks:
+        image_id = task["id"]
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": W, "height": H})
+        for anns, items in (
+            (truth, task["annotations"][0]["result"]),
+            (guesses, task["predictions"][0]["result"]),
+        ):
+            for item in items:
+                v = item["value"]
+                bbox = [
+                    v["x"] * W / 100,
+                    v["y"] * H / 100,
+                    v["width"] * W / 100,
+                    v["height"] * H / 100,
+                ]
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": image_id,
+                        "bbox": bbox,
+                        "category_id": 1,
+                        "score": item.get("score", 1.0),
+                    }
+                )
+    gt, pred = tmp_path / "gt.json", tmp_path / "pred.json"
+    gt.write_text(json.dumps({"images": images, "annotations": truth, "categories": [{"id": 1}]}))
+    pred.write_text(json.dumps({"images": images, "annotations": guesses}))
+    return pred, gt
+
+
+def test_without_prediction_counts_images_without_a_predicted_region_in_both_modes(tmp_path):
+    tasks = _export()
+    tasks[1]["predictions"][0]["result"] = []  # the model found nothing on task 2
+    project_report, _ = evaluate_export(tasks, model_version="v1")
+    pred, gt = _folder_files(tmp_path, tasks)
+    folder_report = evaluate(pred, gt)
+    assert project_report.n_missing == folder_report.n_missing == 1
+    assert project_report.n_images == folder_report.n_images == 3
+
+
+def test_a_negative_is_in_the_ground_truth_and_boxes_on_it_are_false_positives():
+    tasks = _export()
+    tasks.append(
+        {
+            "id": 4,
+            "data": {"image": "/data/upload/1/4.jpg"},
+            "annotations": [{"id": 4, "result": [], "was_cancelled": False}],  # nothing here
+            "predictions": [
+                {
+                    "model_version": "v1",
+                    "result": [_rect("zl-abc-0-box", (5, 5, 50, 50), "cluster_00", 0.95)],
+                }
+            ],
+        }
+    )
+    report, _ = evaluate_export(tasks, model_version="v1")
+    assert (report.n_images, report.n_negatives) == (4, 1)
+    assert report.corloc == 1.0  # nothing to localise on a negative
+    assert report.ap50 < 1.0  # the top-scoring box of the run is a false positive
+    assert "negatives (no object)" in report.format_table()
+
+
+def test_an_unlabelled_project_is_refused_rather_than_scored():
+    tasks = _export()
+    for task in tasks:
+        task["annotations"] = []
+    with pytest.raises(ValueError, match="no task has an annotation"):
+        evaluate_export(tasks, model_version="v1")

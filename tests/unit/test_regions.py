@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ from zerolabel.formats.export import export, read_ls_export
 from zerolabel.geometry import mask_to_box, rle_encode
 from zerolabel.labelstudio.brush import brush_rle_encode
 from zerolabel.labelstudio.regions import (
+    STALE_BOX,
+    STALE_MASK,
+    UNRECORDED,
     RegionError,
     object_id,
     object_key,
@@ -180,3 +184,87 @@ def test_image_size_problems_are_reported_and_skip_the_task_in_clustering() -> N
     assert failures == [
         (0, "image_rotation is set: the image was rotated in the editor (unsupported)")
     ]
+
+
+# --- a box and a mask of one object that disagree ---------------------------------------------
+
+
+def _predicted_pair() -> list[dict[str, Any]]:
+    """zerolabel's box (25, 15, 75, 45) and blob mask of one object: they agree (IoU 0.6)."""
+    region = Region(Box(25.0, 15.0, 75.0, 45.0), 0.8, "maskcut", rle_encode(_blob()))
+    return prediction(DiscoveryResult("a.png", (H, W), [region], "v1"), Target())["result"]
+
+
+def _edit(items: list[dict[str, Any]], part: str, new: dict[str, Any]) -> list[dict[str, Any]]:
+    """The items with the one whose id ends in ``part`` replaced by ``new`` (same id)."""
+    return [new | {"id": i["id"]} if i["id"].endswith(part) else i for i in items]
+
+
+SMALL = np.zeros((H, W), dtype=bool)
+SMALL[2:10, 3:12] = True  # far from the blob
+
+
+@pytest.mark.parametrize(
+    ("edit", "box", "has_mask", "conflict"),
+    [
+        pytest.param(
+            ("-box", _rect("x", Box(0, 0, 20, 12))),
+            Box(0, 0, 20, 12),
+            False,
+            STALE_MASK,
+            id="box-moved-mask-stale",
+        ),
+        pytest.param(
+            ("-mask", _brush("x", SMALL)),
+            Box(3, 2, 12, 10),
+            True,
+            STALE_BOX,
+            id="mask-redrawn-box-stale",
+        ),
+    ],
+)
+def test_the_annotators_edit_wins_over_the_stale_shape(
+    edit: tuple[str, dict[str, Any]], box: Box, has_mask: bool, conflict: str
+) -> None:
+    before = _predicted_pair()
+    after = _edit(before, *edit)
+    conflicts: Counter[str] = Counter()
+    (obj,) = read_objects(after, (H, W), before={i["id"]: i for i in before}, conflicts=conflicts)
+    assert obj.box.to_list() == pytest.approx(box.to_list(), abs=1e-9)
+    assert (obj.mask is not None) is has_mask
+    if has_mask:
+        assert obj.mask == rle_encode(SMALL)
+    assert conflicts == {conflict: 1}
+
+
+def test_disagreeing_shapes_without_a_record_keep_the_box_and_count_it() -> None:
+    after = _edit(_predicted_pair(), "-box", _rect("x", Box(0, 0, 20, 12)))
+    conflicts: Counter[str] = Counter()
+    (obj,) = read_objects(after, (H, W), conflicts=conflicts)
+    assert obj.box.to_list() == pytest.approx([0, 0, 20, 12], abs=1e-9) and obj.mask is None
+    assert conflicts == {UNRECORDED: 1}
+
+
+def test_a_slightly_edited_box_that_agrees_keeps_its_mask() -> None:
+    before = _predicted_pair()
+    after = _edit(before, "-box", _rect("x", Box(28, 16, 72, 44)))
+    conflicts: Counter[str] = Counter()
+    (obj,) = read_objects(after, (H, W), before={i["id"]: i for i in before}, conflicts=conflicts)
+    assert obj.box.to_list() == pytest.approx([28, 16, 72, 44], abs=1e-9)
+    assert obj.mask == rle_encode(_blob()) and conflicts == {}
+
+
+def test_export_resolves_an_edited_box_against_the_tasks_prediction(tmp_path: Path) -> None:
+    predicted = _predicted_pair()
+    annotation = {"id": 9, "result": _edit(predicted, "-box", _rect("x", Box(0, 0, 20, 12)))}
+    task = {
+        "id": 1,
+        "data": {"image": "/data/upload/1/a.png"},
+        "annotations": [annotation],
+        "predictions": [{"id": 4, "model_version": "v1", "result": predicted}],
+    }
+    paths = export([task], tmp_path, formats=("coco",))
+    (ann,) = json.loads(paths["coco"].read_text())["annotations"]
+    assert ann["bbox"] == pytest.approx([0, 0, 20, 12], abs=1e-9) and "segmentation" not in ann
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["box_mask_conflicts"] == {STALE_MASK: 1}

@@ -16,7 +16,6 @@ import click
 
 from zerolabel.cli.common import (
     file_loader,
-    image_url,
     ls_client,
     project_tasks,
     read_tasks,
@@ -24,7 +23,12 @@ from zerolabel.cli.common import (
     worker_settings,
     write_json,
 )
-from zerolabel.cli.options import local_files_options, model_version_option, project_option
+from zerolabel.cli.options import (
+    LOCAL_FILES_PREFIX,
+    local_files_options,
+    model_version_option,
+    project_option,
+)
 
 logger = logging.getLogger("zerolabel")
 
@@ -191,7 +195,29 @@ def _predictions(model_version: str | None) -> str:
 @click.option(
     "--download-images",
     is_flag=True,
-    help="Also save each task's image under OUT/images (for train-cad).",
+    help="Also save each exported image, bytes as served (or as found under --document-root), "
+    "under OUT/images (for train-cad) and in the YOLO and VOC layouts.",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Share of the images (negatives included) held out for validation.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@click.option(
+    "--document-root",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Label Studio's local-files document root on this machine: negatives are sized "
+    "from their image files there, and --download-images copies them from there.",
+)
+@click.option(
+    "--url-prefix",
+    default=LOCAL_FILES_PREFIX,
+    show_default=True,
+    help="Prefix of local-files image URLs (with --document-root).",
 )
 def export(
     from_file: str | None,
@@ -202,9 +228,18 @@ def export(
     source: str,
     model_version: str | None,
     download_images: bool,
+    val_fraction: float,
+    seed: int,
+    document_root: str | None,
+    url_prefix: str,
 ) -> None:
-    """Export a project's labels to COCO (boxes + RLE masks), YOLO and Pascal VOC."""
-    from zerolabel.formats.export import export as write_export
+    """Export a project's labels to COCO (boxes + RLE masks), YOLO and Pascal VOC.
+
+    Images annotated as empty are kept as negatives everywhere; their size comes from the
+    task's other results, else from the image (--document-root, --download-images).
+    """
+    from zerolabel.formats import export as fx
+    from zerolabel.formats.images import ImageStore, image_sizer, local_file
 
     if (from_file is None) == (project is None):
         raise click.UsageError("give either --from-file or --project")
@@ -214,42 +249,70 @@ def export(
         if project is not None
         else read_tasks(str(from_file))
     )
-    written = write_export(
-        data,
-        Path(out_dir),
-        formats=formats,
-        class_agnostic=not labels,
-        source=source,
-        model_version=model_version,
+    if source == "predictions":
+        fx.check_predictions(data, model_version)
+    out = Path(out_dir)
+    local = local_file(Path(document_root), url_prefix) if document_root else None
+    store = ImageStore(out / "images", _fetch_bytes(settings), local) if download_images else None
+    ds = fx.read_ls_export(
+        data, source=source, model_version=model_version, image_size=image_sizer(local, store)
     )
-    if download_images:
-        written["images"] = _download_images(data, Path(out_dir) / "images", settings)
+    if val_fraction:
+        fx.split_images(ds, val_fraction, seed)
+    if {"yolo", "voc"} & set(formats):
+        fx.label_stems(ds)  # clashing label files: fail before any download
+    images = store.get_all(ds) if store is not None else None
+    meta = {"source": source, "model_version": model_version}
+    written = fx.write_dataset(ds, out, formats, not labels, images=images, meta=meta)
+    if store is not None:
+        written["images"] = store.folder
     summary = json.loads(Path(written["summary"]).read_text())
-    click.echo(json.dumps(summary.get("summary", summary), indent=1), err=True)
+    click.echo(json.dumps(summary, indent=1), err=True)
+    for line in _export_notes(ds, store, download_images or bool(document_root)):
+        click.echo(line, err=True)
     for name, path in written.items():
         click.echo(f"  {name}: {path}", err=True)
 
 
-def _download_images(data: list[dict[str, Any]], folder: Path, settings: Any) -> Path:
-    from PIL import Image
+def _export_notes(ds: Any, store: Any, had_images: bool) -> list[str]:
+    """What the user must know: how negatives were sized, what was left out or changed."""
+    from zerolabel.formats.export import NO_SIZE
 
-    from zerolabel.errors import ImageLoadError
-    from zerolabel.formats.export import file_name_from_url
+    notes: list[str] = []
+    for how, ids in ds.summary()["sized_from"].items():
+        notes.append(f"{len(ids)} image(s) sized from {how}: task(s) {_ids(ids)}")
+    unsized = [s.task_id for s in ds.skipped if NO_SIZE in s.reason]
+    if unsized:
+        hint = "" if had_images else "; give --document-root or --download-images"
+        notes.append(
+            f"{len(unsized)} negative task(s) left out, image size unknown: "
+            f"task(s) {_ids(unsized)}{hint}"
+        )
+    for how, count in sorted(ds.box_mask_conflicts.items()):
+        notes.append(f"{count} object(s) whose box and mask disagreed: {how}")
+    if store is not None and store.failures:
+        notes.append(
+            f"{len(store.failures)} image(s) could not be downloaded: {_ids(list(store.failures))}"
+        )
+    return notes
 
-    load = url_loader(settings)
-    failed = 0
-    for task in data:
-        try:
-            target = folder / file_name_from_url(image_url(task))
-            if target.exists():
-                continue
-            image = load(task)
-        except (ImageLoadError, KeyError, ValueError) as exc:
-            failed += 1
-            logger.error("task %s: image not downloaded: %s", task.get("id"), exc)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image.pixels).save(target)
-    if failed:
-        click.echo(f"{failed} image(s) could not be downloaded", err=True)
-    return folder
+
+def _ids(ids: list[Any]) -> str:
+    return ", ".join(str(i) for i in ids)
+
+
+def _fetch_bytes(settings: Any) -> Any:
+    """Image URL -> its bytes exactly as Label Studio (or an allowed host) serves them."""
+    from zerolabel.io.fetch import Fetcher, FetchPolicy
+    from zerolabel.io.images import ImageLimits
+
+    fetcher = Fetcher(
+        FetchPolicy(
+            ls_url=settings.ls_url,
+            ls_token=settings.ls_token,
+            allowed_hosts=settings.allowed_hosts,
+            timeout_s=settings.fetch_timeout_s,
+        )
+    )
+    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+    return lambda url: fetcher.fetch_bytes(url, limits)

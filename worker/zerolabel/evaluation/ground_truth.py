@@ -9,6 +9,7 @@ computed without the old ``+1`` convention. Predictions are matched to ground tr
 from __future__ import annotations
 
 import json
+import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Any
 from PIL import Image
 
 from zerolabel.contract import Box
+
+logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 """Image file suffixes looked up when a label file names no image (YOLO, VOC without size)."""
@@ -228,7 +231,10 @@ def read_yolo(
 
     Segment lines (``class x1 y1 x2 y2 ...``) count as the bounding box of their polygon.
     Boxes are scaled by the size of the matching image (header only, after EXIF orientation,
-    as Ultralytics does) and clipped to it. Only images with a label file are read.
+    as Ultralytics does) and clipped to it. Label files are found in ``labels_dir`` and its
+    subfolders (``labels/train/x.txt`` goes with ``images/train/x.jpg``). As in Ultralytics,
+    an image without a label file is a negative (no objects); a label file without an image
+    is skipped with a warning.
 
     Args:
         labels_dir: folder of ``<stem>.txt`` label files.
@@ -238,25 +244,57 @@ def read_yolo(
             else the index as a string.
 
     Returns:
-        Ground truth keyed by the label file's stem.
+        Ground truth keyed by the file stem.
 
     Raises:
-        ValueError: no label files, an image is missing, or a line is malformed.
+        ValueError: no label files, no label file has its image, two images share a stem, or
+            a line is malformed.
     """
     labels_path = Path(labels_dir)
     img_dir = Path(images_dir) if images_dir is not None else labels_path.parent / "images"
-    txt_paths = sorted(p for p in labels_path.glob("*.txt") if p.name != YOLO_CLASSES_FILE)
+    txt_paths = sorted(p for p in labels_path.rglob("*.txt") if p.name != YOLO_CLASSES_FILE)
     if not txt_paths:
         raise ValueError(f"{labels_path}: expected YOLO .txt label files, found none")
     if names is None and (labels_path / YOLO_CLASSES_FILE).is_file():
         names = (labels_path / YOLO_CLASSES_FILE).read_text().split("\n")
     gt: GroundTruth = {}
+    labelled: set[Path] = set()
+    orphans: list[tuple[Path, Path]] = []
     for txt in txt_paths:
-        image = find_image(img_dir, txt.stem)
+        relative = txt.relative_to(labels_path).with_suffix("")
+        labelled.add(relative)
+        image = find_image(img_dir / relative.parent, relative.name)
         if image is None:
-            raise ValueError(f"{txt}: no image {txt.stem}.* in {img_dir} to read its size from")
-        gt[txt.stem] = _read_yolo_file(txt, image, names)
+            orphans.append((txt, img_dir / relative.parent))
+            continue
+        gt[unique_stem(gt, txt.name, labels_path)] = _read_yolo_file(txt, image, names)
+    if orphans:
+        _warn_orphans(orphans, bool(gt))
+    for image in _image_files(img_dir):
+        if image.relative_to(img_dir).with_suffix("") not in labelled:
+            gt[unique_stem(gt, image.name, img_dir)] = GtImage(image.name, image_hw(image), [], [])
     return gt
+
+
+def _warn_orphans(orphans: list[tuple[Path, Path]], any_read: bool) -> None:
+    """Warn about (label file, image folder) pairs without an image; ValueError when no label
+    file has its image."""
+    txt, folder = orphans[0]
+    if not any_read:
+        raise ValueError(
+            f"{txt}: no image {txt.stem}.* in {folder} to read its size from "
+            "(nor an image for any other label file)"
+        )
+    shown = ", ".join(str(p) for p, _ in orphans[:5]) + (", ..." if len(orphans) > 5 else "")
+    logger.warning("%d YOLO label file(s) without an image skipped: %s", len(orphans), shown)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files below ``folder`` (any depth), sorted; none when it does not exist."""
+    if not folder.is_dir():
+        return []
+    suffixes = set(IMAGE_SUFFIXES)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
 
 
 def _read_yolo_file(

@@ -1,8 +1,10 @@
 """Evaluation of discovered boxes against ground truth: CorLoc and class-agnostic COCO metrics.
 
 CorLoc follows LOST's protocol (see docs/METHODS.md): each image's top-scoring box is a hit
-when its IoU with ANY ground-truth box is at least 0.5; every ground-truth image counts, and an
-image without a prediction is a miss. AP50, AP (0.5:0.95) and AR100 come from pycocotools with
+when its IoU with ANY ground-truth box is at least 0.5; every ground-truth image with an object
+counts, and such an image without a prediction is a miss. Negatives (ground-truth images
+without objects) have nothing to localise: they are left out of CorLoc, and boxes predicted on
+them are false positives in AP. AP50, AP (0.5:0.95) and AR100 come from pycocotools with
 every ground-truth class merged into one "object" category. Predictions are matched to ground
 truth by file stem (``000001`` for ``JPEGImages/000001.jpg``).
 """
@@ -84,21 +86,23 @@ def corloc(preds: Predictions, gt: GroundTruth) -> tuple[float, list[ImageResult
     """Correct localisation rate, LOST protocol.
 
     The top-scoring box of each image (the first one listed on a tie) is a hit when its IoU
-    with any ground-truth box is at least :data:`CORLOC_IOU`. All ground-truth images count;
-    those without predictions are misses. Predictions for images outside ``gt`` are ignored.
+    with any ground-truth box is at least :data:`CORLOC_IOU`. All ground-truth images with an
+    object count; those without predictions are misses. Negatives get a row (never a hit) but
+    are not counted. Predictions for images outside ``gt`` are ignored.
 
     Args:
         preds: predictions keyed by file stem.
         gt: ground truth keyed by file stem.
 
     Returns:
-        The fraction of hits in [0, 1] (NaN for empty ``gt``) and one result per GT image,
-        in sorted stem order.
+        The fraction of hits in [0, 1] (NaN when no GT image has an object) and one result per
+        GT image, in sorted stem order.
     """
     rows = [
         _image_result(preds.get(stem), gt[stem].file_name, gt[stem].boxes) for stem in sorted(gt)
     ]
-    value = sum(r.hit for r in rows) / len(rows) if rows else math.nan
+    counted = [r for r in rows if r.n_gt > 0]
+    value = sum(r.hit for r in counted) / len(counted) if counted else math.nan
     return value, rows
 
 
@@ -201,17 +205,19 @@ class EvalReport:
     """Dataset-level metrics (fractions in [0, 1]) and the per-image CorLoc rows."""
 
     n_images: int  # ground-truth images, all counted
-    n_missing: int  # ground-truth images the prediction file does not list
+    n_missing: int  # ground-truth images without any predicted region
     corloc: float
     ap50: float
     ap: float
     ar100: float
     rows: list[ImageResult] = field(default_factory=list)
+    n_negatives: int = 0  # ground-truth images without objects
 
     def format_table(self) -> str:
         """A small aligned text table; metrics shown as percentages."""
         lines = [
             ("images", str(self.n_images)),
+            ("negatives (no object)", str(self.n_negatives)),
             ("without prediction", str(self.n_missing)),
             ("CorLoc (%)", _percent(self.corloc)),
             ("AP50 (%)", _percent(self.ap50)),
@@ -261,12 +267,13 @@ def report_for(
         write_csv(rows, csv_path)
     return EvalReport(
         n_images=len(rows),
-        n_missing=sum(not r.has_entry for r in rows),
+        n_missing=sum(r.n_pred == 0 for r in rows),
         corloc=value,
         ap50=metrics["ap50"],
         ap=metrics["ap"],
         ar100=metrics["ar100"],
         rows=rows,
+        n_negatives=sum(r.n_gt == 0 for r in rows),
     )
 
 

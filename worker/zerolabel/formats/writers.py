@@ -2,18 +2,32 @@
 
 Each writer takes the dataset :func:`zerolabel.formats.export.read_ls_export` returns (or any
 other) and ``class_agnostic``: one class ``"object"`` instead of one per label
-(:func:`class_names`).
+(:func:`class_names`). Images without objects (negatives) are written like any other: a COCO
+image without annotations, an empty YOLO label file, a VOC file without ``<object>``.
+
+YOLO and VOC take ``images`` too (file name -> a local copy of the image, bytes as served): each
+is placed in the layout (hard-linked, else copied byte for byte). When the images carry a
+``split`` (:func:`zerolabel.formats.split.split_images`), YOLO puts labels and images under
+``train/`` and ``val/`` and VOC lists both in ``ImageSets/Main``.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from zerolabel.formats.coco import coco_annotation
 from zerolabel.formats.dataset import Dataset, ImageRecord, ObjectRecord
+from zerolabel.formats.split import SPLITS
+
+ImageFiles = Mapping[str, Path]
+"""An image's ``file_name`` -> a local file holding its bytes."""
 
 AGNOSTIC_LABEL = "object"
 """The single class of class-agnostic exports."""
@@ -26,18 +40,20 @@ def class_names(ds: Dataset, *, class_agnostic: bool) -> list[str]:
     return sorted({obj.label for image in ds.images for obj in image.objects})
 
 
-def to_coco(ds: Dataset, *, class_agnostic: bool) -> dict[str, Any]:
+def to_coco(ds: Dataset, *, class_agnostic: bool, split: str | None = None) -> dict[str, Any]:
     """A COCO instances dict (loads in ``pycocotools.coco.COCO``).
 
     Images and annotations count from 1; ``bbox`` is ``[x, y, w, h]`` in float pixels, masks
     are compressed RLE, ``area`` is the mask's pixel count (else the box's), ``iscrowd`` 0.
-    Categories count from 1 in :func:`class_names` order. Images keep ``ls_task_id``.
+    Categories count from 1 in :func:`class_names` order (of the whole dataset, so every split
+    has the same ids). Images keep ``ls_task_id``. With ``split``, only that split's images.
     """
     names = class_names(ds, class_agnostic=class_agnostic)
     category_ids = {name: i for i, name in enumerate(names, start=1)}
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    for image_id, image in enumerate(ds.images, start=1):
+    chosen = [image for image in ds.images if split is None or image.split == split]
+    for image_id, image in enumerate(chosen, start=1):
         images.append(
             {
                 "id": image_id,
@@ -88,16 +104,22 @@ def label_stems(ds: Dataset) -> list[str]:
     return stems
 
 
-def write_yolo(ds: Dataset, out_dir: str | Path, *, class_agnostic: bool) -> list[str]:
-    """YOLO labels: ``labels/<stem>.txt`` lines ``cls cx cy w h`` and ``labels/classes.txt``.
+def write_yolo(
+    ds: Dataset, out_dir: str | Path, *, class_agnostic: bool, images: ImageFiles | None = None
+) -> list[str]:
+    """YOLO in the Ultralytics layout: ``labels/`` and ``images/`` side by side, ``data.yaml``.
 
-    Coordinates are normalised by the image size and written with 10 significant digits;
-    an image without objects gets an empty file (a negative example).
+    Label files ``labels/<stem>.txt`` hold lines ``cls cx cy w h``, normalised by the image size
+    and written with 10 significant digits; an image without objects gets an empty file (a
+    negative). ``labels/classes.txt`` lists the names. The images given are placed at
+    ``images/<file_name>``. With a split, both go one folder down, ``train/`` or ``val/``.
+    ``data.yaml`` gives ``path`` (this folder), ``train``, ``val`` (the train images again when
+    there is no split) and ``names``.
 
     Returns:
         The class names, index i being class i.
     """
-    labels_dir = Path(out_dir) / "labels"
+    root = Path(out_dir)
     names = class_names(ds, class_agnostic=class_agnostic)
     index = {name: i for i, name in enumerate(names)}
     for image, stem in zip(ds.images, label_stems(ds), strict=True):
@@ -108,21 +130,56 @@ def write_yolo(ds: Dataset, out_dir: str | Path, *, class_agnostic: bool) -> lis
             cx, cy = (b.x0 + b.x1) / 2 / image.width, (b.y0 + b.y1) / 2 / image.height
             w, h = b.width / image.width, b.height / image.height
             lines.append(f"{cls} {cx:.10g} {cy:.10g} {w:.10g} {h:.10g}\n")
-        path = labels_dir / f"{stem}.txt"
+        sub = image.split or ""
+        path = root / "labels" / sub / f"{stem}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(lines))
-    labels_dir.mkdir(parents=True, exist_ok=True)
-    (labels_dir / "classes.txt").write_text("".join(f"{name}\n" for name in names))
+        if images and image.file_name in images:
+            place_image(images[image.file_name], root / "images" / sub / image.file_name)
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    (root / "labels" / "classes.txt").write_text("".join(f"{name}\n" for name in names))
+    _write_data_yaml(root, names, split=any(image.split for image in ds.images))
     return names
 
 
-def write_voc(ds: Dataset, out_dir: str | Path, *, class_agnostic: bool) -> list[str]:
-    """PASCAL VOC: ``Annotations/<stem>.xml`` and ``ImageSets/Main/trainval.txt``.
+def _write_data_yaml(root: Path, names: list[str], *, split: bool) -> None:
+    """Ultralytics' dataset file; values are JSON strings, which YAML reads as they are."""
+    train, val = ("images/train", "images/val") if split else ("images", "images")
+    lines = [
+        f"path: {json.dumps(str(root.resolve()))}",
+        f"train: {json.dumps(train)}",
+        f"val: {json.dumps(val)}",
+        "names:",
+        *(f"  {i}: {json.dumps(name)}" for i, name in enumerate(names)),
+    ]
+    (root / "data.yaml").write_text("\n".join(lines) + "\n")
+
+
+def place_image(source: Path, target: Path) -> None:
+    """Put the file ``source`` at ``target`` byte for byte: a hard link, else a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        if target.samefile(source):
+            return
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def write_voc(
+    ds: Dataset, out_dir: str | Path, *, class_agnostic: bool, images: ImageFiles | None = None
+) -> list[str]:
+    """PASCAL VOC: ``Annotations/<stem>.xml``, ``JPEGImages/`` and ``ImageSets/Main/``.
 
     ``bndbox`` holds 1-based inclusive pixels, the inverse of the LOST reading in
     :func:`zerolabel.evaluation.ground_truth.read_voc`: ``xmin = round(x0) + 1``,
     ``xmax = round(x1)`` (same for y), rounding halves up, so whole-pixel boxes (masks' boxes)
     come back exactly and others within half a pixel; a box under one pixel wide is widened to one.
+    An image without objects gets a file without ``<object>``. The images given are placed at
+    ``JPEGImages/<file_name>``. ``ImageSets/Main/trainval.txt`` lists every image; with a
+    split, ``train.txt`` and ``val.txt`` list each part.
 
     Returns:
         The class names used.
@@ -136,9 +193,15 @@ def write_voc(ds: Dataset, out_dir: str | Path, *, class_agnostic: bool) -> list
         tree = ET.ElementTree(_voc_xml(image, class_agnostic))
         ET.indent(tree)
         tree.write(path, encoding="unicode")
-    split = root / "ImageSets" / "Main" / "trainval.txt"
-    split.parent.mkdir(parents=True, exist_ok=True)
-    split.write_text("".join(f"{stem}\n" for stem in stems))
+        if images and image.file_name in images:
+            place_image(images[image.file_name], root / "JPEGImages" / image.file_name)
+    lists = root / "ImageSets" / "Main"
+    lists.mkdir(parents=True, exist_ok=True)
+    (lists / "trainval.txt").write_text("".join(f"{stem}\n" for stem in stems))
+    if any(image.split for image in ds.images):
+        for split in SPLITS:
+            chosen = [s for s, im in zip(stems, ds.images, strict=True) if im.split == split]
+            (lists / f"{split}.txt").write_text("".join(f"{stem}\n" for stem in chosen))
     return names
 
 

@@ -62,7 +62,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.util import parse_url
 
 from zerolabel.errors import ConfigError, DiscoveryError, ImageLoadError
-from zerolabel.io.images import ImageLimits, LoadedImage, decode, load_file
+from zerolabel.io.images import ImageLimits, LoadedImage, decode, load_file, read_file
 from zerolabel.labelstudio.auth import (
     LS_TOKEN_SETTING,
     LS_URL_SETTING,
@@ -331,6 +331,18 @@ class Fetcher:
                     source, f"{exc.reason}; the server sent an HTML page"
                 ) from None
             raise
+
+    def fetch_bytes(self, uri: str, limits: ImageLimits) -> bytes:
+        """The image's bytes exactly as served (or stored, for a local path), not decoded.
+
+        Raises:
+            TransientFetchError: a network failure that outlasted the retries.
+            ImageLoadError: anything a retry would not fix.
+        """
+        target = self.resolve(uri)
+        if isinstance(target, Path):
+            return read_file(target, limits)
+        return self._download(target, limits)[0]
 
     def resolve(self, uri: str) -> Target | Path:
         """The parsed URL or the local path ``uri`` names, refused if the policy forbids it."""

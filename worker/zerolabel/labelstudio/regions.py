@@ -11,6 +11,11 @@ is the box export writes.
   (decoded from the brush runs, never as a pixel array) and the mask's tight box.
 - The box and the mask zerolabel wrote for one object (ids ``zl-<hash>-<n>-box`` /
   ``-mask``, see :func:`object_id`), or items sharing one id, share an object key.
+- Such a box and mask make one object when they agree (IoU of the box with the mask's box at
+  least :data:`AGREE_IOU`). When they do not, the annotator's edit wins: given the items the
+  annotation started from (``before``), the edited one is kept and the stale one dropped (a
+  stale box gives way to the edited mask's box); without that record the box is kept and the
+  mask dropped. Each such object is counted by how it was resolved.
 """
 
 from __future__ import annotations
@@ -19,13 +24,13 @@ import hashlib
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from zerolabel.contract import Box, Rle
 from zerolabel.errors import DiscoveryError
-from zerolabel.geometry import rle_box
+from zerolabel.geometry import box_iou, rle_box
 from zerolabel.labelstudio.brush import brush_rle_to_rle
 
 BOX_TYPES = ("rectanglelabels", "rectangle")
@@ -37,11 +42,26 @@ MASK_TYPES = ("brushlabels", "brush")
 LABEL_TYPES = ("labels",)
 """Result types that only label the object of their id (``<Labels>`` next to a shape tag)."""
 
+AGREE_IOU = 0.5
+"""A box and a mask of one object agree when the box's IoU with the mask's box is at least this."""
+
+EDIT_TOLERANCE_PX = 0.5
+"""A rectangle moved by more than this (any edge, pixels) from the one it started as was edited."""
+
+STALE_MASK = "box edited, stale mask dropped"
+STALE_BOX = "mask edited, stale box replaced by the mask's box"
+UNRECORDED = "box and mask disagree, neither alone edited: mask dropped"
+"""Reasons counted for box/mask pairs that disagree (see :func:`read_objects`)."""
+
 _OBJECT_PART = re.compile(r"(zl-[0-9a-f]+-\d+)-(?:box|mask)")
 
 
 class RegionError(DiscoveryError, ValueError):
     """A result item or result list that cannot be read; the message is the reason."""
+
+
+class NoImageSize(RegionError):
+    """No item of a result list carries the image size (e.g. an empty result: a negative)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +115,7 @@ def result_image_hw(items: Sequence[dict[str, Any]]) -> tuple[int, int]:
         and isinstance(item.get("original_width"), int | float)
     }
     if not sizes:
-        raise RegionError("no region carries original_width/original_height (no size info)")
+        raise NoImageSize("no region carries original_width/original_height (no size info)")
     if len(sizes) > 1:
         raise RegionError(f"regions disagree on the image size (height, width): {sorted(sizes)}")
     height, width = sizes.pop()
@@ -138,23 +158,32 @@ def read_objects(
     items: Sequence[dict[str, Any]],
     image_hw: tuple[int, int],
     dropped: Counter[str] | None = None,
+    *,
+    before: Mapping[str, dict[str, Any]] | None = None,
+    conflicts: Counter[str] | None = None,
 ) -> list[LsRegion]:
     """The objects of one result list, in the order their keys first appear.
 
     Items are grouped by object key. A group of exactly one box and one mask is one object
-    that keeps the rectangle as its box and the brush as its mask (label and score from the
-    rectangle first); in any other group each box, then each mask, is an object of its own.
-    A ``labels`` item labels the shapes of its group that carry no label of their own.
+    (label and score from the rectangle first): with both shapes when they agree, else the
+    shape the annotator edited (see the module docstring). In any other group each box, then
+    each mask, is an object of its own. A ``labels`` item labels the shapes of its group that
+    carry no label of their own.
 
     Args:
         items: the result items (any types; non-dict entries are ignored).
         image_hw: (height, width) of the original image (:func:`result_image_hw`).
         dropped: when given, counts the items left out, by reason.
+        before: the items the annotation started from (its task's predictions), by item id;
+            tells which of a disagreeing box and mask the annotator edited.
+        conflicts: when given, counts the box/mask pairs that disagreed, by resolution
+            (:data:`STALE_MASK`, :data:`STALE_BOX`, :data:`UNRECORDED`).
 
     Returns:
         One region per object.
     """
     drops: Counter[str] = Counter() if dropped is None else dropped
+    context = _Context(image_hw, drops, before or {}, Counter() if conflicts is None else conflicts)
     groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     for index, item in enumerate(items):
         if not isinstance(item, dict):
@@ -167,35 +196,76 @@ def read_objects(
         groups.setdefault(key, []).append((index, item))
     objects: list[LsRegion] = []
     for group in groups.values():
-        objects.extend(_group_objects(group, image_hw, drops))
+        objects.extend(_group_objects(group, context))
     return objects
 
 
-def _group_objects(
-    group: list[tuple[int, dict[str, Any]]], image_hw: tuple[int, int], dropped: Counter[str]
-) -> list[LsRegion]:
+@dataclass(frozen=True)
+class _Context:
+    image_hw: tuple[int, int]
+    dropped: Counter[str]
+    before: Mapping[str, dict[str, Any]]
+    conflicts: Counter[str]
+
+
+def _group_objects(group: list[tuple[int, dict[str, Any]]], ctx: _Context) -> list[LsRegion]:
     """One object from a box and a mask of one key; separate objects otherwise."""
-    boxes = _readable([p for p in group if p[1]["type"] in BOX_TYPES], image_hw, dropped)
-    masks = _readable([p for p in group if p[1]["type"] in MASK_TYPES], image_hw, dropped)
+    boxes = _readable([p for p in group if p[1]["type"] in BOX_TYPES], ctx)
+    masks = _readable([p for p in group if p[1]["type"] in MASK_TYPES], ctx)
     group_label = next((_label(i) for _, i in group if i["type"] in LABEL_TYPES), None)
     if len(boxes) == 1 and len(masks) == 1:
-        box, mask = boxes[0], masks[0]
-        label = box.label or mask.label or group_label
-        score = box.score if box.score is not None else mask.score
-        return [LsRegion(box.key, box.box, label, score, mask.mask)]
-    return [LsRegion(r.key, r.box, r.label or group_label, r.score, r.mask) for r in boxes + masks]
+        return [_pair(boxes[0], masks[0], group_label, ctx)]
+    return [
+        LsRegion(r.key, r.box, r.label or group_label, r.score, r.mask) for r, _ in boxes + masks
+    ]
+
+
+def _pair(
+    box_read: tuple[LsRegion, dict[str, Any]],
+    mask_read: tuple[LsRegion, dict[str, Any]],
+    group_label: str | None,
+    ctx: _Context,
+) -> LsRegion:
+    """The object of one box and one mask: both when they agree, else the edited one."""
+    (box, box_item), (mask, mask_item) = box_read, mask_read
+    label = box.label or mask.label or group_label
+    score = box.score if box.score is not None else mask.score
+    if box_iou(box.box, mask.box) >= AGREE_IOU:
+        return LsRegion(box.key, box.box, label, score, mask.mask)
+    box_edited = _edited(box_item, box, ctx)
+    mask_edited = _edited(mask_item, mask, ctx)
+    if mask_edited and box_edited is False:
+        ctx.conflicts[STALE_BOX] += 1
+        return LsRegion(box.key, mask.box, label, score, mask.mask)
+    ctx.conflicts[STALE_MASK if box_edited and mask_edited is False else UNRECORDED] += 1
+    return LsRegion(box.key, box.box, label, score)
+
+
+def _edited(item: dict[str, Any], region: LsRegion, ctx: _Context) -> bool | None:
+    """Whether ``item`` differs from the item of its id in ``before``; None when unknown."""
+    original = ctx.before.get(str(item.get("id")))
+    if original is None:
+        return None
+    try:
+        old = read_region(original, ctx.image_hw)
+    except RegionError:
+        return None
+    if region.mask is not None:
+        return old.mask is None or old.mask.counts != region.mask.counts
+    edges = zip(old.box.to_list(), region.box.to_list(), strict=True)
+    return any(abs(a - b) > EDIT_TOLERANCE_PX for a, b in edges)
 
 
 def _readable(
-    items: list[tuple[int, dict[str, Any]]], image_hw: tuple[int, int], dropped: Counter[str]
-) -> list[LsRegion]:
-    """The regions of (index, item) pairs; the others counted in ``dropped`` by reason."""
-    regions: list[LsRegion] = []
+    items: list[tuple[int, dict[str, Any]]], ctx: _Context
+) -> list[tuple[LsRegion, dict[str, Any]]]:
+    """The regions of (index, item) pairs with their items; the others counted by reason."""
+    regions: list[tuple[LsRegion, dict[str, Any]]] = []
     for index, item in items:
         try:
-            regions.append(read_region(item, image_hw, index))
+            regions.append((read_region(item, ctx.image_hw, index), item))
         except RegionError as exc:
-            dropped[str(exc)] += 1
+            ctx.dropped[str(exc)] += 1
     return regions
 
 

@@ -1,9 +1,11 @@
 """Measure a model version's pre-labels against a project's corrected annotations.
 
-Both come from one Label Studio JSON export: annotations are the ground truth, the chosen
+Both come from one Label Studio JSON export: annotations are the ground truth (negatives, an
+annotation with an empty result, included: predictions on them are false positives), the chosen
 model_version's predictions are scored with CorLoc and class-agnostic AP/AR; when the
 predictions carry pseudo-classes and the annotations carry classes, cluster purity, NMI and
-Hungarian accuracy are computed over predicted objects matched to an annotated one.
+Hungarian accuracy are computed over predicted objects matched to an annotated one. Tasks whose
+predictions cannot be scored are refused, never scored as zeros (:func:`check_predictions`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 from zerolabel.evaluation.clusters import hungarian_accuracy, nmi, purity
 from zerolabel.evaluation.ground_truth import GroundTruth, GtImage
 from zerolabel.evaluation.metrics import EvalReport, Predictions, report_for
-from zerolabel.formats.export import Dataset, read_ls_export
+from zerolabel.formats.export import Dataset, check_predictions, read_ls_export
 from zerolabel.geometry import box_iou
 
 MATCH_IOU = 0.5
@@ -49,8 +51,18 @@ def _pct(value: float) -> str:
 def evaluate_export(
     data: list[dict[str, Any]], *, model_version: str | None = None, csv_path: Path | None = None
 ) -> tuple[EvalReport, ClusterScores | None]:
-    """Score ``model_version``'s predictions (default: each task's latest) against annotations."""
+    """Score ``model_version``'s predictions (default: each task's latest) against annotations.
+
+    Raises:
+        ValueError: the predictions are listed by id only, absent, or of no such version; or
+            no task has an annotation to score them against.
+    """
+    check_predictions(data, model_version)
     truth = read_ls_export(data, source="annotations")
+    if not truth.images:
+        raise ValueError(
+            "no task has an annotation to score against: annotate (or accept) some tasks first"
+        )
     predicted = read_ls_export(data, source="predictions", model_version=model_version)
     gt = _ground_truth(truth)
     preds = _predictions(predicted)
