@@ -185,10 +185,17 @@ def _parameters(path):
 _BATCHNORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-def test_self_training_round_writes_labels_and_a_new_detector(trained):
+@pytest.fixture(scope="module")
+def round2(trained):
     root, photos, checkpoint = trained
     out = root / "round2"
     result, bars = _self_train(root, photos, checkpoint, out)
+    return out, result, bars
+
+
+def test_self_training_round_writes_labels_and_a_new_detector(trained, round2):
+    root, photos, checkpoint = trained
+    out, result, bars = round2
     labels = json.loads((out / "coco.json").read_text())
     previous = json.loads((root / "export" / "coco.json").read_text())
     assert len(labels["images"]) == len(previous["images"])
@@ -228,3 +235,22 @@ def test_self_training_from_scratch_starts_from_a_fresh_detector(trained):
     got = _parameters(new)
     assert all(torch.equal(got[k], v) for k, v in fresh.items())
     assert not all(torch.equal(got[k], v) for k, v in _parameters(checkpoint).items())
+
+
+def test_a_self_training_round_run_again_resumes_on_its_labels(trained, round2):
+    root, photos, checkpoint = trained
+    out, _, _ = round2
+    labels = (out / "coco.json").read_bytes()
+    (export,) = out.glob("cad-*.pt")
+    result, bars = _self_train(root, photos, checkpoint, out)
+    assert f"resuming this round, on its labels {out / 'coco.json'}" in result.output
+    assert "round labels:" not in result.output
+    assert not [kwargs for _, kwargs in bars if kwargs.get("desc") == "detecting"]
+    assert (out / "coco.json").read_bytes() == labels and list(out.glob("cad-*.pt")) == [export]
+    other = CliRunner().invoke(
+        main,
+        ["self-train", "--checkpoint", str(checkpoint), "--coco", str(root / "export/coco.json")]
+        + ["--images", str(photos), "-o", str(out), "--score-threshold", "0.65", *SMALL],
+    )
+    assert other.exit_code == 1
+    assert f"Error: {out} holds the training run of another self-training round" in other.output

@@ -237,6 +237,7 @@ def self_train(
     """
     from zerolabel.cad import read_checkpoint
 
+    previous_labels = read_coco(coco_file)
     previous = read_checkpoint(checkpoint)["config"]  # names the file if it is no detector
     settings = {
         "checkpoint": str(Path(checkpoint).resolve()),
@@ -244,7 +245,9 @@ def self_train(
         "score_threshold": score_threshold,
         "merge_iou": merge_iou,
     }
-    coco_path = _round_labels(settings, Path(images_dir), Path(out_dir), training["device"])
+    coco_path = _round_labels(
+        settings, previous_labels, Path(images_dir), Path(out_dir), training["device"]
+    )
     if not from_scratch:  # the previous detector's architecture, and its weights to start from
         if training["masks"] is None:
             training["masks"] = bool(previous["masks"])
@@ -258,7 +261,9 @@ def self_train(
     _train_and_export(config, coco_path, images_dir, out_dir)
 
 
-def _round_labels(settings: dict[str, Any], images_dir: Path, out: Path, device: str) -> Path:
+def _round_labels(
+    settings: dict[str, Any], previous: dict[str, Any], images_dir: Path, out: Path, device: str
+) -> Path:
     """The round's labels ``out/coco.json``: detected now, or those of this round's stopped run.
 
     Raises:
@@ -278,7 +283,6 @@ def _round_labels(settings: dict[str, Any], images_dir: Path, out: Path, device:
         if labels_path.is_file():
             click.echo(f"resuming this round, on its labels {labels_path}", err=True)
             return labels_path
-    previous = read_coco(settings["coco"])
     threshold = settings["score_threshold"]
     detections = _detect_all(
         settings["checkpoint"], previous["images"], images_dir, device, threshold
