@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
+from zerolabel.cad.config import parse_duration
 from zerolabel.cad.validation import split_image_ids
-from zerolabel.cli.detector import parse_duration
 from zerolabel.cli.main import main
 
 

@@ -1,12 +1,15 @@
-"""How to build and train the class-agnostic detector: :class:`CadConfig`."""
+"""How to build and train the detector: :class:`CadConfig`; :func:`parse_duration` (intervals)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from zerolabel.errors import ConfigError
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True)
@@ -68,3 +71,18 @@ class CadConfig:
         if unknown:
             raise ConfigError(f"unknown CadConfig fields {sorted(unknown)}: newer zerolabel?")
         return cls(**data)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a positive wall-time interval: ``90s``, ``5m``, ``1.5h`` or plain seconds.
+
+    Raises:
+        ValueError: not such an interval.
+    """
+    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)", text.strip().lower())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration: use e.g. 90s, 5m, 1h or seconds")
+    seconds = float(match[1]) * _UNITS[match[2]]
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: the interval must be positive")
+    return seconds

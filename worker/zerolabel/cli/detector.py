@@ -8,30 +8,13 @@ round's detector unless ``--from-scratch`` is given.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import click
 
+from zerolabel.cad.config import parse_duration
 from zerolabel.cli.common import read_coco, write_json
-
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a positive wall-time interval: ``90s``, ``5m``, ``1.5h`` or plain seconds.
-
-    Raises:
-        ValueError: not such an interval.
-    """
-    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)", text.strip().lower())
-    if match is None:
-        raise ValueError(f"{text!r} is not a duration: use e.g. 90s, 5m, 1h or seconds")
-    seconds = float(match[1]) * _UNITS[match[2]]
-    if seconds <= 0:
-        raise ValueError(f"{text!r}: the interval must be positive")
-    return seconds
 
 
 def _duration_option(ctx: click.Context, param: click.Parameter, value: str) -> float:
