@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
+import tqdm
 from click.testing import CliRunner
+from zerolabel.cad import CadConfig, build_detector, read_checkpoint
 from zerolabel.cli.main import main
 from zerolabel.contract import DiscoveryRequest
 from zerolabel.queue.runtime import WorkerRuntime
@@ -137,29 +141,116 @@ def test_the_worker_serves_the_cad_method(trained):
     assert refused.error and "ZEROLABEL_CAD_CHECKPOINT" in refused.error
 
 
-def test_self_training_round_writes_labels_and_a_new_detector(trained):
+def _self_train(root, photos, checkpoint, out, *options):
+    """A self-training round of one step at learning rate 0 (its weights are its start)."""
+    calls = []
+    real_tqdm = tqdm.tqdm
+
+    def recording_tqdm(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real_tqdm(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tqdm, "tqdm", recording_tqdm)
+        result = CliRunner().invoke(
+            main,
+            [
+                "self-train",
+                "--checkpoint",
+                str(checkpoint),
+                "--coco",
+                str(root / "export" / "coco.json"),
+                "--images",
+                str(photos),
+                "-o",
+                str(out),
+                "--iterations",
+                "1",
+                "--lr",
+                "0",
+                *SMALL,
+                *options,
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    return result, calls
+
+
+def _parameters(path):
+    """The learnt weights of a detector file (BatchNorm statistics move even at lr 0)."""
+    model = read_checkpoint(path)["model"]
+    return {k: v for k, v in model.items() if not k.endswith(_BATCHNORM_STATISTICS)}
+
+
+_BATCHNORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@pytest.fixture(scope="module")
+def round2(trained):
     root, photos, checkpoint = trained
     out = root / "round2"
-    result = CliRunner().invoke(
-        main,
-        [
-            "self-train",
-            "--checkpoint",
-            str(checkpoint),
-            "--coco",
-            str(root / "export" / "coco.json"),
-            "--images",
-            str(photos),
-            "-o",
-            str(out),
-            "--iterations",
-            "1",
-            *SMALL,
-        ],
-    )
-    assert result.exit_code == 0, result.output
+    result, bars = _self_train(root, photos, checkpoint, out)
+    return out, result, bars
+
+
+def test_self_training_round_writes_labels_and_a_new_detector(trained, round2):
+    root, photos, checkpoint = trained
+    out, result, bars = round2
     labels = json.loads((out / "coco.json").read_text())
     previous = json.loads((root / "export" / "coco.json").read_text())
     assert len(labels["images"]) == len(previous["images"])
     assert len(labels["annotations"]) >= 1
     assert list(out.glob("cad-*.pt"))
+    summary = re.search(
+        r"round labels: (\d+) objects = (\d+) detections kept \(score >= 0\.7\) \+ (\d+) "
+        r"previous labels carried over \(previous round: (\d+)\)",
+        result.output,
+    )
+    assert summary, result.output
+    total, kept, carried, before = (int(n) for n in summary.groups())
+    assert total == len(labels["annotations"]) == kept + carried
+    assert before == len(previous["annotations"])
+    detecting = [args for args, kwargs in bars if kwargs.get("desc") == "detecting"]
+    assert len(detecting) == 1 and len(detecting[0][0]) == len(previous["images"])
+    # the new detector continued from the previous one (nothing moved at lr 0)
+    (new,) = out.glob("cad-*.pt")
+    assert read_checkpoint(new)["config"]["init_weights"] == str(checkpoint.resolve())
+    start, got = _parameters(checkpoint), _parameters(new)
+    assert start.keys() == got.keys()
+    assert all(torch.equal(got[k], v) for k, v in start.items())
+
+
+def test_self_training_from_scratch_starts_from_a_fresh_detector(trained):
+    root, photos, checkpoint = trained
+    out = root / "round2-scratch"
+    _self_train(root, photos, checkpoint, out, "--from-scratch")
+    (new,) = out.glob("cad-*.pt")
+    config = CadConfig.from_dict(read_checkpoint(new)["config"])
+    assert config.init_weights is None
+    fresh = {
+        k: v
+        for k, v in build_detector(config).state_dict().items()
+        if not k.endswith(_BATCHNORM_STATISTICS)
+    }
+    got = _parameters(new)
+    assert all(torch.equal(got[k], v) for k, v in fresh.items())
+    assert not all(torch.equal(got[k], v) for k, v in _parameters(checkpoint).items())
+
+
+def test_a_self_training_round_run_again_resumes_on_its_labels(trained, round2):
+    root, photos, checkpoint = trained
+    out, _, _ = round2
+    labels = (out / "coco.json").read_bytes()
+    (export,) = out.glob("cad-*.pt")
+    result, bars = _self_train(root, photos, checkpoint, out)
+    assert f"resuming this round, on its labels {out / 'coco.json'}" in result.output
+    assert "round labels:" not in result.output
+    assert not [kwargs for _, kwargs in bars if kwargs.get("desc") == "detecting"]
+    assert (out / "coco.json").read_bytes() == labels and list(out.glob("cad-*.pt")) == [export]
+    other = CliRunner().invoke(
+        main,
+        ["self-train", "--checkpoint", str(checkpoint), "--coco", str(root / "export/coco.json")]
+        + ["--images", str(photos), "-o", str(out), "--score-threshold", "0.65", *SMALL],
+    )
+    assert other.exit_code == 1
+    assert f"Error: {out} holds the training run of another self-training round" in other.output

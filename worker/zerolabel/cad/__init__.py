@@ -10,11 +10,16 @@ backbone init and DropLoss (:mod:`zerolabel.cad.model`), then self-training
 - :mod:`zerolabel.cad.data`: :class:`CocoDetectionDataset`, a COCO file as training data.
 - :mod:`zerolabel.cad.model`: :func:`build_detector`, :class:`DropLossRoIHeads`,
   :func:`load_backbone_checkpoint`, :func:`read_checkpoint`, :func:`load_detector`.
-- :mod:`zerolabel.cad.training`: :func:`train`, with resume and checkpoints.
+- :mod:`zerolabel.cad.training`: :func:`train`, with checkpoints, clean stops and exact resume.
+- :mod:`zerolabel.cad.stopping`: :class:`TrainingInterrupted`, SIGINT/SIGTERM handling.
+- :mod:`zerolabel.cad.saving`: atomic checkpoint writes, :func:`export_weights`.
+- :mod:`zerolabel.cad.validation`: held-out images, AP50/AP/AR100 at each checkpoint.
 - :mod:`zerolabel.cad.inference`: :func:`detect` and :func:`self_training_round`.
 
-Checkpoints (``checkpoint_last.pt``) hold the model, the optimizer, the iteration count, the
-config and the marker ``format: "zerolabel-cad-1"``; they load with ``weights_only=True``.
+A training folder holds one full checkpoint (``checkpoint_last.pt``: the model, the optimizer,
+the iteration count, the config and the marker ``format: "zerolabel-cad-1"``), the
+weights-only exports workers serve (``cad-<digest>.pt``: no optimizer) and, with held-out
+images, ``validation.json``. All load with ``weights_only=True``.
 
 Importing this package loads nothing heavy: each name below is imported from its submodule on
 first use, so a process that never touches the detector never imports torchvision's detection
@@ -38,6 +43,8 @@ if TYPE_CHECKING:
         load_detector,
         read_checkpoint,
     )
+    from zerolabel.cad.saving import export_weights
+    from zerolabel.cad.stopping import TrainingInterrupted
     from zerolabel.cad.training import CHECKPOINT_NAME, train
 
 _SUBMODULE = {
@@ -54,6 +61,8 @@ _SUBMODULE = {
     "load_backbone_checkpoint": "model",
     "load_detector": "model",
     "read_checkpoint": "model",
+    "export_weights": "saving",
+    "TrainingInterrupted": "stopping",
     "CHECKPOINT_NAME": "training",
     "train": "training",
 }
@@ -66,8 +75,10 @@ __all__ = [
     "CocoDetectionDataset",
     "Detection",
     "DropLossRoIHeads",
+    "TrainingInterrupted",
     "build_detector",
     "detect",
+    "export_weights",
     "load_backbone_checkpoint",
     "load_detector",
     "read_checkpoint",

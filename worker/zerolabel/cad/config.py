@@ -1,12 +1,15 @@
-"""How to build and train the class-agnostic detector: :class:`CadConfig`."""
+"""How to build and train the detector: :class:`CadConfig`; :func:`parse_duration` (intervals)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from zerolabel.errors import ConfigError
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,10 @@ class CadConfig:
     weight_decay: float = 1e-4
     warmup_iterations: int = 100  # linear lr warm-up from lr / warmup_iterations
     flip_prob: float = 0.5  # horizontal-flip augmentation
-    checkpoint_every: int = 500  # iterations between checkpoint_last.pt writes
+    checkpoint_every: int | None = None  # iterations between checkpoint writes (None: off)
+    checkpoint_seconds: float | None = 300.0  # wall time between checkpoint writes (None: off)
+    val_fraction: float | None = None  # held-out images; None: 0.1 from 50 images on, else 0
+    init_weights: str | None = None  # a CAD checkpoint to start from (self-training rounds)
     seed: int = 0  # model init, image order, flips and RoI sampling
     device: str = "cpu"
     backbone_checkpoint: str | None = None  # local ResNet-50 state dict (e.g. DINO)
@@ -47,6 +53,14 @@ class CadConfig:
             raise ConfigError(f"drop_loss_iou must be in [0, 1) or None, got {self.drop_loss_iou}")
         if not 0.0 <= self.flip_prob <= 1.0:
             raise ConfigError(f"flip_prob must be in [0, 1], got {self.flip_prob}")
+        if self.checkpoint_seconds is not None and not self.checkpoint_seconds > 0:
+            raise ConfigError(
+                f"checkpoint_seconds must be positive or None, got {self.checkpoint_seconds}"
+            )
+        if self.val_fraction is not None and not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(
+                f"val_fraction must be in [0, 1) (0 disables validation), got {self.val_fraction}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,3 +71,18 @@ class CadConfig:
         if unknown:
             raise ConfigError(f"unknown CadConfig fields {sorted(unknown)}: newer zerolabel?")
         return cls(**data)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a positive wall-time interval: ``90s``, ``5m``, ``1.5h`` or plain seconds.
+
+    Raises:
+        ValueError: not such an interval.
+    """
+    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)", text.strip().lower())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration: use e.g. 90s, 5m, 1h or seconds")
+    seconds = float(match[1]) * _UNITS[match[2]]
+    if seconds <= 0:
+        raise ValueError(f"{text!r}: the interval must be positive")
+    return seconds

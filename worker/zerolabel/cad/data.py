@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ class CocoDetectionDataset(Dataset[tuple[Tensor, TrainingTarget]]):
     ``max_side`` (never enlarged); targets follow. Every listed image is kept, also without
     annotations (``boxes`` [0, 4]); ``iscrowd`` annotations and empty boxes are skipped.
     Segmentations may be compressed or uncompressed RLE or polygons; an annotation without one
-    gets its filled box as mask.
+    gets its filled box as mask. ``image_ids`` keeps only those images (a training or
+    validation split), in file order.
     """
 
     def __init__(
@@ -46,9 +48,12 @@ class CocoDetectionDataset(Dataset[tuple[Tensor, TrainingTarget]]):
         *,
         masks: bool = False,
         limits: ImageLimits | None = None,
+        image_ids: Collection[int] | None = None,
     ) -> None:
         coco = json.loads(Path(coco_json).read_text(encoding="utf-8"))
-        self.images: list[dict[str, Any]] = list(coco["images"])
+        self.images: list[dict[str, Any]] = [
+            image for image in coco["images"] if image_ids is None or image["id"] in image_ids
+        ]
         self.images_dir = Path(images_dir)
         self.max_side = max_side
         self.masks = masks
@@ -61,6 +66,10 @@ class CocoDetectionDataset(Dataset[tuple[Tensor, TrainingTarget]]):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def annotations(self, index: int) -> list[dict[str, Any]]:
+        """The COCO annotations of image ``index`` that are trained on (no crowd, no empty box)."""
+        return list(self._annotations[self.images[index]["id"]])
 
     def __getitem__(self, index: int) -> tuple[Tensor, TrainingTarget]:
         info = self.images[index]

@@ -75,15 +75,28 @@ class DropLossRoIHeads(RoIHeads):  # type: ignore[misc]  # torchvision's class i
 
 
 def build_detector(config: CadConfig) -> nn.Module:
-    """The detector of ``config``, seeded, with the backbone checkpoint loaded if one is set.
+    """The detector of ``config``, seeded, with its starting weights loaded.
+
+    With ``init_weights`` (a CAD checkpoint: the previous self-training round), every weight
+    comes from that file and the backbone checkpoint is not read; otherwise the backbone
+    checkpoint, if one is set, is loaded into the backbone.
 
     Raises:
-        WeightsError: the backbone checkpoint is unreadable or does not fit a ResNet-50.
+        WeightsError: the backbone checkpoint is unreadable or does not fit a ResNet-50, or the
+            ``init_weights`` detector has another architecture (masks, backbone kind).
     """
     model = _build_architecture(config)
-    if config.backbone_checkpoint is not None:
+    if config.init_weights is not None:
+        _load_detector_weights(model, config.init_weights)
+    elif config.backbone_checkpoint is not None:
         load_backbone_checkpoint(model, config.backbone_checkpoint)
     return model
+
+
+def _load_detector_weights(model: nn.Module, path: str | Path) -> None:
+    state = read_checkpoint(path)["model"]
+    load_fitting(model, state, f"detector {path} does not fit this detector (masks, backbone)")
+    logger.info("starting from the weights of %s", path)
 
 
 def _build_architecture(config: CadConfig) -> nn.Module:

@@ -1,35 +1,50 @@
-"""Train the detector with SGD, resumably, writing ``checkpoint_last.pt`` as it goes.
+"""Train the detector with SGD: interruptible, resumable exactly, validated as it goes.
 
-Checkpoints hold the model, the optimizer, the iteration count, the config and the marker
-``format: "zerolabel-cad-1"`` (:data:`zerolabel.cad.model.CHECKPOINT_FORMAT`); they load with
-``weights_only=True`` (:func:`zerolabel.cad.model.read_checkpoint`).
+**Checkpoints.** ``checkpoint_last.pt`` (:mod:`zerolabel.cad.saving`) is replaced atomically
+every ``checkpoint_seconds`` of wall time and/or every ``checkpoint_every`` iterations, at the
+end, and when SIGINT or SIGTERM arrives (:mod:`zerolabel.cad.stopping`: the iteration under
+way is finished, saved, then :class:`~zerolabel.cad.stopping.TrainingInterrupted` is raised).
+
+**Exact resume.** The learning rate is a function of the iteration; each step reseeds torch,
+NumPy and Python's ``random`` from ``seed + iteration`` and takes its images from a permutation
+drawn from the seed and the epoch. Model, optimizer and iteration are therefore the whole
+state: on CPU a run interrupted and resumed ends with the weights of an uninterrupted one.
+
+**Validation.** With held-out images (``val_fraction``, :mod:`zerolabel.cad.validation`),
+AP50/AP/AR100 are computed at every checkpoint but those of an interrupt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-from dataclasses import fields
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from zerolabel.cad.config import CadConfig
 from zerolabel.cad.data import CocoDetectionDataset
-from zerolabel.cad.model import (
-    CHECKPOINT_FORMAT,
-    _build_architecture,
-    build_detector,
-    read_checkpoint,
-)
-from zerolabel.errors import ConfigError
+from zerolabel.cad.model import _build_architecture, build_detector, read_checkpoint
+from zerolabel.cad.saving import partial_path, save_checkpoint
+from zerolabel.cad.stopping import StopSignals, TrainingInterrupted
+from zerolabel.cad.validation import Validator, split_image_ids, validator_for
+from zerolabel.errors import ConfigError, WeightsError
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
-_RESUMABLE_FIELDS = ("iterations", "checkpoint_every", "device")  # may change on resume
+_RESUMABLE_FIELDS = ("iterations", "checkpoint_every", "checkpoint_seconds", "device")
+
+Clock = Callable[[], float]
+"""Seconds from an arbitrary origin (:func:`time.monotonic`); tests pass their own."""
 
 
 def train(
@@ -40,37 +55,61 @@ def train(
     *,
     resume: bool = True,
     progress: bool = True,
+    clock: Clock = time.monotonic,
 ) -> Path:
     """Train the detector with SGD and return the path of ``out_dir/checkpoint_last.pt``.
 
-    The checkpoint is written every ``checkpoint_every`` iterations and at the end. With
-    ``resume`` and a checkpoint in ``out_dir``, training continues from its iteration up to
-    ``config.iterations``; only ``iterations``, ``checkpoint_every`` and ``device`` may differ
-    from the run that wrote it; ``resume=False`` starts over (the old checkpoint is replaced at
-    the first save). Each step reseeds from ``seed + iteration``, so on CPU a resumed
-    run repeats the uninterrupted one; the caller's random state is left as it was.
+    With ``resume`` and a checkpoint in ``out_dir``, training continues from its iteration up to
+    ``config.iterations``; only ``iterations``, ``checkpoint_every``, ``checkpoint_seconds`` and
+    ``device`` may differ from the run that wrote it; ``resume=False`` starts over (the old
+    checkpoint is replaced at the first save). A fresh run starts from ``config.init_weights``
+    when set. The caller's random state is left as it was.
 
     Raises:
+        TrainingInterrupted: SIGINT or SIGTERM arrived; the checkpoint holds the last iteration.
         ConfigError: the checkpoint in ``out_dir`` was trained with another config.
-        WeightsError: the backbone checkpoint or ``checkpoint_last.pt`` cannot be used.
+        WeightsError: the backbone checkpoint, ``init_weights`` or ``checkpoint_last.pt``
+            cannot be used.
         ImageLoadError: an image of the COCO file cannot be read.
         FloatingPointError: the loss diverged (lower ``lr``).
-        ValueError: the COCO file lists no images.
+        ValueError: the COCO file lists no images, or ``val_fraction`` leaves none to train on.
     """
-    out_dir = Path(out_dir)
+    out_dir, images_dir, coco_json = Path(out_dir), Path(images_dir), Path(coco_json)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / CHECKPOINT_NAME
-    dataset = CocoDetectionDataset(coco_json, images_dir, config.max_size, masks=config.masks)
-    if len(dataset) == 0:
-        raise ValueError(f"{coco_json} lists no images to train on")
+    partial_path(path).unlink(missing_ok=True)  # a save killed half-way
+    dataset, validation_ids = _datasets(config, coco_json, images_dir)
+    validator = validator_for(config, coco_json, images_dir, out_dir, validation_ids)
     device = torch.device(config.device)
-    with torch.random.fork_rng(devices=_cuda_indices(device)):
+    with _preserved_rng(device):
         model, optimizer, start = _start(config, path if resume else None, device)
+        if validator is not None:
+            validator.restart(start)
         if start >= config.iterations:
             logger.info("%s is already at iteration %d: nothing to train", path, start)
             return path
-        _train_loop(model, optimizer, dataset, config, start, path, progress)
+        run = _Run(config, model, optimizer, dataset, path, validator)
+        with logging_redirect_tqdm() if progress else contextlib.nullcontext():
+            _train_loop(run, start, progress, clock)
     return path
+
+
+def _datasets(
+    config: CadConfig, coco_json: Path, images_dir: Path
+) -> tuple[CocoDetectionDataset, list[int]]:
+    """The training images and the held-out image ids."""
+    everything = CocoDetectionDataset(coco_json, images_dir, config.max_size, masks=config.masks)
+    if len(everything) == 0:
+        raise ValueError(f"{coco_json} lists no images to train on")
+    ids = [image["id"] for image in everything.images]
+    training, held_out = split_image_ids(ids, config.val_fraction, config.seed)
+    if not held_out:
+        return everything, []
+    subset = CocoDetectionDataset(
+        coco_json, images_dir, config.max_size, masks=config.masks, image_ids=set(training)
+    )
+    logger.info("training on %d images, validating on %d", len(subset), len(held_out))
+    return subset, held_out
 
 
 def _start(
@@ -80,6 +119,11 @@ def _start(
     checkpoint = None
     if checkpoint_path is not None and checkpoint_path.is_file():
         checkpoint = read_checkpoint(checkpoint_path)
+        if "optimizer" not in checkpoint:
+            raise WeightsError(
+                f"{checkpoint_path} holds weights only (an export), no training state: "
+                "move it away to start over"
+            )
         _check_resumable(CadConfig.from_dict(checkpoint["config"]), config, checkpoint_path)
     model = build_detector(config) if checkpoint is None else _build_architecture(config)
     if checkpoint is not None:
@@ -109,38 +153,87 @@ def _check_resumable(saved: CadConfig, config: CadConfig, path: Path) -> None:
         )
 
 
-def _train_loop(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    dataset: CocoDetectionDataset,
-    config: CadConfig,
-    start: int,
-    path: Path,
-    progress: bool,
-) -> None:
-    device = torch.device(config.device)
-    model.train()
+@dataclass
+class _Run:
+    """What a training loop works on."""
+
+    config: CadConfig
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    dataset: CocoDetectionDataset
+    path: Path
+    validator: Validator | None
+
+    def step(self, iteration: int) -> float:
+        """One SGD step; returns its loss."""
+        config = self.config
+        _seed_step(config.seed + iteration)  # flips, RPN and RoI sampling
+        images, targets = _batch(self.dataset, config, iteration, torch.device(config.device))
+        for group in self.optimizer.param_groups:
+            group["lr"] = _learning_rate(config, iteration)
+        losses = self.model(images, targets)
+        loss = torch.stack(list(losses.values())).sum()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at iteration {iteration}: lower CadConfig.lr"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward(loss)
+        self.optimizer.step()
+        return float(loss.item())
+
+    def save(self, done: int, *, validate: bool) -> None:
+        save_checkpoint(self.path, self.model, self.optimizer, done, self.config)
+        if validate and self.validator is not None:
+            self.validator(self.model, done)
+
+
+def _train_loop(run: _Run, start: int, progress: bool, clock: Clock) -> None:
+    config = run.config
+    run.model.train()
     bar = tqdm(total=config.iterations, initial=start, disable=not progress, desc="CAD", unit="it")
-    with bar:
+    with bar, StopSignals() as stop:
+        last_save = clock()
         for iteration in range(start, config.iterations):
-            torch.manual_seed(config.seed + iteration)  # flips, RPN and RoI sampling
-            images, targets = _batch(dataset, config, iteration, device)
-            for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(config, iteration)
-            losses = model(images, targets)
-            loss = torch.stack(list(losses.values())).sum()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at iteration {iteration}: lower CadConfig.lr"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(loss)
-            optimizer.step()
+            loss = run.step(iteration)
             done = iteration + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if done % config.checkpoint_every == 0 or done == config.iterations:
-                _save_checkpoint(path, model, optimizer, done, config)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            finished = done == config.iterations
+            if not (finished or stop.requested or _due(config, done, clock() - last_save)):
+                continue
+            run.save(done, validate=not stop.requested)
+            if stop.signum is not None and not finished:
+                raise TrainingInterrupted(run.path, done, stop.signum)
+            last_save = clock()
+
+
+def _due(config: CadConfig, done: int, elapsed_s: float) -> bool:
+    """Whether a checkpoint is due after ``done`` iterations, ``elapsed_s`` after the last."""
+    every = config.checkpoint_every
+    seconds = config.checkpoint_seconds
+    return (every is not None and done % every == 0) or (
+        seconds is not None and elapsed_s >= seconds
+    )
+
+
+def _seed_step(seed: int) -> None:
+    """Seed every generator a step may draw from (torch, NumPy, Python's ``random``)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+@contextlib.contextmanager
+def _preserved_rng(device: torch.device) -> Iterator[None]:
+    """Give the caller back its torch, NumPy and ``random`` states."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=_cuda_indices(device)):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def _batch(
@@ -174,27 +267,6 @@ def _learning_rate(config: CadConfig, iteration: int) -> float:
     if iteration >= config.warmup_iterations:
         return config.lr
     return config.lr * (iteration + 1) / config.warmup_iterations
-
-
-def _save_checkpoint(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    iteration: int,
-    config: CadConfig,
-) -> None:
-    """Write atomically, so an interrupted save never leaves a truncated checkpoint behind."""
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT,
-        "iteration": iteration,
-        "config": config.to_dict(),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-    }
-    partial = path.with_name(path.name + ".partial")
-    torch.save(checkpoint, partial)
-    os.replace(partial, path)
-    logger.debug("saved %s at iteration %d", path, iteration)
 
 
 def _cuda_indices(device: torch.device) -> list[int]:
