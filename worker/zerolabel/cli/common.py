@@ -113,8 +113,8 @@ def file_loader(document_root: Path, url_prefix: str, settings: Any) -> Any:
     return load
 
 
-def url_loader(settings: Any) -> Any:
-    """Task -> image, downloaded from Label Studio with the configured token."""
+def cli_fetcher(settings: Any) -> tuple[Any, Any]:
+    """A fetcher for Label Studio's images with the configured key, and the image limits."""
     from zerolabel.io.fetch import Fetcher, FetchPolicy
     from zerolabel.io.images import ImageLimits
 
@@ -122,9 +122,15 @@ def url_loader(settings: Any) -> Any:
         FetchPolicy(
             ls_url=settings.ls_url,
             ls_token=settings.ls_token,
+            ls_aliases=settings.ls_aliases,
             allowed_hosts=settings.allowed_hosts,
             timeout_s=settings.fetch_timeout_s,
         )
     )
-    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+    return fetcher, ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+
+
+def url_loader(settings: Any) -> Any:
+    """Task -> image, downloaded from Label Studio with the configured key."""
+    fetcher, limits = cli_fetcher(settings)
     return lambda task: fetcher.fetch(image_url(task), limits)

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from zerolabel.cli.common import (
+    cli_fetcher,
     file_loader,
     ls_client,
     project_tasks,
@@ -28,6 +29,7 @@ from zerolabel.cli.options import (
     local_files_options,
     model_version_option,
     project_option,
+    weights_options,
 )
 
 logger = logging.getLogger("zerolabel")
@@ -46,19 +48,7 @@ logger = logging.getLogger("zerolabel")
     help="Number of pseudo-classes [default: suggested by silhouette score].",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "-b",
-    "--backbone",
-    default=None,
-    help="ViT that describes the crops, as for predict [default: ZEROLABEL_BACKBONE].",
-)
-@click.option(
-    "-c",
-    "--checkpoint",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Local weights file, as for predict [default: ZEROLABEL_CHECKPOINT].",
-)
+@weights_options
 @click.option(
     "-o",
     "--out",
@@ -303,16 +293,5 @@ def _ids(ids: list[Any]) -> str:
 
 def _fetch_bytes(settings: Any) -> Any:
     """Image URL -> its bytes exactly as Label Studio (or an allowed host) serves them."""
-    from zerolabel.io.fetch import Fetcher, FetchPolicy
-    from zerolabel.io.images import ImageLimits
-
-    fetcher = Fetcher(
-        FetchPolicy(
-            ls_url=settings.ls_url,
-            ls_token=settings.ls_token,
-            allowed_hosts=settings.allowed_hosts,
-            timeout_s=settings.fetch_timeout_s,
-        )
-    )
-    limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
+    fetcher, limits = cli_fetcher(settings)
     return lambda url: fetcher.fetch_bytes(url, limits)

@@ -19,7 +19,7 @@ import click
 
 from zerolabel import methods
 from zerolabel.cli.errors import ZerolabelGroup, remember_url
-from zerolabel.cli.options import local_files_options
+from zerolabel.cli.options import local_files_options, weights_options
 from zerolabel.errors import DiscoveryError
 
 logger = logging.getLogger("zerolabel")
@@ -117,20 +117,7 @@ def parse_params(pairs: tuple[str, ...], method: str) -> dict[str, Any]:
     default=None,
     help="Detector written by zerolabel train-cad (method cad).",
 )
-@click.option(
-    "-b",
-    "--backbone",
-    default=None,
-    help="dino_vits16 (default), dino_vits8, dino_vitb16, dino_vitb8, dinov2_vits14, "
-    "dora_vits16 or any timm ViT name.",
-)
-@click.option(
-    "-c",
-    "--checkpoint",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Local weights file (DINO .pth, DoRA checkpoint, timm .safetensors).",
-)
+@weights_options
 @click.option(
     "--max-side",
     type=int,

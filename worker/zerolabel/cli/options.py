@@ -38,3 +38,22 @@ project_option = click.option(
 model_version_option = click.option(
     "--model-version", default=None, help="Which predictions to use [default: each task's latest]."
 )
+
+
+def weights_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``-b/--backbone`` and ``-c/--checkpoint``: the ViT and its weights (else the settings)."""
+    func = click.option(
+        "-c",
+        "--checkpoint",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Local weights file (DINO .pth, DoRA checkpoint, timm .safetensors) "
+        "[default: ZEROLABEL_CHECKPOINT].",
+    )(func)
+    return click.option(
+        "-b",
+        "--backbone",
+        default=None,
+        help="dino_vits16 (default), dino_vits8, dino_vitb16, dino_vitb8, dinov2_vits14, "
+        "dora_vits16 or any timm ViT name [default: ZEROLABEL_BACKBONE].",
+    )(func)
