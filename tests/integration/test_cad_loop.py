@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -254,3 +257,47 @@ def test_a_self_training_round_run_again_resumes_on_its_labels(trained, round2):
     )
     assert other.exit_code == 1
     assert f"Error: {out} holds the training run of another self-training round" in other.output
+
+
+def test_a_worker_started_from_an_env_file_serves_the_detector(trained, tmp_path, tiny_env):
+    """The loop's serving step as documented: ZEROLABEL_METHOD=cad and the detector's file in
+    the env file that backend and workers share, ``zerolabel --env-file FILE worker``."""
+    from redis import Redis
+    from zerolabel.queue.dispatch import Dispatcher
+
+    from tests.servers import redis_server, stop, wait_for_workers
+
+    _, photos, checkpoint = trained
+    with redis_server(tmp_path) as (redis_url, _):
+        settings_lines = {
+            **tiny_env,  # the ViT settings stay in the shared file; a cad worker ignores them
+            "REDIS_URL": redis_url,
+            "ZEROLABEL_METHOD": "cad",
+            "ZEROLABEL_CAD_CHECKPOINT": str(checkpoint),
+            "ZEROLABEL_LOCAL_ROOTS": str(photos),
+        }
+        env_file = tmp_path / "zerolabel.env"
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in settings_lines.items()))
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("ZEROLABEL_")}
+        clean.pop("REDIS_URL", None)
+        log = tmp_path / "worker.log"
+        with log.open("wb") as out:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "zerolabel.cli.main", "--env-file", str(env_file)]
+                + ["worker", "--name", "cad-worker"],
+                env=clean,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_for_workers(redis_url, 1, timeout_s=120)
+            settings = WorkerSettings.from_env(settings_lines)
+            spec = settings.spec(params={"score_threshold": 0.0})
+            dispatcher = Dispatcher(Redis.from_url(redis_url), settings.queue)
+            request = DiscoveryRequest(spec, str(photos / "000004.jpg"), task_id=1)
+            (outcome,) = dispatcher.collect([dispatcher.submit(request)], timeout_s=180)
+            assert worker.poll() is None, log.read_text()
+        finally:
+            stop(worker)
+    assert outcome.result is not None and outcome.result.error is None, outcome.reason
+    assert outcome.result.regions and all(r.method == "cad" for r in outcome.result.regions)
