@@ -244,6 +244,52 @@ def test_prelabel_bad_setting():
     _error_line(result, "ZEROLABEL_WAIT_TIMEOUT_S")
 
 
+class _ProjectWithBackend:
+    """A reachable Label Studio project of two tasks whose ML backend sets extra params."""
+
+    url = "http://ls.test:8080"
+    config = '<View><Image name="image" value="$image"/>' + (
+        '<RectangleLabels name="label" toName="image"><Label value="object"/></RectangleLabels>'
+        "</View>"
+    )
+
+    def __enter__(self) -> _ProjectWithBackend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def label_config(self, project_id: int) -> str:
+        return self.config
+
+    def ml_backends(self, project_id: int) -> list[dict]:
+        return [
+            {"title": "zerolabel", "url": "http://b:9090", "extra_params": {"method": "tokencut"}}
+        ]
+
+    def tasks(self, project_id: int, page_size: int = 100) -> list[dict]:
+        return [{"id": i, "data": {"image": f"/data/upload/3/{i}.png"}} for i in (1, 2)]
+
+
+def test_prelabel_with_no_live_worker_says_so_and_queues_nothing(monkeypatch):
+    import fakeredis
+    from zerolabel.queue.dispatch import make_queue
+    from zerolabel.settings import QueueSettings
+
+    redis = fakeredis.FakeRedis()
+    monkeypatch.setattr("zerolabel.cli.loop.ls_client", lambda settings: _ProjectWithBackend())
+    monkeypatch.setattr("zerolabel.queue.service.connect", lambda settings: redis)
+    env = {"REDIS_URL": "redis://127.0.0.1:6390/0", "ZEROLABEL_QUEUE": "gpu"}
+    result = _run(["prelabel", "--project", "3"], env)
+    _error_line(
+        result,
+        "no live worker on queue 'gpu' at redis://127.0.0.1:6390/0",
+        "2 task(s) to pre-label",
+        "start `zerolabel worker`",
+    )
+    assert make_queue(redis, QueueSettings(queue="gpu")).count == 0
+
+
 # --- train-cad and self-train ----------------------------------------------------------------
 
 

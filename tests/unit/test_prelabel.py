@@ -14,6 +14,7 @@ from zerolabel.errors import ConfigError, DiscoveryError
 from zerolabel.labelstudio.client import LabelStudioError
 from zerolabel.labelstudio.options import ProjectOptions
 from zerolabel.loop.prelabel import PrelabelReport, prelabel_project
+from zerolabel.loop.waiting import GONE_AFTER_CHECKS, WORKER_CHECK_S
 from zerolabel.queue.dispatch import Outcome
 from zerolabel.queue.service import PredictionService
 from zerolabel.settings import BackendSettings
@@ -37,6 +38,11 @@ class FakeClient:
         self.post_error: LabelStudioError | None = None
         self.store_despite_error = False
         self.interrupt_after: int | None = None
+        self.interrupt_stored = False  # Ctrl-C after Label Studio stored the prediction
+        self.backends: list[dict[str, Any]] = []
+
+    def ml_backends(self, project_id: int) -> list[dict[str, Any]]:
+        return self.backends
 
     def label_config(self, project_id: int) -> str:
         return CONFIG
@@ -50,9 +56,11 @@ class FakeClient:
     def create_prediction(
         self, task_id: int, result: list[dict[str, Any]], score: float, model_version: str
     ) -> dict[str, Any]:
-        if self.interrupt_after is not None and len(self.created) == self.interrupt_after:
-            raise KeyboardInterrupt
         body = {"task": task_id, "result": result, "score": score, "model_version": model_version}
+        if self.interrupt_after is not None and len(self.created) == self.interrupt_after:
+            if self.interrupt_stored:
+                self.created.append(body)
+            raise KeyboardInterrupt
         if self.post_error is not None:
             if self.store_despite_error:
                 self.created.append(body)
@@ -79,6 +87,13 @@ class FakeDispatcher:
     log: list[str] = field(default_factory=list)  # "submit <task>" / "collect <tasks>"
     jobs: list[FakeJob] = field(default_factory=list)
     down: bool = False
+    workers: list[int] = field(default_factory=lambda: [1])  # live workers per health(); last stays
+
+    def health(self) -> dict[str, Any]:
+        if self.down:
+            return {"reachable": False, "queue": "zerolabel", "error": "Connection refused"}
+        count = self.workers.pop(0) if len(self.workers) > 1 else self.workers[0]
+        return {"reachable": True, "queue": "zerolabel", "queue_depth": 0, "workers": count}
 
     def submit(self, request: DiscoveryRequest) -> FakeJob:
         if self.down:
@@ -250,3 +265,129 @@ def test_options_with_an_unknown_parameter_fail_at_once_and_queue_nothing(servic
         _prelabel(client, service, options=options)
     assert service.dispatcher.jobs == [] and service.dispatcher.log == []
     assert client.created == []
+
+
+# --- live workers ----------------------------------------------------------------------------
+
+
+def test_no_live_worker_is_one_clear_error_before_anything_is_queued(service):
+    service.dispatcher.workers = [0]
+    client = FakeClient(_tasks(3))
+    with pytest.raises(DiscoveryError) as raised:
+        _prelabel(client, service)
+    message = str(raised.value)
+    assert "no live worker on queue 'zerolabel' at redis://127.0.0.1:6379/0" in message
+    assert "3 task(s) to pre-label" in message and "start `zerolabel worker`" in message
+    assert service.dispatcher.log == [] and client.created == []
+
+
+def test_the_real_dispatcher_counts_heartbeats_not_registrations():
+    from zerolabel.queue.heartbeat import Beat, heartbeat_key
+
+    redis = fakeredis.FakeRedis()
+    service = PredictionService(BackendSettings(), redis=redis)
+    client = FakeClient(_tasks(2))
+    with pytest.raises(DiscoveryError, match="no live worker on queue 'zerolabel'"):
+        _prelabel(client, service, wait_timeout_s=0)
+    assert service.dispatcher.queue.count == 0
+    beat = Beat("w1", "zerolabel", "instance-1", 1, "host")
+    redis.set(heartbeat_key("w1"), beat.dumps(), ex=5)
+    report = _prelabel(client, service, wait_timeout_s=0)  # queued: the worker is alive
+    assert service.dispatcher.queue.count == 2 and len(report.failed) == 2
+
+
+def test_a_project_with_nothing_to_do_needs_no_worker(service):
+    client = FakeClient(_tasks(2))
+    _prelabel(client, service)
+    service.dispatcher.workers = [0]
+    assert _prelabel(client, service).skipped_existing == 2
+
+
+def test_workers_that_all_stop_end_the_wait_early(service):
+    dispatcher = service.dispatcher
+    dispatcher.workers = [1, 0]  # alive at the start, then gone
+    dispatcher.outcomes = {"/data/upload/1/1.png": Outcome(None, "late: still running, ask again")}
+    client = FakeClient(_tasks(4))
+    with pytest.raises(DiscoveryError) as raised:
+        _prelabel(client, service, wait_timeout_s=600)
+    message = str(raised.value)
+    assert "every worker stopped while 1 task(s) waited (1 prediction(s) written so far)" in message
+    assert "start `zerolabel worker`" in message
+    assert [p["task"] for p in client.created] == [2]  # what had ended is stored
+    slices = [line for line in dispatcher.log if line.startswith("collect 1")]
+    assert len(slices) == GONE_AFTER_CHECKS  # not 600 s of slices
+
+
+def test_a_worker_back_within_the_grace_keeps_the_run_going(service):
+    dispatcher = service.dispatcher
+    dispatcher.workers = [1, 0, 1]
+    late = Outcome(None, "late: still running, ask again")
+    dispatcher.outcomes = {"/data/upload/1/1.png": late}
+    report = _prelabel(FakeClient(_tasks(2)), service, wait_timeout_s=20)
+    assert dict(report.failed) == {1: "late: still running, ask again"}
+    slices = [line for line in dispatcher.log if line.startswith("collect 1")]
+    assert len(slices) == 20 / WORKER_CHECK_S  # the whole wait
+
+
+# --- interrupts ------------------------------------------------------------------------------
+
+
+def test_an_interrupt_after_label_studio_stored_the_prediction_counts_it(service, caplog):
+    client = FakeClient(_tasks(5))
+    client.interrupt_after, client.interrupt_stored = 2, True
+    with pytest.raises(KeyboardInterrupt):
+        _prelabel(client, service)
+    assert len(client.created) == 3
+    assert "interrupted with 2 task(s) not done" in caplog.text
+    assert "3 written, 0 already pre-labeled, 0 failed, 2 not done (interrupted)" in caplog.text
+    assert "Run again to finish" in caplog.text
+
+
+# --- the ML backend connection's extra params ------------------------------------------------
+
+BACKEND = {"id": 1, "title": "zerolabel", "url": "http://backend:9090"}
+
+
+def test_without_options_the_connections_extra_params_give_the_version(service):
+    client = FakeClient(_tasks(2))
+    client.backends = [{**BACKEND, "extra_params": {"method": "tokencut", "tau": 0.3}}]
+    report = _prelabel(client, service)
+    version = service.model_version(
+        CONFIG, ProjectOptions.parse({"method": "tokencut", "tau": 0.3})
+    )
+    assert version != _version(service)  # not the environment's defaults
+    assert report.model_version == version
+    assert {p["model_version"] for p in client.created} == {version}
+
+
+def test_options_that_give_the_connections_version_are_accepted_however_written(service):
+    client = FakeClient(_tasks(1))
+    client.backends = [{**BACKEND, "extra_params": '{"method": "tokencut", "tau": 0.3}'}]
+    options = ProjectOptions.parse({"params": {"tau": 0.3}, "method": "tokencut"})
+    assert _prelabel(client, service, options=options).written == 1
+
+
+def test_options_that_give_another_version_are_refused_before_anything_is_queued(service):
+    client = FakeClient(_tasks(2))
+    client.backends = [{**BACKEND, "extra_params": {"method": "tokencut"}}]
+    options = ProjectOptions.parse({"method": "maskcut"})
+    with pytest.raises(ConfigError) as raised:
+        _prelabel(client, service, options=options)
+    message = str(raised.value)
+    ours = service.model_version(CONFIG, options)
+    theirs = service.model_version(CONFIG, ProjectOptions.parse({"method": "tokencut"}))
+    assert f"--options give model version {ours}" in message and f"predicts {theirs}" in message
+    assert "'zerolabel' (http://backend:9090)" in message and '{"method": "tokencut"}' in message
+    assert "drop --options" in message and "\n" not in message
+    assert service.dispatcher.log == [] and client.created == []
+
+
+def test_connections_that_disagree_need_options(service):
+    client = FakeClient(_tasks(1))
+    client.backends = [
+        {**BACKEND, "extra_params": {"method": "tokencut"}},
+        {**BACKEND, "id": 2, "title": "other", "extra_params": None},
+    ]
+    with pytest.raises(ConfigError, match="ML backend connections disagree.*give --options"):
+        _prelabel(client, service)
+    assert service.dispatcher.log == []

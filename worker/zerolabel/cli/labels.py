@@ -31,6 +31,7 @@ from zerolabel.cli.options import (
     project_option,
     weights_options,
 )
+from zerolabel.labelstudio.versions import VersionChoice, choose_model_version
 
 logger = logging.getLogger("zerolabel")
 
@@ -95,6 +96,8 @@ def cluster(
     settings = with_overrides(worker_settings(), {"backbone": backbone, "checkpoint": checkpoint})
     client = ls_client(settings) if project is not None else None
     tasks = project_tasks(client, project) if client else read_tasks(str(tasks_file))
+    choice = choose_model_version(tasks, model_version)
+    model_version = choice.version
     if k is not None:
         _check_enough_objects(tasks, k, model_version)
     loader = (
@@ -126,6 +129,7 @@ def cluster(
         f"({sizes}); {len(run.failures)} task(s) not described",
         err=True,
     )
+    _echo_choice(choice)
 
 
 def _check_enough_objects(tasks: list[dict[str, Any]], k: int, model_version: str | None) -> None:
@@ -143,6 +147,13 @@ def _check_enough_objects(tasks: list[dict[str, Any]], k: int, model_version: st
             if count
             else f"no objects to cluster: the tasks hold no {_predictions(model_version)}"
         )
+
+
+def _echo_choice(choice: VersionChoice) -> None:
+    """Name the model version read when it was picked, not named (see ``VersionChoice``)."""
+    line = choice.summary()
+    if line is not None:
+        click.echo(line, err=True)
 
 
 def _predictions(model_version: str | None) -> str:
@@ -239,7 +250,10 @@ def export(
         if project is not None
         else read_tasks(str(from_file))
     )
+    choice = None
     if source == "predictions":
+        choice = choose_model_version(data, model_version)
+        model_version = choice.version
         fx.check_predictions(data, model_version)
     out = Path(out_dir)
     local = local_file(Path(document_root), url_prefix) if document_root else None
@@ -262,6 +276,8 @@ def export(
         click.echo(line, err=True)
     for name, path in written.items():
         click.echo(f"  {name}: {path}", err=True)
+    if choice is not None:
+        _echo_choice(choice)
 
 
 def _export_notes(ds: Any, store: Any, had_images: bool) -> list[str]:

@@ -26,7 +26,8 @@ from zerolabel.cli.sheets import clusters_sheet
     "options_json",
     default=None,
     help="Per-project options as JSON, like the ML backend's extra params: "
-    '{"method": "maskcut", "max_side": 640}.',
+    '{"method": "maskcut", "max_side": 640} [default: the project\'s ML backend connection\'s '
+    "Extra params; given, they must give its model version].",
 )
 @click.option(
     "--batch-size", type=int, default=16, show_default=True, help="Tasks queued at a time."
@@ -54,7 +55,8 @@ def prelabel(
     """Pre-label every task of a project through the queue and write the predictions back.
 
     Tasks that already have a prediction of the current model_version are skipped, so an
-    interrupted run picks up where it stopped. Needs running workers (`zerolabel worker`).
+    interrupted run picks up where it stopped. Needs running workers (`zerolabel worker`):
+    with none alive, nothing is queued, and a run whose workers all stop ends early.
     """
     from zerolabel.labelstudio.options import ProjectOptions
     from zerolabel.loop.prelabel import prelabel_project
@@ -63,7 +65,7 @@ def prelabel(
 
     settings = BackendSettings.from_env()
     remember_url("redis", settings.discovery.queue.redis_url)
-    options = ProjectOptions.parse(options_json)
+    options = None if options_json is None else ProjectOptions.parse(options_json)
     try:
         with ls_client(settings.discovery) as client:
             report = prelabel_project(

@@ -229,7 +229,11 @@ def predict(
     default=None,
     help="The same from a Label Studio JSON export file.",
 )
-@click.option("--model-version", default=None, help="Predictions to score [default: latest].")
+@click.option(
+    "--model-version",
+    default=None,
+    help="Predictions to score [default: the latest version; the output names it].",
+)
 @click.option(
     "--csv",
     "csv_path",
@@ -270,6 +274,7 @@ def _eval_project(
     project: int | None, from_file: str | None, model_version: str | None, csv_path: str | None
 ) -> None:
     from zerolabel.cli.common import ls_client, project_tasks, read_tasks, worker_settings
+    from zerolabel.labelstudio.versions import choose_model_version
     from zerolabel.loop.evaluate import evaluate_export
 
     data = (
@@ -277,12 +282,15 @@ def _eval_project(
         if project is not None
         else read_tasks(str(from_file))
     )
+    choice = choose_model_version(data, model_version)
     report, clusters = evaluate_export(
-        data, model_version=model_version, csv_path=Path(csv_path) if csv_path else None
+        data, model_version=choice.version, csv_path=Path(csv_path) if csv_path else None
     )
     click.echo(report.format_table())
     if clusters is not None:
         click.echo(clusters.format_table())
+    if (line := choice.summary()) is not None:
+        click.echo(line, err=True)
 
 
 @main.command()

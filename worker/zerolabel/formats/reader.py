@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from zerolabel.formats.dataset import Dataset, ImageRecord, ObjectRecord, SkippedTask
 from zerolabel.labelstudio.regions import NoImageSize, RegionError, read_objects, result_image_hw
+from zerolabel.labelstudio.versions import timestamp as _timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -245,18 +245,6 @@ def _latest(items: list[dict[str, Any]]) -> dict[str, Any]:
     if len(stamped) == len(items):
         return items[max(stamped)[1]]
     return items[-1]
-
-
-def _timestamp(item: dict[str, Any]) -> datetime | None:
-    """``updated_at``, else ``created_at``, as an aware datetime (naive ones taken as UTC)."""
-    text = item.get("updated_at") or item.get("created_at")
-    if not isinstance(text, str):
-        return None
-    try:
-        stamp = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
 def check_predictions(data: list[dict[str, Any]], model_version: str | None) -> None:

@@ -216,6 +216,12 @@ class LabelStudioClient:
         params = {"project": project_id}
         return list(self.request("GET", "/api/storages/localfiles", params=params) or [])
 
+    def ml_backends(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's ML backend connections (``GET /api/ml?project=``): each with its
+        ``url``, ``title`` and ``extra_params`` (the per-project options it sends to /setup)."""
+        params = {"project": project_id}
+        return list(self.request("GET", "/api/ml", params=params) or [])
+
     def create_local_storage(self, project_id: int, path: str, *, title: str) -> dict[str, Any]:
         """Let the project's tasks read files below ``path`` (absolute, on the Label Studio
         host, inside its LOCAL_FILES_DOCUMENT_ROOT) through ``/data/local-files/?d=`` URLs.

@@ -1,9 +1,12 @@
 """Pre-label a whole Label Studio project through the queue: ``zerolabel prelabel``.
 
-One run reads the project's labeling config, plans the spec exactly as ``/predict`` does (so
-both write the same ``model_version``), lists every task, skips those that already carry a
+One run reads the project's labeling config and its ML backend connections' extra params
+(:mod:`zerolabel.loop.backend_options`), plans the spec exactly as ``/predict`` does (so both
+write the same ``model_version``), lists every task, skips those that already carry a
 prediction of that version, and sends the rest to the workers in batches. Each finished task
 gets one prediction, stored with ``POST /api/predictions`` as soon as its batch is collected.
+Nothing is queued when no worker is alive (the run says so at once), and a run whose workers all
+stop while it waits for a batch ends early instead of waiting out ``wait_timeout_s``.
 
 Re-running is how an interrupted or partly failed run is finished: tasks that got their
 prediction now carry the version and are skipped; the others are queued again, and jobs still
@@ -22,7 +25,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -33,6 +36,9 @@ from zerolabel.errors import DiscoveryError
 from zerolabel.labelstudio import tasks as ls_format
 from zerolabel.labelstudio.client import LabelStudioClient, LabelStudioError
 from zerolabel.labelstudio.options import ProjectOptions
+from zerolabel.loop.backend_options import project_options
+from zerolabel.loop.prelabel_report import PrelabelReport
+from zerolabel.loop.waiting import BatchWaiter
 from zerolabel.queue.dispatch import Outcome
 from zerolabel.queue.service import PredictionService
 
@@ -40,46 +46,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WAIT_TIMEOUT_S = 600.0
 """How long one batch's jobs are waited for before the late ones are left to the next run."""
-
-
-@dataclass
-class PrelabelReport:
-    """What one run did.
-
-    Attributes:
-        model_version: the version the predictions were written with.
-        total: tasks in the project.
-        skipped_existing: tasks that already had a prediction of this version.
-        written: predictions stored by this run.
-        failed: ``(task id, reason)`` of tasks left without a prediction (next run retries).
-        deferred: tasks not attempted because of ``max_tasks``.
-    """
-
-    model_version: str = ""
-    total: int = 0
-    skipped_existing: int = 0
-    written: int = 0
-    failed: list[tuple[int, str]] = field(default_factory=list)
-    deferred: int = 0
-
-    @property
-    def complete(self) -> bool:
-        """Whether every task now has a prediction of this version."""
-        return not self.failed and not self.deferred
-
-    def summary(self, max_failures: int = 10) -> str:
-        """A few lines for a person: counts, then up to ``max_failures`` failures."""
-        lines = [
-            f"{self.total} task(s), model version {self.model_version}: {self.written} written, "
-            f"{self.skipped_existing} already pre-labeled, {len(self.failed)} failed"
-            + (f", {self.deferred} left for later (max tasks)" if self.deferred else "")
-        ]
-        lines += [f"  task {task}: {reason}" for task, reason in self.failed[:max_failures]]
-        if len(self.failed) > max_failures:
-            lines.append(f"  ... and {len(self.failed) - max_failures} more")
-        if not self.complete:
-            lines.append("Run again to finish: done tasks are skipped.")
-        return "\n".join(lines)
 
 
 def prelabel_project(
@@ -101,7 +67,8 @@ def prelabel_project(
         project_id: the project to pre-label.
         service: the backend's service: plans the spec and holds the queue's dispatcher.
         options: the project's options, as given to the ML backend as extra params; the same
-            options give the same ``model_version`` as ``/predict``.
+            options give the same ``model_version`` as ``/predict``. None: those of the
+            project's ML backend connection; given, they must give its ``model_version``.
         batch_size: tasks queued together; the next batch is queued before this one is
             collected, so workers stay busy while predictions are stored.
         wait_timeout_s: how long one batch is waited for; late tasks are reported.
@@ -116,13 +83,19 @@ def prelabel_project(
 
     Raises:
         LabelStudioError: Label Studio could not be read, or refused the credentials.
-        ConfigError: the labeling config or the options cannot be served.
-        DiscoveryError: Redis could not be reached.
+        ConfigError: the labeling config or the options cannot be served, or the options
+            would write another ``model_version`` than the project's ML backend connection.
+        DiscoveryError: Redis could not be reached, or no worker is alive (before anything is
+            queued, or when every worker stopped while a batch was waited for).
         KeyboardInterrupt: passed on after logging what was done; run again to continue.
     """
     if batch_size < 1 or (max_tasks is not None and max_tasks < 0):
         raise ValueError(f"need batch_size >= 1 and max_tasks >= 0, got {batch_size}, {max_tasks}")
-    target, spec = service.plan(client.label_config(project_id), options or ProjectOptions())
+    config = client.label_config(project_id)
+    options = project_options(
+        client, project_id, options, lambda given: service.model_version(config, given)
+    )
+    target, spec = service.plan(config, options)
     run = _Run(client, service, target, spec, worker_ls_url or client.url, wait_timeout_s)
     pending = run.scan(client.tasks(project_id))
     if max_tasks is not None and len(pending) > max_tasks:
@@ -136,15 +109,18 @@ def prelabel_project(
         run.version,
         len(pending),
     )
+    if pending:
+        run.waiter.require_workers(len(pending))
     failed_before = len(run.report.failed)
     try:
         with _progress_bar(len(pending), progress) as advance:
             run.process(pending, batch_size, advance)
     except KeyboardInterrupt:
-        left = len(pending) - run.report.written - (len(run.report.failed) - failed_before)
+        done = run.report.written + len(run.report.failed) - failed_before
+        run.report.interrupted = len(pending) - done
         logger.warning(
             "interrupted with %d task(s) not done; run again to continue. So far: %s",
-            left,
+            run.report.interrupted,
             run.report.summary(),
         )
         raise
@@ -175,7 +151,7 @@ class _Run:
         self.spec = spec
         self.version = spec.model_version()
         self.worker_ls_url = worker_ls_url
-        self.wait_timeout_s = wait_timeout_s
+        self.waiter = BatchWaiter(service, wait_timeout_s)
         self.report = PrelabelReport(model_version=self.version)
 
     def scan(self, tasks: Iterable[dict[str, Any]]) -> list[_Pending]:
@@ -221,15 +197,23 @@ class _Run:
         self, batch: list[_Pending], jobs: list[Job], advance: Callable[[int], object]
     ) -> None:
         try:
-            outcomes = self.service.dispatcher.collect(jobs, self.wait_timeout_s)
+            outcomes, gone = self.waiter.collect(jobs)
         except (RedisError, OSError) as exc:
             raise DiscoveryError(f"Redis unreachable at {self._redis_url()}: {exc}") from None
         for pending, outcome in zip(batch, outcomes, strict=True):
+            if outcome is None:  # its worker is gone: left to the next run
+                continue
             reason = self._store(pending.task_id, outcome)
             if reason is not None:
                 self.report.failed.append((pending.task_id, reason))
                 logger.warning("task %s: no prediction: %s", pending.task_id, reason)
             advance(1)
+        if gone:
+            waiting = outcomes.count(None)
+            raise self.waiter.no_workers(
+                f"every worker stopped while {waiting} task(s) waited "
+                f"({self.report.written} prediction(s) written so far)"
+            )
 
     def _store(self, task_id: int, outcome: Outcome) -> str | None:
         """Store the task's prediction; the reason when there is none."""
@@ -246,6 +230,10 @@ class _Run:
             self.client.create_prediction(
                 task_id, entry["result"], entry["score"], entry["model_version"]
             )
+        except KeyboardInterrupt:
+            if self._stored(task_id):  # Ctrl-C came after Label Studio stored it
+                self.report.written += 1
+            raise
         except LabelStudioError as exc:
             if exc.status in (401, 403):
                 raise
