@@ -36,7 +36,9 @@ project_option = click.option(
 )
 
 model_version_option = click.option(
-    "--model-version", default=None, help="Which predictions to use [default: each task's latest]."
+    "--model-version",
+    default=None,
+    help="Which predictions to use, by model version [default: the latest].",
 )
 
 
