@@ -128,11 +128,7 @@ class DiscoveryResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiscoveryResult:
-        if data.get("schema") != SCHEMA_VERSION:
-            raise ValueError(
-                f"result schema {data.get('schema')!r} is not {SCHEMA_VERSION}: "
-                "backend and workers run different zerolabel versions"
-            )
+        _check_schema(data, "result")
         h, w = data["image_hw"]
         return cls(
             source=str(data["source"]),
@@ -230,11 +226,7 @@ class DiscoveryRequest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiscoveryRequest:
         """The request; any token an older backend sent along is not read."""
-        if data.get("schema") != SCHEMA_VERSION:
-            raise ValueError(
-                f"request schema {data.get('schema')!r} is not {SCHEMA_VERSION}: "
-                "backend and workers run different zerolabel versions"
-            )
+        _check_schema(data, "request")
         return cls(
             spec=DiscoverySpec.from_dict(data["spec"]),
             image=str(data["image"]),
@@ -258,3 +250,12 @@ class DiscoveryRequest:
         """
         key = f"{self.spec.model_version()}|{self.absolute_image}"
         return "zl-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _check_schema(data: dict[str, Any], what: str) -> None:
+    """A wire dict of another schema: backend and workers run different zerolabel versions."""
+    if data.get("schema") != SCHEMA_VERSION:
+        raise ValueError(
+            f"{what} schema {data.get('schema')!r} is not {SCHEMA_VERSION}: "
+            "backend and workers run different zerolabel versions"
+        )
