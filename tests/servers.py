@@ -186,3 +186,31 @@ def redis_contents(redis: Redis) -> list[bytes]:
         with contextlib.suppress(zlib.error):
             unpacked.append(zlib.decompress(value))
     return found + unpacked
+
+
+@contextlib.contextmanager
+def threaded_servers() -> Iterator[Callable[..., ThreadingHTTPServer]]:
+    """Serve fake HTTP servers in threads; every one started is stopped on exit.
+
+    Yields ``run(server, before_stop=None)``, which starts ``server`` and returns it;
+    ``before_stop`` is called first at shutdown (to release handlers that are holding a reply).
+    """
+    running: list[tuple[ThreadingHTTPServer, threading.Thread, Callable[[], object] | None]] = []
+
+    def run(
+        server: ThreadingHTTPServer, before_stop: Callable[[], object] | None = None
+    ) -> ThreadingHTTPServer:
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+        thread.start()
+        running.append((server, thread, before_stop))
+        return server
+
+    try:
+        yield run
+    finally:
+        for server, thread, before_stop in running:
+            if before_stop is not None:
+                before_stop()
+            server.shutdown()
+            server.server_close()
+            thread.join()

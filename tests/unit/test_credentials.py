@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import socket
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +31,8 @@ from zerolabel.queue.dispatch import ResultCache, make_queue
 from zerolabel.queue.runtime import WorkerRuntime
 from zerolabel.queue.service import PredictionService, ProjectContext
 from zerolabel.settings import BackendSettings, WorkerSettings
+
+from tests.servers import threaded_servers
 
 WORKER_KEY = "0123456789abcdef0123456789abcdef01234567"  # the worker's LABEL_STUDIO_API_KEY
 SETUP_JWT = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.c2V0dXAtdG9rZW4"  # from /setup
@@ -116,22 +117,16 @@ class _Server6(_Server):
 @pytest.fixture
 def listen() -> Iterator[Callable[..., Listener]]:
     """Start listeners on 127.0.0.1 (or ``::1``), free ports; all stopped after the test."""
-    running: list[tuple[_Server, threading.Thread]] = []
+    with threaded_servers() as run:
 
-    def start(host: str = "127.0.0.1") -> Listener:
-        server = (_Server6 if ":" in host else _Server)((host, 0), _Handler)
-        name = f"[{host}]" if ":" in host else host
-        server.state = Listener(url=f"http://{name}:{server.server_address[1]}")
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-        thread.start()
-        running.append((server, thread))
-        return server.state
+        def start(host: str = "127.0.0.1") -> Listener:
+            server = (_Server6 if ":" in host else _Server)((host, 0), _Handler)
+            name = f"[{host}]" if ":" in host else host
+            server.state = Listener(url=f"http://{name}:{server.server_address[1]}")
+            run(server)
+            return server.state
 
-    yield start
-    for server, thread in running:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        yield start
 
 
 @pytest.fixture

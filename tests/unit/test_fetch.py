@@ -28,6 +28,8 @@ from zerolabel.io.fetch import (
 )
 from zerolabel.io.images import ImageLimits
 
+from tests.servers import threaded_servers
+
 LEGACY = "0123456789abcdef0123456789abcdef01234567"
 PAT = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCIsImp0aSI6IjEifQ.c2lnbmF0dXJlLXBhdA"
 LIMITS = ImageLimits()
@@ -186,22 +188,15 @@ class _Server(ThreadingHTTPServer):
 @pytest.fixture
 def make_server() -> Iterator[Callable[[], FakeServer]]:
     """Start fake servers on 127.0.0.1 (free ports); all are stopped after the test."""
-    running: list[tuple[_Server, threading.Thread]] = []
+    with threaded_servers() as run:
 
-    def start() -> FakeServer:
-        server = _Server(("127.0.0.1", 0), Handler)
-        server.state = FakeServer(url=f"http://127.0.0.1:{server.server_address[1]}")
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-        thread.start()
-        running.append((server, thread))
-        return server.state
+        def start() -> FakeServer:
+            server = _Server(("127.0.0.1", 0), Handler)
+            server.state = FakeServer(url=f"http://127.0.0.1:{server.server_address[1]}")
+            run(server, before_stop=server.state.stop.set)
+            return server.state
 
-    yield start
-    for server, thread in running:
-        server.state.stop.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        yield start
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +25,8 @@ from zerolabel.labelstudio.auth import (
     may_receive_credentials,
     plain_session,
 )
+
+from tests.servers import threaded_servers
 
 LEGACY = "0123456789abcdef0123456789abcdef01234567"
 PAT = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCIsImp0aSI6IjEifQ.c2lnbmF0dXJlLXBhdA"
@@ -112,21 +113,15 @@ class _Server(ThreadingHTTPServer):
 @pytest.fixture
 def make_server() -> Iterator[Callable[[], FakeLabelStudio]]:
     """Start fakes on 127.0.0.1 (free ports); all are stopped after the test."""
-    running: list[tuple[_Server, threading.Thread]] = []
+    with threaded_servers() as run:
 
-    def start() -> FakeLabelStudio:
-        server = _Server(("127.0.0.1", 0), Handler)
-        server.state = FakeLabelStudio(url=f"http://127.0.0.1:{server.server_address[1]}")
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-        thread.start()
-        running.append((server, thread))
-        return server.state
+        def start() -> FakeLabelStudio:
+            server = _Server(("127.0.0.1", 0), Handler)
+            server.state = FakeLabelStudio(url=f"http://127.0.0.1:{server.server_address[1]}")
+            run(server)
+            return server.state
 
-    yield start
-    for server, thread in running:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+        yield start
 
 
 @pytest.fixture
