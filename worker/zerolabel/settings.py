@@ -179,6 +179,7 @@ class WorkerSettings:
     method: str = "lost"  # ZEROLABEL_METHOD
     max_side: int | None = None  # ZEROLABEL_MAX_SIDE: None: method default, 0: full size
     batch_size: int = 8  # ZEROLABEL_BATCH_SIZE: images per forward pass (same-size images)
+    worker_batch: int | None = None  # ZEROLABEL_WORKER_BATCH: jobs a worker takes at once
     max_image_bytes: int = 64 * 2**20  # ZEROLABEL_MAX_IMAGE_BYTES
     max_image_pixels: int = 100_000_000  # ZEROLABEL_MAX_IMAGE_PIXELS
     ls_url: str | None = None  # LABEL_STUDIO_URL: for task URLs like /data/upload/...
@@ -211,6 +212,7 @@ class WorkerSettings:
                     "ZEROLABEL_MAX_SIDE", minimum=0, note=" (0 means full resolution)"
                 ),
                 batch_size=read.integer("ZEROLABEL_BATCH_SIZE"),  # checked by validate()
+                worker_batch=read.integer("ZEROLABEL_WORKER_BATCH", minimum=1),
                 max_image_bytes=read.integer("ZEROLABEL_MAX_IMAGE_BYTES", minimum=1),
                 max_image_pixels=read.integer("ZEROLABEL_MAX_IMAGE_PIXELS", minimum=1),
                 fetch_timeout_s=read.number(

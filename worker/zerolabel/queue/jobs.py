@@ -10,6 +10,7 @@ from rq import get_current_job
 
 from zerolabel.contract import DiscoveryRequest, DiscoveryResult
 from zerolabel.errors import ConfigError, DiscoveryError
+from zerolabel.queue.batch import answer_for
 from zerolabel.queue.dispatch import connect, lease
 from zerolabel.queue.runtime import WorkerRuntime
 from zerolabel.settings import WorkerSettings
@@ -29,6 +30,8 @@ def discover(request: dict[str, Any]) -> dict[str, Any]:
 
     A request this worker can never serve (an unknown method or parameter, e.g. from a backend
     of another version) answers with an error result instead of failing, so RQ does not retry it.
+    A job the worker served in a batch answers with (or raises) the outcome the batch computed
+    for it (:mod:`zerolabel.queue.batch`).
 
     Raises:
         DiscoveryError: the runtime has no Redis connection to hold the job's lease with.
@@ -37,10 +40,13 @@ def discover(request: dict[str, Any]) -> dict[str, Any]:
         parsed = DiscoveryRequest.from_dict(request)
     except ConfigError as exc:
         return refused(request, exc).to_dict()
+    job = get_current_job()
+    answer = answer_for(job.id) if job else None
+    if answer is not None:
+        return answer.unwrap().to_dict()
     runtime = get_runtime()
     if runtime.redis is None:
         raise DiscoveryError("the worker runtime has no Redis connection: set REDIS_URL")
-    job = get_current_job()
     with lease(runtime.redis, job.id if job else None, runtime.settings.queue.lease_s):
         return runtime.discover(parsed).to_dict()
 

@@ -1,35 +1,64 @@
 """A worker process's long-lived state: loaded models, image fetchers, the result cache.
 
-Built once per process; every job reuses it, so a model is never reloaded per job.
+Built once per process; every job reuses it, so a model is never reloaded per job. Discovery
+runs in two stages so a worker can batch jobs (:mod:`zerolabel.queue.batch`): :meth:`load`
+(download, decode, result-cache lookup: one image, any thread) and :meth:`compute` (one
+batched run of many loaded images of one spec, on the device). :meth:`discover` chains them for
+one request.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from redis import Redis
 from redis.exceptions import RedisError
+from rq.timeouts import BaseTimeoutException
 
-from zerolabel.contract import DiscoveryRequest, DiscoveryResult, DiscoverySpec
+from zerolabel.contract import DiscoveryRequest, DiscoveryResult, DiscoverySpec, Region
 from zerolabel.errors import ConfigError, ImageLoadError, WeightsError
 from zerolabel.io.fetch import Fetcher, FetchPolicy, TransientFetchError
-from zerolabel.io.images import ImageLimits
+from zerolabel.io.images import ImageLimits, LoadedImage
 from zerolabel.labelstudio.auth import (
     LS_ALIASES_SETTING,
     LS_URL_SETTING,
     LabelStudioSite,
     parse_origin,
 )
-from zerolabel.pipeline import ModelStore, Runner
+from zerolabel.pipeline import ModelStore, Runner, Timings
 from zerolabel.queue.dispatch import ResultCache
 from zerolabel.settings import WorkerSettings
-from zerolabel.vit.backbone import Backbone
+from zerolabel.vit.backbone import Backbone, pick_device
 
 logger = logging.getLogger(__name__)
 
 LOCAL_ORIGIN = "local"
 """How the result cache names the origin of images read from local files."""
+
+WORKER_BATCH_CUDA = 16
+WORKER_BATCH_CPU = 4
+"""Jobs a worker takes at once when ``ZEROLABEL_WORKER_BATCH`` is not set, by device."""
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A request after :meth:`WorkerRuntime.load`: its image to run, or its finished result.
+
+    Attributes:
+        request: the request.
+        image: the decoded image, when discovery must run on it.
+        result: the answer already known (an image that cannot be read, a cached result).
+        origin: where the image came from, for the result cache.
+    """
+
+    request: DiscoveryRequest
+    image: LoadedImage | None = None
+    result: DiscoveryResult | None = None
+    origin: str = LOCAL_ORIGIN
 
 
 class WorkerRuntime:
@@ -47,8 +76,23 @@ class WorkerRuntime:
         self.cache = ResultCache(redis, settings.queue.result_ttl_s) if redis else None
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         self.models = ModelStore(settings)
+        self.timings = Timings()  # every run's stages, summed (metrics read it)
         self.sites = settings.ls_sites()
-        self._fetchers: dict[str | None, Fetcher] = {}
+        self._local = threading.local()  # fetchers are not thread-safe: a set per thread
+        self._all_fetchers: list[Fetcher] = []
+        self._lock = threading.Lock()
+
+    def worker_batch(self) -> int:
+        """Jobs a worker takes at once: ``ZEROLABEL_WORKER_BATCH``, else 16 on CUDA, 4 on CPU.
+
+        A GPU runs a batch of 16 small images in about the time of one, while downloads
+        overlap it; on a CPU a forward pass costs about the same per image at any batch size,
+        so a small batch only buys the overlap of downloads and keeps few jobs held at once.
+        """
+        if self.settings.worker_batch is not None:
+            return self.settings.worker_batch
+        cuda = pick_device(self.settings.device).type == "cuda"
+        return WORKER_BATCH_CUDA if cuda else WORKER_BATCH_CPU
 
     def backbone(self, spec: DiscoverySpec) -> Backbone:
         """The loaded backbone of a feature-method spec (loaded on first use, then kept)."""
@@ -69,9 +113,14 @@ class WorkerRuntime:
         """
         site = self._site(request)
         key = site.url if site is not None else None
-        fetcher = self._fetchers.get(key)
+        fetchers: dict[str | None, Fetcher] | None = getattr(self._local, "fetchers", None)
+        if fetchers is None:
+            fetchers = self._local.fetchers = {}
+        fetcher = fetchers.get(key)
         if fetcher is None:
-            fetcher = self._fetchers[key] = self._new_fetcher(site)
+            fetcher = fetchers[key] = self._new_fetcher(site)
+            with self._lock:
+                self._all_fetchers.append(fetcher)
         return fetcher
 
     def _site(self, request: DiscoveryRequest) -> LabelStudioSite | None:
@@ -103,12 +152,31 @@ class WorkerRuntime:
         )
 
     def close(self) -> None:
-        """Close every kept fetcher (their HTTP connections); models stay loaded."""
-        while self._fetchers:
-            self._fetchers.popitem()[1].close()
+        """Close every kept fetcher of every thread (their HTTP connections); models stay."""
+        with self._lock:
+            fetchers, self._all_fetchers = self._all_fetchers, []
+            self._local = threading.local()
+        for fetcher in fetchers:
+            fetcher.close()
 
     def discover(self, request: DiscoveryRequest) -> DiscoveryResult:
         """Fetch, look up the cache, run discovery, store the result.
+
+        Raises:
+            TransientFetchError: the image may be fetchable later (RQ retries the job).
+        """
+        loaded = self.load(request)
+        if loaded.result is not None:
+            return loaded.result
+        (outcome,) = self.compute(request.spec, [loaded])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def load(self, request: DiscoveryRequest) -> Loaded:
+        """Download and decode the request's image, and look up the result cache.
+
+        Safe to call from several threads at once (each has its own fetchers).
 
         Raises:
             TransientFetchError: the image may be fetchable later (RQ retries the job).
@@ -123,24 +191,69 @@ class WorkerRuntime:
             raise
         except (ImageLoadError, ConfigError) as exc:
             logger.warning("task %s: %s", request.task_id, exc)
-            return DiscoveryResult(request.image, (0, 0), [], version, request.task_id, str(exc))
+            error = DiscoveryResult(request.image, (0, 0), [], version, request.task_id, str(exc))
+            return Loaded(request, result=error)
         origin = _image_origin(image.source)
         cached = self._cached(version, origin, image.sha256)
         if cached is not None:
             logger.info("task %s: served from the result cache", request.task_id)
-            return dataclasses.replace(cached, source=request.image, task_id=request.task_id)
+            found = dataclasses.replace(cached, source=request.image, task_id=request.task_id)
+            return Loaded(request, result=found)
+        return Loaded(request, image, origin=origin)
+
+    def compute(
+        self, spec: DiscoverySpec, loaded: Sequence[Loaded]
+    ) -> list[DiscoveryResult | Exception]:
+        """Run ``spec`` on the loaded images at once and store the results in the cache.
+
+        Images of the same padded size share forward passes of up to ``ZEROLABEL_BATCH_SIZE``.
+        When the batched run fails unexpectedly, each image is run alone, so only the image
+        that fails gets the error.
+
+        Returns:
+            Per item, in order: its result, or the exception its run raised.
+        """
+        images = [item.image for item in loaded if item.image is not None]
+        if len(images) != len(loaded):
+            raise ValueError("compute() takes only items whose image is loaded")
+        runner: Runner | None = None
         try:
-            regions = self.runner(spec).run([image])[0]
+            runner = self.runner(spec)
+            regions = runner.run(images, self.settings.batch_size)
         except (WeightsError, ConfigError) as exc:
-            logger.error("task %s: %s", request.task_id, exc)
-            return DiscoveryResult(
-                request.image, image.original_hw, [], version, request.task_id, str(exc)
-            )
-        result = DiscoveryResult(
-            request.image, image.original_hw, regions, version, request.task_id
-        )
-        self._store(result, origin, image.sha256)
-        return result
+            logger.error("%s", exc)
+            return [self._result(item, [], str(exc)) for item in loaded]
+        except _TIMEOUTS:
+            raise
+        except Exception as exc:
+            if len(loaded) == 1:
+                return [exc]
+            logger.warning("a batch of %d failed (%s); running its images alone", len(loaded), exc)
+            return [outcome for item in loaded for outcome in self.compute(spec, [item])]
+        finally:
+            timings = getattr(runner, "timings", None)  # stand-ins in tests may keep none
+            if isinstance(timings, Timings):
+                self._count(timings)
+        results: list[DiscoveryResult | Exception] = []
+        for item, found in zip(loaded, regions, strict=True):
+            result = self._result(item, found)
+            self._store(result, item.origin, item.image.sha256 if item.image else "")
+            results.append(result)
+        return results
+
+    def _count(self, timings: Timings) -> None:
+        self.timings.preprocess_s += timings.preprocess_s
+        self.timings.forward_s += timings.forward_s
+        self.timings.method_s += timings.method_s
+        self.timings.images += timings.images
+
+    def _result(
+        self, item: Loaded, regions: list[Region], error: str | None = None
+    ) -> DiscoveryResult:
+        request = item.request
+        hw = item.image.original_hw if item.image is not None else (0, 0)
+        version = request.spec.model_version()
+        return DiscoveryResult(request.image, hw, regions, version, request.task_id, error)
 
     def _cached(self, version: str, origin: str, sha256: str) -> DiscoveryResult | None:
         if self.cache is None:
@@ -157,6 +270,10 @@ class WorkerRuntime:
                 self.cache.put(result, origin, sha256)
             except RedisError as exc:
                 logger.warning("result cache unavailable: %s", exc)
+
+
+_TIMEOUTS = (BaseTimeoutException,)
+"""RQ's job timeout: it ends the whole run, never a reason to run images one by one."""
 
 
 def _image_origin(source: str) -> str:

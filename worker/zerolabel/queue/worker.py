@@ -7,6 +7,10 @@
   worker twice fails with the quarantine message instead of running a third time.
 - Only transient failures (fetch timeouts, connection errors, HTTP 5xx/429, Redis hiccups) use
   the job's RQ retries; anything else fails the job at once with its message.
+- Discovery jobs are served in batches of waiting jobs of the same spec, with the downloads of
+  the next batch overlapping the forward pass of this one (:mod:`zerolabel.queue.batch`); other
+  jobs, and jobs with a strike, run alone. A Redis outage queues again every job of the batch
+  that was not finished.
 """
 
 from __future__ import annotations
@@ -17,20 +21,26 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.exceptions import AbandonedJobError, NoSuchJobError, StopRequested
+from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.timeouts import BaseDeathPenalty
+from rq.worker import WorkerStatus
 
 from zerolabel.io.fetch import TransientFetchError
+from zerolabel.queue.batch import Batches
 from zerolabel.queue.heartbeat import Heartbeat, heartbeat_ttl
 from zerolabel.queue.leases import RunRecord, Runs, lease_key
 from zerolabel.queue.outage import REDIS_DOWN, Backoff, RedisUnavailable, wait_for_redis
 from zerolabel.settings import QueueSettings
+
+if TYPE_CHECKING:
+    from zerolabel.queue.runtime import WorkerRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +103,10 @@ class ZerolabelWorker(SimpleWorker):
         heartbeat: this process's heartbeat (it names the worker).
         runs: run records and strikes.
         backoff: pauses between pings while Redis is away.
+        runtime: the process's runtime for batched discovery jobs, built on first use
+            (default: :func:`zerolabel.queue.jobs.get_runtime`).
+        batch_size: discovery jobs per batch; None: ``ZEROLABEL_WORKER_BATCH`` or by device.
+        lease_s: the lease TTL of the jobs a batch holds.
         **kwargs: passed to :class:`rq.SimpleWorker`.
     """
 
@@ -103,6 +117,9 @@ class ZerolabelWorker(SimpleWorker):
         heartbeat: Heartbeat,
         runs: Runs,
         backoff: Backoff | None = None,
+        runtime: Callable[[], WorkerRuntime] | None = None,
+        batch_size: int | None = None,
+        lease_s: int = 15,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -116,6 +133,13 @@ class ZerolabelWorker(SimpleWorker):
         self.runs = runs
         self.backoff = backoff or Backoff()
         self.record = RunRecord(heartbeat.name, heartbeat.instance)
+        self.batches = Batches(self, runtime or _process_runtime, batch_size, lease_s)
+        self._claimed: dict[str, Execution] = {}  # batched jobs in RQ's started state
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether a (warm) stop was asked for: no further batch is claimed."""
+        return bool(self._stop_requested)
 
     # --- names ---------------------------------------------------------------------------------
 
@@ -183,6 +207,7 @@ class ZerolabelWorker(SimpleWorker):
             logger.debug("RQ heartbeat not sent: %s", exc)
 
     def teardown(self) -> None:
+        self.batches.close()
         try:
             super().teardown()  # type: ignore[no-untyped-call]
         except REDIS_DOWN as exc:
@@ -193,14 +218,38 @@ class ZerolabelWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         self.beat.working_on(job.id)
         try:
-            super().execute_job(job, queue)
+            request = self.batches.accepts(job)
+            if request is None:
+                super().execute_job(job, queue)
+            else:
+                self.batches.serve(job, request, queue)
+                self.set_state(WorkerStatus.IDLE)
         except _AWAY as exc:
             self._wait_for_redis(exc)
-            self._requeue_cut_short(job, queue)
+            for job_id in self._cut_short(job.id):
+                self._requeue_cut_short(job_id, queue)
         finally:
-            self.beat.working_on(None)
+            self._cut_short(job.id)  # after another error: their leases lapse, the backend
+            self.beat.working_on(None)  # queues them again
+
+    def start_claimed(self, job: Job) -> Execution:
+        """Move a job claimed for a batch into RQ's started state, as RQ does the one it dequeues
+        (its run is recorded later, when the batch runs)."""
+        execution = self.prepare_execution(job)
+        super().prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+        self._claimed[job.id] = execution
+        return execution
+
+    def finish_claimed(self, job: Job, queue: Queue, execution: Execution) -> None:
+        """Run a batched job through RQ's own ``perform_job`` (its answer is computed already)."""
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            self._claimed.pop(job.id, None)
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        if job.id in self._claimed:
+            return  # a batched job: prepared when claimed, its run recorded when the batch ran
         super().prepare_job_execution(job, remove_from_intermediate_queue)
         self.runs.begin(job.id, self.record)  # QuarantinedJobError fails the job, unrun
 
@@ -208,9 +257,18 @@ class ZerolabelWorker(SimpleWorker):
         super().handle_execution_ended(job, queue, heartbeat_ttl)
         self.runs.end(job.id, self.record)
 
-    def _requeue_cut_short(self, job: Job, queue: Queue) -> None:
+    def _cut_short(self, job_id: str) -> list[str]:
+        """The jobs this worker took and did not finish (``job_id`` first); forgets them."""
+        unfinished = list(dict.fromkeys([job_id, *self._claimed]))
+        for claimed, execution in self._claimed.items():
+            self.executions.pop(execution.id, None)
+            self.batches.leases.release(claimed)
+        self._claimed.clear()
+        return unfinished
+
+    def _requeue_cut_short(self, job_id: str, queue: Queue) -> None:
         """Queue again (at the front) a job whose run or result the outage lost."""
-        self._ride_out(lambda: self._requeue(job.id, queue))
+        self._ride_out(lambda: self._requeue(job_id, queue))
 
     def _requeue(self, job_id: str, queue: Queue) -> None:
         self.runs.end(job_id, self.record)
@@ -250,8 +308,12 @@ def run_worker(
     burst: bool = False,
     *,
     with_scheduler: bool = True,
-) -> None:
-    """Serve jobs in this process until stopped.
+    runtime: WorkerRuntime | None = None,
+) -> ZerolabelWorker:
+    """Serve jobs in this process until stopped; returns the worker (its batch stats).
+
+    Args:
+        runtime: what serves discovery jobs; default :func:`zerolabel.queue.jobs.get_runtime`.
 
     Raises:
         WorkerNameInUse: a live worker process already serves under ``name``.
@@ -262,8 +324,17 @@ def run_worker(
             [make_worker_queue(redis, settings)],
             heartbeat=beat,
             runs=Runs(redis, settings.result_ttl_s),
+            runtime=(lambda: runtime) if runtime is not None else None,
+            lease_s=settings.lease_s,
             connection=redis,
             serializer=JSONSerializer,
         )
         worker.release_stale_registration()
         worker.work(burst=burst, with_scheduler=with_scheduler)
+        return worker
+
+
+def _process_runtime() -> WorkerRuntime:
+    from zerolabel.queue.jobs import get_runtime
+
+    return get_runtime()

@@ -1,0 +1,338 @@
+"""Batched discovery jobs: one job per image, many jobs per forward pass.
+
+Each RQ job still carries one image and spec (job id = ``DiscoveryRequest.job_id``). A worker
+serves a discovery job it dequeues like this:
+
+1. **Claim.** It takes up to B-1 more waiting jobs of the same spec from its queue
+   (:mod:`zerolabel.queue.claims`) and moves each into RQ's started state with the bookkeeping
+   RQ does for the one it dequeued (an execution in the StartedJobRegistry with its TTL, the
+   job's status, worker name and heartbeat), and takes every job's lease
+   (:mod:`zerolabel.queue.held`). A worker killed now leaves started jobs whose lease lapses:
+   the backend queues them again, with no strike (nothing ran yet).
+2. **Load.** A small thread pool downloads and decodes the images and looks up the result
+   cache, one task per job (:meth:`WorkerRuntime.load`).
+3. **Prefetch.** When the batch's images are loaded the worker claims the next batch of the same
+   spec (only when a job of that spec is next in the queue, so another spec at the head is not
+   kept waiting) and starts loading it, then runs the current batch: the downloads of batch n+1
+   overlap the forward pass of batch n.
+4. **Run.** Each job's run is recorded (strikes and the quarantine work per job, as for a single
+   job) and the images still to compute go through one batched run
+   (:meth:`WorkerRuntime.compute`: one forward pass per same-size group), under RQ's job timeout.
+5. **Finish.** Each job then goes through RQ's own ``perform_job`` with its function
+   ``zerolabel.queue.jobs.discover`` answering from the outcome computed for it
+   (:func:`answer_for`): results, failures, exception handlers, transient-only retries and
+   registries are RQ's single-job paths, so one bad image fails only its own job.
+
+B is ``ZEROLABEL_WORKER_BATCH`` (default by device: :meth:`WorkerRuntime.worker_batch`). A job
+with a strike runs alone through the single-job path. A Redis outage mid-batch queues again
+every job of the batch not finished yet (:mod:`zerolabel.queue.worker`).
+
+Per-batch numbers go to :attr:`Batches.observers` (:class:`BatchReport`); :class:`BatchStats`
+keeps them for a worker's lifetime.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from rq import Queue
+from rq.executions import Execution
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
+
+from zerolabel.contract import DiscoveryRequest, DiscoveryResult
+from zerolabel.queue.claims import Claimer, request_of
+from zerolabel.queue.held import HeldLeases
+from zerolabel.queue.leases import QuarantinedJobError
+
+if TYPE_CHECKING:
+    from zerolabel.queue.runtime import Loaded, WorkerRuntime
+    from zerolabel.queue.worker import ZerolabelWorker
+
+logger = logging.getLogger(__name__)
+
+LOAD_THREADS = 8
+"""The most downloads a worker runs at once."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The outcome computed for one batched job: what its run through RQ returns or raises."""
+
+    job_id: str
+    result: DiscoveryResult | None = None
+    error: Exception | None = None
+
+    def unwrap(self) -> DiscoveryResult:
+        if self.error is not None:
+            raise self.error
+        if self.result is None:
+            raise ValueError(f"job {self.job_id}: an answer holds a result or an error")
+        return self.result
+
+
+_ANSWER: ContextVar[Answer | None] = ContextVar("zerolabel_batch_answer", default=None)
+
+
+def answer_for(job_id: str) -> Answer | None:
+    """The outcome the batch computed for ``job_id``, while RQ runs that job; else None."""
+    answer = _ANSWER.get()
+    return answer if answer is not None and answer.job_id == job_id else None
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """One batch, for metrics (see :attr:`Batches.observers`).
+
+    Attributes:
+        size: jobs in the batch.
+        model_version: the batch's spec.
+        computed: images that went through the forward pass (the others were answered from the
+            result cache, or could not be read).
+        load_s: download, decode and cache lookup, summed over the jobs (they overlap).
+        wait_s: how long the device waited for the batch's downloads (0 when prefetch kept up).
+        run_s: the batched run (preprocess, forward passes, method).
+        preprocess_s, forward_s, method_s: that run by stage.
+        finish_s: writing the jobs' results and states back through RQ.
+    """
+
+    size: int
+    model_version: str
+    computed: int
+    load_s: float
+    wait_s: float
+    run_s: float
+    preprocess_s: float
+    forward_s: float
+    method_s: float
+    finish_s: float
+
+
+@dataclass
+class BatchStats:
+    """Every batch of a worker: its sizes and the seconds per stage, summed."""
+
+    batch_sizes: list[int] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, report: BatchReport) -> None:
+        self.batch_sizes.append(report.size)
+        for stage in ("load", "wait", "run", "preprocess", "forward", "method", "finish"):
+            value = float(getattr(report, f"{stage}_s"))
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + value
+
+
+@dataclass
+class _Claimed:
+    job: Job
+    request: DiscoveryRequest
+    execution: Execution
+    loading: Future[tuple[Loaded, float]] | None = None
+
+
+class Batches:
+    """Serves discovery jobs in batches for one worker.
+
+    Args:
+        worker: the worker (RQ's bookkeeping for claimed jobs, run records).
+        runtime: the process's runtime, built on first use.
+        size: jobs per batch (B); None: by device, see :meth:`WorkerRuntime.worker_batch`.
+        lease_s: the jobs' lease TTL.
+    """
+
+    def __init__(
+        self,
+        worker: ZerolabelWorker,
+        runtime: Callable[[], WorkerRuntime],
+        size: int | None,
+        lease_s: int,
+    ) -> None:
+        self.worker = worker
+        self._make_runtime = runtime
+        self._runtime: WorkerRuntime | None = None
+        self._size = size
+        self.leases = HeldLeases(worker.connection, lease_s)
+        self.stats = BatchStats()
+        self.observers: list[Callable[[BatchReport], None]] = [self.stats]
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def runtime(self) -> WorkerRuntime:
+        if self._runtime is None:
+            self._runtime = self._make_runtime()
+        return self._runtime
+
+    @property
+    def size(self) -> int:
+        """Jobs per batch (B)."""
+        if self._size is None:
+            self._size = self.runtime.worker_batch()
+        return self._size
+
+    def accepts(self, job: Job) -> DiscoveryRequest | None:
+        """The request of a job to serve in a batch; None: run it alone (another function, a
+        request that does not parse, a job with a strike)."""
+        request = request_of(job)
+        if request is None or self.worker.runs.settle(job.id):
+            return None
+        return request
+
+    def serve(self, first: Job, request: DiscoveryRequest, queue: Queue) -> None:
+        """Serve ``first`` and more waiting jobs of its spec, batch after batch, until no job of
+        that spec is next in the queue (or a stop is requested)."""
+        spec = request.spec
+        claimer = Claimer(self.worker.runs, window=max(4 * self.size, 16))
+        batch = self._start([(first, request), *claimer.claim(queue, spec, self.size - 1)])
+        while batch:
+            loaded, load_s, wait_s = self._wait(batch)
+            following: list[_Claimed] = []
+            if not self.worker.stop_requested:
+                following = self._start(claimer.claim(queue, spec, self.size, only_if_next=True))
+            self._run(batch, loaded, queue, (load_s, wait_s))
+            batch = following
+
+    def close(self) -> None:
+        """Stop the download threads and release every lease still held."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self.leases.close()
+
+    # --- stages --------------------------------------------------------------------------------
+
+    def _start(self, claims: list[tuple[Job, DiscoveryRequest]]) -> list[_Claimed]:
+        """Leases and RQ's started state for claimed jobs, then their downloads begin."""
+        self.leases.hold(job.id for job, _ in claims)
+        batch = [_Claimed(job, req, self.worker.start_claimed(job)) for job, req in claims]
+        pool = self._threads()
+        for claimed in batch:
+            claimed.loading = pool.submit(self._load, claimed.request)
+        return batch
+
+    def _threads(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            workers = max(1, min(LOAD_THREADS, self.size))
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="zerolabel-load")
+        return self._pool
+
+    def _load(self, request: DiscoveryRequest) -> tuple[Loaded, float]:
+        start = time.perf_counter()
+        loaded = self.runtime.load(request)
+        return loaded, time.perf_counter() - start
+
+    def _wait(self, batch: list[_Claimed]) -> tuple[list[Loaded | Exception], float, float]:
+        """Each job's loaded image (or why it has none), the seconds its loads took (summed),
+        and how long this waited for them."""
+        start = time.perf_counter()
+        outcomes: list[Loaded | Exception] = []
+        load_s = 0.0
+        for claimed in batch:
+            if claimed.loading is None:
+                raise ValueError(f"job {claimed.job.id} was never loaded")
+            try:
+                loaded, seconds = claimed.loading.result()
+            except Exception as exc:  # the job's own failure: RQ handles it for that job only
+                outcomes.append(exc)
+                continue
+            load_s += seconds
+            outcomes.append(loaded)
+        return outcomes, load_s, time.perf_counter() - start
+
+    def _run(
+        self,
+        batch: list[_Claimed],
+        loaded: list[Loaded | Exception],
+        queue: Queue,
+        load_wait_s: tuple[float, float],
+    ) -> None:
+        answers: dict[str, Answer] = {}
+        compute: list[tuple[_Claimed, Loaded]] = []
+        for claimed, outcome in zip(batch, loaded, strict=True):
+            job_id = claimed.job.id
+            try:
+                self.worker.runs.begin(job_id, self.worker.record)
+            except QuarantinedJobError as exc:
+                answers[job_id] = Answer(job_id, error=exc)
+                continue
+            if isinstance(outcome, Exception):
+                answers[job_id] = Answer(job_id, error=outcome)
+            elif outcome.result is not None:
+                answers[job_id] = Answer(job_id, result=outcome.result)
+            else:
+                compute.append((claimed, outcome))
+        before = _stage_seconds(self.runtime)
+        start = time.perf_counter()
+        for (claimed, _), result in zip(compute, self._compute(compute), strict=True):
+            job_id = claimed.job.id
+            if isinstance(result, Exception):
+                answers[job_id] = Answer(job_id, error=result)
+            else:
+                answers[job_id] = Answer(job_id, result=result)
+        run_s = time.perf_counter() - start
+        after = _stage_seconds(self.runtime)
+        start = time.perf_counter()
+        for claimed in batch:
+            self._finish(claimed, queue, answers[claimed.job.id])
+        preprocess_s, forward_s, method_s = (b - a for a, b in zip(before, after, strict=True))
+        load_s, wait_s = load_wait_s
+        self._report(
+            BatchReport(
+                size=len(batch),
+                model_version=batch[0].request.spec.model_version(),
+                computed=len(compute),
+                load_s=load_s,
+                wait_s=wait_s,
+                run_s=run_s,
+                preprocess_s=preprocess_s,
+                forward_s=forward_s,
+                method_s=method_s,
+                finish_s=time.perf_counter() - start,
+            )
+        )
+
+    def _compute(self, compute: list[tuple[_Claimed, Loaded]]) -> list[DiscoveryResult | Exception]:
+        """The batched run, under the longest RQ job timeout of its jobs."""
+        if not compute:
+            return []
+        jobs = [claimed.job for claimed, _ in compute]
+        timeout = max(job.timeout or self.worker.queue_class.DEFAULT_TIMEOUT for job in jobs)
+        spec = compute[0][0].request.spec
+        try:
+            with self.worker.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):
+                return self.runtime.compute(spec, [loaded for _, loaded in compute])
+        except JobTimeoutException as exc:
+            return [exc for _ in compute]
+
+    def _finish(self, claimed: _Claimed, queue: Queue, answer: Answer) -> None:
+        token = _ANSWER.set(answer)
+        try:
+            self.worker.finish_claimed(claimed.job, queue, claimed.execution)
+        finally:
+            _ANSWER.reset(token)
+        self.leases.release(claimed.job.id)
+
+    def _report(self, report: BatchReport) -> None:
+        logger.info(
+            "batch of %d jobs for %s: %d computed, waited %.2f s for downloads, ran %.2f s",
+            report.size,
+            report.model_version,
+            report.computed,
+            report.wait_s,
+            report.run_s,
+        )
+        for observer in self.observers:
+            try:
+                observer(report)
+            except Exception:  # a metrics hook never stops the worker
+                logger.exception("batch observer %r failed", observer)
+
+
+def _stage_seconds(runtime: WorkerRuntime) -> tuple[float, float, float]:
+    timings = runtime.timings
+    return timings.preprocess_s, timings.forward_s, timings.method_s
