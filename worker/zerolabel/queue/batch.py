@@ -24,7 +24,7 @@ serves a discovery job it dequeues like this:
    registries are RQ's single-job paths, so one bad image fails only its own job.
 
 B is ``ZEROLABEL_WORKER_BATCH`` (default by device: :meth:`WorkerRuntime.worker_batch`). A job
-with a strike runs alone through the single-job path. A Redis outage mid-batch queues again
+with a strike is served alone and never claimed into a batch. A Redis outage mid-batch queues again
 every job of the batch not finished yet (:mod:`zerolabel.queue.worker`).
 
 Per-batch numbers go to :attr:`Batches.observers` (:class:`BatchReport`); :class:`BatchStats`
@@ -136,6 +136,13 @@ class _Claimed:
     loading: Future[tuple[Loaded, float]] | None = None
 
 
+@dataclass(frozen=True)
+class _Loads:
+    outcomes: list[Loaded | Exception]
+    load_s: float
+    wait_s: float
+
+
 class Batches:
     """Serves discovery jobs in batches for one worker.
 
@@ -176,25 +183,28 @@ class Batches:
         return self._size
 
     def accepts(self, job: Job) -> DiscoveryRequest | None:
-        """The request of a job to serve in a batch; None: run it alone (another function, a
-        request that does not parse, a job with a strike)."""
-        request = request_of(job)
-        if request is None or self.worker.runs.settle(job.id):
-            return None
-        return request
+        """The request of a discovery job (served here); None for a job of another function or
+        a request that does not parse (RQ runs it alone)."""
+        return request_of(job)
 
     def serve(self, first: Job, request: DiscoveryRequest, queue: Queue) -> None:
         """Serve ``first`` and more waiting jobs of its spec, batch after batch, until no job of
-        that spec is next in the queue (or a stop is requested)."""
+        that spec is next in the queue (or a stop is requested).
+
+        A job with a strike (a run of it died with its worker) is served alone.
+        """
+        if self.worker.runs.settle(first.id):
+            self._run(*self._ready(self._start([(first, request)])), queue)
+            return
         spec = request.spec
         claimer = Claimer(self.worker.runs, window=max(4 * self.size, 16))
         batch = self._start([(first, request), *claimer.claim(queue, spec, self.size - 1)])
         while batch:
-            loaded, load_s, wait_s = self._wait(batch)
+            ready = self._ready(batch)
             following: list[_Claimed] = []
             if not self.worker.stop_requested:
                 following = self._start(claimer.claim(queue, spec, self.size, only_if_next=True))
-            self._run(batch, loaded, queue, (load_s, wait_s))
+            self._run(*ready, queue)
             batch = following
 
     def close(self) -> None:
@@ -226,9 +236,9 @@ class Batches:
         loaded = self.runtime.load(request)
         return loaded, time.perf_counter() - start
 
-    def _wait(self, batch: list[_Claimed]) -> tuple[list[Loaded | Exception], float, float]:
-        """Each job's loaded image (or why it has none), the seconds its loads took (summed),
-        and how long this waited for them."""
+    def _ready(self, batch: list[_Claimed]) -> tuple[list[_Claimed], _Loads]:
+        """The batch once its downloads are done: each job's loaded image (or why it has none),
+        the seconds its loads took (summed) and how long this waited for them."""
         start = time.perf_counter()
         outcomes: list[Loaded | Exception] = []
         load_s = 0.0
@@ -242,18 +252,12 @@ class Batches:
                 continue
             load_s += seconds
             outcomes.append(loaded)
-        return outcomes, load_s, time.perf_counter() - start
+        return batch, _Loads(outcomes, load_s, time.perf_counter() - start)
 
-    def _run(
-        self,
-        batch: list[_Claimed],
-        loaded: list[Loaded | Exception],
-        queue: Queue,
-        load_wait_s: tuple[float, float],
-    ) -> None:
+    def _run(self, batch: list[_Claimed], loads: _Loads, queue: Queue) -> None:
         answers: dict[str, Answer] = {}
         compute: list[tuple[_Claimed, Loaded]] = []
-        for claimed, outcome in zip(batch, loaded, strict=True):
+        for claimed, outcome in zip(batch, loads.outcomes, strict=True):
             job_id = claimed.job.id
             try:
                 self.worker.runs.begin(job_id, self.worker.record)
@@ -280,14 +284,13 @@ class Batches:
         for claimed in batch:
             self._finish(claimed, queue, answers[claimed.job.id])
         preprocess_s, forward_s, method_s = (b - a for a, b in zip(before, after, strict=True))
-        load_s, wait_s = load_wait_s
         self._report(
             BatchReport(
                 size=len(batch),
                 model_version=batch[0].request.spec.model_version(),
                 computed=len(compute),
-                load_s=load_s,
-                wait_s=wait_s,
+                load_s=loads.load_s,
+                wait_s=loads.wait_s,
                 run_s=run_s,
                 preprocess_s=preprocess_s,
                 forward_s=forward_s,

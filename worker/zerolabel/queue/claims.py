@@ -10,9 +10,9 @@ that dies between the claim and the bookkeeping that follows leaves the jobs whe
 maintenance finds them, as it would the first one. The worker then moves every claimed job
 into RQ's started state exactly as it does the first (:mod:`zerolabel.queue.batch`).
 
-A job with a strike (a run of it died with its worker) is never claimed: it runs alone, so
-when it stops its worker again the strike is its own and not its batch's, and only that job is
-quarantined (:mod:`zerolabel.queue.leases`).
+A job with a strike (a run of it died with its worker) is never claimed: it runs alone when
+dequeued, so when it stops its worker again the strike is its own and not its batch's, and only
+that job is quarantined (:mod:`zerolabel.queue.leases`).
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@
 - Only transient failures (fetch timeouts, connection errors, HTTP 5xx/429, Redis hiccups) use
   the job's RQ retries; anything else fails the job at once with its message.
 - Discovery jobs are served in batches of waiting jobs of the same spec, with the downloads of
-  the next batch overlapping the forward pass of this one (:mod:`zerolabel.queue.batch`); other
-  jobs, and jobs with a strike, run alone. A Redis outage queues again every job of the batch
-  that was not finished.
+  the next batch overlapping the forward pass of this one (:mod:`zerolabel.queue.batch`); a job
+  with a strike is served alone, jobs of other functions run as RQ runs them. A Redis outage
+  queues again every job of the batch that was not finished.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,7 +33,7 @@ from rq.timeouts import BaseDeathPenalty
 from rq.worker import WorkerStatus
 
 from zerolabel.io.fetch import TransientFetchError
-from zerolabel.queue.batch import Batches
+from zerolabel.queue.batch import Batches, BatchReport
 from zerolabel.queue.heartbeat import Heartbeat, heartbeat_ttl
 from zerolabel.queue.leases import RunRecord, Runs, lease_key
 from zerolabel.queue.outage import REDIS_DOWN, Backoff, RedisUnavailable, wait_for_redis
@@ -309,11 +309,14 @@ def run_worker(
     *,
     with_scheduler: bool = True,
     runtime: WorkerRuntime | None = None,
+    observers: Sequence[Callable[[BatchReport], None]] = (),
 ) -> ZerolabelWorker:
     """Serve jobs in this process until stopped; returns the worker (its batch stats).
 
     Args:
         runtime: what serves discovery jobs; default :func:`zerolabel.queue.jobs.get_runtime`.
+        observers: called with every batch's :class:`~zerolabel.queue.batch.BatchReport`
+            (metrics); an observer that raises is logged and changes nothing else.
 
     Raises:
         WorkerNameInUse: a live worker process already serves under ``name``.
@@ -329,6 +332,7 @@ def run_worker(
             connection=redis,
             serializer=JSONSerializer,
         )
+        worker.batches.observers.extend(observers)
         worker.release_stale_registration()
         worker.work(burst=burst, with_scheduler=with_scheduler)
         return worker

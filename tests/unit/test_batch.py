@@ -1,0 +1,269 @@
+"""Batched workers on fakeredis, in this process: claims, prefetch, per-job outcomes."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import numpy as np
+import pytest
+from PIL import Image
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from zerolabel.contract import Box, DiscoveryRequest, DiscoverySpec, Region
+from zerolabel.io.images import LoadedImage
+from zerolabel.pipeline import Timings
+from zerolabel.queue.batch import BatchReport
+from zerolabel.queue.dispatch import Dispatcher, Outcome
+from zerolabel.queue.leases import lease_key
+from zerolabel.queue.runtime import Loaded, WorkerRuntime
+from zerolabel.queue.worker import ZerolabelWorker, run_worker
+from zerolabel.settings import QueueSettings, WorkerSettings
+
+QUEUE = QueueSettings(queue="zerolabel", lease_s=5, retries=2)
+
+
+class SizeRunner:
+    """Stands in for a model: one region covering the whole image; remembers every run."""
+
+    def __init__(self, spec: DiscoverySpec, calls: list[tuple[str, list[str]]]) -> None:
+        self.spec = spec
+        self.model_version = spec.model_version()
+        self.max_side = spec.effective_max_side()
+        self.timings = Timings()
+        self.calls = calls
+
+    def run(self, images: Sequence[LoadedImage], batch_size: int = 8) -> list[list[Region]]:
+        self.calls.append((self.spec.method, [Path(image.source).name for image in images]))
+        self.timings.images += len(images)
+        return [[Region(Box(0, 0, *i.original_hw[::-1]), 1.0, self.spec.method)] for i in images]
+
+
+class Stack:
+    """A fakeredis queue, a runtime whose model is :class:`SizeRunner`, and image files."""
+
+    def __init__(self, folder: Path, batch: int) -> None:
+        self.folder = folder
+        self.redis = fakeredis.FakeRedis()
+        self.settings = WorkerSettings(local_roots=(str(folder),), worker_batch=batch, queue=QUEUE)
+        self.runtime = WorkerRuntime(self.settings, self.redis)
+        self.calls: list[tuple[str, list[str]]] = []
+        self.runtime.runner = lambda spec: SizeRunner(spec, self.calls)  # type: ignore[method-assign]
+        self.dispatcher = Dispatcher(self.redis, QUEUE)
+
+    def image(self, name: str, width: int, height: int = 6) -> str:
+        pixels = np.random.default_rng(width).integers(0, 255, (height, width, 3), np.uint8)
+        Image.fromarray(pixels).save(self.folder / name)
+        return str(self.folder / name)
+
+    def requests(self, count: int, spec: DiscoverySpec | None = None) -> list[DiscoveryRequest]:
+        spec = spec or self.settings.spec()
+        return [
+            DiscoveryRequest(spec, self.image(f"{spec.method}-{n:02d}.png", 8 + n), n)
+            for n in range(count)
+        ]
+
+    def work(self, **kwargs: Any) -> ZerolabelWorker:
+        return run_worker(
+            self.redis,
+            QUEUE,
+            name="w1",
+            burst=True,
+            with_scheduler=False,
+            runtime=self.runtime,
+            **kwargs,
+        )
+
+    def outcomes(self, requests: list[DiscoveryRequest]) -> list[Outcome]:
+        """What each job ended with (not asking again, which would queue a failed one anew)."""
+        jobs = [self.job(request) for request in requests]
+        return self.dispatcher.collect(jobs, timeout_s=0)
+
+    def job(self, request: DiscoveryRequest) -> Job:
+        return Job.fetch(request.job_id, connection=self.redis, serializer=JSONSerializer)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Stack:
+    return Stack(tmp_path, batch=4)
+
+
+def _widths(outcomes: list[Outcome]) -> list[int]:
+    return [int(o.result.regions[0].box.x1) if o.result else -1 for o in outcomes]
+
+
+def test_waiting_jobs_of_one_spec_run_in_batches_of_at_most_b(stack):
+    requests = stack.requests(10)
+    for request in requests:
+        stack.dispatcher.submit(request)
+    worker = stack.work()
+    assert worker.batches.stats.batch_sizes == [4, 4, 2]
+    assert [len(names) for _, names in stack.calls] == [4, 4, 2]  # one run per batch
+    outcomes = stack.outcomes(requests)
+    assert _widths(outcomes) == [8 + n for n in range(10)]  # each job got its own image's result
+    assert [o.result.task_id for o in outcomes if o.result] == list(range(10))
+
+
+def test_jobs_of_two_specs_never_share_a_batch(stack):
+    lost = stack.requests(5)
+    tokencut = stack.requests(5, stack.settings.spec(method="tokencut"))
+    for a, b in zip(lost, tokencut, strict=True):  # interleaved in the queue
+        stack.dispatcher.submit(a)
+        stack.dispatcher.submit(b)
+    worker = stack.work()
+    assert sum(worker.batches.stats.batch_sizes) == 10
+    for method, names in stack.calls:
+        assert {name.split("-")[0] for name in names} == {method}
+    for requests in (lost, tokencut):
+        outcomes = stack.outcomes(requests)
+        versions = {o.result.model_version for o in outcomes if o.result}
+        assert versions == {requests[0].spec.model_version()}
+        assert _widths(outcomes) == [8 + n for n in range(5)]
+
+
+def test_an_unreadable_image_fails_only_its_own_job(stack, monkeypatch):
+    requests = stack.requests(4)
+    (stack.folder / "lost-01.png").write_bytes(b"not an image at all")
+    broken = stack.runtime.load
+
+    def load(request: DiscoveryRequest) -> Loaded:
+        if request.image.endswith("lost-02.png"):
+            raise ValueError("the fetcher tripped over lost-02.png")
+        return broken(request)
+
+    monkeypatch.setattr(stack.runtime, "load", load)
+    for request in requests:
+        stack.dispatcher.submit(request)
+    worker = stack.work()
+    assert worker.batches.stats.batch_sizes == [4]
+    first, unreadable, failed, last = stack.outcomes(requests)
+    assert first.result and first.result.regions and last.result and last.result.regions
+    assert unreadable.result and not unreadable.result.regions
+    assert unreadable.result.error and "lost-01.png" in unreadable.result.error
+    assert failed.reason == "failed: ValueError: the fetcher tripped over lost-02.png"
+    assert stack.calls == [("lost", ["lost-00.png", "lost-03.png"])]
+
+
+def test_a_batch_whose_run_fails_runs_its_images_alone(stack):
+    requests = stack.requests(4)
+
+    class Poisoned(SizeRunner):
+        def run(self, images: Sequence[LoadedImage], batch_size: int = 8) -> list[list[Region]]:
+            if any(image.source.endswith("lost-02.png") for image in images):
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return super().run(images, batch_size)
+
+    stack.runtime.runner = lambda spec: Poisoned(spec, stack.calls)  # type: ignore[method-assign]
+    for request in requests:
+        stack.dispatcher.submit(request)
+    stack.work()
+    outcomes = stack.outcomes(requests)
+    assert _widths(outcomes) == [8, 9, -1, 11]
+    assert outcomes[2].reason == (
+        "failed: RuntimeError: CUDA error: an illegal memory access was encountered"
+    )
+
+
+def test_the_next_batch_downloads_while_this_one_runs(stack, monkeypatch):
+    requests = stack.requests(6)  # B = 4: batches of jobs 0-3 and 4-5
+    events: list[str] = []
+    second_batch_loading = threading.Event()
+    load = stack.runtime.load
+
+    def recording_load(request: DiscoveryRequest) -> Loaded:
+        events.append(f"load {request.task_id}")
+        if request.task_id in (4, 5):
+            second_batch_loading.set()
+        return load(request)
+
+    class Slow(SizeRunner):
+        def run(self, images: Sequence[LoadedImage], batch_size: int = 8) -> list[list[Region]]:
+            events.append(f"run {len(images)} starts")
+            if len(images) == 4:  # the first batch runs until the second one is downloading
+                second_batch_loading.wait(timeout=30)
+            events.append(f"run {len(images)} ends")
+            return super().run(images, batch_size)
+
+    monkeypatch.setattr(stack.runtime, "load", recording_load)
+    stack.runtime.runner = lambda spec: Slow(spec, stack.calls)  # type: ignore[method-assign]
+    for request in requests:
+        stack.dispatcher.submit(request)
+    stack.work()
+    first_run = events.index("run 4 starts")
+    assert {"load 0", "load 1", "load 2", "load 3"} <= set(events[:first_run])
+    assert events.index("load 4") < events.index("run 4 ends")  # overlapping the first run
+    assert events.index("load 5") < events.index("run 4 ends")
+    assert events.index("run 4 ends") < events.index("run 2 starts")
+    assert _widths(stack.outcomes(requests)) == [8 + n for n in range(6)]
+
+
+def test_claimed_jobs_are_started_and_leased_and_only_running_ones_have_a_run_record(stack):
+    requests = stack.requests(6)
+    seen: dict[str, list[Any]] = {}
+
+    class Inspecting(SizeRunner):
+        def run(self, images: Sequence[LoadedImage], batch_size: int = 8) -> list[list[Region]]:
+            if not seen:
+                redis = stack.redis
+                for request in requests:
+                    job = stack.job(request)
+                    seen[request.image[-6:-4]] = [
+                        job.get_status(refresh=True),
+                        bool(redis.exists(lease_key(job.id))),
+                        bool(redis.exists(f"zerolabel:run:{job.id}")),
+                        job.id in stack.dispatcher.queue.started_job_registry,
+                    ]
+            return super().run(images, batch_size)
+
+    stack.runtime.runner = lambda spec: Inspecting(spec, stack.calls)  # type: ignore[method-assign]
+    jobs = [stack.dispatcher.submit(request) for request in requests]
+    stack.work()
+    running = [JobStatus.STARTED, True, True, True]
+    prefetched = [JobStatus.STARTED, True, False, True]  # claimed, downloading, not run yet
+    assert seen == {
+        "00": running,
+        "01": running,
+        "02": running,
+        "03": running,
+        "04": prefetched,
+        "05": prefetched,
+    }
+    assert not any(stack.redis.exists(lease_key(job.id)) for job in jobs)  # all released
+    assert not stack.redis.keys("zerolabel:run:*")
+
+
+def test_a_job_with_a_strike_runs_alone(stack):
+    requests = stack.requests(5)
+    jobs = [stack.dispatcher.submit(request) for request in requests]
+    stack.redis.set(f"zerolabel:strikes:{jobs[1].id}", 1)  # it was running when a worker died
+    worker = stack.work()
+    assert sorted(worker.batches.stats.batch_sizes) == [1, 4]
+    assert ("lost", ["lost-01.png"]) in stack.calls
+    assert all(len(names) == 1 or "lost-01.png" not in names for _, names in stack.calls)
+    assert _widths(stack.outcomes(requests)) == [8 + n for n in range(5)]
+
+
+def test_observers_get_every_batch_and_a_failing_one_stops_nothing(stack):
+    requests = stack.requests(5)
+    for request in requests:
+        stack.dispatcher.submit(request)
+    reports: list[BatchReport] = []
+
+    def broken(report: BatchReport) -> None:
+        raise RuntimeError("metrics down")
+
+    stack.work(observers=[broken, reports.append])
+    assert [r.size for r in reports] == [4, 1] and [r.computed for r in reports] == [4, 1]
+    assert all(r.model_version == requests[0].spec.model_version() for r in reports)
+    assert all(r.load_s >= 0 and r.wait_s >= 0 and r.run_s >= 0 for r in reports)
+
+
+def test_worker_batch_size_by_setting_and_device():
+    assert WorkerRuntime(WorkerSettings(device="cpu")).worker_batch() == 4
+    assert WorkerRuntime(WorkerSettings(device="cpu", worker_batch=7)).worker_batch() == 7
+    assert WorkerSettings.from_env({"ZEROLABEL_WORKER_BATCH": "12"}).worker_batch == 12
+    with pytest.raises(Exception, match="ZEROLABEL_WORKER_BATCH='0' must be >= 1"):
+        WorkerSettings.from_env({"ZEROLABEL_WORKER_BATCH": "0"})
