@@ -20,15 +20,14 @@ serves a discovery job it dequeues like this:
    (:meth:`WorkerRuntime.compute`: one forward pass per same-size group), under RQ's job timeout.
 5. **Finish.** Each job then goes through RQ's own ``perform_job`` with its function
    ``zerolabel.queue.jobs.discover`` answering from the outcome computed for it
-   (:func:`answer_for`): results, failures, exception handlers, transient-only retries and
-   registries are RQ's single-job paths, so one bad image fails only its own job.
+   (:mod:`zerolabel.queue.answers`): results, failures, exception handlers, transient-only
+   retries and registries are RQ's single-job paths, so one bad image fails only its own job.
 
 B is ``ZEROLABEL_WORKER_BATCH`` (default by device: :meth:`WorkerRuntime.worker_batch`). A job
 with a strike is served alone and never claimed into a batch. A Redis outage mid-batch queues again
 every job of the batch not finished yet (:mod:`zerolabel.queue.worker`).
 
-Per-batch numbers go to :attr:`Batches.observers` (:class:`BatchReport`); :class:`BatchStats`
-keeps them for a worker's lifetime.
+Per-batch numbers go to :attr:`Batches.observers` (:mod:`zerolabel.queue.batch_report`).
 """
 
 from __future__ import annotations
@@ -37,8 +36,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rq import Queue
@@ -47,6 +45,8 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from zerolabel.contract import DiscoveryRequest, DiscoveryResult
+from zerolabel.queue.answers import Answer, answering
+from zerolabel.queue.batch_report import BatchObserver, BatchReport, BatchStats
 from zerolabel.queue.claims import Claimer, request_of
 from zerolabel.queue.held import HeldLeases
 from zerolabel.queue.leases import QuarantinedJobError
@@ -59,73 +59,6 @@ logger = logging.getLogger(__name__)
 
 LOAD_THREADS = 8
 """The most downloads a worker runs at once."""
-
-
-@dataclass(frozen=True)
-class Answer:
-    """The outcome computed for one batched job: what its run through RQ returns or raises."""
-
-    job_id: str
-    result: DiscoveryResult | None = None
-    error: Exception | None = None
-
-    def unwrap(self) -> DiscoveryResult:
-        if self.error is not None:
-            raise self.error
-        if self.result is None:
-            raise ValueError(f"job {self.job_id}: an answer holds a result or an error")
-        return self.result
-
-
-_ANSWER: ContextVar[Answer | None] = ContextVar("zerolabel_batch_answer", default=None)
-
-
-def answer_for(job_id: str) -> Answer | None:
-    """The outcome the batch computed for ``job_id``, while RQ runs that job; else None."""
-    answer = _ANSWER.get()
-    return answer if answer is not None and answer.job_id == job_id else None
-
-
-@dataclass(frozen=True)
-class BatchReport:
-    """One batch, for metrics (see :attr:`Batches.observers`).
-
-    Attributes:
-        size: jobs in the batch.
-        model_version: the batch's spec.
-        computed: images that went through the forward pass (the others were answered from the
-            result cache, or could not be read).
-        load_s: download, decode and cache lookup, summed over the jobs (they overlap).
-        wait_s: how long the device waited for the batch's downloads (0 when prefetch kept up).
-        run_s: the batched run (preprocess, forward passes, method).
-        preprocess_s, forward_s, method_s: that run by stage.
-        finish_s: writing the jobs' results and states back through RQ.
-    """
-
-    size: int
-    model_version: str
-    computed: int
-    load_s: float
-    wait_s: float
-    run_s: float
-    preprocess_s: float
-    forward_s: float
-    method_s: float
-    finish_s: float
-
-
-@dataclass
-class BatchStats:
-    """Every batch of a worker: its sizes and the seconds per stage, summed."""
-
-    batch_sizes: list[int] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def __call__(self, report: BatchReport) -> None:
-        self.batch_sizes.append(report.size)
-        for stage in ("load", "wait", "run", "preprocess", "forward", "method", "finish"):
-            value = float(getattr(report, f"{stage}_s"))
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + value
 
 
 @dataclass
@@ -166,7 +99,7 @@ class Batches:
         self._size = size
         self.leases = HeldLeases(worker.connection, lease_s)
         self.stats = BatchStats()
-        self.observers: list[Callable[[BatchReport], None]] = [self.stats]
+        self.observers: list[BatchObserver] = [self.stats]
         self._pool: ThreadPoolExecutor | None = None
 
     @property
@@ -313,11 +246,8 @@ class Batches:
             return [exc for _ in compute]
 
     def _finish(self, claimed: _Claimed, queue: Queue, answer: Answer) -> None:
-        token = _ANSWER.set(answer)
-        try:
+        with answering(answer):
             self.worker.finish_claimed(claimed.job, queue, claimed.execution)
-        finally:
-            _ANSWER.reset(token)
         self.leases.release(claimed.job.id)
 
     def _report(self, report: BatchReport) -> None:

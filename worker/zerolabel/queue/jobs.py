@@ -10,7 +10,7 @@ from rq import get_current_job
 
 from zerolabel.contract import DiscoveryRequest, DiscoveryResult
 from zerolabel.errors import ConfigError, DiscoveryError
-from zerolabel.queue.batch import answer_for
+from zerolabel.queue.answers import answer_for
 from zerolabel.queue.dispatch import connect, lease
 from zerolabel.queue.runtime import WorkerRuntime
 from zerolabel.settings import WorkerSettings

@@ -20,20 +20,21 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis import Redis
 from rq import Queue, SimpleWorker
-from rq.exceptions import AbandonedJobError, NoSuchJobError, StopRequested
+from rq.exceptions import NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.timeouts import BaseDeathPenalty
 from rq.worker import WorkerStatus
 
-from zerolabel.io.fetch import TransientFetchError
-from zerolabel.queue.batch import Batches, BatchReport
+from zerolabel.queue.batch import Batches
+from zerolabel.queue.batch_report import BatchObserver
+from zerolabel.queue.failures import AWAY as _AWAY
+from zerolabel.queue.failures import is_transient, retry_only_transient
 from zerolabel.queue.heartbeat import Heartbeat, heartbeat_ttl
 from zerolabel.queue.leases import RunRecord, Runs, lease_key
 from zerolabel.queue.outage import REDIS_DOWN, Backoff, RedisUnavailable, wait_for_redis
@@ -42,35 +43,17 @@ from zerolabel.settings import QueueSettings
 if TYPE_CHECKING:
     from zerolabel.queue.runtime import WorkerRuntime
 
+__all__ = [
+    "OutageAwareQueue",
+    "ZerolabelWorker",
+    "is_transient",
+    "retry_only_transient",
+    "run_worker",
+]
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_AWAY: tuple[type[Exception], ...] = (RedisUnavailable, *REDIS_DOWN)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether running the job again may succeed: network trouble, not a bad request or bug."""
-    return isinstance(exc, (TransientFetchError, *_AWAY))
-
-
-def retry_only_transient(
-    job: Job,
-    exc_type: type[BaseException] | None,
-    exc_value: BaseException | None,
-    tb: TracebackType | None,
-) -> bool:
-    """RQ exception handler: a failure no re-run can fix fails the job now, retries unused."""
-    if exc_value is None or isinstance(exc_value, AbandonedJobError) or is_transient(exc_value):
-        return True
-    if job.retries_left:
-        logger.warning(
-            "job %s: %s cannot succeed on a re-run; failing it without retries",
-            job.id,
-            type(exc_value).__name__,
-        )
-        job.retries_left = 0
-    return True
 
 
 class OutageAwareQueue(Queue):
@@ -309,7 +292,7 @@ def run_worker(
     *,
     with_scheduler: bool = True,
     runtime: WorkerRuntime | None = None,
-    observers: Sequence[Callable[[BatchReport], None]] = (),
+    observers: Sequence[BatchObserver] = (),
 ) -> ZerolabelWorker:
     """Serve jobs in this process until stopped; returns the worker (its batch stats).
 

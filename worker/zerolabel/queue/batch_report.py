@@ -1,0 +1,57 @@
+"""Per-batch numbers of a batching worker, for metrics.
+
+Every batch a worker serves is reported to the observers of its
+:class:`~zerolabel.queue.batch.Batches` (``ZerolabelWorker.batches.observers``, or
+``run_worker(observers=...)``) as a :class:`BatchReport`; :class:`BatchStats`, always among them,
+keeps the batch sizes and the seconds per stage for the worker's lifetime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """One batch, for metrics (see :attr:`Batches.observers`).
+
+    Attributes:
+        size: jobs in the batch.
+        model_version: the batch's spec.
+        computed: images that went through the forward pass (the others were answered from the
+            result cache, or could not be read).
+        load_s: download, decode and cache lookup, summed over the jobs (they overlap).
+        wait_s: how long the device waited for the batch's downloads (0 when prefetch kept up).
+        run_s: the batched run (preprocess, forward passes, method).
+        preprocess_s, forward_s, method_s: that run by stage.
+        finish_s: writing the jobs' results and states back through RQ.
+    """
+
+    size: int
+    model_version: str
+    computed: int
+    load_s: float
+    wait_s: float
+    run_s: float
+    preprocess_s: float
+    forward_s: float
+    method_s: float
+    finish_s: float
+
+
+@dataclass
+class BatchStats:
+    """Every batch of a worker: its sizes and the seconds per stage, summed."""
+
+    batch_sizes: list[int] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, report: BatchReport) -> None:
+        self.batch_sizes.append(report.size)
+        for stage in ("load", "wait", "run", "preprocess", "forward", "method", "finish"):
+            value = float(getattr(report, f"{stage}_s"))
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + value
+
+
+BatchObserver = Callable[[BatchReport], None]
