@@ -47,7 +47,8 @@ class Stack:
 
     def __init__(self, folder: Path, batch: int) -> None:
         self.folder = folder
-        self.redis = fakeredis.FakeRedis()
+        self.server = fakeredis.FakeServer()
+        self.redis = fakeredis.FakeRedis(server=self.server)
         self.settings = WorkerSettings(local_roots=(str(folder),), worker_batch=batch, queue=QUEUE)
         self.runtime = WorkerRuntime(self.settings, self.redis)
         self.calls: list[tuple[str, list[str]]] = []
@@ -233,6 +234,29 @@ def test_claimed_jobs_are_started_and_leased_and_only_running_ones_have_a_run_re
     }
     assert not any(stack.redis.exists(lease_key(job.id)) for job in jobs)  # all released
     assert not stack.redis.keys("zerolabel:run:*")
+
+
+def test_a_redis_outage_mid_batch_queues_every_unfinished_job_again(stack, caplog):
+    requests = stack.requests(6)  # B = 4: jobs 0-3 run when Redis goes, 4-5 are prefetched
+
+    class Cut(SizeRunner):
+        def run(self, images: Sequence[LoadedImage], batch_size: int = 8) -> list[list[Region]]:
+            if not stack.calls:
+                stack.server.connected = False
+                threading.Timer(1.0, setattr, (stack.server, "connected", True)).start()
+            return super().run(images, batch_size)
+
+    stack.runtime.runner = lambda spec: Cut(spec, stack.calls)  # type: ignore[method-assign]
+    for request in requests:
+        stack.dispatcher.submit(request)
+    with caplog.at_level("WARNING", logger="zerolabel.queue.worker"):
+        stack.work()
+    requeued = [r.message for r in caplog.records if "cut short by the Redis outage" in r.message]
+    assert len(requeued) == 6  # the four that ran and the two being downloaded
+    assert stack.calls[0] == ("lost", ["lost-00.png", "lost-01.png", "lost-02.png", "lost-03.png"])
+    assert sum(len(names) for _, names in stack.calls[1:]) == 6  # each served again, once
+    assert _widths(stack.outcomes(requests)) == [8 + n for n in range(6)]
+    assert not stack.redis.keys("zerolabel:lease:*") and not stack.redis.keys("zerolabel:run:*")
 
 
 def test_a_job_with_a_strike_runs_alone(stack):
