@@ -40,7 +40,7 @@ LOCAL_ORIGIN = "local"
 """How the result cache names the origin of images read from local files."""
 
 WORKER_BATCH_CUDA = 16
-WORKER_BATCH_CPU = 4
+WORKER_BATCH_CPU = 1
 """Jobs a worker takes at once when ``ZEROLABEL_WORKER_BATCH`` is not set, by device."""
 
 
@@ -83,11 +83,12 @@ class WorkerRuntime:
         self._lock = threading.Lock()
 
     def worker_batch(self) -> int:
-        """Jobs a worker takes at once: ``ZEROLABEL_WORKER_BATCH``, else 16 on CUDA, 4 on CPU.
+        """Jobs a worker takes at once: ``ZEROLABEL_WORKER_BATCH``, else 16 on CUDA, 1 on CPU.
 
-        A GPU runs a batch of 16 small images in about the time of one, while downloads
-        overlap it; on a CPU a forward pass costs about the same per image at any batch size,
-        so a small batch only buys the overlap of downloads and keeps few jobs held at once.
+        A GPU runs a batch of 16 small images in little more than the time of one. A CPU spends
+        about the same time per image at any batch size, and every job of a batch ends with the
+        batch, so there one job at a time hands back results one by one; the next job's image is
+        still downloaded while the current one runs.
         """
         if self.settings.worker_batch is not None:
             return self.settings.worker_batch
