@@ -259,6 +259,27 @@ def test_a_redis_outage_mid_batch_queues_every_unfinished_job_again(stack, caplo
     assert not stack.redis.keys("zerolabel:lease:*") and not stack.redis.keys("zerolabel:run:*")
 
 
+def test_a_redis_outage_while_results_are_written_queues_the_rest_again(stack, monkeypatch):
+    requests = stack.requests(6)
+    jobs = [stack.dispatcher.submit(request) for request in requests]
+    perform = ZerolabelWorker.perform_job
+    cut: list[str] = []
+
+    def perform_job(self: ZerolabelWorker, job: Job, *args: Any) -> bool:
+        if job.id == jobs[1].id and not cut:  # the first job's result is written, then Redis goes
+            cut.append(job.id)
+            stack.server.connected = False
+            threading.Timer(1.0, setattr, (stack.server, "connected", True)).start()
+        return perform(self, job, *args)
+
+    monkeypatch.setattr(ZerolabelWorker, "perform_job", perform_job)
+    stack.work()
+    assert cut == [jobs[1].id]
+    assert [job.get_status(refresh=True) for job in jobs] == [JobStatus.FINISHED] * 6
+    assert _widths(stack.outcomes(requests)) == [8 + n for n in range(6)]
+    assert not stack.redis.keys("zerolabel:lease:*") and not stack.redis.keys("zerolabel:run:*")
+
+
 def test_a_job_with_a_strike_runs_alone(stack):
     requests = stack.requests(5)
     jobs = [stack.dispatcher.submit(request) for request in requests]
@@ -286,7 +307,7 @@ def test_observers_get_every_batch_and_a_failing_one_stops_nothing(stack):
 
 
 def test_worker_batch_size_by_setting_and_device():
-    assert WorkerRuntime(WorkerSettings(device="cpu")).worker_batch() == 4
+    assert WorkerRuntime(WorkerSettings(device="cpu")).worker_batch() == 1
     assert WorkerRuntime(WorkerSettings(device="cpu", worker_batch=7)).worker_batch() == 7
     assert WorkerSettings.from_env({"ZEROLABEL_WORKER_BATCH": "12"}).worker_batch == 12
     with pytest.raises(Exception, match="ZEROLABEL_WORKER_BATCH='0' must be >= 1"):

@@ -17,7 +17,8 @@ serves a discovery job it dequeues like this:
    overlap the forward pass of batch n.
 4. **Run.** Each job's run is recorded (strikes and the quarantine work per job, as for a single
    job) and the images still to compute go through one batched run
-   (:meth:`WorkerRuntime.compute`: one forward pass per same-size group), under RQ's job timeout.
+   (:meth:`WorkerRuntime.compute`: images of the same padded size share forward passes of up to
+   ``ZEROLABEL_BATCH_SIZE``), under RQ's job timeout.
 5. **Finish.** Each job then goes through RQ's own ``perform_job`` with its function
    ``zerolabel.queue.jobs.discover`` answering from the outcome computed for it
    (:mod:`zerolabel.queue.answers`): results, failures, exception handlers, transient-only
@@ -100,6 +101,7 @@ class Batches:
         self.leases = HeldLeases(worker.connection, lease_s)
         self.stats = BatchStats()
         self.observers: list[BatchObserver] = [self.stats]
+        self.taken: set[str] = set()  # jobs claimed (or being claimed) and not finished
         self._pool: ThreadPoolExecutor | None = None
 
     @property
@@ -126,19 +128,31 @@ class Batches:
 
         A job with a strike (a run of it died with its worker) is served alone.
         """
+        self.taken.add(first.id)
         if self.worker.runs.settle(first.id):
             self._run(*self._ready(self._start([(first, request)])), queue)
             return
         spec = request.spec
         claimer = Claimer(self.worker.runs, window=max(4 * self.size, 16))
-        batch = self._start([(first, request), *claimer.claim(queue, spec, self.size - 1)])
+        more = claimer.claim(queue, spec, self.size - 1, taken=self.taken)
+        batch = self._start([(first, request), *more])
         while batch:
             ready = self._ready(batch)
             following: list[_Claimed] = []
             if not self.worker.stop_requested:
-                following = self._start(claimer.claim(queue, spec, self.size, only_if_next=True))
+                more = claimer.claim(queue, spec, self.size, taken=self.taken, only_if_next=True)
+                following = self._start(more)
             self._run(*ready, queue)
             batch = following
+
+    def abandon(self) -> list[str]:
+        """Forget the jobs taken and not finished (a Redis outage, an error): their leases are
+        released; returns their ids."""
+        abandoned = list(self.taken)
+        for job_id in abandoned:
+            self.leases.release(job_id)
+        self.taken.clear()
+        return abandoned
 
     def close(self) -> None:
         """Stop the download threads and release every lease still held."""
@@ -249,6 +263,7 @@ class Batches:
         with answering(answer):
             self.worker.finish_claimed(claimed.job, queue, claimed.execution)
         self.leases.release(claimed.job.id)
+        self.taken.discard(claimed.job.id)
 
     def _report(self, report: BatchReport) -> None:
         logger.info(

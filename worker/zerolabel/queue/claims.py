@@ -61,7 +61,13 @@ class Claimer:
         self.attempts = attempts
 
     def claim(
-        self, queue: Queue, spec: DiscoverySpec, count: int, *, only_if_next: bool = False
+        self,
+        queue: Queue,
+        spec: DiscoverySpec,
+        count: int,
+        *,
+        taken: set[str],
+        only_if_next: bool = False,
     ) -> list[tuple[Job, DiscoveryRequest]]:
         """Up to ``count`` waiting jobs of ``spec``, moved to the intermediate queue, in order.
 
@@ -69,6 +75,8 @@ class Claimer:
             queue: the queue the worker serves.
             spec: the batch's spec.
             count: the most jobs to take.
+            taken: the worker's jobs not finished yet; the ids are added before the transaction
+                is sent, so a Redis outage that leaves its outcome unknown still finds them.
             only_if_next: take none unless the job at the head of the queue has this spec, so
                 a run of batches never keeps another spec's job waiting at the head.
         """
@@ -87,10 +95,10 @@ class Claimer:
                 continue
             if job.get_status(refresh=False) == JobStatus.QUEUED and not self.runs.settle(job.id):
                 chosen.append((job, request))
-        return self._take(queue, chosen)
+        return self._take(queue, chosen, taken)
 
     def _take(
-        self, queue: Queue, chosen: list[tuple[Job, DiscoveryRequest]]
+        self, queue: Queue, chosen: list[tuple[Job, DiscoveryRequest]], taken: set[str]
     ) -> list[tuple[Job, DiscoveryRequest]]:
         """Move the chosen ids still waiting to the intermediate queue, all in one transaction."""
         for _ in range(self.attempts):
@@ -103,6 +111,7 @@ class Claimer:
                     chosen = [(job, request) for job, request in chosen if job.id in waiting]
                     if not chosen:
                         return []
+                    taken.update(job.id for job, _request in chosen)
                     pipe.multi()
                     for job, _request in chosen:
                         pipe.lrem(queue.key, 1, job.id)

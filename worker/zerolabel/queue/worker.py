@@ -224,11 +224,12 @@ class ZerolabelWorker(SimpleWorker):
         return execution
 
     def finish_claimed(self, job: Job, queue: Queue, execution: Execution) -> None:
-        """Run a batched job through RQ's own ``perform_job`` (its answer is computed already)."""
-        try:
-            self.perform_job(job, queue, execution)
-        finally:
-            self._claimed.pop(job.id, None)
+        """Run a batched job through RQ's own ``perform_job`` (its answer is computed already).
+
+        When Redis goes away meanwhile the job stays among those to queue again.
+        """
+        self.perform_job(job, queue, execution)
+        self._claimed.pop(job.id, None)
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         if job.id in self._claimed:
@@ -241,11 +242,11 @@ class ZerolabelWorker(SimpleWorker):
         self.runs.end(job.id, self.record)
 
     def _cut_short(self, job_id: str) -> list[str]:
-        """The jobs this worker took and did not finish (``job_id`` first); forgets them."""
-        unfinished = list(dict.fromkeys([job_id, *self._claimed]))
-        for claimed, execution in self._claimed.items():
+        """The jobs this worker took and did not finish (``job_id`` first); forgets them and
+        releases their leases."""
+        unfinished = list(dict.fromkeys([job_id, *self.batches.abandon(), *self._claimed]))
+        for execution in self._claimed.values():
             self.executions.pop(execution.id, None)
-            self.batches.leases.release(claimed)
         self._claimed.clear()
         return unfinished
 
