@@ -161,9 +161,11 @@ class DiscoverySpec:
     square: int | None = None  # resize to square x square, ignoring aspect (MaskCut authors)
     masks: bool = True  # attach pixel masks (RLE) to regions
     pos_embed: str = "dino"  # positional-embedding interpolation rule
+    fitted: str | None = None  # file name of a fitted file the method uses (zerolabel.fitted)
 
     def __post_init__(self) -> None:
         info = methods.get(self.method)
+        info.check_fitted(self.fitted)
         # Typed values (an int given for a float parameter is stored as a float), so equal
         # settings always give the same model_version.
         object.__setattr__(self, "params", info.check_params(self.params))
@@ -188,6 +190,8 @@ class DiscoverySpec:
     def model_version(self) -> str:
         """Stable across processes and machines for the same spec."""
         identity = {"pipeline": PIPELINE_VERSION, **asdict(self)}
+        if identity["fitted"] is None:
+            del identity["fitted"]  # specs without a fitted file keep their earlier versions
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         return f"zerolabel-{self.method}-{self.backbone.split('.')[0]}-{digest}"
 

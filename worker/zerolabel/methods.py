@@ -107,6 +107,26 @@ class MethodInfo:
     params: tuple[Param, ...]
     default_max_side: int | None  # longer-side cap when the spec gives none; None: full size
     summary: str
+    inputs: frozenset[str] = frozenset()  # per-image inputs besides the keys: "attention"
+    fitted: str | None = None  # kind of fitted file (zerolabel.fitted) the method can use
+    fitted_required: bool = False  # the method cannot run without that file
+
+    def check_fitted(self, fitted: str | None) -> None:
+        """Refuse a fitted file this method cannot use, or a missing one it needs.
+
+        Raises:
+            ConfigError: naming the method and the setting that provides the file.
+        """
+        if fitted is not None and self.fitted is None:
+            raise ConfigError(
+                f"method {self.name!r} takes no fitted file, got {fitted!r}: "
+                "unset ZEROLABEL_FITTED (or --fitted) for it"
+            )
+        if fitted is None and self.fitted_required:
+            raise ConfigError(
+                f"method {self.name!r} needs a fitted {self.fitted} file: set "
+                f"ZEROLABEL_FITTED (or --fitted) to the file zerolabel wrote for it"
+            )
 
     def param(self, name: str) -> Param:
         """The parameter called ``name``.

@@ -8,6 +8,7 @@ spec's method kind needs (see :mod:`zerolabel.methods`), so no caller names a me
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from zerolabel import geometry, methods
 from zerolabel.contract import DiscoverySpec, Region
 from zerolabel.discovery import METHODS
 from zerolabel.errors import ConfigError, WeightsError
+from zerolabel.fitted import Fitted, load_fitted
 from zerolabel.io.images import LoadedImage
 from zerolabel.methods import MethodKind
 from zerolabel.vit import features, preprocess
@@ -56,14 +58,30 @@ class Runner(Protocol):
 
 
 class Discoverer:
-    """Runs a feature method (LOST, TokenCut, MaskCut) with one loaded ViT backbone."""
+    """Runs a feature method with one loaded ViT backbone (and its fitted file, if it uses one).
 
-    def __init__(self, backbone: Backbone, spec: DiscoverySpec) -> None:
+    The method gets the patch keys, the inputs its registry entry asks for (``attention``: the
+    CLS-to-patch attention per head) and the fitted file's tensors, as keyword arguments.
+    """
+
+    def __init__(
+        self, backbone: Backbone, spec: DiscoverySpec, fitted: Fitted | None = None
+    ) -> None:
         if spec.method not in METHODS:
             raise ConfigError(f"method {spec.method!r} does not run on ViT features")
+        if (fitted is None) != (spec.fitted is None):
+            raise ConfigError(
+                f"spec fitted file {spec.fitted!r} and the loaded one "
+                f"{fitted.file_name() if fitted else None!r} disagree"
+            )
         self.backbone = backbone
         self.spec = spec
         self.method = METHODS[spec.method]
+        self.inputs = methods.get(spec.method).inputs
+        self.fitted = {
+            name: tensor.to(backbone.device)
+            for name, tensor in (fitted.tensors if fitted else {}).items()
+        }
         self.max_side = spec.effective_max_side()
         self.model_version = spec.model_version()
         self.timings = Timings()
@@ -108,7 +126,10 @@ class Discoverer:
 
     def _regions(self, feat: features.PatchFeatures, frame: geometry.Frame) -> list[Region]:
         start = time.perf_counter()
-        objects = self.method(feat.k, feat.grid_hw, **self.spec.params)
+        extra: dict[str, torch.Tensor] = dict(self.fitted)
+        if "attention" in self.inputs:
+            extra["attention"] = feat.cls_attention
+        objects = self.method(feat.k, feat.grid_hw, **extra, **self.spec.params)
         regions = []
         for obj in objects:
             if obj.score <= 0.0:
@@ -183,6 +204,7 @@ class ModelStore:
         self.settings = settings
         self._backbones: dict[tuple[str, str], Backbone] = {}
         self._detector: torch.nn.Module | None = None
+        self._fitted: dict[str, Fitted] = {}
 
     def runner(self, spec: DiscoverySpec) -> Runner:
         """The runner for ``spec``, as its method's kind needs.
@@ -193,7 +215,7 @@ class ModelStore:
         """
         if methods.get(spec.method).kind is MethodKind.DETECTOR:
             return DetectorRunner(self.detector(spec), spec)
-        return Discoverer(self.backbone(spec), spec)
+        return Discoverer(self.backbone(spec), spec, self.fitted(spec))
 
     def backbone(self, spec: DiscoverySpec) -> Backbone:
         """The loaded ViT backbone of a feature-method spec."""
@@ -217,6 +239,29 @@ class ModelStore:
                 offline=self.settings.offline,
             )
         return self._backbones[key]
+
+    def fitted(self, spec: DiscoverySpec) -> Fitted | None:
+        """The loaded fitted file a spec names (None when it names none).
+
+        Raises:
+            WeightsError: the spec names another file than ``ZEROLABEL_FITTED``, or the file
+                does not fit the spec's method and backbone.
+        """
+        if spec.fitted is None:
+            return None
+        path = self.settings.fitted
+        if path is None or os.path.basename(path) != spec.fitted:
+            raise WeightsError(
+                f"the request asks for fitted file {spec.fitted!r} but this worker has "
+                f"{os.path.basename(path) if path else None!r}: give backend and workers the "
+                "same ZEROLABEL_FITTED"
+            )
+        if path not in self._fitted:
+            kind = methods.get(spec.method).fitted or ""
+            self._fitted[path] = load_fitted(
+                path, kind=kind, backbone=spec.backbone, weights=spec.weights
+            )
+        return self._fitted[path]
 
     def detector(self, spec: DiscoverySpec) -> torch.nn.Module:
         """The loaded detector of a detector spec (torchvision is imported only here)."""

@@ -171,6 +171,7 @@ class WorkerSettings:
     checkpoint: str | None = None  # ZEROLABEL_CHECKPOINT: local weights file (DINO, DoRA, timm)
     weights_tag: str | None = None  # ZEROLABEL_WEIGHTS_TAG: names the weights in model_version
     cad_checkpoint: str | None = None  # ZEROLABEL_CAD_CHECKPOINT: detector served by method "cad"
+    fitted: str | None = None  # ZEROLABEL_FITTED: fitted file of methods that use one
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # ZEROLABEL_BACKBONE_KWARGS
     pos_embed: str = "dino"  # ZEROLABEL_POS_EMBED: "dino" (paper rule) or "timm"
     offline: bool = False  # ZEROLABEL_OFFLINE (or HF_HUB_OFFLINE): never try to download weights
@@ -200,6 +201,7 @@ class WorkerSettings:
                 backbone=read.env.get("ZEROLABEL_BACKBONE"),
                 checkpoint=read.text("ZEROLABEL_CHECKPOINT"),
                 cad_checkpoint=read.text("ZEROLABEL_CAD_CHECKPOINT"),
+                fitted=read.text("ZEROLABEL_FITTED"),
                 weights_tag=read.text("ZEROLABEL_WEIGHTS_TAG"),
                 backbone_kwargs=read.json_object("ZEROLABEL_BACKBONE_KWARGS"),
                 pos_embed=read.env.get("ZEROLABEL_POS_EMBED"),
@@ -260,6 +262,8 @@ class WorkerSettings:
                     "the file zerolabel train-cad wrote"
                 )
             fields |= {"backbone": info.name, "weights": os.path.basename(self.cad_checkpoint)}
+        elif info.fitted is not None and self.fitted and "fitted" not in overrides:
+            fields["fitted"] = os.path.basename(self.fitted)  # methods without one ignore it
         try:
             return DiscoverySpec(**fields)
         except (TypeError, ValueError) as exc:

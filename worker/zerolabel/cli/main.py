@@ -117,6 +117,12 @@ def parse_params(pairs: tuple[str, ...], method: str) -> dict[str, Any]:
     default=None,
     help="Detector written by zerolabel train-cad (method cad).",
 )
+@click.option(
+    "--fitted",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Fitted file of a method that learns from a dataset [default: ZEROLABEL_FITTED].",
+)
 @weights_options
 @click.option(
     "--max-side",
@@ -149,6 +155,7 @@ def predict(
     out_dir: str,
     method: str | None,
     cad_checkpoint: str | None,
+    fitted: str | None,
     backbone: str | None,
     checkpoint: str | None,
     max_side: int | None,
@@ -174,6 +181,7 @@ def predict(
     overrides = {
         "method": method,
         "cad_checkpoint": cad_checkpoint,
+        "fitted": fitted,
         "backbone": backbone,
         "checkpoint": checkpoint,
         "max_side": max_side,
