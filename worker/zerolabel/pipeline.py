@@ -117,6 +117,8 @@ class Discoverer:
                 for im, fr in zip(images, frames, strict=True)
             ]
         )
+        if self.backbone.device.type == "cuda":
+            batch = batch.pin_memory()  # lets extract() copy it without blocking the host
         self.timings.preprocess_s += time.perf_counter() - start
         start = time.perf_counter()
         feats = features.extract(self.backbone, batch)
@@ -237,6 +239,8 @@ class ModelStore:
                 pos_embed=spec.pos_embed,
                 model_kwargs=self.settings.backbone_kwargs if own else None,
                 offline=self.settings.offline,
+                precision=self.settings.precision,
+                compile_mode=self.settings.compile_mode,
             )
         return self._backbones[key]
 

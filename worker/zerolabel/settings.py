@@ -176,7 +176,9 @@ class WorkerSettings:
     pos_embed: str = "dino"  # ZEROLABEL_POS_EMBED: "dino" (paper rule) or "timm"
     offline: bool = False  # ZEROLABEL_OFFLINE (or HF_HUB_OFFLINE): never try to download weights
     device: str = "auto"  # ZEROLABEL_DEVICE: auto, cpu, cuda, cuda:1 ...
-    half: bool = False  # ZEROLABEL_HALF: fp16 forward pass (CUDA only)
+    half: bool = False  # ZEROLABEL_HALF: fp16 weights and forward pass (CUDA only)
+    precision: str = "fp32"  # ZEROLABEL_PRECISION: fp32, or fp16/bf16 autocast
+    compile_mode: str | None = None  # ZEROLABEL_COMPILE: torch.compile mode; None: eager
     method: str = "lost"  # ZEROLABEL_METHOD
     max_side: int | None = None  # ZEROLABEL_MAX_SIDE: None: method default, 0: full size
     batch_size: int = 8  # ZEROLABEL_BATCH_SIZE: images per forward pass (same-size images)
@@ -208,6 +210,8 @@ class WorkerSettings:
                 offline=any(offline) or None,
                 device=read.env.get("ZEROLABEL_DEVICE"),
                 half=read.flag("ZEROLABEL_HALF"),
+                precision=read.text("ZEROLABEL_PRECISION"),
+                compile_mode=_compile_mode(read.text("ZEROLABEL_COMPILE")),
                 method=read.env.get("ZEROLABEL_METHOD"),
                 max_side=read.integer(
                     "ZEROLABEL_MAX_SIDE", minimum=0, note=" (0 means full resolution)"
@@ -280,10 +284,29 @@ class WorkerSettings:
         self.ls_sites()
         if self.pos_embed not in ("dino", "timm"):
             raise ConfigError(f"ZEROLABEL_POS_EMBED={self.pos_embed!r}: use 'dino' or 'timm'")
+        if self.precision not in _PRECISIONS:
+            raise ConfigError(
+                f"ZEROLABEL_PRECISION / --precision={self.precision!r}: use one of "
+                f"{', '.join(_PRECISIONS)}"
+            )
+        if self.compile_mode not in (None, *_COMPILE_MODES):
+            raise ConfigError(
+                f"ZEROLABEL_COMPILE / --compile={self.compile_mode!r}: use off or one of "
+                f"{', '.join(_COMPILE_MODES)}"
+            )
         if self.batch_size < 1:
             raise ConfigError(
                 f"ZEROLABEL_BATCH_SIZE / --batch-size must be at least 1, got {self.batch_size}"
             )
+
+
+_PRECISIONS = ("fp32", "fp16", "bf16")  # the keys of zerolabel.vit.backbone.PRECISIONS
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def _compile_mode(text: str | None) -> str | None:
+    """``off`` (or unset) -> None; any other text is a mode, checked by ``validate``."""
+    return None if text is None or text.strip().lower() in ("off", "false", "0") else text.strip()
 
 
 def _fetch_fields(read: EnvReader) -> dict[str, Any]:

@@ -7,6 +7,7 @@ Failures reach the user as one ``Error:`` line, decided in one place: :mod:`.err
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
@@ -137,7 +138,20 @@ def parse_params(pairs: tuple[str, ...], method: str) -> dict[str, Any]:
     help="Resize to SIDE x SIDE ignoring aspect (MaskCut authors used 480).",
 )
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ... [default: auto].")
-@click.option("--half", is_flag=True, default=None, help="fp16 forward pass (CUDA only).")
+@click.option("--half", is_flag=True, default=None, help="fp16 weights (CUDA only).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default=None,
+    help="Forward-pass precision; fp16/bf16 by autocast [default: ZEROLABEL_PRECISION or fp32].",
+)
+@click.option(
+    "--compile",
+    "compile_mode",
+    type=click.Choice(["off", "default", "reduce-overhead", "max-autotune"]),
+    default=None,
+    help="torch.compile the ViT blocks (GPU; first batch per size compiles) [off].",
+)
 @click.option("--batch-size", type=int, default=None, help="Images per forward pass [8].")
 @click.option(
     "-p",
@@ -162,6 +176,8 @@ def predict(
     square: int | None,
     device: str | None,
     half: bool | None,
+    precision: str | None,
+    compile_mode: str | None,
     batch_size: int | None,
     params: tuple[str, ...],
     no_masks: bool,
@@ -187,9 +203,13 @@ def predict(
         "max_side": max_side,
         "device": device,
         "half": half,
+        "precision": precision,
         "batch_size": batch_size,
     }
     settings = batch.with_overrides(settings, overrides)
+    if compile_mode is not None:  # "off" must be able to clear ZEROLABEL_COMPILE
+        mode = None if compile_mode == "off" else compile_mode
+        settings = dataclasses.replace(settings, compile_mode=mode)
     typed = parse_params(params, settings.method)  # refused here, before any model loads
     files = expand_inputs(inputs)
     job = batch.BatchJob.create(settings, square=square, params=typed, masks=not no_masks)
