@@ -14,7 +14,7 @@ from zerolabel.loop.fit_rps import DirectionSums
 from zerolabel.pipeline import ModelStore
 from zerolabel.settings import WorkerSettings
 
-from tests.unit.synthetic import block_mask, planted_keys
+from tests.unit.synthetic import planted_keys
 
 
 def object_scene(grid_hw, block, *, seed, norm=3.0, away=0.3):
