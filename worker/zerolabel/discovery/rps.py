@@ -60,7 +60,8 @@ def foreground_direction(v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
             "every feature has the same length: representer points need features whose norms "
             "differ (fit on real images with a trained backbone)"
         )
-    return (difference / difference.norm()).float()
+    direction: torch.Tensor = (difference / difference.norm()).float()
+    return direction
 
 
 def activation_map(keys: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:

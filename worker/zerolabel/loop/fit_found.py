@@ -85,11 +85,13 @@ def train_head(
     loss_sum = 0.0
     for _ in range(config.epochs):
         loss_sum = 0.0
-        for batch in torch.randperm(x.shape[0], generator=generator).split(config.batch_size):
+        order = torch.randperm(x.shape[0], generator=generator)
+        for start in range(0, x.shape[0], config.batch_size):
+            batch = order[start : start + config.batch_size]
             optimizer.zero_grad()
             logits = standard[batch] @ weight + bias
             loss = F.binary_cross_entropy_with_logits(logits, y[batch].float())
-            loss.backward()
+            torch.autograd.backward(loss)
             optimizer.step()
             loss_sum += float(loss.detach()) * batch.numel()
     w = weight.detach().double() / std
