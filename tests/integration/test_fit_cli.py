@@ -200,6 +200,16 @@ def test_train_found_from_annotations_learns_the_annotated_tasks_only(project, t
     assert fitted["meta"]["targets"] == "annotations" and fitted["meta"]["images"] == 2
 
 
+@pytest.mark.parametrize("command", ["rps-fit", "train-found"])
+def test_images_or_a_project_are_needed_not_both(command, photos, tiny_env, tmp_path):
+    for args in ([], [str(photos), "--project", "7"]):
+        result = CliRunner().invoke(main, [command, *args, "-o", str(tmp_path)], env=tiny_env)
+        assert result.exit_code == 2 and "give INPUTS (images, folders, patterns) or --project" in (
+            result.output
+        )
+    assert not list(tmp_path.iterdir())
+
+
 def test_from_annotations_needs_a_project(photos, tiny_env, tmp_path):
     result = CliRunner().invoke(
         main, ["train-found", str(photos), "--from-annotations", "-o", str(tmp_path)], env=tiny_env
