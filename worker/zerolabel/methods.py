@@ -218,6 +218,9 @@ _PARAMS: dict[str, tuple[Param, ...]] = {
         Param("score_threshold", "float", 0.5, minimum=0.0, maximum=1.0),
         Param("max_detections", "int", 100, minimum=1),
     ),
+    # FOUND and representer point selection: methods that read the attention or a fitted file
+    "found": (Param("tau", "float", 0.3, minimum=-1.0, maximum=1.0),),
+    "rps": (Param("threshold", "float", 0.5, minimum=0.0, maximum=1.0),),
 }
 
 METHODS: dict[str, MethodInfo] = {
@@ -248,6 +251,28 @@ METHODS: dict[str, MethodInfo] = {
         _PARAMS["cad"],
         default_max_side=None,  # the detector resizes its input itself
         summary="a class-agnostic detector trained with zerolabel train-cad",
+    ),
+    # FOUND and representer point selection: methods that read the attention or a fitted file
+    "found": MethodInfo(
+        "found",
+        MethodKind.FEATURES,
+        _PARAMS["found"],
+        default_max_side=1024,
+        summary="one object, the complement of the background found from the CLS attention "
+        "(Simeoni et al., 2023); a head from zerolabel train-found refines it",
+        inputs=frozenset({"attention"}),
+        fitted="found-head",
+        fitted_required=False,
+    ),
+    "rps": MethodInfo(
+        "rps",
+        MethodKind.FEATURES,
+        _PARAMS["rps"],
+        default_max_side=1024,
+        summary="one object along a dataset's foreground direction from zerolabel rps-fit "
+        "(representer point selection, Song et al., 2023)",
+        fitted="rps",
+        fitted_required=True,
     ),
 }
 """Every method a spec may name, by name. LOST and TokenCut run at (capped) full resolution as

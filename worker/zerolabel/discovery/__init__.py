@@ -41,12 +41,15 @@ DiscoveryMethod = Callable[..., list[ObjectMask]]
 
 # The method modules import ObjectMask from here, so they come after it. They are bound as
 # modules (zerolabel.discovery.lost is the module, zerolabel.discovery.lost.lost the function).
-from zerolabel.discovery import lost, maskcut, tokencut  # noqa: E402
+from zerolabel.discovery import found, lost, maskcut, rps, tokencut  # noqa: E402
 
 METHODS: dict[str, DiscoveryMethod] = {
     "lost": lost.lost,
     "tokencut": tokencut.tokencut,
     "maskcut": maskcut.maskcut,
+    # FOUND and representer point selection
+    "found": found.found,
+    "rps": rps.rps,
 }
 """The function of each feature method of :data:`zerolabel.methods.METHODS`, by name."""
 
