@@ -13,12 +13,14 @@ from zerolabel.errors import ConfigError
 from zerolabel.methods import MethodKind, Param
 
 
-def _keyword_arguments(function: Callable[..., Any]) -> dict[str, tuple[str, Any]]:
-    """name -> (annotation, default) of the keyword-only arguments."""
+def _keyword_arguments(
+    function: Callable[..., Any], inputs: frozenset[str] = frozenset()
+) -> dict[str, tuple[str, Any]]:
+    """name -> (annotation, default) of the keyword-only arguments, except declared inputs."""
     return {
         p.name: (str(p.annotation), p.default)
         for p in inspect.signature(function).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in inputs
     }
 
 
@@ -26,8 +28,16 @@ def _keyword_arguments(function: Callable[..., Any]) -> dict[str, tuple[str, Any
 def test_registered_parameters_are_the_functions_keyword_arguments(name):
     from zerolabel.discovery import METHODS
 
-    registered = {p.name: (p.type, p.default) for p in methods.get(name).params}
-    assert registered == _keyword_arguments(METHODS[name])
+    info = methods.get(name)
+    registered = {p.name: (p.type, p.default) for p in info.params}
+    assert registered == _keyword_arguments(METHODS[name], info.inputs)
+    # Declared inputs are keyword-only arguments without a default (the pipeline passes them).
+    required = {
+        k
+        for k, (_, default) in _keyword_arguments(METHODS[name]).items()
+        if default is inspect.Parameter.empty
+    }
+    assert info.inputs == required
 
 
 def test_every_feature_method_has_a_function_and_the_detector_is_the_only_other():
@@ -118,10 +128,15 @@ def test_unknown_method_and_max_side_rules():
 
 
 def test_default_sizes_and_the_parameter_names_options_accept():
-    assert [methods.get(m).default_max_side for m in methods.METHOD_NAMES] == [
+    assert [methods.get(m).default_max_side for m in ("lost", "tokencut", "maskcut", "cad")] == [
         1024,
         1024,
         480,
         None,
+    ]
+    assert [methods.get(m).default_max_side for m in ("dinoseg", "dss", "promerge")] == [
+        1024,
+        1024,
+        480,
     ]
     assert "k_patches" in methods.param_names() and "score_threshold" in methods.param_names()

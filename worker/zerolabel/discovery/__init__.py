@@ -43,10 +43,16 @@ DiscoveryMethod = Callable[..., list[ObjectMask]]
 # modules (zerolabel.discovery.lost is the module, zerolabel.discovery.lost.lost the function).
 from zerolabel.discovery import lost, maskcut, tokencut  # noqa: E402
 
+# isort: split
+from zerolabel.discovery import dinoseg, dss, promerge  # noqa: E402
+
 METHODS: dict[str, DiscoveryMethod] = {
     "lost": lost.lost,
     "tokencut": tokencut.tokencut,
     "maskcut": maskcut.maskcut,
+    "dinoseg": dinoseg.dinoseg,
+    "dss": dss.dss,
+    "promerge": promerge.promerge,
 }
 """The function of each feature method of :data:`zerolabel.methods.METHODS`, by name."""
 
