@@ -132,8 +132,9 @@ def promerge(
         similarity=merge_similarity,
     )
     scored = []
+    background_mean = background_mean.cpu()
     for group in groups:
-        contrast = (max_background_similarity - float(group.mean @ background_mean.cpu())) / (
+        contrast = (max_background_similarity - float(group.mean @ background_mean)) / (
             1.0 + max_background_similarity
         )
         inside = float((group.cells & background_cpu).sum()) / float(group.cells.sum())
