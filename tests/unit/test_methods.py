@@ -33,8 +33,17 @@ def _keyword_arguments(
 def test_registered_parameters_are_the_functions_keyword_arguments(name):
     from zerolabel.discovery import METHODS
 
-    registered = {p.name: (p.type, p.default) for p in methods.get(name).params}
-    assert registered == _keyword_arguments(METHODS[name], methods.get(name))
+    info = methods.get(name)
+    registered = {p.name: (p.type, p.default) for p in info.params}
+    assert registered == _keyword_arguments(METHODS[name], info)
+    # Declared inputs are keyword-only arguments without a default (the pipeline passes them).
+    required = {
+        k
+        for k, (annotation, default) in _keyword_arguments(METHODS[name]).items()
+        if default is inspect.Parameter.empty
+        and (k in info.inputs or not (info.fitted and "Tensor" in annotation))  # fitted tensors
+    }
+    assert info.inputs == required
 
 
 def test_the_found_and_rps_functions_take_their_inputs_and_fitted_tensors():
@@ -149,4 +158,9 @@ def test_default_sizes_and_the_parameter_names_options_accept():
         None,
     ]
     assert methods.get("found").default_max_side == methods.get("rps").default_max_side == 1024
+    assert [methods.get(m).default_max_side for m in ("dinoseg", "dss", "promerge")] == [
+        1024,
+        1024,
+        480,
+    ]
     assert "k_patches" in methods.param_names() and "score_threshold" in methods.param_names()

@@ -218,9 +218,31 @@ _PARAMS: dict[str, tuple[Param, ...]] = {
         Param("score_threshold", "float", 0.5, minimum=0.0, maximum=1.0),
         Param("max_detections", "int", 100, minimum=1),
     ),
-    # FOUND and representer point selection: methods that read the attention or a fitted file
     "found": (Param("tau", "float", 0.3, minimum=-1.0, maximum=1.0),),
     "rps": (Param("threshold", "float", 0.5, minimum=0.0, maximum=1.0),),
+    "dinoseg": (
+        Param("head", "int", 4, minimum=0),
+        Param("mass", "float", 0.6, minimum=0.0, maximum=1.0, exclusive_minimum=True),
+    ),
+    "dss": (),
+    "promerge": (
+        Param("stride", "int", 4, minimum=1),
+        Param("tau", "float", 0.2, minimum=-1.0, maximum=1.0),
+        Param("min_background_frac", "float", 0.1, minimum=0.0, maximum=1.0),
+        Param("min_component_ratio", "float", 0.5, minimum=0.0, maximum=1.0),
+        Param("max_background_overlap", "float", 0.8, minimum=0.0, maximum=1.0),
+        Param(
+            "max_background_similarity",
+            "float",
+            0.1,
+            minimum=-1.0,
+            maximum=1.0,
+            exclusive_minimum=True,
+        ),
+        Param("merge_overlap", "float", 0.5, minimum=0.0, maximum=1.0),
+        Param("merge_min_overlap", "float", 0.1, minimum=0.0, maximum=1.0),
+        Param("merge_similarity", "float", 0.1, minimum=-1.0, maximum=1.0),
+    ),
 }
 
 METHODS: dict[str, MethodInfo] = {
@@ -252,7 +274,6 @@ METHODS: dict[str, MethodInfo] = {
         default_max_side=None,  # the detector resizes its input itself
         summary="a class-agnostic detector trained with zerolabel train-cad",
     ),
-    # FOUND and representer point selection: methods that read the attention or a fitted file
     "found": MethodInfo(
         "found",
         MethodKind.FEATURES,
@@ -273,6 +294,28 @@ METHODS: dict[str, MethodInfo] = {
         "(representer point selection, Song et al., 2023)",
         fitted="rps",
         fitted_required=True,
+    ),
+    "dinoseg": MethodInfo(
+        "dinoseg",
+        MethodKind.FEATURES,
+        _PARAMS["dinoseg"],
+        default_max_side=1024,
+        summary="one object where one head's CLS attention concentrates (Caron et al., 2021)",
+        inputs=frozenset({"attention"}),
+    ),
+    "dss": MethodInfo(
+        "dss",
+        MethodKind.FEATURES,
+        _PARAMS["dss"],
+        default_max_side=1024,
+        summary="one object from the Fiedler vector of the key affinity (Melas-Kyriazi, 2022)",
+    ),
+    "promerge": MethodInfo(
+        "promerge",
+        MethodKind.FEATURES,
+        _PARAMS["promerge"],
+        default_max_side=480,  # the authors' 480 px input, aspect preserved
+        summary="several objects from seed prompts, filtered and merged (Li & Shin, 2024)",
     ),
 }
 """Every method a spec may name, by name. LOST and TokenCut run at (capped) full resolution as
