@@ -54,9 +54,7 @@ class Quality:
         return float(min(max(value, 0.0), 1.0))
 
 
-def region_quality(
-    mask: BoolGrid, confidence: float, second: BoolGrid | None = None
-) -> Quality:
+def region_quality(mask: BoolGrid, confidence: float, second: BoolGrid | None = None) -> Quality:
     """The quality factors of one region.
 
     Args:
