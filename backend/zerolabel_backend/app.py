@@ -109,6 +109,11 @@ def create_app(service: PredictionService, settings: BackendSettings | None = No
 
     @app.route("/setup", methods=["POST"])
     def setup() -> tuple[Response, int] | Response:
+        """Answer the project's model_version. Label Studio 1.23 stores it on the connection:
+        "Retrieve Predictions" skips tasks holding a prediction of it, and predictions without
+        a version of their own get it. The project's own model_version, which the "Prediction
+        score" column filters on, stays the connection's title: ``zerolabel prelabel`` sets it.
+        """
         setup = setup_request(body())
         try:
             options = ProjectOptions.parse(setup.extra_params)

@@ -18,7 +18,7 @@ from zerolabel.methods import FEATURE_METHODS as FEATURE_METHODS  # re-exported:
 from zerolabel.methods import METHOD_NAMES as METHOD_NAMES
 
 SCHEMA_VERSION = 1
-PIPELINE_VERSION = 1  # bump when a change alters the regions produced for the same spec
+PIPELINE_VERSION = 2  # bump when a change alters the regions produced for the same spec
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Region:
     """One discovered object."""
 
     box: Box
-    score: float  # method confidence in [0, 1]
+    score: float  # trust in [0, 1]: zerolabel.quality, or the detector's confidence
     method: str  # key of zerolabel.methods.METHODS
     mask: Rle | None = None
     label: str | None = None  # pseudo-class name once clustered
@@ -112,8 +112,13 @@ class DiscoveryResult:
 
     @property
     def score(self) -> float:
-        """Task-level score: the best region's score (0 without regions)."""
-        return max((r.score for r in self.regions), default=0.0)
+        """Task-level score: the least trusted region's score; 0 without regions.
+
+        Label Studio's queue sorted by it (ascending) shows first the tasks most likely to
+        need a correction: one doubtful region is enough, and an image where nothing was
+        found (an object missed, or none there) comes before all others.
+        """
+        return min((r.score for r in self.regions), default=0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {

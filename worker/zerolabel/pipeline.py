@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from zerolabel import geometry, methods
+from zerolabel import geometry, methods, quality
 from zerolabel.contract import DiscoverySpec, Region
 from zerolabel.discovery import METHODS
 from zerolabel.errors import ConfigError, WeightsError
@@ -61,7 +61,8 @@ class Discoverer:
     """Runs a feature method with one loaded ViT backbone (and its fitted file, if it uses one).
 
     The method gets the patch keys, the inputs its registry entry asks for (``attention``: the
-    CLS-to-patch attention per head) and the fitted file's tensors, as keyword arguments.
+    CLS-to-patch attention per head) and the fitted file's tensors, as keyword arguments. A
+    region's score is :func:`zerolabel.quality.region_score` of its patch mask.
     """
 
     def __init__(
@@ -143,7 +144,8 @@ class Discoverer:
             rle = None
             if self.spec.masks:
                 rle = geometry.rle_encode(geometry.patch_mask_to_pixel_mask(patch_mask, frame))
-            regions.append(Region(box, float(np.clip(obj.score, 0.0, 1.0)), self.spec.method, rle))
+            score = quality.region_score(patch_mask, float(np.clip(obj.score, 0.0, 1.0)))
+            regions.append(Region(box, score, self.spec.method, rle))
         self.timings.method_s += time.perf_counter() - start
         return regions
 

@@ -1,4 +1,5 @@
-"""``zerolabel`` command line: predict, eval and worker (the labeling loop: :mod:`.loop`).
+"""``zerolabel`` command line: predict and worker; eval in :mod:`.evaluate`, the labeling loop in
+:mod:`.loop`.
 
 Heavy imports (torch, timm) happen inside the commands, so ``zerolabel --help`` is instant and
 the queue commands never load torch. ``zerolabel serve`` is added by zerolabel-backend.
@@ -222,105 +223,6 @@ def predict(
         sys.exit(1)
 
 
-@main.command("eval")
-@click.argument("predictions", required=False, type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--gt",
-    "gt_path",
-    type=click.Path(exists=True),
-    default=None,
-    help="Ground truth: VOC XML folder, COCO JSON, or YOLO labels folder.",
-)
-@click.option(
-    "--gt-format",
-    type=click.Choice(["auto", "voc", "coco", "yolo"]),
-    default="auto",
-    show_default=True,
-)
-@click.option(
-    "--images",
-    "images_dir",
-    type=click.Path(exists=True, file_okay=False),
-    default=None,
-    help="Images folder (YOLO ground truth needs image sizes).",
-)
-@click.option(
-    "--project",
-    type=int,
-    default=None,
-    help="Score a project's predictions against its annotations (Label Studio API).",
-)
-@click.option(
-    "--from-file",
-    "from_file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="The same from a Label Studio JSON export file.",
-)
-@click.option(
-    "--model-version",
-    default=None,
-    help="Predictions to score [default: the latest version; the output names it].",
-)
-@click.option(
-    "--csv",
-    "csv_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write per-image results to this CSV.",
-)
-def eval_(
-    predictions: str | None,
-    gt_path: str | None,
-    gt_format: str,
-    images_dir: str | None,
-    project: int | None,
-    from_file: str | None,
-    model_version: str | None,
-    csv_path: str | None,
-) -> None:
-    """CorLoc and class-agnostic AP50 / AP / AR100 (and cluster purity / NMI).
-
-    Either PREDICTIONS (the coco.json of `predict`) with --gt, or a Label Studio project
-    (--project or --from-file) whose annotations are the ground truth.
-    """
-    from zerolabel.evaluation.metrics import evaluate
-
-    modes = [predictions is not None, project is not None, from_file is not None]
-    if sum(modes) != 1 or (predictions is not None) != (gt_path is not None):
-        raise click.UsageError("give PREDICTIONS with --gt, or --project, or --from-file")
-    if predictions is not None and gt_path is not None:
-        report = evaluate(
-            predictions, gt_path, gt_format=gt_format, images_dir=images_dir, csv_path=csv_path
-        )
-        click.echo(report.format_table())
-        return
-    _eval_project(project, from_file, model_version, csv_path)
-
-
-def _eval_project(
-    project: int | None, from_file: str | None, model_version: str | None, csv_path: str | None
-) -> None:
-    from zerolabel.cli.common import ls_client, project_tasks, read_tasks, worker_settings
-    from zerolabel.labelstudio.versions import choose_model_version
-    from zerolabel.loop.evaluate import evaluate_export
-
-    data = (
-        project_tasks(ls_client(worker_settings()), project)
-        if project is not None
-        else read_tasks(str(from_file))
-    )
-    choice = choose_model_version(data, model_version)
-    report, clusters = evaluate_export(
-        data, model_version=choice.version, csv_path=Path(csv_path) if csv_path else None
-    )
-    click.echo(report.format_table())
-    if clusters is not None:
-        click.echo(clusters.format_table())
-    if (line := choice.summary()) is not None:
-        click.echo(line, err=True)
-
-
 @main.command()
 @click.option("--name", default=None, help="Worker name shown by RQ [default: host.pid].")
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty (batch machines).")
@@ -349,8 +251,10 @@ def _register_commands() -> None:
     with zerolabel-backend) through the ``zerolabel.commands`` entry-point group."""
     from importlib.metadata import entry_points
 
+    from zerolabel.cli.evaluate import eval_
     from zerolabel.cli.loop import COMMANDS
 
+    main.add_command(eval_)
     for command in COMMANDS:
         main.add_command(command)
     for entry in entry_points(group="zerolabel.commands"):
