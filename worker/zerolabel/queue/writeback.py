@@ -38,6 +38,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -195,7 +196,7 @@ class WriteBack:
         self._connect = connect
         self._clock = clock
         self._client: LabelStudioClient | None = None
-        self.owner = f"worker {socket.gethostname()} {os.getpid()}"
+        self.owner = f"worker {socket.gethostname()} {os.getpid()} {uuid.uuid4().hex[:8]}"
 
     def job_finished(self, job_id: str, result: DiscoveryResult) -> int:
         """Publish the job's result and deliver it to its waiting tasks; how many were written."""
