@@ -70,7 +70,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = state.images.get(self.path)
             if body is None:
                 return self._reply(404, {"detail": "not found"})
-            return self._send(200, body, "image/png")
+            kind = "image/jpeg" if parts.path.endswith(".jpg") else "image/png"
+            return self._send(200, body, kind)
         if parts.path == "/api/predictions":
             time.sleep(state.lookup_delay_s)
             task = parse_qs(parts.query).get("task", [""])[0]
