@@ -21,7 +21,7 @@ from zerolabel.queue import jobs
 from zerolabel.queue.dispatch import make_queue
 from zerolabel.queue.runtime import WorkerRuntime
 from zerolabel.queue.service import PENDING, WRITTEN, PredictionService, ProjectContext
-from zerolabel.queue.writeback import RETRY_S, WriteBack
+from zerolabel.queue.writeback import RETRY_S, WriteBack, after_job
 from zerolabel.settings import BackendSettings, WorkerSettings
 from zerolabel_backend.app import create_app
 
@@ -268,3 +268,16 @@ def test_no_token_is_stored_in_redis_by_the_write_back(
     assert any(b"zerolabel:waiting:" in v for v in values)
     assert any(b"zerolabel:finished:" in v for v in values)
     assert not [v for v in values if KEY.encode() in v]
+
+
+def test_a_write_back_failure_never_fails_the_job(stack: Stack, caplog: pytest.LogCaptureFixture):
+    stack.ask([1])
+    (job,) = make_queue(stack.redis, stack.runtime.settings.queue).jobs
+    stack.redis.set("zerolabel:finished:zl-old", b"{not json")  # e.g. written by another version
+    stack.redis.hset("zerolabel:waiting:zl-old", "x", b"{}")
+    stack.redis.zadd("zerolabel:writeback:due", {"zl-old": 0})
+    result = stack.runtime.discover(DiscoveryRequest.from_dict(job.args[0]))
+    with caplog.at_level(logging.WARNING, "zerolabel.queue.writeback"):
+        after_job(stack.redis, stack.runtime.settings, job.id, result)
+    assert stack.ls.per_task() == {1: 1}  # this job's task was written before the retry failed
+    assert f"job {job.id}: late predictions not written" in caplog.text

@@ -48,6 +48,7 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError
 
 from zerolabel.contract import DiscoveryResult
+from zerolabel.errors import DiscoveryError
 from zerolabel.labelstudio import tasks as ls_format
 from zerolabel.labelstudio.auth import LS_TOKEN_SETTING, LS_URL_SETTING, LabelStudioSites
 from zerolabel.labelstudio.client import LabelStudioClient, LabelStudioError, is_transient
@@ -333,8 +334,8 @@ def after_job(
         writer = _writer(redis, settings)
         writer.job_finished(job_id, result)
         writer.retry_due()
-    except RedisError as exc:
-        logger.warning("job %s: late predictions not written (Redis): %s", job_id, exc)
+    except (RedisError, DiscoveryError, ValueError) as exc:  # the job's own result stands
+        logger.warning("job %s: late predictions not written: %s", job_id, exc)
 
 
 def _writer(redis: Redis, settings: WorkerSettings) -> WriteBack:
