@@ -1,9 +1,13 @@
 """The HTTP API Label Studio 1.23 calls: /health, /setup, /predict, /webhook, /versions, /metrics.
 
+A task without a prediction now gets an empty list in ``results`` (Label Studio 1.23 stores
+nothing for it and logs no error) and a line in the reply's ``skipped``; a late one is written
+to its task by the worker when ready (:mod:`zerolabel.queue.writeback`).
+
 The label-studio-ml protocol is spoken directly with Flask (no label-studio-ml package: its last
 release pins Flask 1.1 and Werkzeug 2.0, which carry known advisories, logs request bodies with
 tokens at debug level and retrains on every project edit). Every answer is JSON: a malformed
-request gets a 400 naming the field and the cause, a bad task gets its own error entry, and no
+request gets a 400 naming the field and the cause, a bad task is skipped on its own, and no
 route answers an HTML page. With ``BASIC_AUTH_USER`` and ``BASIC_AUTH_PASS`` set, every route
 but ``/`` and ``/health`` requires them (the credentials of Label Studio's "Connect Model" form).
 """
@@ -22,7 +26,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from zerolabel.errors import ConfigError
 from zerolabel.labelstudio.options import ProjectOptions
-from zerolabel.queue.service import PredictionService, ProjectContext
+from zerolabel.queue.service import Answer, PredictionService, ProjectContext
 from zerolabel.settings import BackendSettings
 
 from zerolabel_backend.protocol import (
@@ -134,10 +138,12 @@ def create_app(service: PredictionService, settings: BackendSettings | None = No
         except ConfigError as exc:
             logger.warning("predict for project %s refused: %s", asked.project, exc)
             return jsonify({"status": "ERROR", "error": str(exc)}), 400
+        answers = _predict(service, asked.tasks, asked.label_config, context)
         return jsonify(
             {
-                "results": _predict(service, asked.tasks, asked.label_config, context),
+                "results": [answer.entry for answer in answers],
                 "model_version": version,
+                "skipped": _skipped(asked.tasks, answers),
             }
         )
 
@@ -160,19 +166,36 @@ def create_app(service: PredictionService, settings: BackendSettings | None = No
 
 def _predict(
     service: PredictionService, tasks: list[Any], label_config: str, context: ProjectContext
-) -> list[dict[str, Any]]:
-    """One entry per task, in order; a malformed task gets an error entry of its own."""
-    entries: list[dict[str, Any] | None] = []
+) -> list[Answer]:
+    """One answer per task, in order; a malformed task gets an answer of its own."""
+    answers: list[Answer | None] = []
     good: list[dict[str, Any]] = []
     for task in tasks:
         problem = task_problem(task)
         if problem:
             logger.warning("task refused: %s", problem)
-        entries.append({"error": problem} if problem else None)
+        answers.append(Answer(reason=problem) if problem else None)
         if not problem:
             good.append(task)
-    served = iter(service.predict(good, label_config, context) if good else [])
-    return [entry if entry is not None else next(served) for entry in entries]
+    served = iter(service.answer(good, label_config, context) if good else [])
+    return [answer if answer is not None else next(served) for answer in answers]
+
+
+def _skipped(tasks: list[Any], answers: list[Answer]) -> list[dict[str, Any]]:
+    """The tasks answered without a prediction, why, and whether it is written when ready.
+
+    Label Studio reads only ``results``; this list is for people and tools reading the reply.
+    """
+    return [
+        {
+            "index": index,
+            "task": task.get("id") if isinstance(task, dict) else None,
+            "reason": answer.reason,
+            "pending": answer.pending,
+        }
+        for index, (task, answer) in enumerate(zip(tasks, answers, strict=True))
+        if answer.prediction is None
+    ]
 
 
 def _authorized(header: str, credentials: tuple[str, str]) -> bool:
