@@ -29,7 +29,8 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -50,12 +51,6 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 WRITEBACK_OUTCOMES = ("written", "skipped", "failed")
 """``written``: stored in Label Studio; ``skipped``: nothing to write (e.g. the task is gone);
 ``failed``: Label Studio refused it or could not be reached."""
-
-
-class _Timed(Protocol):
-    """What :func:`running` reads: a runner's accumulated :class:`~zerolabel.pipeline.Timings`."""
-
-    timings: Timings
 
 
 class Metrics:
@@ -109,10 +104,13 @@ class Metrics:
         for _ in range(images):
             histogram.observe(share)
 
-    def observe_run(self, before: Timings, after: Timings, images: int) -> None:
-        """A finished discovery run of ``images`` images: its batch, images and stage times."""
+    def observe_run(self, before: Timings | None, after: Timings | None, images: int) -> None:
+        """A finished discovery run of ``images`` images: its batch, images and the stage times
+        its runner's timings gained from ``before`` to ``after``."""
         self.batch_size.observe(images)
         self.images.inc(images)
+        if before is None or after is None:
+            return
         for field in dataclasses.fields(after):
             if field.name.endswith("_s"):
                 spent = getattr(after, field.name) - getattr(before, field.name)
@@ -172,13 +170,14 @@ def failures() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def running(runner: _Timed, images: int) -> Iterator[None]:
+def running(runner: object, images: int) -> Iterator[None]:
     """One ``runner.run`` call on ``images`` images: when it succeeds, its batch size, images
     and the stage times its :class:`~zerolabel.pipeline.Timings` gained (count failures with
     :func:`failures` around it, with the model loading)."""
-    before = dataclasses.replace(runner.timings)
+    timings = getattr(runner, "timings", None)  # stand-ins (tests) may keep none
+    before = dataclasses.replace(timings) if timings is not None else None
     yield
-    metrics().observe_run(before, runner.timings, images)
+    metrics().observe_run(before, timings, images)
 
 
 class GpuMemoryCollector(Collector):
@@ -213,11 +212,12 @@ def _gpu_collector() -> GpuMemoryCollector:
     return collector
 
 
-def serve(settings: WorkerSettings) -> tuple[str, int] | None:
-    """Serve this process's metrics on ``ZEROLABEL_METRICS_HOST:ZEROLABEL_METRICS_PORT``.
+def serve(settings: WorkerSettings) -> WSGIServer | None:
+    """Serve this process's metrics on ``ZEROLABEL_METRICS_HOST:ZEROLABEL_METRICS_PORT``, from
+    a daemon thread.
 
     Returns:
-        The address served, or None when ``ZEROLABEL_METRICS_PORT`` is 0 (off).
+        The server (``shutdown()`` stops it), or None when ``ZEROLABEL_METRICS_PORT`` is 0.
 
     Raises:
         ConfigError: the address cannot be bound (e.g. the port is taken).
@@ -234,6 +234,5 @@ def serve(settings: WorkerSettings) -> tuple[str, int] | None:
             f"ZEROLABEL_METRICS_PORT={port}: cannot listen on {host}:{port} "
             f"({exc.strerror or exc}); choose a free port, or 0 to serve no metrics"
         ) from None
-    bound = server.server_address[1]
-    logger.info("metrics served on http://%s:%d/metrics", host, bound)
-    return host, int(bound)
+    logger.info("metrics served on http://%s:%d/metrics", host, port)
+    return server
