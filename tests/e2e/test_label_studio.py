@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 import requests
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from zerolabel.cli.main import main
 
@@ -39,7 +40,12 @@ BASIC_AUTH = ("labelstudio", "connect-model-password")
 
 
 @pytest.fixture(scope="module")
-def backend(label_studio, tiny_env, tmp_path_factory):
+def worker_metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def backend(label_studio, tiny_env, tmp_path_factory, worker_metrics_port):
     """redis-server, one worker and the backend (``zerolabel serve``, basic auth on), as real
     processes. Workers download with their own key; the token /setup sends is never used."""
     tmp = tmp_path_factory.mktemp("e2e-stack")
@@ -55,7 +61,8 @@ def backend(label_studio, tiny_env, tmp_path_factory):
             "BASIC_AUTH_PASS": BASIC_AUTH[1],
             "ZEROLABEL_REQUIRE_BASIC_AUTH": "true",
         }
-        worker = start_worker(env, tmp / "worker.log")
+        worker_env = {**env, "ZEROLABEL_METRICS_PORT": str(worker_metrics_port)}
+        worker = start_worker(worker_env, tmp / "worker.log")
         with (tmp / "backend.log").open("wb") as log:
             server = subprocess.Popen(
                 [sys.executable, "-m", "zerolabel.cli.main", "serve", "--port", str(port)],
@@ -99,7 +106,20 @@ def _retrieve(ls, project: int) -> None:
     )
 
 
-def test_label_studio_gets_boxes_and_masks_for_every_task(label_studio, backend):
+def _metrics(url: str, auth: tuple[str, str] | None = None) -> dict[tuple[str, str], float]:
+    """Samples of a /metrics page by (name, label values), parsed as Prometheus parses it."""
+    reply = requests.get(f"{url}/metrics", timeout=10, auth=auth)
+    assert reply.status_code == 200
+    return {
+        (sample.name, ",".join(sample.labels.values())): sample.value
+        for family in text_string_to_metric_families(reply.text)
+        for sample in family.samples
+    }
+
+
+def test_label_studio_gets_boxes_and_masks_for_every_task(
+    label_studio, backend, worker_metrics_port
+):
     ls = label_studio
     project = ls.create_project("zerolabel e2e")
     _import_tasks(ls, project)
@@ -128,6 +148,18 @@ def test_label_studio_gets_boxes_and_masks_for_every_task(label_studio, backend)
     for prediction in predictions:
         assert prediction["model_version"] == version
         check_regions(prediction["result"])
+    answered = _metrics(backend, BASIC_AUTH)
+    assert answered["zerolabel_tasks_total", "answered"] == len(tasks)
+    assert (
+        answered["zerolabel_tasks_total", "late"]
+        == answered["zerolabel_tasks_total", "failed"]
+        == 0
+    )
+    assert answered["zerolabel_queue_workers", "zerolabel"] == 1
+    run = _metrics(f"http://127.0.0.1:{worker_metrics_port}")
+    assert run["zerolabel_worker_images_total", ""] == len(tasks)  # one job per task
+    for stage in ("fetch", "decode", "forward", "method"):
+        assert run["zerolabel_worker_stage_seconds_count", stage] == len(tasks), stage
 
     _retrieve(ls, project)  # a second retrieve adds nothing
     assert len(ls.predictions(project)) == len(tasks)
