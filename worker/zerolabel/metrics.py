@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import logging
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -120,9 +121,17 @@ class Metrics:
         self.failures.labels(type(exc).__name__).inc()
 
 
-@functools.cache
+_CREATING = threading.Lock()
+
+
 def metrics() -> Metrics:
-    """The process's metrics, in the default registry (created on first use)."""
+    """The process's metrics, in the default registry (created on first use, by one thread)."""
+    with _CREATING:
+        return _created()
+
+
+@functools.cache
+def _created() -> Metrics:
     return Metrics()
 
 
