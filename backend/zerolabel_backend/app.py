@@ -6,9 +6,10 @@ to its task by the worker when ready (:mod:`zerolabel.queue.writeback`).
 
 The label-studio-ml protocol is spoken directly with Flask (no label-studio-ml package: its last
 release pins Flask 1.1 and Werkzeug 2.0, which carry known advisories, logs request bodies with
-tokens at debug level and retrains on every project edit). Every answer is JSON: a malformed
-request gets a 400 naming the field and the cause, a bad task is skipped on its own, and no
-route answers an HTML page. With ``BASIC_AUTH_USER`` and ``BASIC_AUTH_PASS`` set, every route
+tokens at debug level and retrains on every project edit). Every answer but /metrics
+(Prometheus text: :mod:`zerolabel_backend.metrics`) is JSON: a malformed request gets a 400
+naming the field and the cause, a bad task is skipped on its own, and no route answers an
+HTML page. With ``BASIC_AUTH_USER`` and ``BASIC_AUTH_PASS`` set, every route
 but ``/`` and ``/health`` requires them (the credentials of Label Studio's "Connect Model" form).
 """
 
@@ -29,6 +30,7 @@ from zerolabel.labelstudio.options import ProjectOptions
 from zerolabel.queue.service import Answer, PredictionService, ProjectContext
 from zerolabel.settings import BackendSettings
 
+from zerolabel_backend.metrics import install as install_metrics
 from zerolabel_backend.protocol import (
     BadRequest,
     parse_body,
@@ -157,10 +159,7 @@ def create_app(service: PredictionService, settings: BackendSettings | None = No
     def versions() -> Response:
         return jsonify({"versions": [], "model_dir": None})
 
-    @app.route("/metrics", methods=["GET"])
-    def metrics() -> Response:
-        return jsonify({})
-
+    install_metrics(app, service, settings)  # GET /metrics, request and task counts
     return app
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from zerolabel.cli.main import main
 
@@ -50,6 +51,7 @@ class Stack:
     redis_url: str
     env: dict[str, str]
     tmp: Path
+    metrics_port: int  # of the stack's worker (each stack here runs one)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start_worker(self) -> None:
@@ -75,7 +77,8 @@ def _stack(ls, tiny_env, tmp: Path, *, wait_s: str, worker: bool = True) -> Iter
             "BASIC_AUTH_PASS": BASIC_AUTH[1],
             "ZEROLABEL_REQUIRE_BASIC_AUTH": "true",
         }
-        stack = Stack(f"http://127.0.0.1:{port}", redis_url, env, tmp)
+        stack = Stack(f"http://127.0.0.1:{port}", redis_url, env, tmp, free_port())
+        env["ZEROLABEL_METRICS_PORT"] = str(stack.metrics_port)
         if worker:
             stack.workers.append(start_worker(env, tmp / "worker.log"))
         with (tmp / "backend.log").open("wb") as log:
@@ -104,10 +107,10 @@ def _stack(ls, tiny_env, tmp: Path, *, wait_s: str, worker: bool = True) -> Iter
 
 @pytest.fixture(scope="module")
 def backend(label_studio, tiny_env, tmp_path_factory):
-    """The backend URL of a stack that waits long enough for every job."""
+    """A stack whose backend waits long enough for every job."""
     tmp = tmp_path_factory.mktemp("e2e-stack")
     with _stack(label_studio, tiny_env, tmp, wait_s="60") as stack:
-        yield stack.url
+        yield stack
 
 
 def _import_tasks(ls, project: int) -> None:
@@ -131,6 +134,17 @@ def _retrieve(ls, project: int) -> None:
     )
 
 
+def _metrics(url: str, auth: tuple[str, str] | None = None) -> dict[tuple[str, str], float]:
+    """Samples of a /metrics page by (name, label values), parsed as Prometheus parses it."""
+    reply = requests.get(f"{url}/metrics", timeout=10, auth=auth)
+    assert reply.status_code == 200
+    return {
+        (sample.name, ",".join(sample.labels.values())): sample.value
+        for family in text_string_to_metric_families(reply.text)
+        for sample in family.samples
+    }
+
+
 def _connect(ls, project: int, backend: str) -> tuple[dict, str]:
     """Connect the backend to the project; its ML backend record and the model_version."""
     connection = {
@@ -152,7 +166,7 @@ def _connect(ls, project: int, backend: str) -> tuple[dict, str]:
 
 
 def test_label_studio_gets_boxes_and_masks_for_every_task(label_studio, backend):
-    ls = label_studio
+    ls, worker_metrics_port, backend = label_studio, backend.metrics_port, backend.url
     project = ls.create_project("zerolabel e2e")
     _import_tasks(ls, project)
     tasks = ls.api("GET", f"/api/tasks?project={project}&page_size=100").json()["tasks"]
@@ -166,6 +180,18 @@ def test_label_studio_gets_boxes_and_masks_for_every_task(label_studio, backend)
     for prediction in predictions:
         assert prediction["model_version"] == version
         check_regions(prediction["result"])
+    answered = _metrics(backend, BASIC_AUTH)
+    assert answered["zerolabel_tasks_total", "answered"] == len(tasks)
+    assert (
+        answered["zerolabel_tasks_total", "late"]
+        == answered["zerolabel_tasks_total", "failed"]
+        == 0
+    )
+    assert answered["zerolabel_queue_workers", "zerolabel"] == 1
+    run = _metrics(f"http://127.0.0.1:{worker_metrics_port}")
+    assert run["zerolabel_worker_images_total", ""] == len(tasks)  # one job per task
+    for stage in ("fetch", "decode", "forward", "method"):
+        assert run["zerolabel_worker_stage_seconds_count", stage] == len(tasks), stage
 
     _retrieve(ls, project)  # a second retrieve adds nothing
     assert len(ls.predictions(project)) == len(tasks)

@@ -13,6 +13,7 @@ import fakeredis
 import pytest
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
+from zerolabel import metrics
 from zerolabel.contract import Box, DiscoveryRequest, Region
 from zerolabel.io.images import LoadedImage
 from zerolabel.labelstudio.auth import LabelStudioSites
@@ -105,9 +106,12 @@ def test_a_late_task_is_answered_with_no_entry_and_written_once_its_job_finishes
     assert body["results"] == [[]]  # Label Studio stores nothing and logs no error
     assert body["skipped"] == [{"index": 0, "task": 1, "reason": PENDING, "pending": True}]
     assert stack.ls.predictions == []
+    counted = metrics.metrics().writebacks.labels("written")
+    before = counted._value.get()
     stack.run_jobs(monkeypatch)
     (written,) = stack.ls.predictions
     assert written["task"] == 1 and written["model_version"] == version
+    assert counted._value.get() == before + 1  # the worker's write-back counter
     assert written["score"] == 0.75 and written["result"][0]["original_width"] == 8
     assert stack.redis.keys("zerolabel:waiting:*") == []
     # Label Studio selected the task before the post landed and asks again: not answered twice.

@@ -190,6 +190,8 @@ class WorkerSettings:
     allowed_hosts: frozenset[str] = frozenset()  # ZEROLABEL_ALLOWED_HOSTS: extra image hosts
     local_roots: tuple[str, ...] = ()  # ZEROLABEL_LOCAL_ROOTS: folders queued jobs may read
     fetch_timeout_s: float = 20.0  # ZEROLABEL_FETCH_TIMEOUT_S: per download attempt
+    metrics_port: int = 0  # ZEROLABEL_METRICS_PORT: a worker's Prometheus port; 0: none
+    metrics_host: str = "127.0.0.1"  # ZEROLABEL_METRICS_HOST: the address it binds
     queue: QueueSettings = field(default_factory=QueueSettings)  # REDIS_URL, ZEROLABEL_QUEUE...
 
     @classmethod
@@ -222,6 +224,8 @@ class WorkerSettings:
                 fetch_timeout_s=read.number(
                     "ZEROLABEL_FETCH_TIMEOUT_S", positive=True, unit="seconds"
                 ),
+                metrics_port=_port(read, "ZEROLABEL_METRICS_PORT"),
+                metrics_host=read.text("ZEROLABEL_METRICS_HOST"),
                 **_fetch_fields(read),
             ),
         )
@@ -309,6 +313,13 @@ def _compile_mode(text: str | None) -> str | None:
     return None if text is None or text.strip().lower() in ("off", "false", "0") else text.strip()
 
 
+def _port(read: EnvReader, name: str) -> int | None:
+    port = read.integer(name, minimum=0, note=" (0 turns it off)")
+    if port is not None and port > 65535:
+        raise ConfigError(f"{name}={port} is not a TCP port (1 to 65535, or 0 for none)")
+    return port
+
+
 def _fetch_fields(read: EnvReader) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     ls_url = read.text("LABEL_STUDIO_URL")
@@ -341,6 +352,8 @@ class BackendSettings:
     max_request_bytes: int = 16 * 2**20  # ZEROLABEL_MAX_REQUEST_BYTES: larger bodies get a 413
     http_threads: int = 64  # ZEROLABEL_HTTP_THREADS: requests served at once (/predict waits)
     log_level: str = "INFO"  # ZEROLABEL_LOG_LEVEL: DEBUG, INFO, WARNING, ERROR
+    # PROMETHEUS_MULTIPROC_DIR (prometheus_client's own): /metrics sums every process's files.
+    prometheus_multiproc_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | EnvReader | None = None) -> BackendSettings:
@@ -355,6 +368,7 @@ class BackendSettings:
                 max_request_bytes=read.integer("ZEROLABEL_MAX_REQUEST_BYTES", minimum=1024),
                 http_threads=read.integer("ZEROLABEL_HTTP_THREADS", minimum=1),
                 log_level=_log_level(read.text("ZEROLABEL_LOG_LEVEL")),
+                prometheus_multiproc_dir=_multiproc_dir(read),
             ),
         )
         if read.flag("ZEROLABEL_REQUIRE_BASIC_AUTH") and settings.basic_auth is None:
@@ -364,6 +378,20 @@ class BackendSettings:
                 "Model form"
             )
         return settings
+
+
+def _multiproc_dir(read: EnvReader) -> str | None:
+    """prometheus_client writes to the folder whenever the variable exists, even empty."""
+    name = "PROMETHEUS_MULTIPROC_DIR"
+    if name not in read.env:
+        return None
+    folder = read.env[name]
+    if not folder or not Path(folder).is_dir():
+        raise ConfigError(
+            f"{name}={folder!r} is not a folder: create an empty one for the backend's "
+            "processes to share (emptied before each start), or unset it for one process"
+        )
+    return folder
 
 
 def _log_level(value: str | None) -> str | None:

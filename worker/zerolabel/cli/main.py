@@ -231,6 +231,7 @@ def worker(name: str | None, burst: bool) -> None:
 
     When Redis goes away the worker waits for it (capped backoff) and carries on.
     """
+    from zerolabel import metrics
     from zerolabel.queue.jobs import get_runtime
     from zerolabel.queue.worker import run_worker
 
@@ -243,6 +244,7 @@ def worker(name: str | None, burst: bool) -> None:
     runtime.redis.ping()  # a missing Redis fails in a moment, before the model is loaded
     runner = runtime.runner(spec)  # a ViT method or the trained detector, loaded before any job
     logger.info("serving queue %r with %s", settings.queue.queue, runner.model_version)
+    metrics.serve(settings)  # ZEROLABEL_METRICS_PORT; 0: none
     run_worker(runtime.redis, settings.queue, name=name, burst=burst)
 
 

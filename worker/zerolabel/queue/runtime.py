@@ -11,6 +11,7 @@ import logging
 from redis import Redis
 from redis.exceptions import RedisError
 
+from zerolabel import metrics
 from zerolabel.contract import DiscoveryRequest, DiscoveryResult, DiscoverySpec
 from zerolabel.errors import ConfigError, ImageLoadError, WeightsError
 from zerolabel.io.fetch import Fetcher, FetchPolicy, TransientFetchError
@@ -116,9 +117,10 @@ class WorkerRuntime:
         spec = request.spec
         version = spec.model_version()
         try:
-            image = self.fetcher(request).fetch(
-                request.image, self.limits, max_side=spec.effective_max_side()
-            )
+            with metrics.failures():
+                image = self.fetcher(request).fetch(
+                    request.image, self.limits, max_side=spec.effective_max_side()
+                )
         except TransientFetchError:
             raise
         except (ImageLoadError, ConfigError) as exc:
@@ -128,9 +130,13 @@ class WorkerRuntime:
         cached = self._cached(version, origin, image.sha256)
         if cached is not None:
             logger.info("task %s: served from the result cache", request.task_id)
+            metrics.observe_cache_hit()
             return dataclasses.replace(cached, source=request.image, task_id=request.task_id)
         try:
-            regions = self.runner(spec).run([image])[0]
+            with metrics.failures():
+                runner = self.runner(spec)
+                with metrics.running(runner, images=1):
+                    regions = runner.run([image])[0]
         except (WeightsError, ConfigError) as exc:
             logger.error("task %s: %s", request.task_id, exc)
             return DiscoveryResult(

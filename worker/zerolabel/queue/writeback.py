@@ -47,6 +47,7 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 
+from zerolabel import metrics
 from zerolabel.contract import DiscoveryResult
 from zerolabel.errors import DiscoveryError
 from zerolabel.labelstudio import tasks as ls_format
@@ -245,6 +246,7 @@ class WriteBack:
         if refusal is not None:
             logger.warning("task %s: no prediction written to Label Studio: %s", task, refusal)
             self._done(job_id, waiting)
+            metrics.observe_writeback("failed")
             return 0
         claim_s = max(waiting.hold_s, MIN_HOLD_S)
         if not self.redis.set(waiting.claim_key, self.owner, nx=True, ex=claim_s):
@@ -257,8 +259,11 @@ class WriteBack:
                 logger.warning("task %s: prediction not written yet (tried again): %s", task, exc)
                 return 0  # still waiting: retry_due tries it again
             logger.error("task %s: prediction not written to Label Studio: %s", task, exc)
-            written = False
+            metrics.observe_writeback("failed")
+            self._done(job_id, waiting)
+            return 0
         self._done(job_id, waiting)
+        metrics.observe_writeback("written" if written else "skipped")
         return int(written)
 
     def _refusal(self, result: DiscoveryResult, waiting: Waiting) -> str | None:
