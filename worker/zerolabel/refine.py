@@ -66,6 +66,7 @@ def refine_mask(
 
     Raises:
         ValueError: pixels that are not [h, w, 3] uint8, or a mask of another size.
+        ConfigError: the ``pydensecrf2`` package is not installed.
     """
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ValueError(f"pixels must be [h, w, 3] uint8, got {pixels.shape} {pixels.dtype}")
