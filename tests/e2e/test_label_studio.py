@@ -19,8 +19,10 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from zerolabel.cli.main import main
+from zerolabel.labelstudio.brush import brush_rle_decode
 
 from tests.ls_reference import check_regions
+from tests.patch_grid import is_patch_aligned, maskcut_frame
 from tests.servers import (
     ROOT,
     free_port,
@@ -264,6 +266,11 @@ def test_predict_cli_output_imports_into_label_studio(label_studio, tiny_env, tm
     assert len(predictions) == len(tasks) == 4
     for prediction in predictions:
         check_regions(prediction["result"])
+        for region in prediction["result"]:  # MaskCut refines its masks to pixels by default
+            if region["type"] == "brushlabels":
+                hw = (region["original_height"], region["original_width"])
+                mask = brush_rle_decode(region["value"]["rle"], hw)
+                assert not is_patch_aligned(mask, maskcut_frame(hw))
     first = ls.api("GET", f"/api/tasks/{predictions[0]['task']}").json()["data"]["image"]
     served = ls.api("GET", first)  # the local-files URL the CLI wrote is served by LS
     assert served.headers["Content-Type"].startswith("image/")

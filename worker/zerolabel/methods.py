@@ -110,6 +110,10 @@ class MethodInfo:
     inputs: frozenset[str] = frozenset()  # per-image inputs besides the keys: "attention"
     fitted: str | None = None  # kind of fitted file (zerolabel.fitted) the method can use
     fitted_required: bool = False  # the method cannot run without that file
+    # Pixel refinement of the method's masks (zerolabel.refine) when the spec leaves it unset:
+    # True where the dense CRF improves the edges (MaskCut and the other multi-object methods),
+    # False where it stays off unless asked for, None where the masks are pixel masks already.
+    refine_default: bool | None = False
 
     def check_fitted(self, fitted: str | None) -> None:
         """Refuse a fitted file this method cannot use, or a missing one it needs.
@@ -127,6 +131,20 @@ class MethodInfo:
                 f"method {self.name!r} needs a fitted {self.fitted} file: set "
                 f"ZEROLABEL_FITTED (or --fitted) to the file zerolabel wrote for it"
             )
+
+    def refines(self, requested: bool | None) -> bool:
+        """Whether this method's masks are refined to pixels: ``requested``, else the default.
+
+        Raises:
+            ConfigError: refinement asked for a method whose masks are pixel masks already.
+        """
+        if self.refine_default is None:
+            if requested:
+                raise ConfigError(
+                    f"method {self.name!r} gives pixel masks already: drop refine (--refine) for it"
+                )
+            return False
+        return self.refine_default if requested is None else requested
 
     def param(self, name: str) -> Param:
         """The parameter called ``name``.
@@ -266,6 +284,7 @@ METHODS: dict[str, MethodInfo] = {
         _PARAMS["maskcut"],
         default_max_side=480,  # the size MaskCut's authors used, aspect preserved
         summary="several objects from repeated normalized cuts (Wang et al., 2023)",
+        refine_default=True,  # the authors' dense CRF is part of MaskCut
     ),
     "cad": MethodInfo(
         "cad",
@@ -273,6 +292,7 @@ METHODS: dict[str, MethodInfo] = {
         _PARAMS["cad"],
         default_max_side=None,  # the detector resizes its input itself
         summary="a class-agnostic detector trained with zerolabel train-cad",
+        refine_default=None,  # Mask R-CNN masks are pixel masks already
     ),
     "found": MethodInfo(
         "found",
@@ -316,6 +336,7 @@ METHODS: dict[str, MethodInfo] = {
         _PARAMS["promerge"],
         default_max_side=480,  # the authors' 480 px input, aspect preserved
         summary="several objects from seed prompts, filtered and merged (Li & Shin, 2024)",
+        refine_default=True,  # the authors refine every merged mask with MaskCut's CRF
     ),
 }
 """Every method a spec may name, by name. LOST and TokenCut run at (capped) full resolution as

@@ -9,7 +9,7 @@ Exported (``rate(zerolabel_worker_images_total[1m])`` is images per second):
 - ``zerolabel_worker_stage_seconds{stage}``: seconds per image in each stage: ``fetch``
   (download or file read), ``decode``, then the pipeline's :class:`~zerolabel.pipeline.Timings`
   (``preprocess``, ``forward``, ``method``, and any other ``<stage>_s`` field, e.g.
-  ``refinement``); a batch's time is shared equally among its images.
+  ``refine``); a batch's time is shared equally among its images.
 - ``zerolabel_worker_batch_size``: images per discovery run (one :meth:`Runner.run` call).
 - ``zerolabel_worker_gpu_memory_bytes{device,kind}``: CUDA memory allocated and reserved by
   this process, read at scrape time (only once CUDA is in use).

@@ -163,6 +163,11 @@ def parse_params(pairs: tuple[str, ...], method: str) -> dict[str, Any]:
     help="Method parameter, e.g. -p k_patches=100, -p tau=0.2, -p max_objects=3.",
 )
 @click.option("--no-masks", is_flag=True, help="Boxes only (no BrushLabels / segmentation).")
+@click.option(
+    "--refine/--no-refine",
+    default=None,
+    help="Snap masks and boxes to the image's edges (dense CRF) [default: on for maskcut].",
+)
 @click.option("--label", default="object", show_default=True, help="Label value of the regions.")
 @local_files_options
 def predict(
@@ -182,6 +187,7 @@ def predict(
     batch_size: int | None,
     params: tuple[str, ...],
     no_masks: bool,
+    refine: bool | None,
     label: str,
     url_prefix: str,
     document_root: str,
@@ -213,7 +219,9 @@ def predict(
         settings = dataclasses.replace(settings, compile_mode=mode)
     typed = parse_params(params, settings.method)  # refused here, before any model loads
     files = expand_inputs(inputs)
-    job = batch.BatchJob.create(settings, square=square, params=typed, masks=not no_masks)
+    job = batch.BatchJob.create(
+        settings, square=square, params=typed, masks=not no_masks, refine=refine
+    )
     start = time.perf_counter()
     report = job.run(
         files, Path(out_dir), label=label, url_prefix=url_prefix, document_root=Path(document_root)
