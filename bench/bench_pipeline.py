@@ -4,7 +4,8 @@ memory of ``zerolabel predict`` on a 12-megapixel photo.
 
 Weights are seeded random (speed and memory do not depend on their values). A method that
 needs a fitted file gets the one ``--fitted`` names (fitted on ``dino_vits16`` with hub weights,
-what the spec here names); without it, its row says so. Prints markdown tables. Usage::
+what the spec here names); without it, an RPS direction is fitted on the bench images first.
+Prints markdown tables. Usage::
 
     python bench/bench_pipeline.py                 # everything, CPU (a few minutes on 2 cores)
     python bench/bench_pipeline.py --only methods --device cuda --sizes 480 --batches 1 32 64
@@ -26,7 +27,7 @@ from PIL import Image
 from zerolabel import methods
 from zerolabel.contract import DiscoverySpec
 from zerolabel.errors import ConfigError, DiscoveryError
-from zerolabel.fitted import Fitted, load_fitted
+from zerolabel.fitted import Fitted, load_fitted, save_fitted
 from zerolabel.io.images import ImageLimits, load_file
 from zerolabel.pipeline import Discoverer
 from zerolabel.vit import features
@@ -67,14 +68,28 @@ def bench_methods(
         for side in sizes:
             # All images share one size so batches are full (square crops of the examples).
             paths = _images_at(side, n_images, Path(tmp))
+            own = None if fitted else _fit_rps(backbone, paths, side, Path(tmp))
             for method in methods.FEATURE_METHODS:
                 try:
-                    config, loaded = _spec(method, side, fitted)
+                    rps_only = own if methods.get(method).fitted == "rps" else None
+                    config, loaded = _spec(method, side, fitted or rps_only)
                 except DiscoveryError as exc:  # no fitted file, or one that does not fit
                     print(f"| {method} | {side} | - | {exc} |")
                     continue
                 for batch in batches:
                     _bench_cell(backbone, config, loaded, paths, batch, side)
+
+
+def _fit_rps(backbone, paths: list[Path], side: int, folder: Path) -> str:
+    """An RPS direction fitted on the bench images themselves (what ``rps-fit`` computes)."""
+    from zerolabel.loop.fit_rps import fit_rps
+    from zerolabel.loop.fitting import FitSample
+
+    samples = [
+        FitSample(p.name, lambda p=p: load_file(p, ImageLimits(), max_side=side)) for p in paths
+    ]
+    fit, _ = fit_rps(samples, backbone, backbone_name="dino_vits16", weights="hub", max_side=side)
+    return str(save_fitted(fit, folder))
 
 
 def _spec(method: str, side: int, fitted: str | None) -> tuple[DiscoverySpec, Fitted | None]:
