@@ -1,11 +1,15 @@
-"""Pipeline benchmark: ms/image split into load, forward and method; fused vs explicit
-attention; peak memory of ``zerolabel predict`` on a 12-megapixel photo.
+"""Pipeline benchmark: ms/image split into load, forward and method (and refine, where the
+pipeline times it) for every registered feature method; fused vs explicit attention; peak
+memory of ``zerolabel predict`` on a 12-megapixel photo.
 
-Weights are seeded random (speed and memory do not depend on their values). Prints markdown
-tables. Usage::
+Weights are seeded random (speed and memory do not depend on their values). A method that
+needs a fitted file gets the one ``--fitted`` names (fitted on ``dino_vits16`` with hub weights,
+what the spec here names); without it, an RPS direction is fitted on the bench images first.
+Prints markdown tables. Usage::
 
     python bench/bench_pipeline.py                 # everything, CPU (a few minutes on 2 cores)
     python bench/bench_pipeline.py --only methods --device cuda --sizes 480 --batches 1 32 64
+    python bench/bench_pipeline.py --only methods --sizes 224 --batches 1 --images 2  # smoke
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from zerolabel import methods
 from zerolabel.contract import DiscoverySpec
+from zerolabel.errors import ConfigError, DiscoveryError
+from zerolabel.fitted import Fitted, load_fitted, save_fitted
 from zerolabel.io.images import ImageLimits, load_file
 from zerolabel.pipeline import Discoverer
 from zerolabel.vit import features
@@ -45,24 +52,70 @@ def _images_at(side: int, count: int, folder: Path) -> list[Path]:
     return paths
 
 
-def bench_methods(device: str, sizes: list[int], batches: list[int], n_images: int) -> None:
+COLUMNS = ("load", "preprocess", "forward", "method", "refine")
+"""Stages timed per image; ``refine`` shows "-" while the pipeline does not time one."""
+
+
+def bench_methods(
+    device: str, sizes: list[int], batches: list[int], n_images: int, fitted: str | None
+) -> None:
     torch.manual_seed(0)
     backbone = load_backbone("dino_vits16", device=device, random_weights=True)
     print(f"\n### ms per image, ViT-S/16 ({backbone.device}), {n_images} images per cell\n")
-    print("| method | side px | batch | load | preprocess | forward | method | total | img/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| method | side px | batch | {' | '.join(COLUMNS)} | total | img/s |")
+    print("|---|---|---|" + "---|" * len(COLUMNS) + "---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for side in sizes:
             # All images share one size so batches are full (square crops of the examples).
             paths = _images_at(side, n_images, Path(tmp))
-            for method in ("lost", "tokencut", "maskcut"):
-                config = DiscoverySpec(method=method, max_side=side, square=side)
+            own = None if fitted else _fit_rps(backbone, paths, side, Path(tmp))
+            for method in methods.FEATURE_METHODS:
+                try:
+                    rps_only = own if methods.get(method).fitted == "rps" else None
+                    config, loaded = _spec(method, side, fitted or rps_only)
+                except DiscoveryError as exc:  # no fitted file, or one that does not fit
+                    print(f"| {method} | {side} | - | {exc} |")
+                    continue
                 for batch in batches:
-                    _bench_cell(backbone, config, paths, batch, side)
+                    _bench_cell(backbone, config, loaded, paths, batch, side)
 
 
-def _bench_cell(backbone, config, paths, batch, side) -> None:
-    discoverer = Discoverer(backbone, config)
+def _fit_rps(backbone, paths: list[Path], side: int, folder: Path) -> str:
+    """An RPS direction fitted on the bench images themselves (what ``rps-fit`` computes)."""
+    from zerolabel.loop.fit_rps import fit_rps
+    from zerolabel.loop.fitting import FitSample
+
+    samples = [
+        FitSample(p.name, lambda p=p: load_file(p, ImageLimits(), max_side=side)) for p in paths
+    ]
+    fit, _ = fit_rps(samples, backbone, backbone_name="dino_vits16", weights="hub", max_side=side)
+    return str(save_fitted(fit, folder))
+
+
+def _spec(method: str, side: int, fitted: str | None) -> tuple[DiscoverySpec, Fitted | None]:
+    """The spec of one row and its loaded fitted file (None for methods without one).
+
+    Raises:
+        ConfigError: the method needs a fitted file and none was given.
+        WeightsError: the file given does not fit the method or the backbone.
+    """
+    info = methods.get(method)
+    path = fitted if info.fitted is not None else None
+    if path is None and info.fitted_required:
+        raise ConfigError(f"needs a fitted {info.fitted} file: give --fitted")
+    spec = DiscoverySpec(
+        method=method,
+        max_side=side,
+        square=side,
+        fitted=Path(path).name if path else None,
+    )
+    if path is None or info.fitted is None:
+        return spec, None
+    return spec, load_fitted(path, kind=info.fitted, backbone=spec.backbone, weights=spec.weights)
+
+
+def _bench_cell(backbone, config, fitted, paths, batch, side) -> None:
+    discoverer = Discoverer(backbone, config, fitted)
     limits = ImageLimits()
     discoverer.run([load_file(paths[0], limits, max_side=side)], batch_size=1)  # warm-up
     discoverer.timings = type(discoverer.timings)()
@@ -72,9 +125,11 @@ def _bench_cell(backbone, config, paths, batch, side) -> None:
     discoverer.run(images, batch_size=batch)
     t = discoverer.timings
     n = len(paths)
+    refine = getattr(t, "refine_s", None)
     cells = [load_s, t.preprocess_s, t.forward_s, t.method_s]
-    total = sum(cells)
+    total = sum(cells) + (refine or 0.0)
     ms = " | ".join(f"{1000 * c / n:.1f}" for c in cells)
+    ms += " | -" if refine is None else f" | {1000 * refine / n:.1f}"
     print(
         f"| {config.method} | {side} | {batch} | {ms} | {1000 * total / n:.1f} | {n / total:.1f} |"
     )
@@ -108,7 +163,7 @@ def bench_attention(device: str, sizes: list[int], repeats: int) -> None:
     set_fused_attention(backbone.model, True)
 
 
-def bench_memory(methods: list[str]) -> None:
+def bench_memory(names: list[str]) -> None:
     print(
         "\n### Peak memory of `zerolabel predict` on one 12-megapixel photo (4000x3000 JPEG), "
         "default settings, CPU\n"
@@ -125,8 +180,15 @@ def bench_memory(methods: list[str]) -> None:
         torch.manual_seed(0)
         model = load_backbone("dino_vits16", device="cpu", random_weights=True).model
         torch.save(model.state_dict(), checkpoint)
-        for method in methods:
+        for method in names:
+            if _needs_fitted(method):  # fitted files match real weights, not random ones
+                print(f"| {method} | needs a fitted file | - |")
+                continue
             _memory_run(method, photo, checkpoint, Path(tmp) / method)
+
+
+def _needs_fitted(method: str) -> bool:
+    return methods.get(method).fitted_required
 
 
 def _memory_run(method: str, photo: Path, checkpoint: Path, out: Path) -> None:
@@ -168,14 +230,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8, help="images per cell")
     parser.add_argument("--attention-sizes", type=int, nargs="+", default=[480, 800, 1024])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--fitted", default=None, help="fitted file for the methods that use one (dino_vits16)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if args.only in (None, "methods"):
-        bench_methods(args.device, args.sizes, args.batches, args.images)
+        bench_methods(args.device, args.sizes, args.batches, args.images, args.fitted)
     if args.only in (None, "attention"):
         bench_attention(args.device, args.attention_sizes, args.repeats)
     if args.only in (None, "memory"):
-        bench_memory(["lost", "tokencut", "maskcut"])
+        bench_memory(list(methods.FEATURE_METHODS))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
     HF_HOME=/cache/huggingface
 WORKDIR /app
 
+# pydensecrf2 (mask refinement) is a source distribution: a C++ compiler builds it.
+RUN apt-get update && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
+
 # The library alone: workers never need the HTTP server package.
 COPY pyproject.toml README.md ./
 COPY worker ./worker

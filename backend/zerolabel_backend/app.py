@@ -1,10 +1,15 @@
 """The HTTP API Label Studio 1.23 calls: /health, /setup, /predict, /webhook, /versions, /metrics.
 
+A task without a prediction now gets an empty list in ``results`` (Label Studio 1.23 stores
+nothing for it and logs no error) and a line in the reply's ``skipped``; a late one is written
+to its task by the worker when ready (:mod:`zerolabel.queue.writeback`).
+
 The label-studio-ml protocol is spoken directly with Flask (no label-studio-ml package: its last
 release pins Flask 1.1 and Werkzeug 2.0, which carry known advisories, logs request bodies with
-tokens at debug level and retrains on every project edit). Every answer is JSON: a malformed
-request gets a 400 naming the field and the cause, a bad task gets its own error entry, and no
-route answers an HTML page. With ``BASIC_AUTH_USER`` and ``BASIC_AUTH_PASS`` set, every route
+tokens at debug level and retrains on every project edit). Every answer but /metrics
+(Prometheus text: :mod:`zerolabel_backend.metrics`) is JSON: a malformed request gets a 400
+naming the field and the cause, a bad task is skipped on its own, and no route answers an
+HTML page. With ``BASIC_AUTH_USER`` and ``BASIC_AUTH_PASS`` set, every route
 but ``/`` and ``/health`` requires them (the credentials of Label Studio's "Connect Model" form).
 """
 
@@ -22,9 +27,10 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from zerolabel.errors import ConfigError
 from zerolabel.labelstudio.options import ProjectOptions
-from zerolabel.queue.service import PredictionService, ProjectContext
+from zerolabel.queue.service import Answer, PredictionService, ProjectContext
 from zerolabel.settings import BackendSettings
 
+from zerolabel_backend.metrics import install as install_metrics
 from zerolabel_backend.protocol import (
     BadRequest,
     parse_body,
@@ -109,6 +115,11 @@ def create_app(service: PredictionService, settings: BackendSettings | None = No
 
     @app.route("/setup", methods=["POST"])
     def setup() -> tuple[Response, int] | Response:
+        """Answer the project's model_version. Label Studio 1.23 stores it on the connection:
+        "Retrieve Predictions" skips tasks holding a prediction of it, and predictions without
+        a version of their own get it. The project's own model_version, which the "Prediction
+        score" column filters on, stays the connection's title: ``zerolabel prelabel`` sets it.
+        """
         setup = setup_request(body())
         try:
             options = ProjectOptions.parse(setup.extra_params)
@@ -129,10 +140,12 @@ def create_app(service: PredictionService, settings: BackendSettings | None = No
         except ConfigError as exc:
             logger.warning("predict for project %s refused: %s", asked.project, exc)
             return jsonify({"status": "ERROR", "error": str(exc)}), 400
+        answers = _predict(service, asked.tasks, asked.label_config, context)
         return jsonify(
             {
-                "results": _predict(service, asked.tasks, asked.label_config, context),
+                "results": [answer.entry for answer in answers],
                 "model_version": version,
+                "skipped": _skipped(asked.tasks, answers),
             }
         )
 
@@ -146,28 +159,42 @@ def create_app(service: PredictionService, settings: BackendSettings | None = No
     def versions() -> Response:
         return jsonify({"versions": [], "model_dir": None})
 
-    @app.route("/metrics", methods=["GET"])
-    def metrics() -> Response:
-        return jsonify({})
-
+    install_metrics(app, service, settings)  # GET /metrics, request and task counts
     return app
 
 
 def _predict(
     service: PredictionService, tasks: list[Any], label_config: str, context: ProjectContext
-) -> list[dict[str, Any]]:
-    """One entry per task, in order; a malformed task gets an error entry of its own."""
-    entries: list[dict[str, Any] | None] = []
+) -> list[Answer]:
+    """One answer per task, in order; a malformed task gets an answer of its own."""
+    answers: list[Answer | None] = []
     good: list[dict[str, Any]] = []
     for task in tasks:
         problem = task_problem(task)
         if problem:
             logger.warning("task refused: %s", problem)
-        entries.append({"error": problem} if problem else None)
+        answers.append(Answer(reason=problem) if problem else None)
         if not problem:
             good.append(task)
-    served = iter(service.predict(good, label_config, context) if good else [])
-    return [entry if entry is not None else next(served) for entry in entries]
+    served = iter(service.answer(good, label_config, context) if good else [])
+    return [answer if answer is not None else next(served) for answer in answers]
+
+
+def _skipped(tasks: list[Any], answers: list[Answer]) -> list[dict[str, Any]]:
+    """The tasks answered without a prediction, why, and whether it is written when ready.
+
+    Label Studio reads only ``results``; this list is for people and tools reading the reply.
+    """
+    return [
+        {
+            "index": index,
+            "task": task.get("id") if isinstance(task, dict) else None,
+            "reason": answer.reason,
+            "pending": answer.pending,
+        }
+        for index, (task, answer) in enumerate(zip(tasks, answers, strict=True))
+        if answer.prediction is None
+    ]
 
 
 def _authorized(header: str, credentials: tuple[str, str]) -> bool:

@@ -23,6 +23,7 @@ class LabelStudio:
     url: str
     token: str
     document_root: Path
+    log: Path | None = None  # the server's output (stdout and stderr)
 
     def create_project(self, title: str) -> int:
         """A project with the example config (RectangleLabels + BrushLabels, label "object")."""
@@ -111,7 +112,7 @@ def label_studio(tmp_path_factory) -> Iterator[LabelStudio]:
             "Label Studio",
             poll_s=1,
         )
-        yield LabelStudio(url, TOKEN, root)
+        yield LabelStudio(url, TOKEN, root, data / "server.log")
     finally:
         stop(process, timeout_s=20)
         log.close()

@@ -141,8 +141,9 @@ def test_a_worker_killed_mid_job_does_not_lose_the_task(stack):
     tasks = [{"id": 7, "data": {"image": f"{stack.images_url}/{slow}"}}]
     body = {"tasks": tasks, "project": "2", "label_config": CONFIG}
     _flush_job(stack, slow)
-    late = impatient.post("/predict", json=body).get_json()["results"][0]
-    assert "result" not in late and "late" in late["error"]  # LS stores nothing, asks again
+    reply = impatient.post("/predict", json=body).get_json()
+    assert reply["results"] == [[]]  # LS stores nothing (no /setup hostname: nothing written)
+    assert "late" in reply["skipped"][0]["reason"] and reply["skipped"][0]["pending"] is False
     wait_for(lambda: _job_for(stack, slow).get_status() == "started", 10, "job start")
     victim = stack.workers.pop(0)
     victim.send_signal(signal.SIGKILL)
@@ -185,18 +186,19 @@ def test_with_redis_down_predict_answers_in_time_and_health_says_so(tmp_path, di
         tasks = [{"id": i, "data": {"image": f"/data/upload/1/{i}.jpg"}} for i in range(3)]
         reply = client.post("/predict", json={"tasks": tasks, "label_config": CONFIG})
         assert time.perf_counter() - start < 3 + 5  # its own timeout, not the worker's
-        results = reply.get_json()["results"]
-        assert len(results) == 3 and all("Redis unreachable" in r["error"] for r in results)
+        results, skipped = reply.get_json()["results"], reply.get_json()["skipped"]
+        assert results == [[], [], []] and len(skipped) == 3
+        assert all("Redis unreachable" in s["reason"] for s in skipped)
         health = client.get("/health").get_json()
         assert health["status"] == "DEGRADED" and health["queue"]["reachable"] is False
 
 
 def test_an_image_that_cannot_be_read_is_reported_and_tried_again_next_time(stack):
-    first = stack.predict(["missing.jpg"], ids=[41])["results"][0]
-    assert "result" not in first and "404" in first["error"]
+    first = stack.predict(["missing.jpg"], ids=[41])
+    assert first["results"] == [[]] and "404" in first["skipped"][0]["reason"]
     assert stack.hits["/missing.jpg"] == 1
-    again = stack.predict(["missing.jpg"], ids=[41])["results"][0]
-    assert "404" in again["error"] and stack.hits["/missing.jpg"] == 2  # not a stale answer
+    again = stack.predict(["missing.jpg"], ids=[41])
+    assert "404" in again["skipped"][0]["reason"] and stack.hits["/missing.jpg"] == 2  # not stale
 
 
 WORKER_KEY = "f0e1d2c3b4a5968778695a4b3c2d1e0f00112233"  # the workers' LABEL_STUDIO_API_KEY
@@ -258,9 +260,10 @@ def test_no_token_is_ever_stored_in_redis(tmp_path, tiny_env):
                     for i, name in enumerate([*PHOTOS[:2], "missing.jpg"], start=1)
                 ]
                 body = {"tasks": tasks, "project": "4.1", "label_config": CONFIG}
-                results = client.post("/predict", json=body).get_json()["results"]
-                assert [bool(r.get("result")) for r in results] == [True, True, False]
-                assert "404" in results[2]["error"]
+                reply = client.post("/predict", json=body).get_json()
+                assert [bool(r) for r in reply["results"]] == [True, True, False]
+                assert [r["result"] != [] for r in reply["results"][:2]] == [True, True]
+                assert "404" in reply["skipped"][0]["reason"] and reply["skipped"][0]["index"] == 2
                 values = redis_contents(Redis.from_url(redis_url))
                 assert any(b"zerolabel:result:" in v for v in values)  # results are stored
                 assert any(b"/data/upload/1/" in v for v in values)  # job payloads were read

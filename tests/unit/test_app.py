@@ -103,8 +103,12 @@ def test_predict_before_setup_answers_one_entry_per_task(client):
     reply = client.post("/predict", json={"tasks": tasks, "project": "9", "label_config": CONFIG})
     assert reply.status_code == 200
     results = reply.get_json()["results"]
-    assert len(results) == 2 and all("result" not in r for r in results)  # LS will ask again
-    assert "late" in results[0]["error"] and "no 'image' image URL" in results[1]["error"]
+    assert results == [[], []]  # no prediction now: LS stores nothing and logs no error
+    reasons = [
+        (s["index"], s["task"], s["pending"], s["reason"]) for s in reply.get_json()["skipped"]
+    ]
+    assert [r[:3] for r in reasons] == [(0, 1, False), (1, 2, False)]  # no /setup: not written
+    assert "late" in reasons[0][3] and "no 'image' image URL" in reasons[1][3]
 
 
 def test_versions_answers_get_and_post_and_events_do_not_change_the_version(client):

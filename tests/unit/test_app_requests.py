@@ -176,7 +176,9 @@ def test_a_bad_task_fails_alone_and_the_batch_goes_on(client, redis, task, probl
     reply = _post(client, "/predict", body)
     assert reply.status_code == 200
     results = reply.get_json()["results"]
-    assert len(results) == 3 and problem in results[1]["error"]
+    assert len(results) == 3 and results[1] == []
+    (skipped,) = [s for s in reply.get_json()["skipped"] if s["index"] == 1]
+    assert problem in skipped["reason"] and skipped["pending"] is False
     assert [job.args[0]["task_id"] for job in _jobs(redis)] == [1, 3]
 
 

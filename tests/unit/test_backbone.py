@@ -235,3 +235,21 @@ def test_timm_rule_differs_from_dino_rule_off_224_only(dino_checkpoint):
     differ = [features.extract(b, other)[0].k for b in (timm_rule, dino_rule)]
     assert _relative_error(differ[0], differ[1]) > 1e-4
     assert math.isfinite(float(differ[0].sum()))
+
+
+def test_bf16_autocast_keeps_fp32_weights_and_returns_close_fp32_features():
+    torch.manual_seed(0)
+    exact = load_backbone(ARCH, device="cpu", random_weights=True, model_kwargs={"depth": 2})
+    fast = load_backbone(
+        ARCH, device="cpu", random_weights=True, model_kwargs={"depth": 2}, precision="bf16"
+    )
+    fast.model.load_state_dict(exact.model.state_dict())
+    assert fast.autocast is torch.bfloat16 and fast.dtype is torch.float32
+    images = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+    for a, b in zip(features.extract(exact, images), features.extract(fast, images), strict=True):
+        assert b.k.dtype == torch.float32 and b.cls_attention.dtype == torch.float32
+        assert 0 < float((a.k - b.k).norm() / a.k.norm()) < 2e-2  # bf16 rounding, not garbage
+    with pytest.raises(ConfigError, match="fp16 autocast needs a CUDA device"):
+        load_backbone(ARCH, device="cpu", random_weights=True, precision="fp16")
+    with pytest.raises(ConfigError, match="precision must be one of fp32, fp16, bf16"):
+        load_backbone(ARCH, device="cpu", random_weights=True, precision="int8")

@@ -458,7 +458,10 @@ def test_the_same_relative_path_on_two_origins_gives_each_its_own_result(
         for context in contexts
     ]
     assert sizes == [1, 8]
-    assert len(other.seen) == len(ls.seen) == 1  # each computed once, from its own origin
+    images = [[s for s in server.seen if s.path.startswith("/data/")] for server in (other, ls)]
+    assert len(images[0]) == len(images[1]) == 1  # each computed once, from its own origin
+    assert len(other.seen) == 1  # late predictions are written to LABEL_STUDIO_URL only:
+    assert {s.path.split("?")[0] for s in ls.seen} == {"/data/local-files/", "/api/predictions"}
 
 
 def test_result_cache_keys_hold_an_origin_digest_and_never_cross_origins():

@@ -268,7 +268,9 @@ def test_mask_of_the_wrong_size_is_rejected() -> None:
 def test_prediction_scores() -> None:
     result = _result()
     pred = prediction(result, Target())
-    assert pred["score"] == max(r.score for r in result.regions)
+    # The task score is the least trusted region's (zerolabel.quality): sorting Label
+    # Studio's queue by it ascending shows first the tasks most likely to need a fix.
+    assert pred["score"] == min(r.score for r in result.regions) == 0.2
     assert pred["model_version"] == result.model_version
     empty = prediction(DiscoveryResult("b.png", (H, W), model_version="v"), Target())
     assert empty == {"model_version": "v", "score": 0.0, "result": []}

@@ -13,12 +13,19 @@ from zerolabel.errors import ConfigError
 from zerolabel.methods import MethodKind, Param
 
 
-def _keyword_arguments(function: Callable[..., Any]) -> dict[str, tuple[str, Any]]:
-    """name -> (annotation, default) of the keyword-only arguments."""
+def _keyword_arguments(
+    function: Callable[..., Any], info: methods.MethodInfo | None = None
+) -> dict[str, tuple[str, Any]]:
+    """name -> (annotation, default) of the keyword-only arguments, less those the pipeline
+    passes besides the parameters: ``info``'s declared inputs and, for a method that takes a
+    fitted file, the tensors of that file (annotated ``torch.Tensor``)."""
+    passed = set(info.inputs) if info else set()
     return {
         p.name: (str(p.annotation), p.default)
         for p in inspect.signature(function).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY
+        and p.name not in passed
+        and not (info and info.fitted and "Tensor" in str(p.annotation))
     }
 
 
@@ -26,8 +33,34 @@ def _keyword_arguments(function: Callable[..., Any]) -> dict[str, tuple[str, Any
 def test_registered_parameters_are_the_functions_keyword_arguments(name):
     from zerolabel.discovery import METHODS
 
-    registered = {p.name: (p.type, p.default) for p in methods.get(name).params}
-    assert registered == _keyword_arguments(METHODS[name])
+    info = methods.get(name)
+    registered = {p.name: (p.type, p.default) for p in info.params}
+    assert registered == _keyword_arguments(METHODS[name], info)
+    # Declared inputs are keyword-only arguments without a default (the pipeline passes them).
+    required = {
+        k
+        for k, (annotation, default) in _keyword_arguments(METHODS[name]).items()
+        if default is inspect.Parameter.empty
+        and (k in info.inputs or not (info.fitted and "Tensor" in annotation))  # fitted tensors
+    }
+    assert info.inputs == required
+
+
+def test_the_found_and_rps_functions_take_their_inputs_and_fitted_tensors():
+    from zerolabel.discovery import METHODS
+
+    def tensors(name: str) -> set[str]:
+        every = inspect.signature(METHODS[name]).parameters.values()
+        return {p.name for p in every if "Tensor" in str(p.annotation)} - {"keys"}
+
+    assert methods.get("found").inputs == {"attention"}
+    assert tensors("found") == {"attention", "head_weight", "head_bias"}
+    assert methods.get("rps").inputs == frozenset() and tensors("rps") == {"direction"}
+    assert (methods.get("found").fitted, methods.get("found").fitted_required) == (
+        "found-head",
+        False,
+    )
+    assert (methods.get("rps").fitted, methods.get("rps").fitted_required) == ("rps", True)
 
 
 def test_every_feature_method_has_a_function_and_the_detector_is_the_only_other():
@@ -118,10 +151,16 @@ def test_unknown_method_and_max_side_rules():
 
 
 def test_default_sizes_and_the_parameter_names_options_accept():
-    assert [methods.get(m).default_max_side for m in methods.METHOD_NAMES] == [
+    assert [methods.get(m).default_max_side for m in ("lost", "tokencut", "maskcut", "cad")] == [
         1024,
         1024,
         480,
         None,
+    ]
+    assert methods.get("found").default_max_side == methods.get("rps").default_max_side == 1024
+    assert [methods.get(m).default_max_side for m in ("dinoseg", "dss", "promerge")] == [
+        1024,
+        1024,
+        480,
     ]
     assert "k_patches" in methods.param_names() and "score_threshold" in methods.param_names()

@@ -40,6 +40,21 @@ class FakeClient:
         self.interrupt_after: int | None = None
         self.interrupt_stored = False  # Ctrl-C after Label Studio stored the prediction
         self.backends: list[dict[str, Any]] = []
+        self.model_version = "zerolabel"  # Label Studio sets the connection's title
+        self.patches: list[dict[str, Any]] = []
+        self.patch_error: LabelStudioError | None = None
+
+    def project(self, project_id: int) -> dict[str, Any]:
+        return {"id": project_id, "label_config": CONFIG, "model_version": self.model_version}
+
+    def request(self, method: str, path: str, *, json: Any = None, **kwargs: Any) -> Any:
+        if (method, path) != ("PATCH", "/api/projects/1"):
+            raise AssertionError(f"unexpected call {method} {path}")
+        if self.patch_error is not None:
+            raise self.patch_error
+        self.patches.append(json)
+        self.model_version = json.get("model_version", self.model_version)
+        return self.project(1)
 
     def ml_backends(self, project_id: int) -> list[dict[str, Any]]:
         return self.backends
@@ -391,3 +406,39 @@ def test_connections_that_disagree_need_options(service):
     with pytest.raises(ConfigError, match="ML backend connections disagree.*give --options"):
         _prelabel(client, service)
     assert service.dispatcher.log == []
+
+
+def test_the_project_model_version_becomes_the_one_written(service):
+    """Label Studio's Prediction score column averages only predictions of the project's
+    model_version, which connecting a backend sets to the connection's title."""
+    client = FakeClient(_tasks(2))
+    _prelabel(client, service)
+    assert client.patches == [{"model_version": _version(service)}]
+    _prelabel(client, service)  # nothing new, and the version already agrees: no call
+    assert len(client.patches) == 1
+
+
+def test_tasks_prelabeled_earlier_are_enough_to_set_the_project_version(service):
+    version = _version(service)
+    client = FakeClient(
+        [{**task, "predictions": [{"model_version": version}]} for task in _tasks(2)]
+    )
+    report = _prelabel(client, service)
+    assert (report.written, report.skipped_existing) == (0, 2)
+    assert client.patches == [{"model_version": version}]
+
+
+def test_no_prediction_of_the_version_leaves_the_project_version_alone(service):
+    client = FakeClient(_tasks(1))
+    service.dispatcher.outcomes = {"/data/upload/1/1.png": Outcome(None, "failed: boom")}
+    report = _prelabel(client, service)
+    assert report.written == 0 and client.patches == []  # Label Studio would refuse it
+
+
+def test_a_refused_project_version_is_a_warning_not_a_failed_run(service, caplog):
+    client = FakeClient(_tasks(1))
+    client.patch_error = LabelStudioError(400, "PATCH", "/api/projects/1", "no such version")
+    report = _prelabel(client, service)
+    assert report.written == 1 and report.complete
+    assert "Prediction score column stays empty" in caplog.text
+    assert "no such version" in caplog.text

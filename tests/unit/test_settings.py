@@ -130,3 +130,15 @@ def test_a_missing_env_file_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match="env file"):
         load_env_file(tmp_path / "missing.env", {})
+
+
+def test_precision_and_compile_are_read_and_checked():
+    settings = WorkerSettings.from_env(
+        {"ZEROLABEL_PRECISION": "bf16", "ZEROLABEL_COMPILE": "max-autotune"}
+    )
+    assert (settings.precision, settings.compile_mode) == ("bf16", "max-autotune")
+    assert WorkerSettings.from_env({"ZEROLABEL_COMPILE": "off"}).compile_mode is None
+    with pytest.raises(ConfigError, match="ZEROLABEL_PRECISION / --precision='fp8'"):
+        WorkerSettings.from_env({"ZEROLABEL_PRECISION": "fp8"})
+    with pytest.raises(ConfigError, match="ZEROLABEL_COMPILE / --compile='fast'"):
+        WorkerSettings.from_env({"ZEROLABEL_COMPILE": "fast"})

@@ -18,7 +18,9 @@ from zerolabel.methods import FEATURE_METHODS as FEATURE_METHODS  # re-exported:
 from zerolabel.methods import METHOD_NAMES as METHOD_NAMES
 
 SCHEMA_VERSION = 1
-PIPELINE_VERSION = 1  # bump when a change alters the regions produced for the same spec
+PIPELINE_VERSION = 2  # bump when a change alters the regions produced for the same spec
+# 2: MaskCut's square input resized with LANCZOS; masks refined to pixels (zerolabel.refine);
+#    region scores from zerolabel.quality
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class Region:
     """One discovered object."""
 
     box: Box
-    score: float  # method confidence in [0, 1]
+    score: float  # trust in [0, 1]: zerolabel.quality, or the detector's confidence
     method: str  # key of zerolabel.methods.METHODS
     mask: Rle | None = None
     label: str | None = None  # pseudo-class name once clustered
@@ -112,8 +114,13 @@ class DiscoveryResult:
 
     @property
     def score(self) -> float:
-        """Task-level score: the best region's score (0 without regions)."""
-        return max((r.score for r in self.regions), default=0.0)
+        """Task-level score: the least trusted region's score; 0 without regions.
+
+        Label Studio's queue sorted by it (ascending) shows first the tasks most likely to
+        need a correction: one doubtful region is enough, and an image where nothing was
+        found (an object missed, or none there) comes before all others.
+        """
+        return min((r.score for r in self.regions), default=0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -150,7 +157,8 @@ class DiscoverySpec:
 
     Raises:
         ConfigError: an unknown method, an unknown or ill-typed parameter (the message names
-            the method's parameters with their types), or a negative ``max_side``.
+            the method's parameters with their types), a negative ``max_side``, or ``refine``
+            asked of a method whose masks are pixel masks already.
     """
 
     method: str = "lost"
@@ -161,9 +169,15 @@ class DiscoverySpec:
     square: int | None = None  # resize to square x square, ignoring aspect (MaskCut authors)
     masks: bool = True  # attach pixel masks (RLE) to regions
     pos_embed: str = "dino"  # positional-embedding interpolation rule
+    fitted: str | None = None  # file name of a fitted file the method uses (zerolabel.fitted)
+    refine: bool | None = None  # dense-CRF pixel masks; None: the method's default
 
     def __post_init__(self) -> None:
         info = methods.get(self.method)
+        info.check_fitted(self.fitted)
+        if self.refine is not None and not isinstance(self.refine, bool):
+            raise ConfigError(f"refine must be true, false or None, got {self.refine!r}")
+        info.refines(self.refine)
         # Typed values (an int given for a float parameter is stored as a float), so equal
         # settings always give the same model_version.
         object.__setattr__(self, "params", info.check_params(self.params))
@@ -179,15 +193,26 @@ class DiscoverySpec:
     def effective_max_side(self) -> int | None:
         """The longer-side cap images get: ``max_side``, else the method's default.
 
-        None means full resolution: ``max_side=0``, or a method without a default cap.
+        None means full resolution: ``max_side=0``, a method without a default cap, or a
+        ``square`` input, which is resized from the full decode (a reduced JPEG decode would
+        not be the input MaskCut's authors resize, and can be smaller than the square).
         """
+        if self.square:
+            return None
         if self.max_side is None:
             return methods.get(self.method).default_max_side
         return self.max_side or None
 
+    def effective_refine(self) -> bool:
+        """Whether masks are refined to pixels: ``refine``, else the method's default."""
+        return methods.get(self.method).refines(self.refine)
+
     def model_version(self) -> str:
         """Stable across processes and machines for the same spec."""
         identity = {"pipeline": PIPELINE_VERSION, **asdict(self)}
+        identity["refine"] = self.effective_refine()  # unset and the default are one spec
+        if identity["fitted"] is None:
+            del identity["fitted"]  # specs without a fitted file keep their earlier versions
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         return f"zerolabel-{self.method}-{self.backbone.split('.')[0]}-{digest}"
 

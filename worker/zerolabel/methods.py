@@ -107,6 +107,44 @@ class MethodInfo:
     params: tuple[Param, ...]
     default_max_side: int | None  # longer-side cap when the spec gives none; None: full size
     summary: str
+    inputs: frozenset[str] = frozenset()  # per-image inputs besides the keys: "attention"
+    fitted: str | None = None  # kind of fitted file (zerolabel.fitted) the method can use
+    fitted_required: bool = False  # the method cannot run without that file
+    # Pixel refinement of the method's masks (zerolabel.refine) when the spec leaves it unset:
+    # True where the dense CRF improves the edges (MaskCut and the other multi-object methods),
+    # False where it stays off unless asked for, None where the masks are pixel masks already.
+    refine_default: bool | None = False
+
+    def check_fitted(self, fitted: str | None) -> None:
+        """Refuse a fitted file this method cannot use, or a missing one it needs.
+
+        Raises:
+            ConfigError: naming the method and the setting that provides the file.
+        """
+        if fitted is not None and self.fitted is None:
+            raise ConfigError(
+                f"method {self.name!r} takes no fitted file, got {fitted!r}: "
+                "unset ZEROLABEL_FITTED (or --fitted) for it"
+            )
+        if fitted is None and self.fitted_required:
+            raise ConfigError(
+                f"method {self.name!r} needs a fitted {self.fitted} file: set "
+                f"ZEROLABEL_FITTED (or --fitted) to the file zerolabel wrote for it"
+            )
+
+    def refines(self, requested: bool | None) -> bool:
+        """Whether this method's masks are refined to pixels: ``requested``, else the default.
+
+        Raises:
+            ConfigError: refinement asked for a method whose masks are pixel masks already.
+        """
+        if self.refine_default is None:
+            if requested:
+                raise ConfigError(
+                    f"method {self.name!r} gives pixel masks already: drop refine (--refine) for it"
+                )
+            return False
+        return self.refine_default if requested is None else requested
 
     def param(self, name: str) -> Param:
         """The parameter called ``name``.
@@ -198,6 +236,31 @@ _PARAMS: dict[str, tuple[Param, ...]] = {
         Param("score_threshold", "float", 0.5, minimum=0.0, maximum=1.0),
         Param("max_detections", "int", 100, minimum=1),
     ),
+    "found": (Param("tau", "float", 0.3, minimum=-1.0, maximum=1.0),),
+    "rps": (Param("threshold", "float", 0.5, minimum=0.0, maximum=1.0),),
+    "dinoseg": (
+        Param("head", "int", 4, minimum=0),
+        Param("mass", "float", 0.6, minimum=0.0, maximum=1.0, exclusive_minimum=True),
+    ),
+    "dss": (),
+    "promerge": (
+        Param("stride", "int", 4, minimum=1),
+        Param("tau", "float", 0.2, minimum=-1.0, maximum=1.0),
+        Param("min_background_frac", "float", 0.1, minimum=0.0, maximum=1.0),
+        Param("min_component_ratio", "float", 0.5, minimum=0.0, maximum=1.0),
+        Param("max_background_overlap", "float", 0.8, minimum=0.0, maximum=1.0),
+        Param(
+            "max_background_similarity",
+            "float",
+            0.1,
+            minimum=-1.0,
+            maximum=1.0,
+            exclusive_minimum=True,
+        ),
+        Param("merge_overlap", "float", 0.5, minimum=0.0, maximum=1.0),
+        Param("merge_min_overlap", "float", 0.1, minimum=0.0, maximum=1.0),
+        Param("merge_similarity", "float", 0.1, minimum=-1.0, maximum=1.0),
+    ),
 }
 
 METHODS: dict[str, MethodInfo] = {
@@ -221,6 +284,7 @@ METHODS: dict[str, MethodInfo] = {
         _PARAMS["maskcut"],
         default_max_side=480,  # the size MaskCut's authors used, aspect preserved
         summary="several objects from repeated normalized cuts (Wang et al., 2023)",
+        refine_default=True,  # the authors' dense CRF is part of MaskCut
     ),
     "cad": MethodInfo(
         "cad",
@@ -228,6 +292,51 @@ METHODS: dict[str, MethodInfo] = {
         _PARAMS["cad"],
         default_max_side=None,  # the detector resizes its input itself
         summary="a class-agnostic detector trained with zerolabel train-cad",
+        refine_default=None,  # Mask R-CNN masks are pixel masks already
+    ),
+    "found": MethodInfo(
+        "found",
+        MethodKind.FEATURES,
+        _PARAMS["found"],
+        default_max_side=1024,
+        summary="one object, the complement of the background found from the CLS attention "
+        "(Simeoni et al., 2023); a head from zerolabel train-found refines it",
+        inputs=frozenset({"attention"}),
+        fitted="found-head",
+        fitted_required=False,
+    ),
+    "rps": MethodInfo(
+        "rps",
+        MethodKind.FEATURES,
+        _PARAMS["rps"],
+        default_max_side=1024,
+        summary="one object along a dataset's foreground direction from zerolabel rps-fit "
+        "(representer point selection, Song et al., 2023)",
+        fitted="rps",
+        fitted_required=True,
+    ),
+    "dinoseg": MethodInfo(
+        "dinoseg",
+        MethodKind.FEATURES,
+        _PARAMS["dinoseg"],
+        default_max_side=1024,
+        summary="one object where one head's CLS attention concentrates (Caron et al., 2021)",
+        inputs=frozenset({"attention"}),
+    ),
+    "dss": MethodInfo(
+        "dss",
+        MethodKind.FEATURES,
+        _PARAMS["dss"],
+        default_max_side=1024,
+        summary="one object from the Fiedler vector of the key affinity (Melas-Kyriazi, 2022)",
+    ),
+    "promerge": MethodInfo(
+        "promerge",
+        MethodKind.FEATURES,
+        _PARAMS["promerge"],
+        default_max_side=480,  # the authors' 480 px input, aspect preserved
+        summary="several objects from seed prompts, filtered and merged (Li & Shin, 2024)",
+        refine_default=True,  # the authors refine every merged mask with MaskCut's CRF
     ),
 }
 """Every method a spec may name, by name. LOST and TokenCut run at (capped) full resolution as

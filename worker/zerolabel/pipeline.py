@@ -8,6 +8,7 @@ spec's method kind needs (see :mod:`zerolabel.methods`), so no caller names a me
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -15,12 +16,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from zerolabel import geometry, methods
-from zerolabel.contract import DiscoverySpec, Region
+from zerolabel import geometry, methods, quality, refine
+from zerolabel.contract import Box, DiscoverySpec, Region
 from zerolabel.discovery import METHODS
 from zerolabel.errors import ConfigError, WeightsError
+from zerolabel.fitted import Fitted, load_fitted
 from zerolabel.io.images import LoadedImage
 from zerolabel.methods import MethodKind
 from zerolabel.vit import features, preprocess
@@ -39,6 +42,7 @@ class Timings:
     preprocess_s: float = 0.0
     forward_s: float = 0.0
     method_s: float = 0.0
+    refine_s: float = 0.0  # dense-CRF mask refinement (zerolabel.refine)
     images: int = 0
 
 
@@ -56,15 +60,35 @@ class Runner(Protocol):
 
 
 class Discoverer:
-    """Runs a feature method (LOST, TokenCut, MaskCut) with one loaded ViT backbone."""
+    """Runs a feature method with one loaded ViT backbone (and its fitted file, if it uses one).
 
-    def __init__(self, backbone: Backbone, spec: DiscoverySpec) -> None:
+    The method gets the patch keys, the inputs its registry entry asks for (``attention``: the
+    CLS-to-patch attention per head) and the fitted file's tensors, as keyword arguments. A
+    region's score is :func:`zerolabel.quality.region_score` of its patch mask. When the spec
+    refines masks, each mask is refined on the resized image the network saw and its box is
+    the refined mask's (:mod:`zerolabel.refine`).
+    """
+
+    def __init__(
+        self, backbone: Backbone, spec: DiscoverySpec, fitted: Fitted | None = None
+    ) -> None:
         if spec.method not in METHODS:
             raise ConfigError(f"method {spec.method!r} does not run on ViT features")
+        if (fitted is None) != (spec.fitted is None):
+            raise ConfigError(
+                f"spec fitted file {spec.fitted!r} and the loaded one "
+                f"{fitted.file_name() if fitted else None!r} disagree"
+            )
         self.backbone = backbone
         self.spec = spec
         self.method = METHODS[spec.method]
+        self.inputs = methods.get(spec.method).inputs
+        self.fitted = {
+            name: tensor.to(backbone.device)
+            for name, tensor in (fitted.tensors if fitted else {}).items()
+        }
         self.max_side = spec.effective_max_side()
+        self.refine = spec.effective_refine()
         self.model_version = spec.model_version()
         self.timings = Timings()
 
@@ -84,7 +108,7 @@ class Discoverer:
                 chunk = indices[start : start + batch_size]
                 feats = self._forward([images[i] for i in chunk], [frames[i] for i in chunk])
                 for i, feat in zip(chunk, feats, strict=True):
-                    results[i] = self._regions(feat, frames[i])
+                    results[i] = self._regions(feat, frames[i], images[i])
         self.timings.images += len(images)
         return results
 
@@ -95,10 +119,12 @@ class Discoverer:
         mean, std = self.backbone.mean_std
         batch = torch.stack(
             [
-                preprocess.to_input(im.pixels, fr, mean, std)
+                preprocess.to_input(im.pixels, fr, mean, std, square=bool(self.spec.square))
                 for im, fr in zip(images, frames, strict=True)
             ]
         )
+        if self.backbone.device.type == "cuda":
+            batch = batch.pin_memory()  # lets extract() copy it without blocking the host
         self.timings.preprocess_s += time.perf_counter() - start
         start = time.perf_counter()
         feats = features.extract(self.backbone, batch)
@@ -106,23 +132,57 @@ class Discoverer:
         self.timings.forward_s += time.perf_counter() - start
         return feats
 
-    def _regions(self, feat: features.PatchFeatures, frame: geometry.Frame) -> list[Region]:
-        start = time.perf_counter()
-        objects = self.method(feat.k, feat.grid_hw, **self.spec.params)
+    def _regions(
+        self, feat: features.PatchFeatures, frame: geometry.Frame, image: LoadedImage
+    ) -> list[Region]:
+        start, refined_before = time.perf_counter(), self.timings.refine_s
+        extra: dict[str, torch.Tensor] = dict(self.fitted)
+        if "attention" in self.inputs:
+            extra["attention"] = feat.cls_attention
+        objects = self.method(feat.k, feat.grid_hw, **extra, **self.spec.params)
+        content = self._content(image, frame) if self.refine and objects else None
         regions = []
         for obj in objects:
             if obj.score <= 0.0:
                 continue  # no structure (a constant image): the mask is arbitrary, not an object
             patch_mask = obj.mask.cpu().numpy().astype(bool)
-            box = geometry.patch_mask_to_box(patch_mask, frame)
+            if content is None:
+                pixel_mask, box = None, geometry.patch_mask_to_box(patch_mask, frame)
+            else:
+                pixel_mask, box = self._refined(content, patch_mask, frame)
             if box is None or box.width <= 0 or box.height <= 0:
                 continue
             rle = None
             if self.spec.masks:
-                rle = geometry.rle_encode(geometry.patch_mask_to_pixel_mask(patch_mask, frame))
-            regions.append(Region(box, float(np.clip(obj.score, 0.0, 1.0)), self.spec.method, rle))
-        self.timings.method_s += time.perf_counter() - start
+                if pixel_mask is None:
+                    pixel_mask = geometry.patch_mask_to_pixel_mask(patch_mask, frame)
+                rle = geometry.rle_encode(pixel_mask)
+            score = quality.region_score(patch_mask, float(np.clip(obj.score, 0.0, 1.0)))
+            regions.append(Region(box, score, self.spec.method, rle))
+        refine_s = self.timings.refine_s - refined_before
+        self.timings.method_s += time.perf_counter() - start - refine_s
         return regions
+
+    def _content(self, image: LoadedImage, frame: geometry.Frame) -> npt.NDArray[np.uint8]:
+        """The image as the network saw it, before normalisation (what refinement works on)."""
+        start = time.perf_counter()
+        pixels = preprocess.resized(image.pixels, frame, square=bool(self.spec.square))
+        self.timings.refine_s += time.perf_counter() - start
+        return pixels
+
+    def _refined(
+        self,
+        content: npt.NDArray[np.uint8],
+        patch_mask: npt.NDArray[np.bool_],
+        frame: geometry.Frame,
+    ) -> tuple[npt.NDArray[np.bool_] | None, Box | None]:
+        """The refined pixel mask and its box; (None, None) when the refinement drops it."""
+        start = time.perf_counter()
+        pixel_mask = refine.refine_patch_mask(content, patch_mask, frame)
+        self.timings.refine_s += time.perf_counter() - start
+        if pixel_mask is None:
+            return None, None  # the CRF disagrees with the cut: MaskCut drops the mask
+        return pixel_mask, geometry.mask_to_box(pixel_mask)
 
     def _sync(self) -> None:
         if self.backbone.device.type == "cuda":
@@ -183,6 +243,7 @@ class ModelStore:
         self.settings = settings
         self._backbones: dict[tuple[str, str], Backbone] = {}
         self._detector: torch.nn.Module | None = None
+        self._fitted: dict[str, Fitted] = {}
 
     def runner(self, spec: DiscoverySpec) -> Runner:
         """The runner for ``spec``, as its method's kind needs.
@@ -193,7 +254,7 @@ class ModelStore:
         """
         if methods.get(spec.method).kind is MethodKind.DETECTOR:
             return DetectorRunner(self.detector(spec), spec)
-        return Discoverer(self.backbone(spec), spec)
+        return Discoverer(self.backbone(spec), spec, self.fitted(spec))
 
     def backbone(self, spec: DiscoverySpec) -> Backbone:
         """The loaded ViT backbone of a feature-method spec."""
@@ -215,8 +276,33 @@ class ModelStore:
                 pos_embed=spec.pos_embed,
                 model_kwargs=self.settings.backbone_kwargs if own else None,
                 offline=self.settings.offline,
+                precision=self.settings.precision,
+                compile_mode=self.settings.compile_mode,
             )
         return self._backbones[key]
+
+    def fitted(self, spec: DiscoverySpec) -> Fitted | None:
+        """The loaded fitted file a spec names (None when it names none).
+
+        Raises:
+            WeightsError: the spec names another file than ``ZEROLABEL_FITTED``, or the file
+                does not fit the spec's method and backbone.
+        """
+        if spec.fitted is None:
+            return None
+        path = self.settings.fitted
+        if path is None or os.path.basename(path) != spec.fitted:
+            raise WeightsError(
+                f"the request asks for fitted file {spec.fitted!r} but this worker has "
+                f"{os.path.basename(path) if path else None!r}: give backend and workers the "
+                "same ZEROLABEL_FITTED"
+            )
+        if path not in self._fitted:
+            kind = methods.get(spec.method).fitted or ""
+            self._fitted[path] = load_fitted(
+                path, kind=kind, backbone=spec.backbone, weights=spec.weights
+            )
+        return self._fitted[path]
 
     def detector(self, spec: DiscoverySpec) -> torch.nn.Module:
         """The loaded detector of a detector spec (torchvision is imported only here)."""

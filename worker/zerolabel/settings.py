@@ -171,11 +171,14 @@ class WorkerSettings:
     checkpoint: str | None = None  # ZEROLABEL_CHECKPOINT: local weights file (DINO, DoRA, timm)
     weights_tag: str | None = None  # ZEROLABEL_WEIGHTS_TAG: names the weights in model_version
     cad_checkpoint: str | None = None  # ZEROLABEL_CAD_CHECKPOINT: detector served by method "cad"
+    fitted: str | None = None  # ZEROLABEL_FITTED: fitted file of methods that use one
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # ZEROLABEL_BACKBONE_KWARGS
     pos_embed: str = "dino"  # ZEROLABEL_POS_EMBED: "dino" (paper rule) or "timm"
     offline: bool = False  # ZEROLABEL_OFFLINE (or HF_HUB_OFFLINE): never try to download weights
     device: str = "auto"  # ZEROLABEL_DEVICE: auto, cpu, cuda, cuda:1 ...
-    half: bool = False  # ZEROLABEL_HALF: fp16 forward pass (CUDA only)
+    half: bool = False  # ZEROLABEL_HALF: fp16 weights and forward pass (CUDA only)
+    precision: str = "fp32"  # ZEROLABEL_PRECISION: fp32, or fp16/bf16 autocast
+    compile_mode: str | None = None  # ZEROLABEL_COMPILE: torch.compile mode; None: eager
     method: str = "lost"  # ZEROLABEL_METHOD
     max_side: int | None = None  # ZEROLABEL_MAX_SIDE: None: method default, 0: full size
     batch_size: int = 8  # ZEROLABEL_BATCH_SIZE: images per forward pass (same-size images)
@@ -188,6 +191,8 @@ class WorkerSettings:
     allowed_hosts: frozenset[str] = frozenset()  # ZEROLABEL_ALLOWED_HOSTS: extra image hosts
     local_roots: tuple[str, ...] = ()  # ZEROLABEL_LOCAL_ROOTS: folders queued jobs may read
     fetch_timeout_s: float = 20.0  # ZEROLABEL_FETCH_TIMEOUT_S: per download attempt
+    metrics_port: int = 0  # ZEROLABEL_METRICS_PORT: a worker's Prometheus port; 0: none
+    metrics_host: str = "127.0.0.1"  # ZEROLABEL_METRICS_HOST: the address it binds
     queue: QueueSettings = field(default_factory=QueueSettings)  # REDIS_URL, ZEROLABEL_QUEUE...
 
     @classmethod
@@ -201,12 +206,15 @@ class WorkerSettings:
                 backbone=read.env.get("ZEROLABEL_BACKBONE"),
                 checkpoint=read.text("ZEROLABEL_CHECKPOINT"),
                 cad_checkpoint=read.text("ZEROLABEL_CAD_CHECKPOINT"),
+                fitted=read.text("ZEROLABEL_FITTED"),
                 weights_tag=read.text("ZEROLABEL_WEIGHTS_TAG"),
                 backbone_kwargs=read.json_object("ZEROLABEL_BACKBONE_KWARGS"),
                 pos_embed=read.env.get("ZEROLABEL_POS_EMBED"),
                 offline=any(offline) or None,
                 device=read.env.get("ZEROLABEL_DEVICE"),
                 half=read.flag("ZEROLABEL_HALF"),
+                precision=read.text("ZEROLABEL_PRECISION"),
+                compile_mode=_compile_mode(read.text("ZEROLABEL_COMPILE")),
                 method=read.env.get("ZEROLABEL_METHOD"),
                 max_side=read.integer(
                     "ZEROLABEL_MAX_SIDE", minimum=0, note=" (0 means full resolution)"
@@ -218,6 +226,8 @@ class WorkerSettings:
                 fetch_timeout_s=read.number(
                     "ZEROLABEL_FETCH_TIMEOUT_S", positive=True, unit="seconds"
                 ),
+                metrics_port=_port(read, "ZEROLABEL_METRICS_PORT"),
+                metrics_host=read.text("ZEROLABEL_METRICS_HOST"),
                 **_fetch_fields(read),
             ),
         )
@@ -262,6 +272,8 @@ class WorkerSettings:
                     "the file zerolabel train-cad wrote"
                 )
             fields |= {"backbone": info.name, "weights": os.path.basename(self.cad_checkpoint)}
+        elif info.fitted is not None and self.fitted and "fitted" not in overrides:
+            fields["fitted"] = os.path.basename(self.fitted)  # methods without one ignore it
         try:
             return DiscoverySpec(**fields)
         except (TypeError, ValueError) as exc:
@@ -278,10 +290,36 @@ class WorkerSettings:
         self.ls_sites()
         if self.pos_embed not in ("dino", "timm"):
             raise ConfigError(f"ZEROLABEL_POS_EMBED={self.pos_embed!r}: use 'dino' or 'timm'")
+        if self.precision not in _PRECISIONS:
+            raise ConfigError(
+                f"ZEROLABEL_PRECISION / --precision={self.precision!r}: use one of "
+                f"{', '.join(_PRECISIONS)}"
+            )
+        if self.compile_mode not in (None, *_COMPILE_MODES):
+            raise ConfigError(
+                f"ZEROLABEL_COMPILE / --compile={self.compile_mode!r}: use off or one of "
+                f"{', '.join(_COMPILE_MODES)}"
+            )
         if self.batch_size < 1:
             raise ConfigError(
                 f"ZEROLABEL_BATCH_SIZE / --batch-size must be at least 1, got {self.batch_size}"
             )
+
+
+_PRECISIONS = ("fp32", "fp16", "bf16")  # the keys of zerolabel.vit.backbone.PRECISIONS
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def _compile_mode(text: str | None) -> str | None:
+    """``off`` (or unset) -> None; any other text is a mode, checked by ``validate``."""
+    return None if text is None or text.strip().lower() in ("off", "false", "0") else text.strip()
+
+
+def _port(read: EnvReader, name: str) -> int | None:
+    port = read.integer(name, minimum=0, note=" (0 turns it off)")
+    if port is not None and port > 65535:
+        raise ConfigError(f"{name}={port} is not a TCP port (1 to 65535, or 0 for none)")
+    return port
 
 
 def _fetch_fields(read: EnvReader) -> dict[str, Any]:
@@ -316,6 +354,8 @@ class BackendSettings:
     max_request_bytes: int = 16 * 2**20  # ZEROLABEL_MAX_REQUEST_BYTES: larger bodies get a 413
     http_threads: int = 64  # ZEROLABEL_HTTP_THREADS: requests served at once (/predict waits)
     log_level: str = "INFO"  # ZEROLABEL_LOG_LEVEL: DEBUG, INFO, WARNING, ERROR
+    # PROMETHEUS_MULTIPROC_DIR (prometheus_client's own): /metrics sums every process's files.
+    prometheus_multiproc_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | EnvReader | None = None) -> BackendSettings:
@@ -330,6 +370,7 @@ class BackendSettings:
                 max_request_bytes=read.integer("ZEROLABEL_MAX_REQUEST_BYTES", minimum=1024),
                 http_threads=read.integer("ZEROLABEL_HTTP_THREADS", minimum=1),
                 log_level=_log_level(read.text("ZEROLABEL_LOG_LEVEL")),
+                prometheus_multiproc_dir=_multiproc_dir(read),
             ),
         )
         if read.flag("ZEROLABEL_REQUIRE_BASIC_AUTH") and settings.basic_auth is None:
@@ -339,6 +380,20 @@ class BackendSettings:
                 "Model form"
             )
         return settings
+
+
+def _multiproc_dir(read: EnvReader) -> str | None:
+    """prometheus_client writes to the folder whenever the variable exists, even empty."""
+    name = "PROMETHEUS_MULTIPROC_DIR"
+    if name not in read.env:
+        return None
+    folder = read.env[name]
+    if not folder or not Path(folder).is_dir():
+        raise ConfigError(
+            f"{name}={folder!r} is not a folder: create an empty one for the backend's "
+            "processes to share (emptied before each start), or unset it for one process"
+        )
+    return folder
 
 
 def _log_level(value: str | None) -> str | None:

@@ -46,6 +46,7 @@ _OPTION_MENTIONS: dict[str, tuple[str, ...]] = {
     # option -> how library messages mention it next to its setting
     "--checkpoint": ("--checkpoint PATH or ",),
     "--cad-checkpoint": (" (or --cad-checkpoint)",),
+    "--fitted": (" (or --fitted)",),
     "--half": (" / --half",),
 }
 

@@ -1,6 +1,7 @@
 """``zerolabel`` commands of the labeling loop: prelabel here, cluster / export in :mod:`.labels`,
 relabel in :mod:`.relabel`, clusters-sheet in :mod:`.sheets`, import in :mod:`.project`,
-train-cad / self-train in :mod:`.detector`; :data:`COMMANDS` lists them all.
+train-cad / self-train in :mod:`.detector`, rps-fit / train-found in :mod:`.fit`;
+:data:`COMMANDS` lists them all.
 
 Project variants talk to Label Studio with ``LABEL_STUDIO_URL`` and ``LABEL_STUDIO_API_KEY``
 (legacy token or personal access token).
@@ -13,6 +14,7 @@ import click
 from zerolabel.cli.common import ls_client
 from zerolabel.cli.detector import self_train, train_cad
 from zerolabel.cli.errors import remember_url
+from zerolabel.cli.fit import rps_fit, train_found
 from zerolabel.cli.labels import cluster, export
 from zerolabel.cli.project import import_
 from zerolabel.cli.relabel import relabel
@@ -95,4 +97,6 @@ COMMANDS = [
     prelabel,
     train_cad,
     self_train,
+    rps_fit,
+    train_found,
 ]

@@ -1,4 +1,5 @@
-"""``zerolabel`` command line: predict, eval and worker (the labeling loop: :mod:`.loop`).
+"""``zerolabel`` command line: predict and worker; eval in :mod:`.evaluate`, the labeling loop in
+:mod:`.loop`.
 
 Heavy imports (torch, timm) happen inside the commands, so ``zerolabel --help`` is instant and
 the queue commands never load torch. ``zerolabel serve`` is added by zerolabel-backend.
@@ -7,6 +8,7 @@ Failures reach the user as one ``Error:`` line, decided in one place: :mod:`.err
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
@@ -117,6 +119,12 @@ def parse_params(pairs: tuple[str, ...], method: str) -> dict[str, Any]:
     default=None,
     help="Detector written by zerolabel train-cad (method cad).",
 )
+@click.option(
+    "--fitted",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Fitted file of a method that learns from a dataset [default: ZEROLABEL_FITTED].",
+)
 @weights_options
 @click.option(
     "--max-side",
@@ -131,7 +139,20 @@ def parse_params(pairs: tuple[str, ...], method: str) -> dict[str, Any]:
     help="Resize to SIDE x SIDE ignoring aspect (MaskCut authors used 480).",
 )
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ... [default: auto].")
-@click.option("--half", is_flag=True, default=None, help="fp16 forward pass (CUDA only).")
+@click.option("--half", is_flag=True, default=None, help="fp16 weights (CUDA only).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default=None,
+    help="Forward-pass precision; fp16/bf16 by autocast [default: ZEROLABEL_PRECISION or fp32].",
+)
+@click.option(
+    "--compile",
+    "compile_mode",
+    type=click.Choice(["off", "default", "reduce-overhead", "max-autotune"]),
+    default=None,
+    help="torch.compile the ViT blocks (GPU; first batch per size compiles) [off].",
+)
 @click.option("--batch-size", type=int, default=None, help="Images per forward pass [8].")
 @click.option(
     "-p",
@@ -142,6 +163,11 @@ def parse_params(pairs: tuple[str, ...], method: str) -> dict[str, Any]:
     help="Method parameter, e.g. -p k_patches=100, -p tau=0.2, -p max_objects=3.",
 )
 @click.option("--no-masks", is_flag=True, help="Boxes only (no BrushLabels / segmentation).")
+@click.option(
+    "--refine/--no-refine",
+    default=None,
+    help="Snap masks and boxes to the image's edges (dense CRF) [default: on for maskcut].",
+)
 @click.option("--label", default="object", show_default=True, help="Label value of the regions.")
 @local_files_options
 def predict(
@@ -149,15 +175,19 @@ def predict(
     out_dir: str,
     method: str | None,
     cad_checkpoint: str | None,
+    fitted: str | None,
     backbone: str | None,
     checkpoint: str | None,
     max_side: int | None,
     square: int | None,
     device: str | None,
     half: bool | None,
+    precision: str | None,
+    compile_mode: str | None,
     batch_size: int | None,
     params: tuple[str, ...],
     no_masks: bool,
+    refine: bool | None,
     label: str,
     url_prefix: str,
     document_root: str,
@@ -174,17 +204,24 @@ def predict(
     overrides = {
         "method": method,
         "cad_checkpoint": cad_checkpoint,
+        "fitted": fitted,
         "backbone": backbone,
         "checkpoint": checkpoint,
         "max_side": max_side,
         "device": device,
         "half": half,
+        "precision": precision,
         "batch_size": batch_size,
     }
     settings = batch.with_overrides(settings, overrides)
+    if compile_mode is not None:  # "off" must be able to clear ZEROLABEL_COMPILE
+        mode = None if compile_mode == "off" else compile_mode
+        settings = dataclasses.replace(settings, compile_mode=mode)
     typed = parse_params(params, settings.method)  # refused here, before any model loads
     files = expand_inputs(inputs)
-    job = batch.BatchJob.create(settings, square=square, params=typed, masks=not no_masks)
+    job = batch.BatchJob.create(
+        settings, square=square, params=typed, masks=not no_masks, refine=refine
+    )
     start = time.perf_counter()
     report = job.run(
         files, Path(out_dir), label=label, url_prefix=url_prefix, document_root=Path(document_root)
@@ -192,105 +229,6 @@ def predict(
     click.echo(report.summary(time.perf_counter() - start), err=True)
     if report.failures:
         sys.exit(1)
-
-
-@main.command("eval")
-@click.argument("predictions", required=False, type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--gt",
-    "gt_path",
-    type=click.Path(exists=True),
-    default=None,
-    help="Ground truth: VOC XML folder, COCO JSON, or YOLO labels folder.",
-)
-@click.option(
-    "--gt-format",
-    type=click.Choice(["auto", "voc", "coco", "yolo"]),
-    default="auto",
-    show_default=True,
-)
-@click.option(
-    "--images",
-    "images_dir",
-    type=click.Path(exists=True, file_okay=False),
-    default=None,
-    help="Images folder (YOLO ground truth needs image sizes).",
-)
-@click.option(
-    "--project",
-    type=int,
-    default=None,
-    help="Score a project's predictions against its annotations (Label Studio API).",
-)
-@click.option(
-    "--from-file",
-    "from_file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="The same from a Label Studio JSON export file.",
-)
-@click.option(
-    "--model-version",
-    default=None,
-    help="Predictions to score [default: the latest version; the output names it].",
-)
-@click.option(
-    "--csv",
-    "csv_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write per-image results to this CSV.",
-)
-def eval_(
-    predictions: str | None,
-    gt_path: str | None,
-    gt_format: str,
-    images_dir: str | None,
-    project: int | None,
-    from_file: str | None,
-    model_version: str | None,
-    csv_path: str | None,
-) -> None:
-    """CorLoc and class-agnostic AP50 / AP / AR100 (and cluster purity / NMI).
-
-    Either PREDICTIONS (the coco.json of `predict`) with --gt, or a Label Studio project
-    (--project or --from-file) whose annotations are the ground truth.
-    """
-    from zerolabel.evaluation.metrics import evaluate
-
-    modes = [predictions is not None, project is not None, from_file is not None]
-    if sum(modes) != 1 or (predictions is not None) != (gt_path is not None):
-        raise click.UsageError("give PREDICTIONS with --gt, or --project, or --from-file")
-    if predictions is not None and gt_path is not None:
-        report = evaluate(
-            predictions, gt_path, gt_format=gt_format, images_dir=images_dir, csv_path=csv_path
-        )
-        click.echo(report.format_table())
-        return
-    _eval_project(project, from_file, model_version, csv_path)
-
-
-def _eval_project(
-    project: int | None, from_file: str | None, model_version: str | None, csv_path: str | None
-) -> None:
-    from zerolabel.cli.common import ls_client, project_tasks, read_tasks, worker_settings
-    from zerolabel.labelstudio.versions import choose_model_version
-    from zerolabel.loop.evaluate import evaluate_export
-
-    data = (
-        project_tasks(ls_client(worker_settings()), project)
-        if project is not None
-        else read_tasks(str(from_file))
-    )
-    choice = choose_model_version(data, model_version)
-    report, clusters = evaluate_export(
-        data, model_version=choice.version, csv_path=Path(csv_path) if csv_path else None
-    )
-    click.echo(report.format_table())
-    if clusters is not None:
-        click.echo(clusters.format_table())
-    if (line := choice.summary()) is not None:
-        click.echo(line, err=True)
 
 
 @main.command()
@@ -301,6 +239,7 @@ def worker(name: str | None, burst: bool) -> None:
 
     When Redis goes away the worker waits for it (capped backoff) and carries on.
     """
+    from zerolabel import metrics
     from zerolabel.queue.jobs import get_runtime
     from zerolabel.queue.worker import run_worker
 
@@ -313,6 +252,7 @@ def worker(name: str | None, burst: bool) -> None:
     runtime.redis.ping()  # a missing Redis fails in a moment, before the model is loaded
     runner = runtime.runner(spec)  # a ViT method or the trained detector, loaded before any job
     logger.info("serving queue %r with %s", settings.queue.queue, runner.model_version)
+    metrics.serve(settings)  # ZEROLABEL_METRICS_PORT; 0: none
     run_worker(runtime.redis, settings.queue, name=name, burst=burst)
 
 
@@ -321,8 +261,10 @@ def _register_commands() -> None:
     with zerolabel-backend) through the ``zerolabel.commands`` entry-point group."""
     from importlib.metadata import entry_points
 
+    from zerolabel.cli.evaluate import eval_
     from zerolabel.cli.loop import COMMANDS
 
+    main.add_command(eval_)
     for command in COMMANDS:
         main.add_command(command)
     for entry in entry_points(group="zerolabel.commands"):

@@ -41,12 +41,26 @@ DiscoveryMethod = Callable[..., list[ObjectMask]]
 
 # The method modules import ObjectMask from here, so they come after it. They are bound as
 # modules (zerolabel.discovery.lost is the module, zerolabel.discovery.lost.lost the function).
-from zerolabel.discovery import lost, maskcut, tokencut  # noqa: E402
+from zerolabel.discovery import (  # noqa: E402
+    dinoseg,
+    dss,
+    found,
+    lost,
+    maskcut,
+    promerge,
+    rps,
+    tokencut,
+)
 
 METHODS: dict[str, DiscoveryMethod] = {
     "lost": lost.lost,
     "tokencut": tokencut.tokencut,
     "maskcut": maskcut.maskcut,
+    "found": found.found,
+    "rps": rps.rps,
+    "dinoseg": dinoseg.dinoseg,
+    "dss": dss.dss,
+    "promerge": promerge.promerge,
 }
 """The function of each feature method of :data:`zerolabel.methods.METHODS`, by name."""
 

@@ -5,8 +5,9 @@ when its IoU with ANY ground-truth box is at least 0.5; every ground-truth image
 counts, and such an image without a prediction is a miss. Negatives (ground-truth images
 without objects) have nothing to localise: they are left out of CorLoc, and boxes predicted on
 them are false positives in AP. AP50, AP (0.5:0.95) and AR100 come from pycocotools with
-every ground-truth class merged into one "object" category. Predictions are matched to ground
-truth by file stem (``000001`` for ``JPEGImages/000001.jpg``).
+every ground-truth class merged into one "object" category. Whether the region scores rank
+regions by quality is the Spearman correlation of score and IoU (:mod:`.rank`). Predictions are
+matched to ground truth by file stem (``000001`` for ``JPEGImages/000001.jpg``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from zerolabel.contract import Box
 from zerolabel.evaluation.ground_truth import GroundTruth, load_json, read_ground_truth, unique_stem
+from zerolabel.evaluation.rank import score_iou_spearman
 from zerolabel.formats.coco import coco_annotation
 from zerolabel.geometry import box_iou
 
@@ -212,6 +214,8 @@ class EvalReport:
     ar100: float
     rows: list[ImageResult] = field(default_factory=list)
     n_negatives: int = 0  # ground-truth images without objects
+    spearman: float = math.nan  # rank correlation of region score and best GT IoU
+    n_regions: int = 0  # predicted regions on ground-truth images (the Spearman pairs)
 
     def format_table(self) -> str:
         """A small aligned text table; metrics shown as percentages."""
@@ -223,6 +227,8 @@ class EvalReport:
             ("AP50 (%)", _percent(self.ap50)),
             ("AP (%)", _percent(self.ap)),
             ("AR100 (%)", _percent(self.ar100)),
+            ("regions scored", str(self.n_regions)),
+            ("Spearman (score, IoU)", format_rho(self.spearman)),
         ]
         name_w = max(len(name) for name, _ in lines)
         value_w = max(len(value) for _, value in lines)
@@ -231,6 +237,11 @@ class EvalReport:
 
 def _percent(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def format_rho(value: float) -> str:
+    """A correlation with a sign and two decimals, ``n/a`` when undefined."""
+    return "n/a" if math.isnan(value) else f"{value:+.2f}"
 
 
 def evaluate(
@@ -263,6 +274,7 @@ def report_for(
     """CorLoc and COCO metrics of ``preds`` against ``gt``; the CSV written when asked."""
     value, rows = corloc(preds, gt)
     metrics = coco_metrics(preds, gt)
+    rho, n_regions = score_iou_spearman(preds, gt)
     if csv_path is not None:
         write_csv(rows, csv_path)
     return EvalReport(
@@ -274,6 +286,8 @@ def report_for(
         ar100=metrics["ar100"],
         rows=rows,
         n_negatives=sum(r.n_gt == 0 for r in rows),
+        spearman=rho,
+        n_regions=n_regions,
     )
 
 

@@ -61,8 +61,9 @@ from urllib3.exceptions import DecodeError, LocationParseError, ReadTimeoutError
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.util import parse_url
 
+from zerolabel import metrics
 from zerolabel.errors import ConfigError, DiscoveryError, ImageLoadError
-from zerolabel.io.images import ImageLimits, LoadedImage, decode, load_file, read_file
+from zerolabel.io.images import ImageLimits, LoadedImage, decode, read_file
 from zerolabel.labelstudio.auth import (
     LS_TOKEN_SETTING,
     LS_URL_SETTING,
@@ -320,11 +321,15 @@ class Fetcher:
         """
         target = self.resolve(uri)
         if isinstance(target, Path):
-            return load_file(target, limits, max_side=max_side)
-        source = _display(target.url)
-        data, content_type = self._download(target, limits)
+            with metrics.timed("fetch"):
+                data, source, content_type = read_file(target, limits), str(target), ""
+        else:
+            source = _display(target.url)
+            with metrics.timed("fetch"):
+                data, content_type = self._download(target, limits)
         try:
-            return decode(data, source, limits, max_side=max_side)
+            with metrics.timed("decode"):
+                return decode(data, source, limits, max_side=max_side)
         except ImageLoadError as exc:
             if content_type.startswith("text/html"):
                 raise ImageLoadError(

@@ -256,7 +256,7 @@ class LabelStudioClient:
         shown = _shown_path(path, params)
         retry = self._retry if method in _RETRIED_METHODS else self._once
         call = partial(self._call, method, path, shown, params=params, json=json)
-        return retry.run(call, transient=_is_transient, sleep=self._sleep)
+        return retry.run(call, transient=is_transient, sleep=self._sleep)
 
     def _call(
         self, method: str, path: str, shown: str, *, params: dict[str, Any] | None, json: Any
@@ -313,8 +313,12 @@ class LabelStudioClient:
         return LabelStudioError(exc.status, "POST", TOKEN_REFRESH_PATH, message)
 
 
-def _is_transient(exc: DiscoveryError) -> bool:
-    """A failure with no reply, or a status a later attempt may not get."""
+def is_transient(exc: DiscoveryError) -> bool:
+    """A failure with no reply, or a status a later attempt may not get (429, 5xx).
+
+    After a failed POST with no reply the request may have been stored: look before posting
+    again.
+    """
     return isinstance(exc, LabelStudioError) and (
         exc.status is None or exc.status in TRANSIENT_STATUSES
     )

@@ -15,7 +15,7 @@ from zerolabel.settings import BackendSettings
 #: Method parameters a project may set at the top level of its extra params (any method's; the
 #: spec then checks them against the method it runs).
 METHOD_PARAMS = methods.param_names()
-_SPEC_OPTIONS = frozenset({"method", "backbone", "max_side", "square", "masks"})
+_SPEC_OPTIONS = frozenset({"method", "backbone", "max_side", "square", "masks", "refine"})
 
 PROJECT_BACKBONES = (
     "dino_vits16",
@@ -108,8 +108,9 @@ def _check_spec_options(spec: Mapping[str, Any]) -> None:
     for name in ("method", "backbone"):
         if name in spec and not isinstance(spec[name], str):
             raise ConfigError(f'extra param "{name}" must be a string, got {spec[name]!r}')
-    if "masks" in spec and not isinstance(spec["masks"], bool):
-        raise ConfigError(f'extra param "masks" must be true or false, got {spec["masks"]!r}')
+    for name in ("masks", "refine"):
+        if name in spec and not isinstance(spec[name], bool):
+            raise ConfigError(f'extra param "{name}" must be true or false, got {spec[name]!r}')
 
 
 def _as_mapping(raw: str | Mapping[str, Any] | None) -> Mapping[str, Any]:

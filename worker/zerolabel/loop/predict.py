@@ -70,6 +70,7 @@ class BatchJob:
         square: int | None = None,
         params: dict[str, Any] | None = None,
         masks: bool = True,
+        refine: bool | None = None,
     ) -> BatchJob:
         """Check the spec the settings describe, then load its model.
 
@@ -77,7 +78,7 @@ class BatchJob:
             ConfigError: the spec cannot be built (unknown parameter...): nothing is loaded.
             WeightsError: the model's weights are missing or do not fit.
         """
-        spec = settings.spec(square=square, params=params or {}, masks=masks)
+        spec = settings.spec(square=square, params=params or {}, masks=masks, refine=refine)
         return cls(ModelStore(settings).runner(spec), settings)
 
     def discover(self, files: Sequence[Path]) -> Iterator[tuple[Path, DiscoveryResult | str]]:

@@ -5,6 +5,8 @@ One run reads the project's labeling config and its ML backend connections' extr
 write the same ``model_version``), lists every task, skips those that already carry a
 prediction of that version, and sends the rest to the workers in batches. Each finished task
 gets one prediction, stored with ``POST /api/predictions`` as soon as its batch is collected.
+The project's ``model_version`` is then set to that version, which fills the Data Manager's
+"Prediction score" column (:mod:`zerolabel.loop.project_version`).
 Nothing is queued when no worker is alive (the run says so at once), and a run whose workers all
 stop while it waits for a batch ends early instead of waiting out ``wait_timeout_s``.
 
@@ -38,6 +40,7 @@ from zerolabel.labelstudio.client import LabelStudioClient, LabelStudioError
 from zerolabel.labelstudio.options import ProjectOptions
 from zerolabel.loop.backend_options import project_options
 from zerolabel.loop.prelabel_report import PrelabelReport
+from zerolabel.loop.project_version import use_model_version
 from zerolabel.loop.waiting import BatchWaiter
 from zerolabel.queue.dispatch import Outcome
 from zerolabel.queue.service import PredictionService
@@ -124,6 +127,8 @@ def prelabel_project(
             run.report.summary(),
         )
         raise
+    if run.report.written or run.report.skipped_existing:
+        use_model_version(client, project_id, run.version)
     return run.report
 
 

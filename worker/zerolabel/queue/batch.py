@@ -51,6 +51,7 @@ from zerolabel.queue.batch_report import BatchObserver, BatchReport, BatchStats
 from zerolabel.queue.claims import Claimer, request_of
 from zerolabel.queue.held import HeldLeases
 from zerolabel.queue.leases import QuarantinedJobError
+from zerolabel.queue.writeback import after_job
 
 if TYPE_CHECKING:
     from zerolabel.queue.runtime import Loaded, WorkerRuntime
@@ -260,6 +261,9 @@ class Batches:
             return [exc for _ in compute]
 
     def _finish(self, claimed: _Claimed, queue: Queue, answer: Answer) -> None:
+        redis = self.runtime.redis
+        if answer.result is not None and redis is not None:  # late tasks get it written now
+            after_job(redis, self.runtime.settings, claimed.job.id, answer.result)
         with answering(answer):
             self.worker.finish_claimed(claimed.job, queue, claimed.execution)
         self.leases.release(claimed.job.id)

@@ -13,6 +13,7 @@ from zerolabel.errors import ConfigError, DiscoveryError
 from zerolabel.queue.answers import answer_for
 from zerolabel.queue.dispatch import connect, lease
 from zerolabel.queue.runtime import WorkerRuntime
+from zerolabel.queue.writeback import after_job
 from zerolabel.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ def discover(request: dict[str, Any]) -> dict[str, Any]:
     if runtime.redis is None:
         raise DiscoveryError("the worker runtime has no Redis connection: set REDIS_URL")
     with lease(runtime.redis, job.id if job else None, runtime.settings.queue.lease_s):
-        return runtime.discover(parsed).to_dict()
+        result = runtime.discover(parsed)
+        after_job(runtime.redis, runtime.settings, job.id if job else None, result)
+    return result.to_dict()
 
 
 def refused(request: dict[str, Any], exc: ConfigError) -> DiscoveryResult:

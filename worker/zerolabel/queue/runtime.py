@@ -19,6 +19,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq.timeouts import BaseTimeoutException
 
+from zerolabel import metrics
 from zerolabel.contract import DiscoveryRequest, DiscoveryResult, DiscoverySpec, Region
 from zerolabel.errors import ConfigError, ImageLoadError, WeightsError
 from zerolabel.io.fetch import Fetcher, FetchPolicy, TransientFetchError
@@ -185,9 +186,10 @@ class WorkerRuntime:
         spec = request.spec
         version = spec.model_version()
         try:
-            image = self.fetcher(request).fetch(
-                request.image, self.limits, max_side=spec.effective_max_side()
-            )
+            with metrics.failures():
+                image = self.fetcher(request).fetch(
+                    request.image, self.limits, max_side=spec.effective_max_side()
+                )
         except TransientFetchError:
             raise
         except (ImageLoadError, ConfigError) as exc:
@@ -198,6 +200,7 @@ class WorkerRuntime:
         cached = self._cached(version, origin, image.sha256)
         if cached is not None:
             logger.info("task %s: served from the result cache", request.task_id)
+            metrics.observe_cache_hit()
             found = dataclasses.replace(cached, source=request.image, task_id=request.task_id)
             return Loaded(request, result=found)
         return Loaded(request, image, origin=origin)
@@ -219,8 +222,10 @@ class WorkerRuntime:
             raise ValueError("compute() takes only items whose image is loaded")
         runner: Runner | None = None
         try:
-            runner = self.runner(spec)
-            regions = runner.run(images, self.settings.batch_size)
+            with metrics.failures():
+                runner = self.runner(spec)
+                with metrics.running(runner, images=len(images)):
+                    regions = runner.run(images, self.settings.batch_size)
         except (WeightsError, ConfigError) as exc:
             logger.error("%s", exc)
             return [self._result(item, [], str(exc)) for item in loaded]
@@ -246,6 +251,7 @@ class WorkerRuntime:
         self.timings.preprocess_s += timings.preprocess_s
         self.timings.forward_s += timings.forward_s
         self.timings.method_s += timings.method_s
+        self.timings.refine_s += timings.refine_s
         self.timings.images += timings.images
 
     def _result(

@@ -1,12 +1,17 @@
 """Label Studio tasks -> queued discovery jobs -> one Label Studio entry per task.
 
-Entries for tasks without a result carry no ``result`` key: Label Studio then stores no
-prediction for them, so they are asked for again later instead of being marked done.
+A task without a prediction now (its job is late, failed, or the task is malformed) gets an
+empty list: Label Studio 1.23 reads an entry as the task's list of predictions, so it stores
+nothing for it and logs no error. A late task of a project whose ``/setup`` named the
+configured Label Studio is recorded as waiting for its job (:mod:`zerolabel.queue.writeback`):
+the worker that finishes the job writes the prediction to the task through the Label Studio
+API, exactly once, and the user does not have to ask again.
 
 Nothing here carries a Label Studio token: requests name the configured Label Studio a relative
-image URL belongs to, and workers download with their own ``LABEL_STUDIO_API_KEY``. The hostname
-Label Studio sends to ``/setup`` is accepted only when it is ``LABEL_STUDIO_URL`` or one of
-``ZEROLABEL_LABEL_STUDIO_ALIASES`` (:meth:`PredictionService.context`).
+image URL belongs to, and workers download (and write late predictions) with their own
+``LABEL_STUDIO_API_KEY``. The hostname Label Studio sends to ``/setup`` is accepted only when it
+is ``LABEL_STUDIO_URL`` or one of ``ZEROLABEL_LABEL_STUDIO_ALIASES``
+(:meth:`PredictionService.context`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from zerolabel.labelstudio import tasks as ls_format
 from zerolabel.labelstudio.label_config import find_target
 from zerolabel.labelstudio.options import ProjectOptions
 from zerolabel.queue.dispatch import Dispatcher, Outcome, connect
+from zerolabel.queue.writeback import Ledger, Waiting, hold_s
 from zerolabel.settings import BackendSettings
 
 logger = logging.getLogger(__name__)
@@ -47,6 +53,31 @@ class ProjectContext:
     options: ProjectOptions = field(default_factory=ProjectOptions)
 
 
+PENDING = "late: still running; its prediction is written to the task when ready"
+WRITTEN = "its prediction was written to the task by a worker"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What ``/predict`` answers for one task.
+
+    Attributes:
+        prediction: the task's prediction; None when there is none now.
+        reason: why there is none.
+        pending: a worker writes the prediction to the task when its job finishes.
+    """
+
+    prediction: dict[str, Any] | None = None
+    reason: str | None = None
+    pending: bool = False
+
+    @property
+    def entry(self) -> dict[str, Any] | list[Any]:
+        """The task's entry in the reply's ``results``: its prediction, or an empty list of
+        predictions (Label Studio stores nothing then and logs no error)."""
+        return self.prediction if self.prediction is not None else []
+
+
 class PredictionService:
     """Process-wide: one Redis connection and dispatcher for every request."""
 
@@ -56,6 +87,7 @@ class PredictionService:
         self.dispatcher = Dispatcher(
             redis or connect(settings.discovery.queue), settings.discovery.queue
         )
+        self.ledger = Ledger(self.dispatcher.redis)
 
     def plan(
         self, label_config: str, options: ProjectOptions
@@ -86,8 +118,19 @@ class PredictionService:
 
     def predict(
         self, tasks: Sequence[dict[str, Any]], label_config: str, context: ProjectContext
-    ) -> list[dict[str, Any]]:
-        """Exactly one entry per task, in order.
+    ) -> list[dict[str, Any] | list[Any]]:
+        """Exactly one ``results`` entry per task, in order (see :meth:`answer`).
+
+        Raises:
+            ConfigError: the labeling config cannot be served, or the context names a Label
+                Studio that is not configured (see :meth:`context`).
+        """
+        return [answer.entry for answer in self.answer(tasks, label_config, context)]
+
+    def answer(
+        self, tasks: Sequence[dict[str, Any]], label_config: str, context: ProjectContext
+    ) -> list[Answer]:
+        """Exactly one answer per task, in order; late tasks are written back when ready.
 
         Raises:
             ConfigError: the labeling config cannot be served, or the context names a Label
@@ -96,18 +139,31 @@ class PredictionService:
         target, spec = self.plan(label_config, context.options)
         version = spec.model_version()
         ls_url = self._ls_url(context)
-        entries: list[dict[str, Any] | None] = [None] * len(tasks)
+        answers: list[Answer | None] = [None] * len(tasks)
         requests: dict[int, DiscoveryRequest] = {}
         for index, task in enumerate(tasks):
             image = (task.get("data") or {}).get(target.data_key)
             if not isinstance(image, str) or not image:
-                entries[index] = _no_result(task, f"task data has no '{target.data_key}' image URL")
+                answers[index] = _skipped(task, f"task data has no '{target.data_key}' image URL")
                 continue
             requests[index] = DiscoveryRequest(spec, image, task.get("id"), ls_url)
-        outcomes = self._run(list(requests.values()))
-        for index, outcome in zip(requests, outcomes, strict=True):
-            entries[index] = self._entry(tasks[index], outcome, target, version)
-        return [entry or {} for entry in entries]
+        submitted = self._run(list(requests.values()))
+        for index, (job_id, outcome) in zip(requests, submitted, strict=True):
+            task = tasks[index]
+            waiting = self._waiting(task, target, version, context)
+            answers[index] = self._answer(task, job_id, outcome, target, version, waiting)
+        return [answer or Answer(reason="no answer") for answer in answers]
+
+    def _waiting(
+        self, task: dict[str, Any], target: ls_format.Target, version: str, context: ProjectContext
+    ) -> Waiting | None:
+        """The record of a task that may wait for its job: only for a project whose /setup
+        named the configured Label Studio (the only one workers write to), and a task id."""
+        task_id = task.get("id")
+        if context.hostname is None or not isinstance(task_id, int):
+            return None
+        hold = hold_s(self.settings.wait_timeout_s)
+        return Waiting(task_id, context.hostname, version, target, hold)
 
     def _ls_url(self, context: ProjectContext) -> str | None:
         """The configured Label Studio URL the project's relative image URLs belong to.
@@ -123,31 +179,58 @@ class PredictionService:
         site = self.sites.check_hostname(context.hostname) or self.sites.primary
         return site.url if site is not None else None
 
-    def _run(self, requests: list[DiscoveryRequest]) -> list[Outcome]:
+    def _run(self, requests: list[DiscoveryRequest]) -> list[tuple[str | None, Outcome]]:
+        """Submit and wait; one (job id, outcome) per request, the job id None without Redis."""
         if not requests:
             return []
         try:
             jobs = [self.dispatcher.submit(request) for request in requests]
-            return self.dispatcher.collect(jobs, self.settings.wait_timeout_s)
+            outcomes = self.dispatcher.collect(jobs, self.settings.wait_timeout_s)
+            return [(job.id, outcome) for job, outcome in zip(jobs, outcomes, strict=True)]
         except (RedisError, OSError) as exc:
-            reason = f"Redis unreachable at {self.settings.discovery.queue.redis_url}: {exc}"
+            reason = self._redis_down(exc)
             logger.error("%d task(s) left without predictions: %s", len(requests), reason)
-            return [Outcome(None, reason) for _ in requests]
+            return [(None, Outcome(None, reason)) for _ in requests]
 
-    def _entry(
-        self, task: dict[str, Any], outcome: Outcome, target: ls_format.Target, version: str
-    ) -> dict[str, Any]:
+    def _answer(
+        self,
+        task: dict[str, Any],
+        job_id: str | None,
+        outcome: Outcome,
+        target: ls_format.Target,
+        version: str,
+        waiting: Waiting | None,
+    ) -> Answer:
         result = outcome.result
-        if result is None:
-            return _no_result(task, outcome.reason or "no result")
-        if result.error:
-            return _no_result(task, result.error)
-        return ls_format.prediction(replace(result, model_version=version), target)
+        tracked = (job_id, waiting) if job_id is not None and waiting is not None else None
+        try:
+            if result is None and tracked is not None and _is_late(outcome):
+                result = self.ledger.wait(*tracked)
+                if result is None:
+                    logger.info("task %s: %s", task.get("id"), PENDING)
+                    return Answer(reason=PENDING, pending=True)
+            if result is None:
+                return _skipped(task, outcome.reason or "no result")
+            if result.error:
+                return _skipped(task, result.error)
+            if tracked is not None and not self.ledger.may_answer(*tracked):
+                logger.info("task %s: %s", task.get("id"), WRITTEN)
+                return Answer(reason=WRITTEN)
+        except (RedisError, OSError) as exc:
+            return _skipped(task, self._redis_down(exc))
+        return Answer(ls_format.prediction(replace(result, model_version=version), target))
+
+    def _redis_down(self, exc: BaseException) -> str:
+        return f"Redis unreachable at {self.settings.discovery.queue.redis_url}: {exc}"
 
     def health(self) -> dict[str, Any]:
         return self.dispatcher.health()
 
 
-def _no_result(task: dict[str, Any], reason: str) -> dict[str, Any]:
+def _is_late(outcome: Outcome) -> bool:
+    return outcome.result is None and (outcome.reason or "").startswith("late")
+
+
+def _skipped(task: dict[str, Any], reason: str) -> Answer:
     logger.warning("task %s: no prediction: %s", task.get("id"), reason)
-    return {"error": reason}
+    return Answer(reason=reason)

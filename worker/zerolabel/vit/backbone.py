@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,13 @@ BACKBONES: dict[str, str] = {
     "dora_vits16": "vit_small_patch16_224",  # DoRA: DINO-format checkpoint under "teacher"
 }
 
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,  # no autocast
+    "fp16": torch.float16,  # CUDA only
+    "bf16": torch.bfloat16,  # CUDA, and CPUs with bf16 kernels
+}
+"""Forward-pass precisions: the weights stay fp32 and matmuls run under ``torch.autocast``."""
+
 _HUB_HOST = ("huggingface.co", 443)
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm looks for, in its order
 
@@ -62,8 +69,19 @@ class Backbone:
     name: str  # timm name
     weights_id: str  # hub tag or checkpoint digest: part of the model_version
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # of the weights and of the input batch
     pos_embed: str  # "dino" or "timm" interpolation of positional embeddings
+    autocast: torch.dtype | None = None  # run the forward pass under torch.autocast
+    trunk: Callable[[torch.Tensor], torch.Tensor] | None = None  # compiled blocks[:-1]
+
+    def blocks(self, tokens: torch.Tensor) -> torch.Tensor:
+        """All transformer blocks; the last one always runs eagerly (its qkv is hooked)."""
+        model: Any = self.model
+        if self.trunk is None:
+            out: torch.Tensor = model.blocks(tokens)
+            return out
+        last: torch.Tensor = model.blocks[-1](self.trunk(tokens))
+        return last
 
     @property
     def patch_size(self) -> int:
@@ -104,6 +122,8 @@ def load_backbone(
     model_kwargs: Mapping[str, Any] | None = None,
     offline: bool = False,
     random_weights: bool = False,
+    precision: str = "fp32",
+    compile_mode: str | None = None,
 ) -> Backbone:
     """Build the ViT, load its weights and move it to the device in eval mode.
 
@@ -111,16 +131,23 @@ def load_backbone(
         backbone: a key of :data:`BACKBONES` or any timm ViT name.
         checkpoint: local weights file; when None the timm pretrained tag is used.
         device: ``auto``, ``cpu``, ``cuda``...
-        half: fp16 weights and activations (CUDA only).
+        half: fp16 weights and activations (CUDA only); prefer ``precision="fp16"``.
         pos_embed: ``dino`` (DINO's interpolation rule, reproduces the papers) or ``timm``.
         model_kwargs: architecture overrides passed to ``timm.create_model`` (e.g. depth).
         offline: never try the network; only a checkpoint or the local hub cache.
         random_weights: seeded-by-caller random init, for benchmarks and tests.
+        precision: a key of :data:`PRECISIONS`: ``fp16``/``bf16`` autocast the forward pass.
+        compile_mode: ``torch.compile`` all blocks but the last with this mode (``default``,
+            ``reduce-overhead``, ``max-autotune``); None runs eagerly.
     """
     name = resolve_name(backbone)
     torch_device = pick_device(device)
     if half and torch_device.type != "cuda":
         raise ConfigError("half precision needs a CUDA device (ZEROLABEL_HALF / --half)")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "fp16" and torch_device.type != "cuda":
+        raise ConfigError("fp16 autocast needs a CUDA device (ZEROLABEL_PRECISION); use bf16")
     if pos_embed not in ("dino", "timm"):
         raise ConfigError(f"pos_embed must be 'dino' or 'timm', not {pos_embed!r}")
     kwargs = {"num_classes": 0, "dynamic_img_size": True, **(model_kwargs or {})}
@@ -133,7 +160,26 @@ def load_backbone(
         model, weights_id = _from_hub(name, kwargs, offline=offline), f"hub:{name}"
     dtype = torch.float16 if half else torch.float32
     model = model.to(device=torch_device, dtype=dtype).eval().requires_grad_(False)
-    return Backbone(model, name, weights_id, torch_device, dtype, pos_embed)
+    autocast = None if half else PRECISIONS[precision]
+    loaded = Backbone(model, name, weights_id, torch_device, dtype, pos_embed, autocast)
+    if compile_mode is not None:
+        loaded.trunk = compile_trunk(model, compile_mode)
+    return loaded
+
+
+def compile_trunk(
+    model: Any, mode: str, backend: str = "inductor"
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile`` of every block but the last (whose qkv the feature hook reads).
+
+    Shapes are marked dynamic so that images of other sizes need not each compile anew.
+    ``backend`` other than inductor (e.g. ``eager`` in tests) takes no mode.
+    """
+    trunk = torch.nn.Sequential(*list(model.blocks)[:-1])
+    compiled: Callable[[torch.Tensor], torch.Tensor] = torch.compile(
+        trunk, mode=mode if backend == "inductor" else None, dynamic=True, backend=backend
+    )
+    return compiled
 
 
 def _create(
@@ -251,4 +297,6 @@ def load_configured_backbone(settings: WorkerSettings) -> Backbone:
         pos_embed=settings.pos_embed,
         model_kwargs=settings.backbone_kwargs,
         offline=settings.offline,
+        precision=settings.precision,
+        compile_mode=settings.compile_mode,
     )

@@ -8,6 +8,7 @@ values; it is removed before the call returns.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,13 +109,20 @@ def extract(backbone: Backbone, images: torch.Tensor) -> list[PatchFeatures]:
     captured: dict[str, torch.Tensor] = {}
     attn = model.blocks[-1].attn
     handle = attn.qkv.register_forward_hook(lambda _m, _i, out: captured.__setitem__("qkv", out))
+    images = images.to(backbone.device, backbone.dtype, non_blocking=True)
     try:
-        x = _embed(model, images.to(backbone.device, backbone.dtype), backbone.pos_embed)
-        x = model.norm_pre(x)
-        x = model.norm(model.blocks(x))
+        with _autocast(backbone):
+            x = _embed(model, images, backbone.pos_embed)
+            x = model.norm(backbone.blocks(model.norm_pre(x)))
     finally:
         handle.remove()
     return _split(captured["qkv"], x, attn, model.num_prefix_tokens, grid_hw)
+
+
+def _autocast(backbone: Backbone) -> contextlib.AbstractContextManager[object]:
+    if backbone.autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=backbone.device.type, dtype=backbone.autocast)
 
 
 def _split(

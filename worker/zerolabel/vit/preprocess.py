@@ -29,13 +29,40 @@ def content_size(
     return (max(1, round(h * scale)), max(1, round(w * scale)))
 
 
+def resized(
+    pixels: npt.NDArray[np.uint8], frame: Frame, *, square: bool = False
+) -> npt.NDArray[np.uint8]:
+    """The pixels the network sees, before normalisation: resized to ``frame.content_hw``.
+
+    A ``square`` input is resized with PIL's LANCZOS filter, as MaskCut's authors resize
+    theirs; any other resize (the ``max_side`` cap) is bicubic, the filter of DINO's own
+    transforms (the papers of LOST and TokenCut run at full resolution and name no filter).
+    Pixels already at the content size are returned as they are.
+
+    Args:
+        pixels: [h, w, 3] uint8 RGB (may be a reduced decode of the original).
+        frame: target geometry.
+        square: the content size is a ``square x square`` input (MaskCut authors' setting).
+
+    Returns:
+        [ch, cw, 3] uint8 RGB.
+    """
+    ch, cw = frame.content_hw
+    if pixels.shape[:2] == (ch, cw):
+        return pixels
+    resample = Image.Resampling.LANCZOS if square else Image.Resampling.BICUBIC
+    return np.asarray(Image.fromarray(pixels).resize((cw, ch), resample))
+
+
 def to_input(
     pixels: npt.NDArray[np.uint8],
     frame: Frame,
     mean: tuple[float, ...],
     std: tuple[float, ...],
+    *,
+    square: bool = False,
 ) -> torch.Tensor:
-    """Resize to ``frame.content_hw`` (bicubic), normalise, zero-pad bottom/right.
+    """Resize to ``frame.content_hw`` (:func:`resized`), normalise, zero-pad bottom/right.
 
     Padding comes after normalisation, as in LOST/TokenCut, so padded cells are exactly zero.
 
@@ -44,13 +71,13 @@ def to_input(
         frame: target geometry.
         mean: per-channel mean of the model's pretraining.
         std: per-channel std.
+        square: the content size is a square input (LANCZOS, see :func:`resized`).
 
     Returns:
         [3, Hp, Wp] float32 with Hp, Wp multiples of the patch size.
     """
     ch, cw = frame.content_hw
-    if pixels.shape[:2] != (ch, cw):
-        pixels = np.asarray(Image.fromarray(pixels).resize((cw, ch), Image.Resampling.BICUBIC))
+    pixels = resized(pixels, frame, square=square)
     writable = np.require(pixels, requirements=["C", "W"])  # PIL arrays are read-only
     image = torch.from_numpy(writable).permute(2, 0, 1).float().div_(255.0)
     image = (image - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
