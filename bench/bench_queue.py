@@ -45,7 +45,7 @@ from tests.servers import (  # noqa: E402
 CONFIG = (ROOT / "examples" / "label_config.xml").read_text()
 SOURCES = sorted((ROOT / "examples" / "voc2007" / "JPEGImages").glob("*.jpg"))
 TOKEN = "bench-token"
-STAGES = ("fetch", "decode", "forward", "method", "refine")
+STAGES = ("fetch", "decode", "preprocess", "forward", "method", "refine")
 
 
 @dataclass
@@ -130,7 +130,7 @@ def in_process(args: argparse.Namespace, env: dict[str, str], files: list[Path])
         job.run(files, Path(out))
         seconds = time.perf_counter() - start
     stages = {
-        "decode": timings.preprocess_s - before[0],
+        "preprocess": timings.preprocess_s - before[0],
         "forward": timings.forward_s - before[1],
         "method": timings.method_s - before[2],
     }
@@ -162,26 +162,24 @@ def _predict(url: str, names: list[str], first_id: int, timeout_s: float) -> int
     )
 
 
-def _scrape(ports: list[int]) -> tuple[dict[str, float], list[float]]:
-    """Stage seconds and batch sizes summed over the workers' metrics ports."""
+def _scrape(ports: list[int]) -> dict[str, float]:
+    """Per-stage seconds (``stage:<name>``) and batch-size sum and count, over the workers."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    stages: dict[str, float] = {}
-    batches: list[float] = []
+    totals: dict[str, float] = {}
     for port in ports:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
             text = answer.read().decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
+                key = None
                 if sample.name == "zerolabel_worker_stage_seconds_sum":
-                    stage = sample.labels.get("stage", "")
-                    stages[stage] = stages.get(stage, 0.0) + sample.value
-                if sample.name in (
-                    "zerolabel_worker_batch_size_sum",
-                    "zerolabel_worker_batch_size_count",
-                ):
-                    batches.append(sample.value)
-    return stages, batches
+                    key = "stage:" + sample.labels.get("stage", "")
+                elif sample.name.startswith("zerolabel_worker_batch_size_"):
+                    key = sample.name.removeprefix("zerolabel_worker_")
+                if key is not None:
+                    totals[key] = totals.get(key, 0.0) + sample.value
+    return totals
 
 
 @contextlib.contextmanager
@@ -248,20 +246,22 @@ def through_queue(
             names = [f.name for f in files]
             for i in range(workers):  # warm-up: each worker loads its model
                 _predict(url, [names[i]], 10_000 + i, args.timeout_s)
-            before, _ = _scrape(ports)
+            before = _scrape(ports)
             rest = names[workers:]
             start = time.perf_counter()
             answered = _predict(url, rest, 1, args.timeout_s)
             seconds = time.perf_counter() - start
-            after, batches = _scrape(ports)
+            after = _scrape(ports)
         finally:
             stop(backend)
             for process in processes:
                 stop(process)
     if answered != len(rest):
         raise SystemExit(f"only {answered} of {len(rest)} tasks answered: raise --timeout-s")
-    stages = {k: v - before.get(k, 0.0) for k, v in after.items()}
-    sizes = f"{batches[0] / batches[1]:.1f} mean" if len(batches) >= 2 and batches[1] else ""
+    gained = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    stages = {k.removeprefix("stage:"): v for k, v in gained.items() if k.startswith("stage:")}
+    runs = gained.get("batch_size_count", 0.0)
+    sizes = f"{gained.get('batch_size_sum', 0.0) / runs:.1f} mean" if runs else ""
     label = f"backend → Redis → {workers} worker{'s' if workers > 1 else ''}"
     return Row(label, len(rest), seconds, stages, sizes)
 
