@@ -125,7 +125,7 @@ def in_process(args: argparse.Namespace, env: dict[str, str], files: list[Path])
     with tempfile.TemporaryDirectory() as out, contextlib.redirect_stderr(io.StringIO()):
         job.run(files[:1], Path(out))  # warm-up: first-call allocations
         timings = job.runner.timings
-        before = (timings.preprocess_s, timings.forward_s, timings.method_s)
+        before = (timings.preprocess_s, timings.forward_s, timings.method_s, timings.refine_s)
         start = time.perf_counter()
         job.run(files, Path(out))
         seconds = time.perf_counter() - start
@@ -133,6 +133,7 @@ def in_process(args: argparse.Namespace, env: dict[str, str], files: list[Path])
         "preprocess": timings.preprocess_s - before[0],
         "forward": timings.forward_s - before[1],
         "method": timings.method_s - before[2],
+        "refine": timings.refine_s - before[3],
     }
     return Row("in-process `zerolabel predict`", len(files), seconds, stages)
 
