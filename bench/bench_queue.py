@@ -216,6 +216,7 @@ def through_queue(
     args: argparse.Namespace, env: dict[str, str], files: list[Path], workers: int, tmp: Path
 ) -> Row:
     """backend -> Redis -> ``workers`` worker processes, one /predict for every image."""
+    (tmp / f"redis-{workers}").mkdir()
     with (
         redis_server(tmp / f"redis-{workers}") as (redis_url, _),
         label_studio_stand_in(files[0].parent) as ls_url,
