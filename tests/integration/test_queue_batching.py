@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from zerolabel.pipeline import ModelStore
 from zerolabel.queue.dispatch import Dispatcher, Outcome
 from zerolabel.settings import WorkerSettings
 
-from tests.servers import image_server, redis_server, start_worker, stop, wait_for
+from tests.servers import free_port, image_server, redis_server, start_worker, stop, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +96,24 @@ def _batches(log: Path) -> dict[str, list[int]]:
     return sizes
 
 
+def _batch_metrics(port: int) -> dict[str, float]:
+    """Batch-size sum and count and the images counter, from the worker's metrics port."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "zerolabel_worker_batch_size_sum":
+                found["sum"] = sample.value
+            elif sample.name == "zerolabel_worker_batch_size_count":
+                found["count"] = sample.value
+            elif sample.name == "zerolabel_worker_images_total":
+                found["images"] = sample.value
+    return found
+
+
 def test_waiting_jobs_are_served_in_batches_with_in_process_results(tmp_path, photos, tiny_env):
     names = [f"{n:02d}.png" for n in range(32)]
     log = tmp_path / "worker.log"
@@ -105,14 +124,18 @@ def test_waiting_jobs_are_served_in_batches_with_in_process_results(tmp_path, ph
         requests = _requests(spec, images_url, names)
         for request in requests:  # all 32 wait before any worker runs
             dispatcher.submit(request)
-        worker = start_worker(env, log)
+        port = free_port()
+        worker = start_worker({**env, "ZEROLABEL_METRICS_PORT": str(port)}, log)
         try:
             outcomes = _ended(dispatcher, requests, wait_s=240)
+            runs = _batch_metrics(port)
         finally:
             stop(worker)
     assert [o.reason for o in outcomes] == [None] * 32
     sizes = _batches(log)[spec.model_version()]
     assert sum(sizes) == 32 and max(sizes) <= BATCH and max(sizes) > 1, sizes
+    # The worker's metrics say the same: 32 images in as many runs as the log has batches.
+    assert runs == {"sum": 32.0, "count": float(len(sizes)), "images": 32.0}
     expected = _in_process(env, spec, photos, names)
     for outcome, regions in zip(outcomes, expected, strict=True):
         assert outcome.result is not None and not outcome.result.error
