@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from zerolabel.discovery import ObjectMask
+from zerolabel.discovery.components import largest_component
 from zerolabel.discovery.graph import validate_keys
-from zerolabel.discovery.maps import contrast, largest_component
+from zerolabel.discovery.maps import contrast
 
 SPARSITY_EPS = 1e-10
 """Added to every ``Q_i`` before the logarithm, as the authors do (a head above nowhere)."""
