@@ -171,13 +171,17 @@ def test_a_batch_whose_run_fails_runs_its_images_alone(stack):
 def test_the_next_batch_downloads_while_this_one_runs(stack, monkeypatch):
     requests = stack.requests(6)  # B = 4: batches of jobs 0-3 and 4-5
     events: list[str] = []
-    second_batch_loading = threading.Event()
+    second_batch_loading = threading.Event()  # set once both of its downloads have started
+    started: set[int | None] = set()
+    lock = threading.Lock()
     load = stack.runtime.load
 
     def recording_load(request: DiscoveryRequest) -> Loaded:
-        events.append(f"load {request.task_id}")
-        if request.task_id in (4, 5):
-            second_batch_loading.set()
+        with lock:
+            events.append(f"load {request.task_id}")
+            started.add(request.task_id)
+            if {4, 5} <= started:
+                second_batch_loading.set()
         return load(request)
 
     class Slow(SizeRunner):
