@@ -97,7 +97,8 @@ def _batches(log: Path) -> dict[str, list[int]]:
 
 
 def _batch_metrics(port: int) -> dict[str, float]:
-    """Batch-size sum and count and the images counter, from the worker's metrics port."""
+    """Batch-size sum and count, the images counter and the queue stages' observation counts,
+    from the worker's metrics port."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
@@ -111,6 +112,10 @@ def _batch_metrics(port: int) -> dict[str, float]:
                 found["count"] = sample.value
             elif sample.name == "zerolabel_worker_images_total":
                 found["images"] = sample.value
+            elif sample.name == "zerolabel_worker_stage_seconds_count":
+                stage = sample.labels["stage"]
+                if stage in ("claim", "wait", "finish"):
+                    found[stage] = sample.value
     return found
 
 
@@ -134,8 +139,10 @@ def test_waiting_jobs_are_served_in_batches_with_in_process_results(tmp_path, ph
     assert [o.reason for o in outcomes] == [None] * 32
     sizes = _batches(log)[spec.model_version()]
     assert sum(sizes) == 32 and max(sizes) <= BATCH and max(sizes) > 1, sizes
-    # The worker's metrics say the same: 32 images in as many runs as the log has batches.
-    assert runs == {"sum": 32.0, "count": float(len(sizes)), "images": 32.0}
+    # The worker's metrics say the same: 32 images in as many runs as the log has batches,
+    # and each job's claim, wait and finish observed once.
+    queue_stages = {"claim": 32.0, "wait": 32.0, "finish": 32.0}
+    assert runs == {"sum": 32.0, "count": float(len(sizes)), "images": 32.0, **queue_stages}
     expected = _in_process(env, spec, photos, names)
     for outcome, regions in zip(outcomes, expected, strict=True):
         assert outcome.result is not None and not outcome.result.error

@@ -17,6 +17,7 @@ from zerolabel.contract import Box, DiscoveryRequest, DiscoverySpec, Region
 from zerolabel.io.images import LoadedImage
 from zerolabel.pipeline import Timings
 from zerolabel.queue.batch import BatchReport
+from zerolabel.queue.batch_report import QUEUE_STAGES
 from zerolabel.queue.dispatch import Dispatcher, Outcome
 from zerolabel.queue.leases import lease_key
 from zerolabel.queue.runtime import Loaded, WorkerRuntime
@@ -308,6 +309,30 @@ def test_observers_get_every_batch_and_a_failing_one_stops_nothing(stack):
     assert [r.size for r in reports] == [4, 1] and [r.computed for r in reports] == [4, 1]
     assert all(r.model_version == requests[0].spec.model_version() for r in reports)
     assert all(r.load_s >= 0 and r.wait_s >= 0 and r.run_s >= 0 for r in reports)
+    assert all(r.claim_s > 0 and r.finish_s > 0 for r in reports)  # Redis round trips
+
+
+def _stage(stage: str) -> tuple[float, float]:
+    """Observations and seconds of one stage in the process's metrics."""
+    from prometheus_client import REGISTRY
+
+    count = REGISTRY.get_sample_value("zerolabel_worker_stage_seconds_count", {"stage": stage})
+    total = REGISTRY.get_sample_value("zerolabel_worker_stage_seconds_sum", {"stage": stage})
+    return count or 0.0, total or 0.0
+
+
+def test_claim_wait_and_finish_are_stages_observed_once_per_job(stack):
+    requests = stack.requests(5)
+    for request in requests:
+        stack.dispatcher.submit(request)
+    before = {stage: _stage(stage) for stage in QUEUE_STAGES}
+    reports: list[BatchReport] = []
+    stack.work(observers=[reports.append])
+    for stage in QUEUE_STAGES:
+        count, total = _stage(stage)
+        assert count - before[stage][0] == 5  # one observation per job, batches of 4 and 1
+        spent = sum(getattr(report, f"{stage}_s") for report in reports)
+        assert total - before[stage][1] == pytest.approx(spent)
 
 
 def test_worker_batch_size_by_setting_and_device():

@@ -7,9 +7,13 @@ Exported (``rate(zerolabel_worker_images_total[1m])`` is images per second):
 - ``zerolabel_worker_failures_total{cause}``: failed fetches and runs, by exception class
   (``TransientFetchError``, ``ImageLoadError``, ``ConfigError``, ``WeightsError``, ...).
 - ``zerolabel_worker_stage_seconds{stage}``: seconds per image in each stage: ``fetch``
-  (download or file read), ``decode``, then the pipeline's :class:`~zerolabel.pipeline.Timings`
-  (``preprocess``, ``forward``, ``method``, and any other ``<stage>_s`` field, e.g.
-  ``refine``); a batch's time is shared equally among its images.
+  (download or file read) and ``decode`` (in a batching worker these run in download threads,
+  overlapping the previous batch's forward pass), the pipeline's
+  :class:`~zerolabel.pipeline.Timings` (``preprocess``, ``forward``, ``method``, ``refine``,
+  and any other ``<stage>_s`` field), and a batching worker's queue stages (``claim``: taking
+  jobs off the queue; ``wait``: the device idle until the batch's downloads are done;
+  ``finish``: results and job states written back through RQ); a batch's time is shared
+  equally among its images.
 - ``zerolabel_worker_batch_size``: images per discovery run (one :meth:`Runner.run` call).
 - ``zerolabel_worker_gpu_memory_bytes{device,kind}``: CUDA memory allocated and reserved by
   this process, read at scrape time (only once CUDA is in use).
@@ -45,7 +49,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("fetch", "decode", "preprocess", "forward", "method", "refinement")
+STAGES = ("fetch", "decode", "claim", "wait", "preprocess", "forward", "method", "refine", "finish")
 """Stages whose series exist from the start (at zero); other Timings fields add their own."""
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -138,6 +142,11 @@ def _created() -> Metrics:
 def observe_batch(size: int) -> None:
     """One discovery run of ``size`` images (:func:`running` calls this itself)."""
     metrics().batch_size.observe(size)
+
+
+def observe_stage(stage: str, seconds: float, images: int = 1) -> None:
+    """``seconds`` spent on ``images`` images in ``stage`` (shared equally among them)."""
+    metrics().observe_stage(stage, seconds, images)
 
 
 def observe_cache_hit() -> None:

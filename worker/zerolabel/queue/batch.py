@@ -47,7 +47,12 @@ from rq.timeouts import JobTimeoutException
 
 from zerolabel.contract import DiscoveryRequest, DiscoveryResult
 from zerolabel.queue.answers import Answer, answering
-from zerolabel.queue.batch_report import BatchObserver, BatchReport, BatchStats
+from zerolabel.queue.batch_report import (
+    BatchObserver,
+    BatchReport,
+    BatchStats,
+    record_queue_stages,
+)
 from zerolabel.queue.claims import Claimer, request_of
 from zerolabel.queue.held import HeldLeases
 from zerolabel.queue.leases import QuarantinedJobError
@@ -69,6 +74,7 @@ class _Claimed:
     request: DiscoveryRequest
     execution: Execution
     loading: Future[tuple[Loaded, float]] | None = None
+    claim_s: float = 0.0  # this job's share of claiming its batch
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ class Batches:
         self._size = size
         self.leases = HeldLeases(worker.connection, lease_s)
         self.stats = BatchStats()
-        self.observers: list[BatchObserver] = [self.stats]
+        self.observers: list[BatchObserver] = [self.stats, record_queue_stages]
         self.taken: set[str] = set()  # jobs claimed (or being claimed) and not finished
         self._pool: ThreadPoolExecutor | None = None
 
@@ -130,19 +136,21 @@ class Batches:
         A job with a strike (a run of it died with its worker) is served alone.
         """
         self.taken.add(first.id)
+        start = time.perf_counter()
         if self.worker.runs.settle(first.id):
-            self._run(*self._ready(self._start([(first, request)])), queue)
+            self._run(*self._ready(self._start([(first, request)], start)), queue)
             return
         spec = request.spec
         claimer = Claimer(self.worker.runs, window=max(4 * self.size, 16))
         more = claimer.claim(queue, spec, self.size - 1, taken=self.taken)
-        batch = self._start([(first, request), *more])
+        batch = self._start([(first, request), *more], start)
         while batch:
             ready = self._ready(batch)
             following: list[_Claimed] = []
             if not self.worker.stop_requested:
+                start = time.perf_counter()
                 more = claimer.claim(queue, spec, self.size, taken=self.taken, only_if_next=True)
-                following = self._start(more)
+                following = self._start(more, start)
             self._run(*ready, queue)
             batch = following
 
@@ -164,13 +172,21 @@ class Batches:
 
     # --- stages --------------------------------------------------------------------------------
 
-    def _start(self, claims: list[tuple[Job, DiscoveryRequest]]) -> list[_Claimed]:
-        """Leases and RQ's started state for claimed jobs, then their downloads begin."""
+    def _start(self, claims: list[tuple[Job, DiscoveryRequest]], since: float) -> list[_Claimed]:
+        """Leases and RQ's started state for claimed jobs, then their downloads begin.
+
+        ``since``: when claiming them began; the time until their downloads start is shared
+        among them as their claim time.
+        """
         self.leases.hold(job.id for job, _ in claims)
         batch = [_Claimed(job, req, self.worker.start_claimed(job)) for job, req in claims]
         pool = self._threads()
         for claimed in batch:
             claimed.loading = pool.submit(self._load, claimed.request)
+        if batch:
+            share = (time.perf_counter() - since) / len(batch)
+            for claimed in batch:
+                claimed.claim_s = share
         return batch
 
     def _threads(self) -> ThreadPoolExecutor:
@@ -237,6 +253,7 @@ class Batches:
                 size=len(batch),
                 model_version=batch[0].request.spec.model_version(),
                 computed=len(compute),
+                claim_s=sum(claimed.claim_s for claimed in batch),
                 load_s=loads.load_s,
                 wait_s=loads.wait_s,
                 run_s=run_s,

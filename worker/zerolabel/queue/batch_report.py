@@ -3,13 +3,21 @@
 Every batch a worker serves is reported to the observers of its
 :class:`~zerolabel.queue.batch.Batches` (``ZerolabelWorker.batches.observers``, or
 ``run_worker(observers=...)``) as a :class:`BatchReport`; :class:`BatchStats`, always among them,
-keeps the batch sizes and the seconds per stage for the worker's lifetime.
+keeps the batch sizes and the seconds per stage for the worker's lifetime, and
+:func:`record_queue_stages`, also always among them, puts the batch's queue stages into the
+worker's stage metrics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from zerolabel import metrics
+
+QUEUE_STAGES = ("claim", "wait", "finish")
+"""The worker's time per image outside the model and outside the download threads: claiming
+jobs, the device waiting for downloads, and writing results back through RQ."""
 
 
 @dataclass(frozen=True)
@@ -21,6 +29,8 @@ class BatchReport:
         model_version: the batch's spec.
         computed: images that went through the forward pass (the others were answered from the
             result cache, or could not be read).
+        claim_s: taking the jobs off the queue into RQ's started state with their leases
+            (Redis round trips; the first job's dequeue by RQ itself is not counted).
         load_s: download, decode and cache lookup, summed over the jobs (they overlap).
         wait_s: how long the device waited for the batch's downloads (0 when prefetch kept up).
         run_s: the batched run (preprocess, forward passes, method).
@@ -31,6 +41,7 @@ class BatchReport:
     size: int
     model_version: str
     computed: int
+    claim_s: float
     load_s: float
     wait_s: float
     run_s: float
@@ -49,9 +60,16 @@ class BatchStats:
 
     def __call__(self, report: BatchReport) -> None:
         self.batch_sizes.append(report.size)
-        for stage in ("load", "wait", "run", "preprocess", "forward", "method", "finish"):
+        for stage in ("claim", "load", "wait", "run", "preprocess", "forward", "method", "finish"):
             value = float(getattr(report, f"{stage}_s"))
             self.seconds[stage] = self.seconds.get(stage, 0.0) + value
+
+
+def record_queue_stages(report: BatchReport) -> None:
+    """The batch's :data:`QUEUE_STAGES` seconds, shared among its jobs, into the stage metrics
+    (``zerolabel_worker_stage_seconds{stage="claim"|"wait"|"finish"}``)."""
+    for stage in QUEUE_STAGES:
+        metrics.observe_stage(stage, float(getattr(report, f"{stage}_s")), report.size)
 
 
 BatchObserver = Callable[[BatchReport], None]
