@@ -20,7 +20,7 @@ from tests.e2e.readme import DEPLOY, as_process, env_file, shell_lines, with_val
 from tests.servers import ROOT, stop, wait_for, wait_for_workers
 
 if TYPE_CHECKING:
-    from tests.e2e.conftest import LabelStudio
+    from tests.ls_server import LabelStudio
 
 BASIC_AUTH = ("labelstudio", "readme-loop-password")
 EXTRA_PARAMS: dict[str, Any] = {"masks": False}
