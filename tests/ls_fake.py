@@ -31,6 +31,7 @@ class FakeLabelStudio:
     Attributes:
         token: what ``Authorization: Token <token>`` must carry everywhere.
         images: path -> image bytes, served under ``/data/``.
+        tasks: task id -> its data, served at ``/api/tasks/<id>``.
         predictions: stored predictions, with ``id`` and ``task``.
         seen: (method, path with query, Authorization header) of every request.
         post_faults: what the next POSTs do instead of storing: an HTTP status, or "lost"
@@ -41,6 +42,7 @@ class FakeLabelStudio:
     url: str = ""
     token: str = ""
     images: dict[str, bytes] = field(default_factory=dict)
+    tasks: dict[int, dict[str, Any]] = field(default_factory=dict)
     predictions: list[dict[str, Any]] = field(default_factory=list)
     seen: list[tuple[str, str, str | None]] = field(default_factory=list)
     post_faults: list[int | str] = field(default_factory=list)
@@ -72,6 +74,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._reply(404, {"detail": "not found"})
             kind = "image/jpeg" if parts.path.endswith(".jpg") else "image/png"
             return self._send(200, body, kind)
+        if parts.path.startswith("/api/tasks/"):
+            data = state.tasks.get(int(parts.path.removeprefix("/api/tasks/").strip("/") or -1))
+            if data is None:
+                return self._reply(404, {"detail": "Not found."})
+            return self._reply(200, {"id": int(parts.path.split("/")[3]), "data": data})
         if parts.path == "/api/predictions":
             time.sleep(state.lookup_delay_s)
             task = parse_qs(parts.query).get("task", [""])[0]

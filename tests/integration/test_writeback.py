@@ -43,6 +43,7 @@ def test_late_tasks_get_exactly_one_prediction_each_without_asking_again(tmp_pat
             {"id": i, "data": {"image": f"/data/upload/1/{name}"}}
             for i, name in enumerate(images, start=1)
         ]
+        ls.tasks.update({task["id"]: task["data"] for task in tasks})
         body = {"tasks": tasks, "project": "5.1", "label_config": CONFIG}
         reply = client.post("/predict", json=body).get_json()  # no worker yet: every task late
         assert reply["results"] == [[], [], []]

@@ -59,6 +59,8 @@ class Stack:
     def ask(self, ids: Sequence[int], image: str = IMAGE) -> list[Any]:
         """Label Studio's /predict for these tasks (all on one image)."""
         tasks = [{"id": i, "data": {"image": image}} for i in ids]
+        for i in ids:
+            self.ls.tasks.setdefault(i, {"image": image})  # the tasks Label Studio holds
         return self.service.answer(tasks, CONFIG, self.context)
 
     def run_jobs(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,6 +83,7 @@ def ls() -> Iterator[FakeLabelStudio]:
     with fake_label_studios(KEY) as start:
         server = start()
         server.images[IMAGE] = png((8, 6))
+        server.tasks[1] = {"image": IMAGE}
         yield server
 
 
@@ -285,3 +288,19 @@ def test_a_write_back_failure_never_fails_the_job(stack: Stack, caplog: pytest.L
         after_job(stack.redis, stack.runtime.settings, job.id, result)
     assert stack.ls.per_task() == {1: 1}  # this job's task was written before the retry failed
     assert f"job {job.id}: late predictions not written" in caplog.text
+
+
+def test_a_task_whose_image_in_label_studio_is_another_gets_nothing_written(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    # A /predict call names task 7 with an image that is not task 7's in Label Studio.
+    stack.ls.tasks[7] = {"image": "/data/upload/1/other.png"}
+    stack.ask([7])
+    failed = metrics.metrics().writebacks.labels("failed")
+    before = failed._value.get()
+    with caplog.at_level(logging.ERROR, logger="zerolabel.queue.writeback"):
+        stack.run_jobs(monkeypatch)
+    assert stack.ls.predictions == [] and stack.posts() == 0
+    assert failed._value.get() == before + 1
+    assert "not the image this prediction was computed for" in caplog.text
+    assert stack.redis.keys("zerolabel:waiting:*") == []  # given up, not tried again

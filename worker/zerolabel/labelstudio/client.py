@@ -173,6 +173,10 @@ class LabelStudioClient:
 
     # --- predictions -------------------------------------------------------------------
 
+    def task(self, task_id: int) -> dict[str, Any]:
+        """One task as ``GET /api/tasks/{id}`` returns it (its ``data`` among the fields)."""
+        return dict(self.request("GET", f"/api/tasks/{task_id}"))
+
     def predictions(
         self, project_id: int | None = None, *, task_id: int | None = None
     ) -> list[dict[str, Any]]:

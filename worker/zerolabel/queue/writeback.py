@@ -18,7 +18,10 @@ finishing while the backend records its task never leaves the task without a pre
 
 Nothing here holds a credential: keys and values name the Label Studio by its configured URL,
 and the worker posts with its own ``LABEL_STUDIO_API_KEY`` to ``LABEL_STUDIO_URL`` only, for
-tasks whose origin is one of its configured sites.
+tasks whose origin is one of its configured sites. What a ``/predict`` call says about a task is
+not trusted for the write: the worker reads the task from Label Studio and posts only when the
+task's own image URL (at the labeling config's data key) is the one the job computed, so a
+caller cannot have another image's regions written to a task.
 
 Keys:
   zerolabel:waiting:<job id>    hash: "<origin> <task id>" -> :class:`Waiting` (JSON)
@@ -284,9 +287,17 @@ class WriteBack:
 
         Raises:
             LabelStudioError: a call failed.
-            ValueError: the regions cannot be rendered in the project's labeling config.
+            ValueError: the task's image is not the result's, or the regions cannot be rendered
+                in the project's labeling config.
         """
         client = self._label_studio()
+        data = client.task(waiting.task_id).get("data")
+        image = data.get(waiting.target.data_key) if isinstance(data, dict) else None
+        if image != result.source:
+            raise ValueError(
+                f"the task's ${waiting.target.data_key} in Label Studio is not the image this "
+                "prediction was computed for; refused"
+            )
         version = waiting.model_version
         stored = client.predictions(task_id=waiting.task_id)
         if any(p.get("model_version") == version for p in stored if isinstance(p, dict)):
