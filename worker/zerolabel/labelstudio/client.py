@@ -174,8 +174,9 @@ class LabelStudioClient:
     # --- predictions -------------------------------------------------------------------
 
     def task(self, task_id: int) -> dict[str, Any]:
-        """One task as ``GET /api/tasks/{id}`` returns it (its ``data`` among the fields)."""
-        return dict(self.request("GET", f"/api/tasks/{task_id}"))
+        """One task as ``GET /api/tasks/{id}`` returns it, its ``data`` as stored (storage URLs
+        such as ``s3://...`` not turned into proxy URLs: as ``/predict`` receives them)."""
+        return dict(self.request("GET", f"/api/tasks/{task_id}", params={"resolve_uri": "false"}))
 
     def predictions(
         self, project_id: int | None = None, *, task_id: int | None = None
