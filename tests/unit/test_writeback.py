@@ -301,6 +301,8 @@ def test_a_task_whose_image_in_label_studio_is_another_gets_nothing_written(
     with caplog.at_level(logging.ERROR, logger="zerolabel.queue.writeback"):
         stack.run_jobs(monkeypatch)
     assert stack.ls.predictions == [] and stack.posts() == 0
+    # the task's data as stored, not with storage URLs turned into proxy URLs
+    assert ("GET", "/api/tasks/7?resolve_uri=false") in [(m, p) for m, p, _ in stack.ls.seen]
     assert failed._value.get() == before + 1
     assert "not the image this prediction was computed for" in caplog.text
     assert stack.redis.keys("zerolabel:waiting:*") == []  # given up, not tried again
