@@ -69,6 +69,25 @@ def test_compose_turns_basic_auth_on_and_sets_its_own_addresses():
         assert environment["LABEL_STUDIO_URL"] == "http://label-studio:8080"
 
 
+def test_workers_read_label_studio_files_from_the_volumes_label_studio_writes():
+    services = json.loads(_compose("--profile", "cpu", "config", "--format", "json").stdout)
+    services = services["services"]
+    studio = services["label-studio"]
+    studio_mounts = {v["source"]: v["target"] for v in studio["volumes"]}
+    data_dir = studio_mounts["label-studio-data"]  # the image's LABEL_STUDIO_BASE_DATA_DIR
+    document_root = studio["environment"]["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"]
+    for name in ("worker", "worker-cpu"):
+        environment = services[name]["environment"]
+        mounts = {v["target"]: v for v in services[name]["volumes"]}
+        assert environment["ZEROLABEL_LABEL_STUDIO_MEDIA"] == f"{data_dir}/media"
+        assert mounts[data_dir]["source"] == "label-studio-data" and mounts[data_dir]["read_only"]
+        assert environment["ZEROLABEL_LABEL_STUDIO_FILES"] == document_root
+        images = next(v for v in studio["volumes"] if v["target"] == document_root)
+        assert mounts[document_root]["source"] == images["source"]
+        assert mounts[document_root]["read_only"]
+    assert "ZEROLABEL_LABEL_STUDIO_MEDIA" not in services["backend"]["environment"]
+
+
 def test_the_env_file_serves_processes_outside_compose_as_it_is():
     from zerolabel.settings import BackendSettings, load_env_file
 

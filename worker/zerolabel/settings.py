@@ -20,6 +20,7 @@ from zerolabel.errors import ConfigError
 from zerolabel.methods import MethodKind
 
 if TYPE_CHECKING:
+    from zerolabel.io.ls_folders import LabelStudioFolders
     from zerolabel.labelstudio.auth import LabelStudioSites
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -190,6 +191,8 @@ class WorkerSettings:
     ls_aliases: tuple[str, ...] = ()  # ZEROLABEL_LABEL_STUDIO_ALIASES: other URLs of that LS
     allowed_hosts: frozenset[str] = frozenset()  # ZEROLABEL_ALLOWED_HOSTS: extra image hosts
     local_roots: tuple[str, ...] = ()  # ZEROLABEL_LOCAL_ROOTS: folders queued jobs may read
+    ls_media: str | None = None  # ZEROLABEL_LABEL_STUDIO_MEDIA: LS's media folder, mounted here
+    ls_files_root: str | None = None  # ZEROLABEL_LABEL_STUDIO_FILES: LS's local-files root here
     fetch_timeout_s: float = 20.0  # ZEROLABEL_FETCH_TIMEOUT_S: per download attempt
     metrics_port: int = 0  # ZEROLABEL_METRICS_PORT: a worker's Prometheus port; 0: none
     metrics_host: str = "127.0.0.1"  # ZEROLABEL_METRICS_HOST: the address it binds
@@ -245,6 +248,18 @@ class WorkerSettings:
         from zerolabel.labelstudio.auth import LabelStudioSites
 
         return LabelStudioSites.configure(self.ls_url, self.ls_aliases)
+
+    def ls_folders(self) -> LabelStudioFolders:
+        """Label Studio's upload and local-files folders as mounted here (read, not downloaded).
+
+        Raises:
+            ConfigError: one of them is not a folder.
+        """
+        from zerolabel.io.ls_folders import LabelStudioFolders
+
+        folders = LabelStudioFolders(self.ls_media, self.ls_files_root)
+        folders.check()
+        return folders
 
     @property
     def weights(self) -> str:
@@ -339,6 +354,8 @@ def _fetch_fields(read: EnvReader) -> dict[str, Any]:
     roots = read.text("ZEROLABEL_LOCAL_ROOTS")
     if roots:
         fields["local_roots"] = tuple(r for r in roots.split(os.pathsep) if r)
+    fields["ls_media"] = read.text("ZEROLABEL_LABEL_STUDIO_MEDIA")
+    fields["ls_files_root"] = read.text("ZEROLABEL_LABEL_STUDIO_FILES")
     return fields
 
 

@@ -125,6 +125,7 @@ def cli_fetcher(settings: Any) -> tuple[Any, Any]:
             ls_aliases=settings.ls_aliases,
             allowed_hosts=settings.allowed_hosts,
             timeout_s=settings.fetch_timeout_s,
+            ls_folders=settings.ls_folders(),
         )
     )
     return fetcher, ImageLimits(settings.max_image_bytes, settings.max_image_pixels)

@@ -14,6 +14,9 @@ What a URI may name is decided by a :class:`FetchPolicy`:
 - Only image paths (``/data/upload/...`` and ``/data/local-files/...``) of a configured Label
   Studio origin get the token: never its API, never another host, also after redirects.
 - Local paths and ``file://`` URLs only with ``allow_local_paths``, inside ``local_roots`` if given.
+- Image URLs of a configured Label Studio whose folders are mounted here
+  (:mod:`zerolabel.io.ls_folders`) are read from disk; the rest of this module's checks apply
+  to the URL first.
   With no ``ls_url`` set, an absolute path outside ``/data/upload/`` and ``/data/local-files/``
   is a local path.
 
@@ -64,6 +67,7 @@ from urllib3.util import parse_url
 from zerolabel import metrics
 from zerolabel.errors import ConfigError, DiscoveryError, ImageLoadError
 from zerolabel.io.images import ImageLimits, LoadedImage, decode, read_file
+from zerolabel.io.ls_folders import LabelStudioFolders
 from zerolabel.labelstudio.auth import (
     LS_TOKEN_SETTING,
     LS_URL_SETTING,
@@ -226,6 +230,8 @@ class FetchPolicy:
         backoff_s: the first pause between attempts; it doubles at each retry.
         budget_s: time allowed for all attempts of one fetch together, pauses included (no
             attempt starts, and no pause is taken, past it); None: no bound beyond the attempts.
+        ls_folders: Label Studio's upload and local-files folders as mounted here; image URLs
+            of ``ls_url`` and ``ls_aliases`` found there are read from disk.
     """
 
     ls_url: str | None = None
@@ -238,6 +244,7 @@ class FetchPolicy:
     retries: int = 3
     backoff_s: float = 0.5
     budget_s: float | None = None
+    ls_folders: LabelStudioFolders = LabelStudioFolders()
 
     def __post_init__(self) -> None:
         for name in ("allowed_hosts", "local_roots", "ls_aliases"):
@@ -325,8 +332,12 @@ class Fetcher:
                 data, source, content_type = read_file(target, limits), str(target), ""
         else:
             source = _display(target.url)
+            on_disk = self._on_disk(target)
             with metrics.timed("fetch"):
-                data, content_type = self._download(target, limits)
+                if on_disk is not None:
+                    data, content_type = _read_for(on_disk, source, limits), ""
+                else:
+                    data, content_type = self._download(target, limits)
         try:
             with metrics.timed("decode"):
                 return decode(data, source, limits, max_side=max_side)
@@ -347,7 +358,20 @@ class Fetcher:
         target = self.resolve(uri)
         if isinstance(target, Path):
             return read_file(target, limits)
+        on_disk = self._on_disk(target)
+        if on_disk is not None:
+            return _read_for(on_disk, _display(target.url), limits)
         return self._download(target, limits)[0]
+
+    def _on_disk(self, target: Target) -> Path | None:
+        """The file of a configured Label Studio's image URL in its mounted folders, or None."""
+        folders = self.policy.ls_folders
+        if not folders:
+            return None
+        for site in self.sites.sites:
+            if site.origin == target.origin and site.serves_images_at(target.path):
+                return folders.file_for(target.path.removeprefix(site.base_path), target.query)
+        return None
 
     def resolve(self, uri: str) -> Target | Path:
         """The parsed URL or the local path ``uri`` names, refused if the policy forbids it."""
@@ -758,3 +782,11 @@ def _root_cause(exc: BaseException) -> str:
             nested = seen.args[0] if isinstance(seen.args[0], BaseException) else None
         seen = nested if isinstance(nested, BaseException) else seen.__cause__ or seen.__context__
     return type(exc).__name__
+
+
+def _read_for(path: Path, source: str, limits: ImageLimits) -> bytes:
+    """A file read in place of downloading ``source``; errors name the URL, not the path."""
+    try:
+        return read_file(path, limits)
+    except ImageLoadError as exc:
+        raise ImageLoadError(source, exc.reason) from None

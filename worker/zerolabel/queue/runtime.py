@@ -24,6 +24,7 @@ from zerolabel.contract import DiscoveryRequest, DiscoveryResult, DiscoverySpec,
 from zerolabel.errors import ConfigError, ImageLoadError, WeightsError
 from zerolabel.io.fetch import Fetcher, FetchPolicy, TransientFetchError
 from zerolabel.io.images import ImageLimits, LoadedImage
+from zerolabel.io.ls_folders import LabelStudioFolders
 from zerolabel.labelstudio.auth import (
     LS_ALIASES_SETTING,
     LS_URL_SETTING,
@@ -79,6 +80,7 @@ class WorkerRuntime:
         self.models = ModelStore(settings)
         self.timings = Timings()  # every run's stages, summed (metrics read it)
         self.sites = settings.ls_sites()
+        self._folders = settings.ls_folders()
         self._local = threading.local()  # fetchers are not thread-safe: a set per thread
         self._all_fetchers: list[Fetcher] = []
         self._lock = threading.Lock()
@@ -150,6 +152,7 @@ class WorkerRuntime:
                 local_roots=self.settings.local_roots,
                 timeout_s=self.settings.fetch_timeout_s,
                 budget_s=self.settings.fetch_timeout_s,  # per job run; RQ does the re-runs
+                ls_folders=self._folders if site is not None else LabelStudioFolders(),
             )
         )
 
