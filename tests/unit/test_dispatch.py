@@ -270,3 +270,20 @@ def test_waiting_for_redis_ends_when_the_worker_is_asked_to_stop():
         sleep=lambda s: None,
     )
     assert back is False
+
+
+def test_waiting_reads_the_statuses_of_all_pending_jobs_in_one_round_trip(redis, monkeypatch):
+    dispatcher = Dispatcher(redis, SETTINGS)
+    jobs = [dispatcher.submit(_request(n)) for n in range(10)]  # queued, no worker
+    looks: list[int] = []
+    statuses = dispatcher._statuses
+
+    def counted(pending):
+        looks.append(len(pending))
+        return statuses(pending)
+
+    monkeypatch.setattr(dispatcher, "_statuses", counted)
+    monkeypatch.setattr(Job, "get_status", lambda *a, **k: pytest.fail("one call per job"))
+    outcomes = dispatcher.collect(jobs, timeout_s=0.3)
+    assert [o.reason for o in outcomes] == ["late: still running, ask again"] * 10
+    assert len(looks) > 1 and set(looks) == {10}  # every look asks for all ten at once

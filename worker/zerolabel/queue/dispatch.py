@@ -150,23 +150,45 @@ class Dispatcher:
         logger.warning("job %s lost its worker mid-run; queueing it again", job.id)
         return False
 
-    def collect(self, jobs: Sequence[Job], timeout_s: float, poll_s: float = 0.05) -> list[Outcome]:
-        """Wait until every job has ended or ``timeout_s`` has passed; one outcome per job."""
+    def collect(
+        self, jobs: Sequence[Job], timeout_s: float, poll_s: float = 0.02, max_poll_s: float = 0.2
+    ) -> list[Outcome]:
+        """Wait until every job has ended or ``timeout_s`` has passed; one outcome per job.
+
+        Each look reads the status of every job still pending in one Redis round trip (a
+        ``/predict`` waiting for many jobs costs Redis and this process little while workers
+        run them); the pause between looks grows from ``poll_s`` to ``max_poll_s``.
+        """
         deadline = time.monotonic() + timeout_s
         outcomes: dict[int, Outcome] = {}
+        pause = poll_s
         while True:
-            for index, job in enumerate(jobs):
-                if index not in outcomes:
-                    outcome = self._outcome(job)
+            pending = [index for index in range(len(jobs)) if index not in outcomes]
+            statuses = self._statuses([jobs[index] for index in pending])
+            for index, status in zip(pending, statuses, strict=True):
+                if status in _ENDED:
+                    outcome = self._outcome(jobs[index])
                     if outcome is not None:
                         outcomes[index] = outcome
-            if len(outcomes) == len(jobs) or time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if len(outcomes) == len(jobs) or left <= 0:
                 break
-            time.sleep(poll_s)
+            time.sleep(min(pause, left))
+            pause = min(pause * 1.5, max_poll_s)
         return [
             outcomes.get(i, Outcome(None, "late: still running, ask again"))
             for i in range(len(jobs))
         ]
+
+    def _statuses(self, jobs: Sequence[Job]) -> list[str | None]:
+        """The jobs' RQ statuses as stored, read in one round trip (None: no such job)."""
+        if not jobs:
+            return []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.hget(job.key, "status")
+            replies = pipe.execute()
+        return [reply.decode() if isinstance(reply, bytes) else reply for reply in replies]
 
     def _outcome(self, job: Job) -> Outcome | None:
         status = job.get_status(refresh=True)
@@ -200,6 +222,12 @@ class Dispatcher:
             }
         except (RedisError, OSError) as exc:
             return {"reachable": False, "queue": self.settings.queue, "error": _describe(exc)}
+
+
+_ENDED = {
+    status.value
+    for status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+}
 
 
 def _last_line(job: Job) -> str:
