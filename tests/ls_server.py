@@ -28,6 +28,7 @@ class LabelStudio:
     token: str
     document_root: Path
     log: Path | None = None  # the server's output (stdout and stderr)
+    data: Path | None = None  # LABEL_STUDIO_BASE_DATA_DIR (uploads in media/upload/<project>/)
 
     def create_project(self, title: str) -> int:
         """A project with the example config (RectangleLabels + BrushLabels, label "object")."""
@@ -112,7 +113,7 @@ def label_studio_server(
             "Label Studio",
             poll_s=1,
         )
-        yield LabelStudio(url, TOKEN, root, data / "server.log")
+        yield LabelStudio(url, TOKEN, root, data / "server.log", data)
     finally:
         stop(process, timeout_s=20)
         log.close()
