@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.servers import (  # noqa: E402
+    ReplyHandler,
     free_port,
     redis_server,
     start_worker,
@@ -290,9 +291,9 @@ def alone(images: Images, max_side: int | None, media: str | None = None) -> dic
 @contextlib.contextmanager
 def label_studio_stand_in(folder: Path) -> Iterator[str]:
     """Serves ``folder`` under /data/upload/1/ to requests carrying the token."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import ThreadingHTTPServer
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(ReplyHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server API)
             name = self.path.split("?")[0].removeprefix("/data/upload/1/")
             path = folder / name
@@ -301,15 +302,7 @@ def label_studio_stand_in(folder: Path) -> Iterator[str]:
             elif "/" in name or not path.is_file():
                 self.send_error(404)
             else:
-                body = path.read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Type", "image/jpeg")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            pass
+                self._send(200, path.read_bytes(), "image/jpeg")
 
     with threaded_servers() as serve:
         server = serve(ThreadingHTTPServer(("127.0.0.1", 0), Handler))

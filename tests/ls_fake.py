@@ -9,13 +9,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
 
-from tests.servers import threaded_servers
+from tests.servers import ReplyHandler, threaded_servers
 
 
 def png(size: tuple[int, int] = (8, 6)) -> bytes:
@@ -57,11 +57,8 @@ class FakeLabelStudio:
         return counts
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ReplyHandler):
     server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
 
     def do_GET(self) -> None:  # noqa: N802 (http.server API)
         state = self._record()
@@ -116,13 +113,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, body: Any) -> None:
         self._send(status, json.dumps(body).encode(), "application/json")
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
 
 class _Server(ThreadingHTTPServer):

@@ -14,7 +14,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from redis import Redis
@@ -125,6 +125,20 @@ def wait_for_workers(redis_url: str, count: int, timeout_s: float = 60) -> None:
 
     connection = Redis.from_url(redis_url)
     wait_for(lambda: len(Worker.all(connection=connection)) >= count, timeout_s, "RQ worker")
+
+
+class ReplyHandler(BaseHTTPRequestHandler):
+    """Base of the tests' fake servers: logs nothing, sends whole replies with ``_send``."""
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+    def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

@@ -11,7 +11,7 @@ import json
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,7 +32,7 @@ from zerolabel.queue.runtime import WorkerRuntime
 from zerolabel.queue.service import PredictionService, ProjectContext
 from zerolabel.settings import BackendSettings, WorkerSettings
 
-from tests.servers import threaded_servers
+from tests.servers import ReplyHandler, threaded_servers
 
 WORKER_KEY = "0123456789abcdef0123456789abcdef01234567"  # the worker's LABEL_STUDIO_API_KEY
 SETUP_JWT = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCJ9.c2V0dXAtdG9rZW4"  # from /setup
@@ -71,11 +71,8 @@ class Listener:
         return [s.authorization for s in self.seen if s.authorization]
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ReplyHandler):
     server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
 
     def do_POST(self) -> None:
         self.do_GET()
@@ -97,13 +94,6 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             return self._send(404, b"not found")
         self._send(200, body, "image/png")
-
-    def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
 
 class _Server(ThreadingHTTPServer):

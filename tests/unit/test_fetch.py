@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -28,7 +28,7 @@ from zerolabel.io.fetch import (
 )
 from zerolabel.io.images import ImageLimits
 
-from tests.servers import threaded_servers
+from tests.servers import ReplyHandler, threaded_servers
 
 LEGACY = "0123456789abcdef0123456789abcdef01234567"
 PAT = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCIsImp0aSI6IjEifQ.c2lnbmF0dXJlLXBhdA"
@@ -72,11 +72,8 @@ class FakeServer:
         return [s.headers.get("Authorization") for s in self.seen]
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(ReplyHandler):
     server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
 
     def do_POST(self) -> None:
         state = self._record()
@@ -117,13 +114,6 @@ class Handler(BaseHTTPRequestHandler):
         state = self.server.state
         state.seen.append(Seen(self.command, self.path, dict(self.headers)))
         return state
-
-    def _send(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def _redirect(self, location: str) -> None:
         self.send_response(302)

@@ -6,13 +6,15 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from zerolabel.labelstudio.auth import ACCESS_TOKEN_TTL_S, is_personal_access_token
 from zerolabel.labelstudio.client import LabelStudioClient, LabelStudioError
+
+from tests.servers import ReplyHandler
 
 LEGACY = "0123456789abcdef0123456789abcdef01234567"
 PAT = "eyJhbGciOiJIUzI1NiJ9.eyJ0b2tlbl90eXBlIjoicmVmcmVzaCIsImp0aSI6IjEifQ.c2lnbmF0dXJlLXBhdA"
@@ -44,11 +46,8 @@ class FakeLabelStudio:
         return [c for c in self.calls if c.path == path]
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(ReplyHandler):
     server: _Server
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
 
     def do_GET(self) -> None:  # noqa: N802 (http.server API)
         self._handle()
@@ -124,13 +123,6 @@ class Handler(BaseHTTPRequestHandler):
 
     def _json(self, status: int, payload: Any) -> None:
         self._send(status, json.dumps(payload).encode(), "application/json")
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
 
 class _Server(ThreadingHTTPServer):
