@@ -1,9 +1,11 @@
-"""A fake Label Studio for write-back tests: task images and the predictions API, one token."""
+"""A fake Label Studio for write-back tests: task images, the predictions API and the project
+export the worker reads tasks through, one token."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,23 +33,45 @@ class FakeLabelStudio:
     Attributes:
         token: what ``Authorization: Token <token>`` must carry everywhere.
         images: path -> image bytes, served under ``/data/``.
-        tasks: task id -> its data, served at ``/api/tasks/<id>``.
+        tasks: task id -> its data, served at ``/api/tasks/<id>`` and in its project's export.
+        task_projects: task id -> its project; tasks not listed are in ``project``.
+        project: the project of tasks not in ``task_projects``.
         predictions: stored predictions, with ``id`` and ``task``.
         seen: (method, path with query, Authorization header) of every request.
         post_faults: what the next POSTs do instead of storing: an HTTP status, or "lost"
             (stored, then the connection is closed without a reply).
-        lookup_delay_s: pause before answering ``GET /api/predictions`` (to overlap callers).
+        lookup_delay_s: pause before answering a read of predictions (``GET /api/predictions``
+            or a project's export) (to overlap callers).
     """
 
     url: str = ""
     token: str = ""
     images: dict[str, bytes] = field(default_factory=dict)
     tasks: dict[int, dict[str, Any]] = field(default_factory=dict)
+    task_projects: dict[int, int] = field(default_factory=dict)
+    project: int = 1
     predictions: list[dict[str, Any]] = field(default_factory=list)
     seen: list[tuple[str, str, str | None]] = field(default_factory=list)
     post_faults: list[int | str] = field(default_factory=list)
     lookup_delay_s: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def exported(self, project: int, ids: list[str]) -> list[dict[str, Any]]:
+        """The project's tasks of these ids as Label Studio's JSON export lists them."""
+        found = []
+        with self.lock:
+            for task_id, data in self.tasks.items():
+                if str(task_id) in ids and self.task_projects.get(task_id, self.project) == project:
+                    predictions = [p for p in self.predictions if p["task"] == task_id]
+                    found.append(
+                        {
+                            "id": task_id,
+                            "project": project,
+                            "data": data,
+                            "predictions": predictions,
+                        }
+                    )
+        return found
 
     def per_task(self) -> dict[int, int]:
         """How many predictions each task has."""
@@ -76,6 +100,11 @@ class _Handler(ReplyHandler):
             if data is None:
                 return self._reply(404, {"detail": "Not found."})
             return self._reply(200, {"id": int(parts.path.split("/")[3]), "data": data})
+        export = re.fullmatch(r"/api/projects/(\d+)/export/?", parts.path)
+        if export:
+            time.sleep(state.lookup_delay_s)
+            ids = parse_qs(parts.query).get("ids[]", [])
+            return self._reply(200, state.exported(int(export.group(1)), ids))
         if parts.path == "/api/predictions":
             time.sleep(state.lookup_delay_s)
             task = parse_qs(parts.query).get("task", [""])[0]

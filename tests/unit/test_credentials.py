@@ -439,8 +439,10 @@ def test_the_same_relative_path_on_two_origins_gives_each_its_own_result(
     service = PredictionService(BackendSettings.from_env(env), redis)
     worker = _worker(WorkerSettings.from_env(env), redis)
     tasks = [{"id": 1, "data": {"image": "/data/local-files/?d=set1/photo.jpg"}}]
-    ls.images["/api/tasks/1?resolve_uri=false"] = json.dumps(tasks[0]).encode()  # the task
-    contexts = [service.context(url, ProjectOptions()) for url in (other.url, ls.url)]
+    export = "/api/projects/1/export?exportType=JSON&download_all_tasks=true&ids%5B%5D=1"
+    stored = [{**tasks[0], "project": 1, "predictions": []}]
+    ls.images[export] = json.dumps(stored).encode()  # the task, read through its project
+    contexts = [service.context(url, ProjectOptions(), 1) for url in (other.url, ls.url)]
     for context in contexts:  # LS asks, gets "late", the worker runs, LS asks again
         service.predict(tasks, CONFIG, context)
         _run_jobs(redis, worker, monkeypatch)
@@ -452,7 +454,7 @@ def test_the_same_relative_path_on_two_origins_gives_each_its_own_result(
     images = [[s for s in server.seen if s.path.startswith("/data/")] for server in (other, ls)]
     assert len(images[0]) == len(images[1]) == 1  # each computed once, from its own origin
     assert len(other.seen) == 1  # late predictions are written to LABEL_STUDIO_URL only:
-    written = {"/api/tasks/1", "/api/predictions"}  # the task's image checked, then posted
+    written = {"/api/projects/1/export", "/api/predictions"}  # the task checked, then posted
     assert {s.path.split("?")[0] for s in ls.seen} == {"/data/local-files/", *written}
 
 

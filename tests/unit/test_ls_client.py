@@ -27,6 +27,7 @@ class Call:
     query: dict[str, str]
     authorization: str | None
     body: Any
+    ids: list[str] = field(default_factory=list)  # every ``ids[]`` of the query
 
 
 @dataclass
@@ -64,7 +65,8 @@ class Handler(ReplyHandler):
         length = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(length)) if length else None
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-        call = Call(self.command, parts.path, query, self.headers.get("Authorization"), body)
+        ids = parse_qs(parts.query).get("ids[]", [])
+        call = Call(self.command, parts.path, query, self.headers.get("Authorization"), body, ids)
         state.calls.append(call)
         if parts.path == "/api/token/refresh/":
             return self._exchange(state, body)
@@ -107,7 +109,7 @@ class Handler(ReplyHandler):
             return self._json(200, {"id": 7, **call.body})
         if call.path == "/api/predictions":
             return self._json(200, [{"id": 7, "task": 1}])
-        if call.path == "/api/projects/1/export":
+        if call.path in ("/api/projects/1/export", "/api/projects/2/export"):
             return self._json(200, [{"id": 1}])
         if call.path == "/html":
             return self._send(200, b"<html>login</html>", "text/html")
@@ -275,15 +277,22 @@ def test_calls_send_what_label_studio_expects(fake_ls):
     result = [{"type": "rectanglelabels", "value": {"x": 1}}]
     with _client(fake_ls, LEGACY) as client:
         created = client.create_prediction(3, result, 0.5, "zerolabel-v")
+        client.create_prediction(4, result, 0.5, "zerolabel-v", project=2)
+        assert client.project_tasks(2, [4, 5]) == [{"id": 1}]
         client.update_prediction(7, [])
         client.set_label_config(1, "<View><Image/></View>")
         assert client.predictions(1) == [{"id": 7, "task": 1}]
         client.predictions(task_id=3)
         assert client.export(1) == [{"id": 1}]
     assert created["id"] == 7
-    post, patch, config, by_project, by_task, export = fake_ls.calls
+    post, with_project, read, patch, config, by_project, by_task, export = fake_ls.calls
     assert (post.method, post.path) == ("POST", "/api/predictions")
     assert post.body == {"task": 3, "result": result, "score": 0.5, "model_version": "zerolabel-v"}
+    assert with_project.body == {**post.body, "task": 4, "project": 2}
+    # a task read that never makes Label Studio call an ML backend: the project's export
+    assert (read.method, read.path) == ("GET", "/api/projects/2/export")
+    assert read.query == {"exportType": "JSON", "download_all_tasks": "true", "ids[]": "4"}
+    assert read.ids == ["4", "5"]
     assert (patch.method, patch.path, patch.body) == ("PATCH", "/api/predictions/7", {"result": []})
     assert (config.method, config.body) == ("PATCH", {"label_config": "<View><Image/></View>"})
     assert by_project.query == {"project": "1"} and by_task.query == {"task": "3"}

@@ -35,6 +35,7 @@ CONFIG = """<View>
   <RectangleLabels name="label" toName="image"><Label value="object"/></RectangleLabels>
 </View>"""
 IMAGE = "/data/upload/1/a.png"
+PROJECT = 3  # the project Label Studio's /setup and /predict name ("3.1")
 
 
 class SizeRunner:
@@ -84,6 +85,7 @@ def ls() -> Iterator[FakeLabelStudio]:
         server = start()
         server.images[IMAGE] = png((8, 6))
         server.tasks[1] = {"image": IMAGE}
+        server.project = PROJECT  # every task's project unless a test says otherwise
         yield server
 
 
@@ -94,7 +96,8 @@ def stack(ls: FakeLabelStudio) -> Stack:
     service = PredictionService(BackendSettings.from_env(env), redis)
     runtime = WorkerRuntime(WorkerSettings.from_env({**env, "LABEL_STUDIO_API_KEY": KEY}), redis)
     runtime.runner = lambda spec: SizeRunner()  # type: ignore[method-assign]
-    return Stack(ls, redis, service, runtime, service.context(ls.url, ProjectOptions()))
+    context = service.context(ls.url, ProjectOptions(), PROJECT)
+    return Stack(ls, redis, service, runtime, context)
 
 
 def test_a_late_task_is_answered_with_no_entry_and_written_once_its_job_finishes(
@@ -301,8 +304,41 @@ def test_a_task_whose_image_in_label_studio_is_another_gets_nothing_written(
     with caplog.at_level(logging.ERROR, logger="zerolabel.queue.writeback"):
         stack.run_jobs(monkeypatch)
     assert stack.ls.predictions == [] and stack.posts() == 0
-    # the task's data as stored, not with storage URLs turned into proxy URLs
-    assert ("GET", "/api/tasks/7?resolve_uri=false") in [(m, p) for m, p, _ in stack.ls.seen]
+    # The task's data as stored, read through the project's export: GET /api/tasks/7 would
+    # make Label Studio (prelabeling on, its default) call /predict and wait on this very job.
+    reads = [path for method, path, _ in stack.ls.seen if method == "GET"]
+    assert "/api/projects/3/export?exportType=JSON&download_all_tasks=true&ids%5B%5D=7" in reads
+    assert not [path for path in reads if path.startswith("/api/tasks")]
     assert failed._value.get() == before + 1
     assert "not the image this prediction was computed for" in caplog.text
     assert stack.redis.keys("zerolabel:waiting:*") == []  # given up, not tried again
+
+
+def test_a_task_of_another_project_gets_nothing_written(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    # Project 3's /predict names task 8, which holds the same image but is in project 4.
+    stack.ls.tasks[8] = {"image": IMAGE}
+    stack.ls.task_projects[8] = 4
+    stack.ask([8])
+    with caplog.at_level(logging.ERROR, logger="zerolabel.queue.writeback"):
+        stack.run_jobs(monkeypatch)
+    assert stack.ls.predictions == [] and stack.posts() == 0
+    assert "the task is not in project 3" in caplog.text
+    assert stack.redis.keys("zerolabel:waiting:*") == []
+
+
+def test_the_prediction_is_written_with_the_tasks_project(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+):
+    stack.ask([1])
+    stack.run_jobs(monkeypatch)
+    (written,) = stack.ls.predictions
+    assert written["project"] == PROJECT  # else Label Studio warns for every prediction
+
+
+def test_a_project_without_an_id_gets_no_write_back(stack: Stack):
+    context = stack.service.context(stack.ls.url, ProjectOptions())  # /setup named no project
+    tasks = [{"id": 1, "data": {"image": IMAGE}}]
+    (answer,) = stack.service.answer(tasks, CONFIG, context)
+    assert not answer.pending and stack.redis.keys("zerolabel:waiting:*") == []

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -144,6 +144,34 @@ class LabelStudioClient:
         params = {"exportType": "JSON", "download_all_tasks": "true" if all_tasks else "false"}
         return list(self.request("GET", f"/api/projects/{project_id}/export", params=params))
 
+    def update_ml_backend(
+        self, connection: dict[str, Any], extra_params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Replace the Extra params of an ML backend connection (``PATCH /api/ml/{id}``);
+        returns the connection as Label Studio stored it.
+
+        Label Studio 1.23 checks a connection before saving it: it calls the backend's
+        ``/health`` and then ``/setup`` with the new Extra params (a backend that refuses them
+        makes it answer 400 with the backend's error), and it needs the connection's URL,
+        project and authentication in the body to do so. The basic-auth password is never
+        readable: an empty one keeps the one stored. After saving it calls ``/setup`` again and
+        stores the version the backend answers in the reply's ``model_version``.
+
+        Args:
+            connection: the connection as :meth:`ml_backends` lists it.
+            extra_params: the new Extra params.
+        """
+        body: dict[str, Any] = {
+            "url": connection["url"],
+            "project": connection["project"],
+            "auth_method": connection.get("auth_method") or "NONE",
+            "extra_params": extra_params,
+        }
+        if body["auth_method"] == "BASIC_AUTH":
+            body["basic_auth_user"] = connection.get("basic_auth_user") or ""
+            body["basic_auth_pass"] = ""  # Label Studio keeps the stored password
+        return dict(self.request("PATCH", f"/api/ml/{int(connection['id'])}", json=body))
+
     # --- tasks -----------------------------------------------------------------------------
 
     def tasks(self, project_id: int, page_size: int = 100) -> Iterator[dict[str, Any]]:
@@ -173,10 +201,24 @@ class LabelStudioClient:
 
     # --- predictions -------------------------------------------------------------------
 
-    def task(self, task_id: int) -> dict[str, Any]:
-        """One task as ``GET /api/tasks/{id}`` returns it, its ``data`` as stored (storage URLs
-        such as ``s3://...`` not turned into proxy URLs: as ``/predict`` receives them)."""
-        return dict(self.request("GET", f"/api/tasks/{task_id}", params={"resolve_uri": "false"}))
+    def project_tasks(self, project_id: int, task_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """The project's tasks of these ids, each with its ``data`` as stored and its
+        ``predictions``; ids of tasks in other projects (or of no task) are left out.
+
+        Read through the project's JSON export (``GET /api/projects/{id}/export?ids[]=``): the
+        task read of Label Studio 1.23 that never asks an ML backend for predictions. ``GET
+        /api/tasks/{id}`` calls the project's ML backend ``/predict`` synchronously when the task
+        has no prediction and "Use predictions to prelabel tasks" is on (Label Studio's
+        default), and the Data Manager's task list does the same for the tasks of its page when
+        the project's ``evaluate_predictions_automatically`` is on. A worker about to write a
+        task's prediction must never make Label Studio wait on the very job it is finishing.
+        The data is as stored (storage URLs such as ``s3://...`` not turned into proxy URLs),
+        as ``/predict`` receives it.
+        """
+        if not task_ids:
+            return []
+        params = {"exportType": "JSON", "download_all_tasks": "true", "ids[]": list(task_ids)}
+        return list(self.request("GET", f"/api/projects/{project_id}/export", params=params))
 
     def predictions(
         self, project_id: int | None = None, *, task_id: int | None = None
@@ -192,14 +234,30 @@ class LabelStudioClient:
         return list(self.request("GET", "/api/predictions", params=params))
 
     def create_prediction(
-        self, task_id: int, result: list[dict[str, Any]], score: float, model_version: str
+        self,
+        task_id: int,
+        result: list[dict[str, Any]],
+        score: float,
+        model_version: str,
+        *,
+        project: int | None = None,
     ) -> dict[str, Any]:
         """Store one prediction for a task (``POST /api/predictions``); returns it with its id.
+
+        ``project`` is the task's project: Label Studio 1.23 looks it up itself when it is
+        missing and logs a warning for every such prediction.
 
         Never retried: after a failure with no reply, look the task's predictions up before
         trying again.
         """
-        body = {"task": task_id, "result": result, "score": score, "model_version": model_version}
+        body: dict[str, Any] = {
+            "task": task_id,
+            "result": result,
+            "score": score,
+            "model_version": model_version,
+        }
+        if project is not None:
+            body["project"] = project
         return dict(self.request("POST", "/api/predictions", json=body))
 
     def update_prediction(self, prediction_id: int, result: list[dict[str, Any]]) -> dict[str, Any]:

@@ -20,8 +20,14 @@ Nothing here holds a credential: keys and values name the Label Studio by its co
 and the worker posts with its own ``LABEL_STUDIO_API_KEY`` to ``LABEL_STUDIO_URL`` only, for
 tasks whose origin is one of its configured sites. What a ``/predict`` call says about a task is
 not trusted for the write: the worker reads the task from Label Studio and posts only when the
-task's own image URL (at the labeling config's data key) is the one the job computed, so a
-caller cannot have another image's regions written to a task.
+task belongs to the project the ``/predict`` came for and its own image URL (at the labeling
+config's data key) is the one the job computed, so a caller cannot have another image's regions,
+or another project's labels, written to a task.
+
+The worker's read never makes Label Studio call the backend: it goes through the project's
+export (:meth:`LabelStudioClient.project_tasks`), not ``GET /api/tasks/<id>``, which with
+Label Studio's default "Use predictions to prelabel tasks" calls ``/predict`` synchronously for
+a task without predictions, and so would wait on the very job the worker is finishing.
 
 Keys:
   zerolabel:waiting:<job id>    hash: "<origin> <task id>" -> :class:`Waiting` (JSON)
@@ -103,6 +109,7 @@ class Waiting:
         model_version: the version the backend answers with for its project.
         target: where the regions go in the project's labeling config.
         hold_s: how long a delivery claim holds (:func:`hold_s`).
+        project_id: the project whose ``/predict`` asked for the task; the task must be in it.
     """
 
     task_id: int
@@ -110,6 +117,7 @@ class Waiting:
     model_version: str
     target: ls_format.Target
     hold_s: int
+    project_id: int | None = None
 
     @property
     def field(self) -> str:
@@ -280,6 +288,8 @@ class WriteBack:
             )
         if not self._token:
             return f"set {LS_TOKEN_SETTING} on the workers to write late predictions"
+        if waiting.project_id is None:
+            return "the /predict that asked for it named no project; refused"
         return None
 
     def _post(self, result: DiscoveryResult, waiting: Waiting) -> bool:
@@ -287,11 +297,17 @@ class WriteBack:
 
         Raises:
             LabelStudioError: a call failed.
-            ValueError: the task's image is not the result's, or the regions cannot be rendered
-                in the project's labeling config.
+            ValueError: the task is not in the project, its image is not the result's, or the
+                regions cannot be rendered in the project's labeling config.
         """
         client = self._label_studio()
-        data = client.task(waiting.task_id).get("data")
+        project = waiting.project_id
+        assert project is not None  # _refusal refuses waiting tasks without a project
+        found = client.project_tasks(project, [waiting.task_id])
+        if not found:
+            raise ValueError(f"the task is not in project {project} in Label Studio; refused")
+        task = found[0]
+        data = task.get("data")
         image = data.get(waiting.target.data_key) if isinstance(data, dict) else None
         if image != result.source:
             raise ValueError(
@@ -299,14 +315,16 @@ class WriteBack:
                 "prediction was computed for; refused"
             )
         version = waiting.model_version
-        stored = client.predictions(task_id=waiting.task_id)
-        if any(p.get("model_version") == version for p in stored if isinstance(p, dict)):
+        stored = task.get("predictions") or []
+        if any(isinstance(p, dict) and p.get("model_version") == version for p in stored):
             logger.info("task %s: Label Studio already has its prediction", waiting.task_id)
             return False
         entry = ls_format.prediction(
             dataclasses.replace(result, model_version=version), waiting.target
         )
-        client.create_prediction(waiting.task_id, entry["result"], entry["score"], version)
+        client.create_prediction(
+            waiting.task_id, entry["result"], entry["score"], version, project=project
+        )
         logger.info("task %s: prediction written to Label Studio", waiting.task_id)
         return True
 
