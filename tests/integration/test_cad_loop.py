@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import tqdm
 from click.testing import CliRunner
+from zerolabel import progress
 from zerolabel.cad import CadConfig, build_detector, read_checkpoint
 from zerolabel.cli.main import main
 from zerolabel.contract import DiscoveryRequest
@@ -82,7 +82,7 @@ def trained(tmp_path_factory, tiny_env):
     )
     assert result.exit_code == 0, result.output
     (checkpoint,) = (root / "cad").glob("cad-*.pt")
-    assert f"ZEROLABEL_CAD_CHECKPOINT={checkpoint}" in result.output
+    assert f"zerolabel use --project ID cad --detector {checkpoint}" in result.output
     return root, photos, checkpoint
 
 
@@ -111,10 +111,10 @@ def test_predict_with_the_trained_detector(trained):
     assert len(tasks) == 3
     versions = {t["predictions"][0]["model_version"] for t in tasks}
     assert len(versions) == 1 and versions.pop().startswith("zerolabel-cad-cad-")
-    boxes = [
-        r for t in tasks for r in t["predictions"][0]["result"] if r["type"] == "rectanglelabels"
-    ]
-    assert boxes and all(0 <= r["value"]["x"] <= 100 for r in boxes)
+    items = [r for t in tasks for r in t["predictions"][0]["result"]]
+    boxes = [r for r in items if r["type"] == "rectanglelabels"]
+    assert items and all(0 <= r["value"]["x"] <= 100 for r in boxes)
+    assert all(r["type"] in ("rectanglelabels", "brushlabels") for r in items)  # mask or box
 
 
 def test_the_worker_serves_the_cad_method(trained):
@@ -147,14 +147,14 @@ def test_the_worker_serves_the_cad_method(trained):
 def _self_train(root, photos, checkpoint, out, *options):
     """A self-training round of one step at learning rate 0 (its weights are its start)."""
     calls = []
-    real_tqdm = tqdm.tqdm
+    real_track = progress.track
 
-    def recording_tqdm(*args, **kwargs):
-        calls.append((args, kwargs))
-        return real_tqdm(*args, **kwargs)
+    def recording_track(*args, **kwargs):
+        calls.append((args, {"desc": args[1] if len(args) > 1 else kwargs.get("desc")}))
+        return real_track(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tqdm, "tqdm", recording_tqdm)
+        patch.setattr(progress, "track", recording_track)
         result = CliRunner().invoke(
             main,
             [

@@ -108,7 +108,7 @@ def test_cluster_clusters_the_latest_version_and_names_it(tmp_path, monkeypatch)
         return ClusterRun(labels={}, names=["cluster_00"])
 
     monkeypatch.setattr("zerolabel.loop.pseudo_classes.cluster_tasks", fake_cluster)
-    monkeypatch.setattr("zerolabel.vit.backbone.load_configured_backbone", lambda s: None)
+    monkeypatch.setattr("zerolabel.loop.predict.loaded_backbone", lambda s: None)
     args = ["cluster", "TASKS", "-k", "5", "-o", str(tmp_path / "out"), "--cache-dir"]
     result = _run([*args, str(tmp_path / "cache")], tmp_path)
     assert result.exit_code == 0, result.output

@@ -11,7 +11,8 @@ drawn from the seed and the epoch. Model, optimizer and iteration are therefore 
 state: on CPU a run interrupted and resumed ends with the weights of an uninterrupted one.
 
 **Validation.** With held-out images (``val_fraction``, :mod:`zerolabel.cad.validation`),
-AP50/AP/AR100 are computed at every checkpoint but those of an interrupt.
+AP50/AP/AR100 are computed at every checkpoint but those of an interrupt. A signal that arrives
+during an evaluation stops it at the next image: the checkpoint is written before it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from zerolabel.cad.config import CadConfig
 from zerolabel.cad.data import CocoDetectionDataset
@@ -37,6 +36,7 @@ from zerolabel.cad.saving import partial_path, save_checkpoint
 from zerolabel.cad.stopping import StopSignals, TrainingInterrupted
 from zerolabel.cad.validation import Validator, split_image_ids, validator_for
 from zerolabel.errors import ConfigError, WeightsError
+from zerolabel.progress import Progress, stage
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +82,15 @@ def train(
     validator = validator_for(config, coco_json, images_dir, out_dir, validation_ids)
     device = torch.device(config.device)
     with _preserved_rng(device):
-        model, optimizer, start = _start(config, path if resume else None, device)
+        with stage(f"preparing the detector on {device}", done="ready"):
+            model, optimizer, start = _start(config, path if resume else None, device)
         if validator is not None:
             validator.restart(start)
         if start >= config.iterations:
             logger.info("%s is already at iteration %d: nothing to train", path, start)
             return path
         run = _Run(config, model, optimizer, dataset, path, validator)
-        with logging_redirect_tqdm() if progress else contextlib.nullcontext():
-            _train_loop(run, start, progress, clock)
+        _train_loop(run, start, progress, clock)
     return path
 
 
@@ -182,27 +182,29 @@ class _Run:
         self.optimizer.step()
         return float(loss.item())
 
-    def save(self, done: int, *, validate: bool) -> None:
+    def save(self, done: int, stop: StopSignals) -> None:
+        """Write the checkpoint, then validate unless a stop is (or gets) requested."""
         save_checkpoint(self.path, self.model, self.optimizer, done, self.config)
-        if validate and self.validator is not None:
-            self.validator(self.model, done)
+        if self.validator is not None and not stop.requested:
+            self.validator(self.model, done, lambda: stop.requested)
 
 
 def _train_loop(run: _Run, start: int, progress: bool, clock: Clock) -> None:
     config = run.config
     run.model.train()
-    bar = tqdm(total=config.iterations, initial=start, disable=not progress, desc="CAD", unit="it")
+    bar = Progress(
+        "CAD training", config.iterations, unit="iteration", initial=start, enabled=progress
+    )
     with bar, StopSignals() as stop:
         last_save = clock()
         for iteration in range(start, config.iterations):
             loss = run.step(iteration)
             done = iteration + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
+            bar.advance(1, note=f"loss {loss:.3f}")
             finished = done == config.iterations
             if not (finished or stop.requested or _due(config, done, clock() - last_save)):
                 continue
-            run.save(done, validate=not stop.requested)
+            run.save(done, stop)
             if stop.signum is not None and not finished:
                 raise TrainingInterrupted(run.path, done, stop.signum)
             last_save = clock()

@@ -34,8 +34,10 @@ def ls_client(settings: Any) -> Any:
 
 def project_tasks(client: Any, project: int | None) -> list[dict[str, Any]]:
     """Every task with its full annotations and predictions (Label Studio's JSON export lists
-    predictions by id only)."""
-    return list(client.tasks(project))
+    predictions by id only), read page by page with progress."""
+    from zerolabel.progress import track
+
+    return list(track(client.tasks(project), f"reading project {project}", unit="task"))
 
 
 def write_json(path: Path, data: Any) -> Path:

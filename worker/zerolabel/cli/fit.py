@@ -164,9 +164,9 @@ def _settings(
 
 
 def _backbone(settings: Any) -> Any:
-    from zerolabel.vit.backbone import load_configured_backbone
+    from zerolabel.loop.predict import loaded_backbone
 
-    return load_configured_backbone(settings)
+    return loaded_backbone(settings)
 
 
 def _samples(
@@ -231,12 +231,12 @@ def _task_sample(task: dict[str, Any], fetch: Callable[[str], Any]) -> Any:
 def _annotated_samples(
     tasks: list[dict[str, Any]], project: int, fetch: Callable[[str], Any]
 ) -> list[Any]:
-    from zerolabel.formats.reader import read_ls_export
+    from zerolabel.formats.reader import read_ls_export, summarize_skipped
     from zerolabel.loop.fitting import FitSample
 
     dataset = read_ls_export(tasks, source="annotations")
-    for skipped in dataset.skipped:
-        click.echo(f"  not annotated: task {skipped.task_id}: {skipped.reason}", err=True)
+    if dataset.skipped:
+        click.echo(f"  not annotated: {summarize_skipped(dataset.skipped)}", err=True)
     if not dataset.images:
         raise click.ClickException(
             f"project {project} has no annotated task to learn from: annotate some, or train "

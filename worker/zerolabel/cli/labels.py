@@ -86,9 +86,8 @@ def cluster(
     added to the project's labeling config and every prediction is relabelled in place.
     """
     from zerolabel.labelstudio.config_edit import add_labels, default_config
-    from zerolabel.loop.predict import with_overrides
+    from zerolabel.loop.predict import loaded_backbone, with_overrides
     from zerolabel.loop.pseudo_classes import cluster_tasks, labelled_tasks, update_predictions
-    from zerolabel.vit.backbone import load_configured_backbone
     from zerolabel.vit.descriptors import DescriptorCache
 
     if (tasks_file is None) == (project is None):
@@ -106,7 +105,7 @@ def cluster(
     run = cluster_tasks(
         tasks,
         loader,
-        load_configured_backbone(settings),
+        loaded_backbone(settings),
         DescriptorCache(Path(cache_dir)),
         k=k,
         seed=seed,

@@ -19,6 +19,7 @@ import click
 
 from zerolabel.cli.common import image_url, ls_client, read_tasks, worker_settings
 from zerolabel.cli.options import local_files_options
+from zerolabel.progress import stage, track
 
 _CONTROL_TAGS = {"rectanglelabels": "RectangleLabels", "brushlabels": "BrushLabels"}
 Control = tuple[str, str, str]  # (tag, from_name, to_name)
@@ -38,7 +39,8 @@ def import_(tasks_file: str, project: int, document_root: str, url_prefix: str) 
     tasks = read_tasks(tasks_file)
     client = ls_client(worker_settings())
     folder = storage_folder(tasks, Path(document_root), url_prefix)
-    present = {_url(task) for task in client.tasks(project)}
+    listed = track(client.tasks(project), f"reading project {project}", unit="task")
+    present = {_url(task) for task in listed}
     new = [task for task in tasks if _url(task) not in present]
     if folder is not None and ensure_storage(client, project, folder):
         click.echo(f"created a local-files storage for {folder} in project {project}", err=True)
@@ -50,7 +52,8 @@ def import_(tasks_file: str, project: int, document_root: str, url_prefix: str) 
     if not new:
         click.echo(f"nothing to import: every task is in project {project} already", err=True)
         return
-    reply = client.import_tasks(project, new)
+    with stage(f"importing {len(new)} task(s) into project {project}"):
+        reply = client.import_tasks(project, new)
     click.echo(
         f"imported {reply.get('task_count', len(new))} task(s) with "
         f"{reply.get('prediction_count', '?')} prediction(s) into project {project}",

@@ -22,6 +22,7 @@ from zerolabel.errors import DiscoveryError
 from zerolabel.evaluation.ground_truth import image_hw
 from zerolabel.formats.dataset import Dataset
 from zerolabel.formats.reader import ImageSizer, file_name_from_url
+from zerolabel.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class ImageStore:
     def get_all(self, ds: Dataset) -> dict[str, Path]:
         """The local copy of every image of ``ds`` (only those), by file name."""
         files: dict[str, Path] = {}
-        for image in ds.images:
+        for image in track(ds.images, "saving images", unit="image"):
             path = self.get(image.url) if image.url else None
             if path is not None:
                 files[image.file_name] = path

@@ -26,6 +26,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
 
+from zerolabel.progress import track
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 K = TypeVar("K", bound=Hashable)
@@ -208,9 +210,8 @@ def suggest_k(x: npt.ArrayLike, k_range: Sequence[int] = range(2, 21), seed: int
         rows = rows[np.sort(picked)]
     limit = min(rows.shape[0] - 1, len(np.unique(rows, axis=0)))
     best_k, best_score = 1, -np.inf
-    for k in sorted(set(k_range)):
-        if not 2 <= k <= limit:
-            continue
+    candidates = [k for k in sorted(set(k_range)) if 2 <= k <= limit]
+    for k in track(candidates, "choosing k by silhouette", unit="candidate"):
         labels = fit_kmeans(rows, k, seed).labels
         score = float(silhouette_score(rows, labels))
         if score > best_score:

@@ -32,6 +32,7 @@ from zerolabel.loop.fitting import (
     object_targets,
     sample_features,
 )
+from zerolabel.progress import Progress
 from zerolabel.vit.backbone import Backbone
 
 KIND = "found-head"
@@ -83,17 +84,19 @@ def train_head(
     optimizer = torch.optim.Adam([weight, bias], lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
     loss_sum = 0.0
-    for _ in range(config.epochs):
-        loss_sum = 0.0
-        order = torch.randperm(x.shape[0], generator=generator)
-        for start in range(0, x.shape[0], config.batch_size):
-            batch = order[start : start + config.batch_size]
-            optimizer.zero_grad()
-            logits = standard[batch] @ weight + bias
-            loss = F.binary_cross_entropy_with_logits(logits, y[batch].float())
-            torch.autograd.backward(loss)
-            optimizer.step()
-            loss_sum += float(loss.detach()) * batch.numel()
+    with Progress("training the FOUND head", config.epochs, unit="epoch") as progress:
+        for _ in range(config.epochs):
+            loss_sum = 0.0
+            order = torch.randperm(x.shape[0], generator=generator)
+            for start in range(0, x.shape[0], config.batch_size):
+                batch = order[start : start + config.batch_size]
+                optimizer.zero_grad()
+                logits = standard[batch] @ weight + bias
+                loss = F.binary_cross_entropy_with_logits(logits, y[batch].float())
+                torch.autograd.backward(loss)
+                optimizer.step()
+                loss_sum += float(loss.detach()) * batch.numel()
+            progress.advance(1, note=f"loss {loss_sum / x.shape[0]:.4f}")
     w = weight.detach().double() / std
     b = bias.detach().double() - (w * mean).sum()
     return w.float(), b.float(), loss_sum / x.shape[0]

@@ -21,6 +21,7 @@ from zerolabel import geometry, methods
 from zerolabel.errors import ImageLoadError
 from zerolabel.formats.dataset import ObjectRecord
 from zerolabel.io.images import LoadedImage
+from zerolabel.progress import track
 from zerolabel.vit import features, preprocess
 from zerolabel.vit.backbone import Backbone
 
@@ -79,7 +80,7 @@ def sample_features(
         report: updated as samples are read.
     """
     mean, std = backbone.mean_std
-    for sample in samples:
+    for sample in track(samples, "computing features", unit="image"):
         try:
             image = sample.load()
         except ImageLoadError as exc:

@@ -3,10 +3,11 @@
 Works on task JSON as Label Studio exports it (and as ``zerolabel predict`` writes it), so a
 folder run and a project run share everything but image access. Objects and their boxes come
 from :func:`zerolabel.labelstudio.regions.read_objects`, the reader export uses, so the crop
-described is the box export writes: a box region and the brush region of the same zerolabel
-object (ids ``zl-<hash>-<n>-box`` / ``-mask``) are one object, other regions objects of their
-own. Labels are keyed by (task index, object key), so objects whose descriptor fails never
-shift anyone else's label.
+described is the box export writes: an object sent as its brush alone is cropped at the mask's
+tight box, a box region and the brush region of the same zerolabel object (ids
+``zl-<hash>-<n>-box`` / ``-mask``) are one object, other regions objects of their own. Labels
+are keyed by (task index, object key), so objects whose descriptor fails never shift anyone
+else's label, and :func:`relabel` writes an object's label into each of its regions.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from zerolabel.errors import DiscoveryError
 from zerolabel.io.images import LoadedImage
 from zerolabel.labelstudio.regions import RegionError, object_key, read_objects, result_image_hw
 from zerolabel.loop.clustering import ObjectClusters, cluster_objects
+from zerolabel.progress import stage, track
 from zerolabel.vit.backbone import Backbone
 from zerolabel.vit.descriptors import DescriptorCache
 
@@ -112,7 +114,7 @@ def describe_tasks(
     """(object id, descriptor or None) for every object, plus per-task failures."""
     items: list[tuple[ObjectId, Any]] = []
     failures: list[tuple[int, str]] = []
-    for index, task in enumerate(tasks):
+    for index, task in enumerate(track(tasks, "describing objects", unit="image")):
         prediction = chosen_prediction(task, model_version)
         if prediction is None:
             continue
@@ -152,7 +154,9 @@ def cluster_tasks(
     )
     if not any(row is not None for _, row in items):
         raise DiscoveryError("no object could be described: nothing to cluster")
-    clusters: ObjectClusters[ObjectId] = cluster_objects(items, k=k, seed=seed)
+    described = sum(row is not None for _, row in items)
+    with stage(f"clustering {described} objects", done="clustered"):
+        clusters: ObjectClusters[ObjectId] = cluster_objects(items, k=k, seed=seed)
     return ClusterRun(dict(clusters.labels), list(clusters.names), failures)
 
 
@@ -217,7 +221,8 @@ def update_predictions(
     """PATCH every project prediction whose result differs between ``before`` and ``after``
     (the same tasks, relabelled); returns how many were updated."""
     updated = 0
-    for old, new in zip(before, after, strict=True):
+    pairs = zip(before, after, strict=True)
+    for old, new in track(pairs, "updating predictions", total=len(before), unit="task"):
         old_pred = chosen_prediction(old, model_version)
         new_pred = chosen_prediction(new, model_version)
         if old_pred and new_pred and old_pred.get("result") != new_pred.get("result"):

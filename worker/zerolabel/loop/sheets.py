@@ -25,6 +25,7 @@ from zerolabel.errors import DiscoveryError
 from zerolabel.io.images import LoadedImage
 from zerolabel.labelstudio.regions import RegionError, read_objects, result_image_hw
 from zerolabel.loop.pseudo_classes import chosen_prediction
+from zerolabel.progress import track
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ def _crops(
     for member in members:
         by_task.setdefault(member.task, []).append(member)
     crops: dict[Member, Image.Image | None] = {}
-    for index, wanted in sorted(by_task.items()):
+    for index, wanted in track(sorted(by_task.items()), "cropping objects", unit="image"):
         try:
             image = load_image(tasks[index])
         except (DiscoveryError, ValueError, OSError) as exc:
