@@ -9,8 +9,10 @@ release pins Flask 1.1 and Werkzeug 2.0, which carry known advisories, logs requ
 tokens at debug level and retrains on every project edit). Every answer but /metrics
 (Prometheus text: :mod:`zerolabel_backend.metrics`) is JSON: a malformed request gets a 400
 naming the field and the cause, a bad task is skipped on its own, and no route answers an
-HTML page. With ``BASIC_AUTH_USER`` and ``BASIC_AUTH_PASS`` set, every route
-but ``/`` and ``/health`` requires them (the credentials of Label Studio's "Connect Model" form).
+HTML page. A 400's reason phrase repeats its cause (:func:`.protocol.reason_phrase`): Label
+Studio shows its users the status line, never the body. With ``BASIC_AUTH_USER`` and
+``BASIC_AUTH_PASS`` set, every route but ``/`` and ``/health`` requires them (the credentials
+of Label Studio's "Connect Model" form).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from zerolabel_backend.protocol import (
     BadRequest,
     parse_body,
     predict_request,
+    reason_phrase,
     setup_request,
     task_problem,
 )
@@ -73,6 +76,14 @@ def _project_key(project: str) -> str:
     return project.split(".")[0]
 
 
+def _project_id(project: str) -> int | None:
+    """The project's id of Label Studio's "<id>.<created timestamp>"; None when it is not one."""
+    key = _project_key(project)
+    if not (key.isascii() and key.isdigit() and len(key) <= 18) or int(key) < 1:
+        return None
+    return int(key)
+
+
 def create_app(service: PredictionService, settings: BackendSettings | None = None) -> Flask:
     """The Flask app; ``service`` is shared by all requests (one per process)."""
     settings = settings or service.settings
@@ -85,9 +96,9 @@ def create_app(service: PredictionService, settings: BackendSettings | None = No
         return jsonify({"status": "ERROR", "error": exc.description or exc.name}), exc.code or 500
 
     @app.errorhandler(BadRequest)
-    def bad_request(exc: BadRequest) -> tuple[Response, int]:
+    def bad_request(exc: BadRequest) -> Response:
         logger.warning("%s %s refused: %s", request.method, request.path, exc)
-        return jsonify({"status": "ERROR", "error": str(exc)}), 400
+        return _refusal(str(exc))
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception) -> tuple[Response, int]:
@@ -123,11 +134,11 @@ def create_app(service: PredictionService, settings: BackendSettings | None = No
         setup = setup_request(body())
         try:
             options = ProjectOptions.parse(setup.extra_params)
-            context = service.context(setup.hostname, options)
+            context = service.context(setup.hostname, options, _project_id(setup.project))
             version = service.model_version(setup.schema, options)
         except ConfigError as exc:
             logger.warning("setup of project %s refused: %s", setup.project, exc)
-            return jsonify({"status": "ERROR", "error": str(exc)}), 400
+            return _refusal(str(exc))
         projects.remember(setup.project, context)
         return jsonify({"model_version": version})
 
@@ -139,7 +150,7 @@ def create_app(service: PredictionService, settings: BackendSettings | None = No
             version = service.model_version(asked.label_config, context.options)
         except ConfigError as exc:
             logger.warning("predict for project %s refused: %s", asked.project, exc)
-            return jsonify({"status": "ERROR", "error": str(exc)}), 400
+            return _refusal(str(exc))
         answers = _predict(service, asked.tasks, asked.label_config, context)
         return jsonify(
             {
@@ -161,6 +172,13 @@ def create_app(service: PredictionService, settings: BackendSettings | None = No
 
     install_metrics(app, service, settings)  # GET /metrics, request and task counts
     return app
+
+
+def _refusal(message: str) -> Response:
+    """A JSON 400 whose status line carries the reason too: all that Label Studio shows of it."""
+    answer = jsonify({"status": "ERROR", "error": message})
+    answer.status = f"400 {reason_phrase(message)}"
+    return answer
 
 
 def _predict(

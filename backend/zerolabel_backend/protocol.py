@@ -5,16 +5,30 @@ Label Studio 1.23 calls ``POST /setup`` with ``{"project", "schema", "hostname",
 "params"}``. Whatever arrives is checked here: a body that is not a JSON object, a field of the
 wrong type or a labeling config that cannot be served is a :class:`BadRequest` (a JSON 400 with
 the reason); a single malformed task is a per-task error, never the batch's.
+
+A refusal's reason also travels in the HTTP status line (:func:`reason_phrase`): Label Studio
+1.23 raises on any status >= 400 and shows its users ``str(HTTPError)``, "400 Client Error:
+<reason phrase> for url: ...", in the Connect Model form and as the connection's error; the JSON
+body never reaches them.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 MAX_TASKS = 1000
 """Tasks accepted in one /predict (Label Studio sends batches of tens)."""
+
+MAX_REASON_CHARS = 300
+"""Longest reason phrase of a refusal: a status line, and what Label Studio keeps of it."""
+
+_URL_USER_INFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#]*@")
+_URL_QUERY = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s?#]*)[?#][^\s)\]'\"]*")
+_NOT_LATIN1_PRINTABLE = re.compile(r"[^\x20-\x7e\xa0-\xff]")
 
 
 class BadRequest(ValueError):
@@ -102,6 +116,22 @@ def _text(body: dict[str, Any], name: str) -> str:
     if not isinstance(value, str):
         raise BadRequest(f"'{name}' must be a string, got {_kind(value)}")
     return value
+
+
+def reason_phrase(message: str, fallback: str = "BAD REQUEST") -> str:
+    """``message`` made fit for an HTTP status line, where Label Studio shows it.
+
+    Whitespace (CR and LF included) is folded to single spaces, URLs lose their user info and
+    query, characters outside printable Latin-1 become ``?`` (the status line's charset), and
+    the phrase is cut to :data:`MAX_REASON_CHARS` (ending in ``...``). An empty result gives
+    ``fallback``.
+    """
+    text = _URL_USER_INFO.sub(r"\1", " ".join(message.split()))
+    text = _URL_QUERY.sub(r"\1", text)
+    text = _NOT_LATIN1_PRINTABLE.sub("?", unicodedata.normalize("NFKC", text)).strip()
+    if len(text) > MAX_REASON_CHARS:
+        text = text[: MAX_REASON_CHARS - 3].rstrip() + "..."
+    return text or fallback
 
 
 def _kind(value: Any) -> str:

@@ -113,13 +113,43 @@ def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(
     data: Path, tmp_path: Path
 ) -> None:
     config = replace(CONFIG, checkpoint_every=1)
+    before = signal.getsignal(signal.SIGINT)  # not Python's default when SIGINT is ignored
     with pytest.MonkeyPatch.context() as patch:
         _signal_at(patch, 2, signal.SIGINT, signal.SIGINT)
         with pytest.raises(KeyboardInterrupt) as caught:
             _train(config, data, tmp_path)
     assert not isinstance(caught.value, TrainingInterrupted)
     assert read_checkpoint(tmp_path / "checkpoint_last.pt")["iteration"] == 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) == before  # the handler in place before is back
+
+
+def test_a_signal_during_validation_stops_it_at_the_next_image_keeping_the_checkpoint(
+    data: Path, tmp_path: Path
+) -> None:
+    from zerolabel.cad import validation
+
+    config = replace(CONFIG, val_fraction=0.67, checkpoint_every=2)  # 2 of 3 images held out
+    real_detect = validation.detect
+    detected: list[int] = []
+
+    def interrupted_detect(model: Any, image: Any, **kwargs: Any) -> Any:
+        detected.append(1)
+        if len(detected) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the first image is evaluated
+        return real_detect(model, image, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(validation, "detect", interrupted_detect)
+        with pytest.raises(TrainingInterrupted) as caught:
+            _train(config, data, tmp_path)
+        assert (caught.value.iteration, caught.value.signum) == (2, signal.SIGINT)
+        assert len(detected) == 1  # the second held-out image was never evaluated
+        assert read_checkpoint(tmp_path / "checkpoint_last.pt")["iteration"] == 2
+        assert not (tmp_path / "validation.json").exists()  # a given-up evaluation records nothing
+        _train(config, data, tmp_path)  # the resumed run validates as usual
+    history = json.loads((tmp_path / "validation.json").read_text())
+    assert [entry["iteration"] for entry in history] == [4]
+    assert len(detected) == 3 and history[0]["images"] == 2
 
 
 def test_checkpoints_follow_the_wall_time_interval(data: Path, tmp_path: Path) -> None:

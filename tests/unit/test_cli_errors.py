@@ -15,7 +15,14 @@ import pytest
 import requests
 from click.testing import CliRunner, Result
 from redis.exceptions import ConnectionError as RedisConnectionError
-from zerolabel.cli.errors import JSONFileError, ZerolabelGroup, remember_url, user_message
+from zerolabel.cli.errors import (
+    FAILURE_STATUS,
+    USAGE_STATUS,
+    JSONFileError,
+    ZerolabelGroup,
+    remember_url,
+    user_message,
+)
 from zerolabel.cli.main import main
 from zerolabel.errors import ConfigError, WeightsError
 
@@ -438,3 +445,54 @@ def test_settings_come_from_the_env_file(tmp_path):
         _error_line(result, "ZEROLABEL_BATCH_SIZE='abc' is not an integer")
     finally:
         os.environ.pop("ZEROLABEL_BATCH_SIZE", None)  # the file wrote it into this process
+
+
+# --- the command line itself is wrong: one line, exit status 2 ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        pytest.param(
+            ["predict", "a.jpg", "--max-side", "big"], ["'--max-side'", "'big'"], id="type"
+        ),
+        pytest.param(["train-cad", "--iterations", "0"], ["'--iterations'", "0"], id="range"),
+        pytest.param(["predict"], ["Missing argument 'INPUTS...'"], id="missing-argument"),
+        pytest.param(["predict", "a.jpg", "--nope"], ["No such option", "--nope"], id="option"),
+        pytest.param(["--bogus", "predict"], ["No such option", "--bogus"], id="group-option"),
+        pytest.param(["predcit"], ["No such command 'predcit'"], id="command"),
+        pytest.param(["eval", "--gt", "."], ["give PREDICTIONS with --gt"], id="usage-error"),
+    ],
+)
+def test_a_wrong_command_line_is_one_error_line_with_status_2(args: list[str], words: list[str]):
+    result = _run(args)
+    line = _error_line(result, *words, exit_code=USAGE_STATUS)
+    assert result.output.splitlines() == [line]  # no usage block
+    assert line.endswith("--help')")  # where the usage is
+
+
+def test_help_still_shows_the_usage():
+    result = _run(["train-cad", "--help"])
+    assert result.exit_code == 0 and result.output.startswith("Usage: ")
+    assert "--iterations INTEGER RANGE" in result.output
+
+
+def test_failures_while_running_have_status_1():
+    assert (USAGE_STATUS, FAILURE_STATUS) == (2, 1)
+    result = CliRunner().invoke(_group_running(ConfigError("ZEROLABEL_X is wrong")), ["run"])
+    _error_line(result, "ZEROLABEL_X is wrong", exit_code=FAILURE_STATUS)
+
+
+def test_predict_on_a_folder_without_images_fails_before_loading_a_model(tmp_path, monkeypatch):
+    from zerolabel.loop import predict as batch
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(batch.BatchJob, "create", no_model)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no image here")
+    result = _run(["predict", str(tmp_path / "empty"), "-o", str(tmp_path / "out")])
+    line = _error_line(result, "no image in", "empty", ".jpg", exit_code=USAGE_STATUS)
+    assert result.output.splitlines() == [line]
+    assert not (tmp_path / "out").exists()

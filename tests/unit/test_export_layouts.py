@@ -118,3 +118,53 @@ def test_without_a_split_yolo_is_images_and_labels_side_by_side(tmp_path: Path) 
     assert (yolo / "labels" / "neg0.txt").read_text() == ""
     assert not (paths["voc"] / "ImageSets" / "Main" / "val.txt").exists()
     assert len(read_ground_truth(yolo)) == 7
+
+
+def test_yolo_labels_without_images_get_no_data_yaml_naming_a_missing_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", "zerolabel"):
+        paths = write_dataset(_dataset(), tmp_path / "out", formats=("yolo",))
+    yolo = paths["yolo"]
+    assert not (yolo / "data.yaml").exists() and not (yolo / "images").exists()
+    assert len(list((yolo / "labels").glob("im*.txt"))) == 5
+    assert (yolo / "labels" / "classes.txt").read_text() == "object\n"
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "no data.yaml" in warning and "--download-images" in warning
+
+
+def test_export_labels_without_downloading_images_writes_no_data_yaml(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from click.testing import CliRunner
+    from zerolabel.cli.main import main
+
+    box = {
+        "type": "rectanglelabels",
+        "from_name": "label",
+        "to_name": "image",
+        "original_width": W,
+        "original_height": H,
+        "value": {"x": 10, "y": 10, "width": 50, "height": 50, "rectanglelabels": ["cat"]},
+    }
+    tasks = [
+        {"id": i, "data": {"image": f"/data/upload/1/55b99580-{i}.jpg"}, "annotations": []}
+        for i in (1, 2)
+    ]
+    for task in tasks:
+        task["annotations"] = [{"id": task["id"], "result": [{"id": "r", **box}]}]
+    source = tmp_path / "export.json"
+    source.write_text(json.dumps(tasks))
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", "zerolabel"):
+        result = CliRunner().invoke(
+            main, ["export", "--from-file", str(source), "-o", str(out), "-f", "yolo", "--labels"]
+        )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "yolo" / "labels").iterdir()) == [
+        "55b99580-1.txt",
+        "55b99580-2.txt",
+        "classes.txt",
+    ]
+    assert not (out / "yolo" / "data.yaml").exists()
+    assert any("no data.yaml" in r.getMessage() for r in caplog.records)

@@ -13,6 +13,7 @@ from zerolabel.contract import Box
 from zerolabel.evaluation.ground_truth import (
     GtImage,
     image_hw,
+    match_ground_truth,
     read_coco,
     read_ground_truth,
     read_voc,
@@ -345,3 +346,87 @@ def test_yolo_split_folders_pair_labels_with_images_of_the_same_split(tmp_path: 
     gt = read_ground_truth(tmp_path)
     assert gt["a"].image_hw == (20, 40) and len(gt["a"].boxes) == 1
     assert gt["b"] == GtImage("b.png", (10, 30), [], [])
+
+
+# ------------------------------------------------------------- Label Studio upload names
+
+UPLOADED = "55b99580-000000000009"  # Label Studio's name of the upload 000000000009.jpg
+
+
+@pytest.mark.parametrize(
+    ("stems", "gt", "expected"),
+    [
+        pytest.param(["a", "b"], ["a", "b"], {"a": "a", "b": "b"}, id="same-stems"),
+        pytest.param(["000000000009"], [UPLOADED], {"000000000009": UPLOADED}, id="prefix-in-gt"),
+        pytest.param([UPLOADED], ["000000000009"], {UPLOADED: "000000000009"}, id="prefix-in-pred"),
+        pytest.param(
+            [UPLOADED],
+            ["0a1b2c3d-000000000009"],
+            {UPLOADED: "0a1b2c3d-000000000009"},
+            id="two-uploads-of-one-photo",
+        ),
+        pytest.param(["x"], ["0a1b2c3d-x", "55b99580-x"], {}, id="ambiguous"),
+        pytest.param(["x", "0a1b2c3d-x"], ["x"], {"x": "x"}, id="exact-match-first"),
+        pytest.param(["55b9958-x", "55B99580-x"], ["x"], {}, id="not-a-prefix"),
+        pytest.param(["55b99580-"], ["55b99580-"], {"55b99580-": "55b99580-"}, id="prefix-only"),
+    ],
+)
+def test_images_match_ground_truth_with_or_without_the_upload_prefix(
+    stems: list[str], gt: list[str], expected: dict[str, str]
+) -> None:
+    assert match_ground_truth(stems, dict.fromkeys(gt)) == expected
+
+
+def test_a_label_studio_yolo_export_pairs_its_labels_with_the_original_photos(
+    tmp_path: Path,
+) -> None:
+    # A label-only YOLO export of uploads, scored on the photos as they were before the upload.
+    labels = _yolo_folder(
+        tmp_path, {UPLOADED: "0 0.5 0.5 0.5 0.5\n", "local": "0 0.5 0.5 1 1\n"}, []
+    )
+    for stem in ("000000000009", "local", "unlabelled"):
+        Image.new("RGB", (40, 20)).save(tmp_path / "images" / f"{stem}.png")
+    gt = read_yolo(labels)
+    assert sorted(gt) == sorted([UPLOADED, "local", "unlabelled"])  # no photo is a negative twice
+    assert gt[UPLOADED].file_name == "000000000009.png" and len(gt[UPLOADED].boxes) == 1
+    assert gt[UPLOADED].boxes[0] == Box(10.0, 5.0, 30.0, 15.0)
+    assert gt["unlabelled"].boxes == []
+
+
+def test_eval_scores_predictions_on_the_photos_against_an_export_of_their_uploads(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from zerolabel.evaluation.metrics import evaluate
+
+    labels = _yolo_folder(
+        tmp_path, {UPLOADED: "0 0.5 0.5 0.5 0.5\n", "b": "0 0.5 0.5 1 1\n"}, [UPLOADED, "b"]
+    )
+    names = ("000000000009.jpg", "b.jpg", "other.jpg", "more.jpg")
+    images = [{"id": i, "file_name": name} for i, name in enumerate(names, 1)]
+    anns = [
+        {"image_id": 1, "bbox": [10, 5, 20, 10], "score": 0.9},  # the upload's box, exactly
+        {"image_id": 2, "bbox": [0, 0, 40, 20], "score": 0.8},
+        {"image_id": 3, "bbox": [0, 0, 5, 5], "score": 0.7},
+    ]
+    predictions = tmp_path / "coco.json"
+    predictions.write_text(json.dumps({"images": images, "annotations": anns}))
+    with caplog.at_level("WARNING"):
+        report = evaluate(predictions, labels)
+    assert report.n_images == 2 and report.n_missing == 0 and report.corloc == 1.0
+    assert report.ap50 == pytest.approx(1.0)
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("2 of 4 predicted images match no ground-truth image")
+    assert "'other', 'more'" in warning
+
+
+def test_eval_methods_take_uploaded_names_and_count_the_images_without_truth(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from zerolabel.evaluation.compare import images_with_ground_truth
+
+    gt = {UPLOADED: GtImage("x.jpg", (2, 2), [], []), "b": GtImage("b.jpg", (2, 2), [], [])}
+    files = [tmp_path / name for name in ("000000000009.png", "b.png", "c.png", "d.png")]
+    with caplog.at_level("WARNING"):
+        assert images_with_ground_truth(files, gt) == files[:2]
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("2 of 4 images of --images match no ground-truth image")

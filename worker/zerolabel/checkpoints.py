@@ -3,12 +3,17 @@
 Files are read without executing code: torch pickles with ``weights_only=True`` (DINO training
 checkpoints' ``argparse.Namespace`` is allowed) and safetensors files by their suffix. A file
 that is missing, unreadable, not a mapping, or whose keys do not fit the module fails with a
-:class:`~zerolabel.errors.WeightsError` that names the file and the cause.
+:class:`~zerolabel.errors.WeightsError` that names the file and the cause. A file that is no
+weights file at all is called so; torch's own advice to load it without ``weights_only`` (which
+would run any code the file holds) never reaches the user.
 """
 
 from __future__ import annotations
 
 import argparse
+import pickle
+import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,7 @@ from zerolabel.errors import WeightsError
 
 _WRAPPER_KEYS = ("teacher", "state_dict", "model")  # DINO/DoRA training checkpoints, others
 _PREFIXES = ("module.", "backbone.", "_orig_mod.")  # DDP, DINO MultiCropWrapper, torch.compile
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")  # torch's weights_only refusal
 
 
 def read_checkpoint_file(path: str | Path, *, what: str, hint: str = "") -> Mapping[str, Any]:
@@ -30,25 +36,51 @@ def read_checkpoint_file(path: str | Path, *, what: str, hint: str = "") -> Mapp
         hint: appended to the message when the file does not exist (how to provide one).
 
     Raises:
-        WeightsError: the file does not exist, cannot be read, or holds no mapping.
+        WeightsError: the file does not exist, cannot be read, is no weights file, or holds no
+            mapping.
     """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{what} {path} does not exist" + (f". {hint}" if hint else ""))
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            loaded: object = load_file(str(path))
-        else:
-            # DINO training checkpoints pickle their argparse.Namespace next to the weights.
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file: say which and why
-        raise WeightsError(f"cannot read {what} {path}: {exc}") from None
+        loaded = _load(path)
+    except OSError as exc:
+        raise WeightsError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except Exception as exc:  # anything else the readers refuse: not a weights file
+        raise WeightsError(f"cannot read {what} {path}: {_not_weights(path, exc)}") from None
     if not isinstance(loaded, Mapping):
         raise WeightsError(f"{what} {path} holds a {type(loaded).__name__}, not a state dict")
     return loaded
+
+
+def _load(path: Path) -> object:
+    """What the file holds, read without running code from it."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    with warnings.catch_warnings():
+        # Any pickle that is no torch file makes torch warn about its protocol first.
+        warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+        # DINO training checkpoints pickle their argparse.Namespace next to the weights.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _not_weights(path: Path, exc: Exception) -> str:
+    """Why a file that could be opened is no weights file zerolabel loads (one clause)."""
+    if path.suffix == ".safetensors":
+        return "not a safetensors weights file"
+    unsafe = _UNSAFE_GLOBAL.search(str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+    if unsafe is not None:
+        return (
+            f"not a plain weights file: it holds Python objects ({unsafe[1]}) besides tensors, "
+            "which zerolabel never loads; save the model's state_dict() alone"
+        )
+    return (
+        "not a checkpoint, or a damaged one (expected weights saved with torch.save, e.g. .pth "
+        "or .pt, or a .safetensors file)"
+    )
 
 
 def unwrap_state_dict(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:

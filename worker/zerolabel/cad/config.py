@@ -1,15 +1,27 @@
-"""How to build and train the detector: :class:`CadConfig`; :func:`parse_duration` (intervals)."""
+"""How to build and train the detector: :class:`CadConfig`; :func:`parse_duration` (intervals);
+:func:`choose_masks` (Mask R-CNN or the box-only detector, from the labels)."""
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from zerolabel.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+MASKS_MIN_FRACTION = 0.5
+"""Share of the objects that must have a mask for the detector to be Mask R-CNN by default.
+
+Mask R-CNN trains a mask for every object, and an object without a segmentation gets its filled
+box as mask. Below half, most of the mask head's targets would be rectangles: it would learn to
+fill boxes rather than follow shapes, and its masks would be worse than none. The box-only
+detector (Faster R-CNN) is trained instead; ``masks=True`` (``--masks``) still forces masks."""
 
 
 @dataclass(frozen=True)
@@ -86,3 +98,68 @@ def parse_duration(text: str) -> float:
     if seconds <= 0:
         raise ValueError(f"{text!r}: the interval must be positive")
     return seconds
+
+
+@dataclass(frozen=True)
+class MaskCount:
+    """How many of the objects a detector trains on have a segmentation."""
+
+    masked: int
+    objects: int
+
+    @classmethod
+    def of(cls, annotations: Iterable[Any]) -> MaskCount:
+        """Count COCO annotations as training does: crowd regions and empty boxes are left out."""
+        trained = [ann for ann in annotations if _trained_on(ann)]
+        return cls(sum(1 for ann in trained if ann.get("segmentation")), len(trained))
+
+    @property
+    def fraction(self) -> float:
+        return self.masked / self.objects if self.objects else 0.0
+
+
+def choose_masks(annotations: Iterable[Any], forced: bool | None = None) -> bool:
+    """Whether to train Mask R-CNN on these COCO annotations, warning when masks are few.
+
+    Args:
+        annotations: the COCO file's ``annotations``.
+        forced: the caller's choice (``--masks`` / ``--no-masks``); None decides from the
+            labels: masks when at least :data:`MASKS_MIN_FRACTION` of the objects have one.
+
+    Returns:
+        True for Mask R-CNN, False for the box-only detector. A warning names the counts
+        whenever Mask R-CNN trains objects without a mask, or masks are left unused by default.
+    """
+    count = MaskCount.of(annotations)
+    if forced is False or (forced is None and count.masked == 0):
+        return False
+    missing = count.objects - count.masked
+    if forced is None and count.fraction < MASKS_MIN_FRACTION:
+        logger.warning(
+            "only %d of %d objects have a mask (under %d%%): training the box-only detector; "
+            "--masks trains Mask R-CNN anyway, with the box of the other %d as their mask",
+            count.masked,
+            count.objects,
+            round(100 * MASKS_MIN_FRACTION),
+            missing,
+        )
+        return False
+    if missing:
+        logger.warning(
+            "%d of %d objects have no mask: Mask R-CNN trains them with their filled box as mask%s",
+            missing,
+            count.objects,
+            "" if forced else " (--no-masks trains the box-only detector)",
+        )
+    return True
+
+
+def _trained_on(ann: Any) -> bool:
+    """Whether training keeps a COCO annotation: not a crowd region, not an empty box."""
+    if not isinstance(ann, Mapping) or ann.get("iscrowd"):
+        return False
+    try:
+        width, height = float(ann["bbox"][2]), float(ann["bbox"][3])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return True  # malformed: the dataset names it when it is read
+    return width > 0 and height > 0

@@ -2,7 +2,8 @@
 
 While :class:`StopSignals` is active (in the main thread), the first SIGINT (Ctrl-C) or SIGTERM
 (``docker stop``, ``kill``) only records the request: the training loop finishes its current
-iteration, writes its checkpoint and raises :class:`TrainingInterrupted`. A second signal
+iteration, writes its checkpoint and raises :class:`TrainingInterrupted`; a validation under way
+(its checkpoint already written) gives up at the next image. A second signal
 raises :class:`KeyboardInterrupt` at once; the checkpoint written before stays intact, because
 checkpoints are replaced atomically. Outside the main thread nothing is installed and signals
 keep Python's default behaviour.

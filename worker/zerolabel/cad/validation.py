@@ -3,7 +3,9 @@
 The metrics are the class-agnostic COCO box metrics of :func:`zerolabel.evaluation.metrics.
 coco_metrics` (pycocotools), computed on the detector's detections (:func:`zerolabel.cad.
 inference.detect`) against the labels of the held-out images. Each evaluation is logged as one
-line and appended to ``validation.json`` next to the checkpoint.
+line and appended to ``validation.json`` next to the checkpoint. An evaluation asked to stop
+(Ctrl-C, SIGTERM) gives up between two images and records nothing: the checkpoint it follows is
+already written.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +73,28 @@ class Validator:
         """Keep the recorded results up to iteration ``start`` (those of the resumed run)."""
         self.history = [entry for entry in _read_history(self.path) if entry["iteration"] <= start]
 
-    def __call__(self, model: nn.Module, iteration: int) -> dict[str, float]:
-        """Evaluate ``model`` (left in training mode), log one line, update the history file."""
-        with torch.random.fork_rng(devices=[]):
-            metrics = coco_metrics(*self._detections(model))
-        model.train()
+    def __call__(
+        self, model: nn.Module, iteration: int, stopping: Callable[[], bool] = lambda: False
+    ) -> dict[str, float] | None:
+        """Evaluate ``model`` (left in training mode), log one line, update the history file.
+
+        Args:
+            model: the detector, in training mode.
+            iteration: the iteration the metrics are recorded at.
+            stopping: asked before each image; when it answers True the evaluation is given up.
+
+        Returns:
+            The metrics, or None when the evaluation was given up (nothing is recorded).
+        """
+        try:
+            with torch.random.fork_rng(devices=[]):
+                detections = self._detections(model, stopping)
+                metrics = None if detections is None else coco_metrics(*detections)
+        finally:
+            model.train()
+        if metrics is None:
+            logger.warning("validation at iteration %d given up: stop requested", iteration)
+            return None
         images = len(self.dataset)
         logger.info(
             "validation at iteration %d (%d images): AP50 %s, AP %s, AR100 %s",
@@ -87,11 +106,16 @@ class Validator:
         write_json_atomically(self.path, self.history)
         return metrics
 
-    def _detections(self, model: nn.Module) -> tuple[Predictions, GroundTruth]:
+    def _detections(
+        self, model: nn.Module, stopping: Callable[[], bool]
+    ) -> tuple[Predictions, GroundTruth] | None:
+        """Detections and labels of every held-out image; None once ``stopping()`` is True."""
         preds: Predictions = {}
         gt: GroundTruth = {}
         dataset = self.dataset
         for index, info in enumerate(dataset.images):
+            if stopping():
+                return None
             key = str(info["id"])  # ids, not file stems: stems may repeat across folders
             path = dataset.images_dir / info["file_name"]
             image = load_file(path, dataset.limits, max_side=dataset.max_side)

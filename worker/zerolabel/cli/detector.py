@@ -41,9 +41,9 @@ def _training_options(func: Any) -> Any:
             required=True,
             help="Folder for checkpoints (a run there is resumed).",
         ),
-        click.option("--iterations", type=int, default=1000, show_default=True),
-        click.option("--batch-size", type=int, default=2, show_default=True),
-        click.option("--lr", type=float, default=0.0025, show_default=True),
+        click.option("--iterations", type=click.IntRange(min=1), default=1000, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True),
+        click.option("--lr", type=click.FloatRange(min=0.0), default=0.0025, show_default=True),
         click.option(
             "--checkpoint-every",
             "checkpoint_seconds",
@@ -70,7 +70,8 @@ def _training_options(func: Any) -> Any:
         click.option(
             "--masks/--no-masks",
             default=None,
-            help="Mask R-CNN or Faster R-CNN [default: masks when the COCO has them].",
+            help="Mask R-CNN or Faster R-CNN [default: masks when at least half the objects "
+            "have one].",
         ),
         click.option(
             "--backbone-checkpoint",
@@ -86,14 +87,14 @@ def _training_options(func: Any) -> Any:
         ),
         click.option(
             "--min-size",
-            type=int,
+            type=click.IntRange(min=1),
             default=512,
             show_default=True,
             help="Detector input: shorter side resized to this...",
         ),
         click.option(
             "--max-size",
-            type=int,
+            type=click.IntRange(min=1),
             default=1024,
             show_default=True,
             help="...unless the longer side would exceed this.",
@@ -107,10 +108,10 @@ def _training_options(func: Any) -> Any:
 
 def _cad_config(coco: dict[str, Any], *, masks: bool | None, **kwargs: Any) -> Any:
     from zerolabel.cad import CadConfig
+    from zerolabel.cad.config import choose_masks
     from zerolabel.vit.backbone import pick_device
 
-    if masks is None:
-        masks = any(a.get("segmentation") for a in coco.get("annotations", []))
+    masks = choose_masks(coco.get("annotations", []), masks)
     device = str(pick_device(kwargs.pop("device")))
     return CadConfig(masks=masks, device=device, **kwargs)
 
@@ -138,8 +139,8 @@ def _train_and_export(config: Any, coco_path: Path, images_dir: str, out_dir: st
     named = export_weights(last)
     click.echo(
         f"detector: {named} ({_megabytes(named)}, weights only; training state "
-        f"{last.name}, {_megabytes(last)})\nserve it with ZEROLABEL_METHOD=cad "
-        f"ZEROLABEL_CAD_CHECKPOINT={named} (backend and workers)",
+        f"{last.name}, {_megabytes(last)})\nserve it to a project: "
+        f"zerolabel use --project ID cad --detector {named}",
         err=True,
     )
     return named
@@ -289,19 +290,20 @@ def _round_labels(
 def _detect_all(
     checkpoint: str, images: list[dict[str, Any]], images_dir: Path, device: str, threshold: float
 ) -> dict[int, Any]:
-    """The detections of the previous round's detector on every image, with a progress bar."""
-    from tqdm import tqdm
-
+    """The detections of the previous round's detector on every image, with progress."""
     from zerolabel.cad import detect, load_detector
     from zerolabel.io.images import ImageLimits, load_file
+    from zerolabel.progress import stage, track
     from zerolabel.vit.backbone import pick_device
 
-    model, _ = load_detector(checkpoint, pick_device(device))
+    torch_device = pick_device(device)
+    with stage(f"loading detector {Path(checkpoint).name} on {torch_device}", done="loaded"):
+        model, _ = load_detector(checkpoint, torch_device)
     return {
         image["id"]: detect(
             model,
             load_file(images_dir / image["file_name"], ImageLimits()),
             score_threshold=threshold,
         )
-        for image in tqdm(images, desc="detecting", unit="img", disable=None)
+        for image in track(images, "detecting", unit="image")
     }

@@ -1,16 +1,24 @@
 """How ``zerolabel`` commands fail: ``Error: <one line>`` and a non-zero exit status.
 
 Every command runs under :class:`ZerolabelGroup`, whose :meth:`~ZerolabelGroup.invoke` is the
-one place that turns failures a user can fix into a :class:`click.ClickException` (exit status
-1; click's own usage errors keep status 2). :func:`user_message` decides:
+one place that turns failures a user can fix into a :class:`click.ClickException`. Two exit
+statuses tell them apart:
 
-* :class:`~zerolabel.errors.DiscoveryError` (ConfigError, ImageLoadError, WeightsError,
-  LabelStudioError...): its message; a Label Studio that gave no reply is named by its URL.
-* :class:`JSONFileError`, :class:`json.JSONDecodeError`: the file (when known), line and column.
-* :class:`ValueError`: its message.
-* ``redis.exceptions.RedisError``: ``Redis unreachable at <url>: <cause>``.
-* ``requests.RequestException``: the URL requested (without its query) and the cause.
-* :class:`OSError` (FileNotFoundError, PermissionError...): ``<path>: <reason>``.
+* **2, the command line itself is wrong** (:data:`USAGE_STATUS`): an unknown option, a value of
+  the wrong type or out of range, a missing argument, a file argument that does not exist,
+  options that do not go together. click finds most of them; commands raise
+  :class:`click.UsageError` for the rest. They are shown as one line too, ``Error: <message>
+  (see 'zerolabel <command> --help')``, without click's usage block (``--help`` shows it).
+* **1, a failure while running** (:data:`FAILURE_STATUS`), described by :func:`user_message`:
+
+  * :class:`~zerolabel.errors.DiscoveryError` (ConfigError, ImageLoadError, WeightsError,
+    LabelStudioError...): its message; a Label Studio that gave no reply is named by its URL.
+  * :class:`JSONFileError`, :class:`json.JSONDecodeError`: the file (when known), line and
+    column.
+  * :class:`ValueError`: its message.
+  * ``redis.exceptions.RedisError``: ``Redis unreachable at <url>: <cause>``.
+  * ``requests.RequestException``: the URL requested (without its query) and the cause.
+  * :class:`OSError` (FileNotFoundError, PermissionError...): ``<path>: <reason>``.
 
 Messages are folded onto one line. Library messages may name ``zerolabel predict`` options next
 to the settings (``--checkpoint PATH or ZEROLABEL_CHECKPOINT=PATH``); a command without that
@@ -30,7 +38,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 from urllib.parse import urlsplit
 
 import click
@@ -38,6 +46,11 @@ import click
 from zerolabel.errors import DiscoveryError
 
 logger = logging.getLogger("zerolabel")
+
+USAGE_STATUS = 2
+"""Exit status of a command line that is wrong (click's own convention)."""
+FAILURE_STATUS = 1
+"""Exit status of a command that failed while running (a setting, a file, a server)."""
 
 Service = Literal["redis", "label_studio"]
 _META_KEY = "zerolabel.urls"
@@ -75,12 +88,52 @@ def _remembered(ctx: click.Context | None, service: Service) -> str | None:
     return urls.get(service)
 
 
+class CommandFailed(click.ClickException):
+    """A command that failed while running, shown as ``Error: <message>``."""
+
+    exit_code = FAILURE_STATUS
+
+
+class OneLineUsageError(click.UsageError):
+    """A wrong command line, shown as ``Error: <message> (see '<command> --help')``."""
+
+    exit_code = USAGE_STATUS
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        hint = ""
+        if self.ctx is not None and self.ctx.command.get_help_option(self.ctx) is not None:
+            hint = f" (see '{self.ctx.command_path} --help')"
+        message = " ".join(self.format_message().split()).removesuffix(".")
+        click.echo(f"Error: {message}{hint}", file=file, err=file is None)
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    """``exc`` as a :class:`OneLineUsageError`; the help a bare group shows stays as it is."""
+    if isinstance(exc, OneLineUsageError | click.exceptions.NoArgsIsHelpError):
+        return exc
+    return OneLineUsageError(exc.format_message(), exc.ctx)
+
+
 class ZerolabelGroup(click.Group):
     """The ``zerolabel`` group: its commands fail with one line, see the module docstring."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:  # the group's own options
+            raise _one_line(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a command's options, arguments, or its own refusal
+            raise _one_line(exc) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
@@ -90,7 +143,7 @@ class ZerolabelGroup(click.Group):
             if message is None:
                 raise  # a bug: keep its traceback
             logger.debug("zerolabel %s failed", name or "", exc_info=exc)
-            raise click.ClickException(message) from None
+            raise CommandFailed(message) from None
 
 
 def user_message(

@@ -3,18 +3,26 @@
 Every reader returns the same structure, a :data:`GroundTruth` dict from the image's file stem
 (``000001`` for ``000001.jpg``) to a :class:`GtImage`. Boxes are :class:`~zerolabel.contract.Box`
 in original-image pixels with ``x1``/``y1`` exclusive, the frame our predictions use, so IoU is
-computed without the old ``+1`` convention. Predictions are matched to ground truth by stem.
+computed without the old ``+1`` convention.
+
+Predictions are matched to ground truth by stem (:func:`match_ground_truth`): the same stem, else
+the same name once Label Studio's upload prefix is set aside on either side. Label Studio stores
+an upload ``000000000009.jpg`` as ``55b99580-000000000009.jpg``, and its exports (YOLO label
+files, COCO ``file_name``) carry that name, while the photos on disk do not. Images that match no
+ground truth are counted in a warning (:func:`keyed_by_ground_truth`), never dropped silently.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
@@ -28,8 +36,13 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 YOLO_CLASSES_FILE = "classes.txt"
 """Darknet-style class-name list that may sit among YOLO label files (one name a line)."""
 
+UPLOAD_PREFIX = re.compile(r"[0-9a-f]{8}-")
+"""What Label Studio puts before the name of an uploaded file (8 hex digits of a UUID, a dash)."""
+
 _EXIF_ORIENTATION = 0x0112
 _EXIF_TRANSPOSED = {5, 6, 7, 8}  # orientations that swap width and height
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,61 @@ def find_image(images_dir: Path, stem: str) -> Path | None:
             if candidate.is_file():
                 return candidate
     return None
+
+
+def without_upload_prefix(stem: str) -> str:
+    """``stem`` without Label Studio's upload prefix: ``55b99580-000009`` -> ``000009``."""
+    prefix = UPLOAD_PREFIX.match(stem)
+    return stem[prefix.end() :] if prefix is not None and prefix.end() < len(stem) else stem
+
+
+def match_ground_truth(stems: Iterable[str], gt: Mapping[str, Any]) -> dict[str, str]:
+    """Image stem -> the ground-truth stem it describes; stems that match none are left out.
+
+    A stem matches the same ground-truth stem; failing that, the one ground-truth stem equal to
+    it once Label Studio's upload prefix is set aside on both sides (two candidates: no match).
+    Each ground-truth image is matched once, exact matches first.
+    """
+    names = list(dict.fromkeys(stems))
+    matched = {stem: stem for stem in names if stem in gt}
+    by_plain_name: dict[str, list[str]] = defaultdict(list)
+    for gt_stem in gt:
+        by_plain_name[without_upload_prefix(gt_stem)].append(gt_stem)
+    taken = set(matched.values())
+    for stem in names:
+        candidates = by_plain_name.get(without_upload_prefix(stem), [])
+        if stem not in matched and len(candidates) == 1 and candidates[0] not in taken:
+            matched[stem] = candidates[0]
+            taken.add(candidates[0])
+    return matched
+
+
+def keyed_by_ground_truth(found: Mapping[str, T], gt: Mapping[str, Any]) -> dict[str, T]:
+    """``found`` (by image stem) keyed by the ground-truth stems its images match.
+
+    Images that match no ground truth are left out, with a warning that counts them.
+    """
+    matched = match_ground_truth(found, gt)
+    warn_unmatched([stem for stem in found if stem not in matched], len(found), "predicted images")
+    return {matched[stem]: value for stem, value in found.items() if stem in matched}
+
+
+def warn_unmatched(unmatched: Sequence[str], total: int, what: str) -> None:
+    """Warn that ``len(unmatched)`` of ``total`` images (``what``, e.g. "predicted images")
+    have no ground truth, naming the first few."""
+    if not unmatched:
+        return
+    shown = ", ".join(repr(stem) for stem in unmatched[:3]) + (
+        ", ..." if len(unmatched) > 3 else ""
+    )
+    logger.warning(
+        "%d of %d %s match no ground-truth image and are not scored (matched by file name "
+        "without suffix, Label Studio's upload prefix set aside): %s",
+        len(unmatched),
+        total,
+        what,
+        shown,
+    )
 
 
 def read_voc(folder: str | Path, split: str | None = None) -> GroundTruth:
@@ -232,9 +300,10 @@ def read_yolo(
     Segment lines (``class x1 y1 x2 y2 ...``) count as the bounding box of their polygon.
     Boxes are scaled by the size of the matching image (header only, after EXIF orientation,
     as Ultralytics does) and clipped to it. Label files are found in ``labels_dir`` and its
-    subfolders (``labels/train/x.txt`` goes with ``images/train/x.jpg``). As in Ultralytics,
-    an image without a label file is a negative (no objects); a label file without an image
-    is skipped with a warning.
+    subfolders (``labels/train/x.txt`` goes with ``images/train/x.jpg``); a label file of a
+    Label Studio export (``55b99580-x.txt``) goes with ``x.jpg`` when no ``55b99580-x.*``
+    exists, and the other way round. As in Ultralytics, an image without a label file is a
+    negative (no objects); a label file without an image is skipped with a warning.
 
     Args:
         labels_dir: folder of ``<stem>.txt`` label files.
@@ -258,6 +327,7 @@ def read_yolo(
     if names is None and (labels_path / YOLO_CLASSES_FILE).is_file():
         names = (labels_path / YOLO_CLASSES_FILE).read_text().split("\n")
     gt: GroundTruth = {}
+    images = _image_files(img_dir)
     labelled: set[Path] = set()
     orphans: list[tuple[Path, Path]] = []
     for txt in txt_paths:
@@ -265,15 +335,27 @@ def read_yolo(
         labelled.add(relative)
         image = find_image(img_dir / relative.parent, relative.name)
         if image is None:
+            image = _uploaded_image(img_dir, relative, images)
+        if image is None:
             orphans.append((txt, img_dir / relative.parent))
             continue
+        labelled.add(image.relative_to(img_dir).with_suffix(""))
         gt[unique_stem(gt, txt.name, labels_path)] = _read_yolo_file(txt, image, names)
     if orphans:
         _warn_orphans(orphans, bool(gt))
-    for image in _image_files(img_dir):
+    for image in images:
         if image.relative_to(img_dir).with_suffix("") not in labelled:
             gt[unique_stem(gt, image.name, img_dir)] = GtImage(image.name, image_hw(image), [], [])
     return gt
+
+
+def _uploaded_image(img_dir: Path, relative: Path, images: Sequence[Path]) -> Path | None:
+    """The one image beside where label file ``relative`` expects it whose name is the label's
+    once Label Studio's upload prefix is set aside (on either side); None if none or several."""
+    folder = img_dir / relative.parent
+    beside = {image.stem: image for image in images if image.parent == folder}
+    matched = match_ground_truth([relative.name], beside)
+    return beside[matched[relative.name]] if matched else None
 
 
 def _warn_orphans(orphans: list[tuple[Path, Path]], any_read: bool) -> None:

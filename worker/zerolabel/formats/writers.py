@@ -14,6 +14,7 @@ is placed in the layout (hard-linked, else copied byte for byte). When the image
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -25,6 +26,8 @@ from typing import Any
 from zerolabel.formats.coco import coco_annotation
 from zerolabel.formats.dataset import Dataset, ImageRecord, ObjectRecord
 from zerolabel.formats.split import SPLITS
+
+logger = logging.getLogger(__name__)
 
 ImageFiles = Mapping[str, Path]
 """An image's ``file_name`` -> a local file holding its bytes."""
@@ -114,7 +117,8 @@ def write_yolo(
     negative). ``labels/classes.txt`` lists the names. The images given are placed at
     ``images/<file_name>``. With a split, both go one folder down, ``train/`` or ``val/``.
     ``data.yaml`` gives ``path`` (this folder), ``train``, ``val`` (the train images again when
-    there is no split) and ``names``.
+    there is no split) and ``names``; it is written only when images were placed, since
+    Ultralytics reads the images it names (labels alone: a warning says so).
 
     Returns:
         The class names, index i being class i.
@@ -122,6 +126,7 @@ def write_yolo(
     root = Path(out_dir)
     names = class_names(ds, class_agnostic=class_agnostic)
     index = {name: i for i, name in enumerate(names)}
+    placed = 0
     for image, stem in zip(ds.images, label_stems(ds), strict=True):
         lines = []
         for obj in image.objects:
@@ -136,9 +141,17 @@ def write_yolo(
         path.write_text("".join(lines))
         if images and image.file_name in images:
             place_image(images[image.file_name], root / "images" / sub / image.file_name)
+            placed += 1
     (root / "labels").mkdir(parents=True, exist_ok=True)
     (root / "labels" / "classes.txt").write_text("".join(f"{name}\n" for name in names))
-    _write_data_yaml(root, names, split=any(image.split for image in ds.images))
+    if placed:
+        _write_data_yaml(root, names, split=any(image.split for image in ds.images))
+    elif ds.images:
+        logger.warning(
+            "%s: YOLO labels written without their images, so no data.yaml (it would name a "
+            "missing images/ folder); export with the images (--download-images) to train on it",
+            root,
+        )
     return names
 
 
