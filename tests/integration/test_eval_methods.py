@@ -41,7 +41,7 @@ def _row(output: str, method: str) -> list[str]:
     return lines[0]
 
 
-def test_one_row_per_method_with_a_spearman_column(voc, env):
+def test_one_row_per_method_with_region_and_task_spearman_columns(voc, env):
     result = _eval(
         ["--gt", str(voc / "Annotations"), "--images", str(voc / "JPEGImages")]
         + ["--method", "lost", "--method", "maskcut"],
@@ -49,13 +49,14 @@ def test_one_row_per_method_with_a_spearman_column(voc, env):
     )
     assert result.exit_code == 0, result.output
     header = result.output.splitlines()[0].split()
-    assert header[0] == "method" and header[-1] == "Spearman" and "CorLoc" in header
+    assert header[0] == "method" and header[-4:] == ["region", "rho", "task", "rho"]
+    assert "CorLoc" in header
     for method in ("lost", "maskcut"):
         row = _row(result.output, method)
-        assert len(row) == len(header) - 4  # "CorLoc %", "AP50 %", ... are two words each
+        assert len(row) == len(header) - 6  # "CorLoc %", "region rho", ... are two words each
         assert row[1:3] == [str(len(STEMS)), "0"]  # images with ground truth; none failed
-        assert re.fullmatch(r"[+-]\d\.\d\d|n/a", row[-1])
-    assert int(_row(result.output, "lost")[-2]) <= len(STEMS)  # LOST: one region per image
+        assert all(re.fullmatch(r"[+-]\d\.\d\d|n/a", cell) for cell in row[-2:])
+    assert int(_row(result.output, "lost")[-3]) <= len(STEMS)  # LOST: one region per image
 
 
 def test_a_method_row_equals_evaluating_its_predict_output(voc, env, tmp_path):
@@ -71,7 +72,11 @@ def test_a_method_row_equals_evaluating_its_predict_output(voc, env, tmp_path):
     row = _row(_eval([*gt_args, "--method", "lost"], env).output, "lost")
     expected = [values[k] for k in ("CorLoc (%)", "AP50 (%)", "AP (%)", "AR100 (%)")]
     assert row[3:7] == expected
-    assert row[7:] == [values["regions scored"], values["Spearman (score, IoU)"]]
+    assert row[7:] == [
+        values["regions scored"],
+        values["Spearman (score, IoU)"],
+        values["Spearman (task score, quality)"],
+    ]
 
 
 def test_method_mode_needs_images_and_ground_truth_that_matches(voc, env, tmp_path):

@@ -21,9 +21,9 @@ def test_result_survives_json():
     assert result.score == 0.75
 
 
-def test_task_score_is_the_lowest_region_score_and_zero_without_regions():
+def test_task_score_is_the_mean_region_score_and_zero_without_regions():
     regions = [Region(Box(0, 0, 5, 5), s, "lost") for s in (0.6, 0.2, 0.9)]
-    assert DiscoveryResult("a.jpg", (10, 10), regions, "v").score == 0.2
+    assert DiscoveryResult("a.jpg", (10, 10), regions, "v").score == pytest.approx(1.7 / 3)
     assert DiscoveryResult("a.jpg", (10, 10), [], "v").score == 0.0
 
 

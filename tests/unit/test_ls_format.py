@@ -268,9 +268,10 @@ def test_mask_of_the_wrong_size_is_rejected() -> None:
 def test_prediction_scores() -> None:
     result = _result()
     pred = prediction(result, Target())
-    # The task score is the least trusted region's (zerolabel.quality): sorting Label
+    # The task score is the mean region score (DiscoveryResult.task_score): sorting Label
     # Studio's queue by it ascending shows first the tasks most likely to need a fix.
-    assert pred["score"] == min(r.score for r in result.regions) == 0.2
+    scores = [r.score for r in result.regions]
+    assert pred["score"] == pytest.approx(sum(scores) / len(scores))
     assert pred["model_version"] == result.model_version
     empty = prediction(DiscoveryResult("b.png", (H, W), model_version="v"), Target())
     assert empty == {"model_version": "v", "score": 0.0, "result": []}

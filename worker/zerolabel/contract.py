@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,9 +20,13 @@ from zerolabel.methods import FEATURE_METHODS as FEATURE_METHODS  # re-exported:
 from zerolabel.methods import METHOD_NAMES as METHOD_NAMES
 
 SCHEMA_VERSION = 1
-PIPELINE_VERSION = 2  # bump when a change alters the regions produced for the same spec
+SHAPE_FORMS = ("box", "mask", "both")
+"""Values of :attr:`DiscoverySpec.shapes`: the forms the ``shapes`` option resolves to."""
+PIPELINE_VERSION = 3  # bump when a change alters the regions produced for the same spec
 # 2: MaskCut's square input resized with LANCZOS; masks refined to pixels (zerolabel.refine);
 #    region scores from zerolabel.quality
+# 3: cad region scores rescaled from [score_threshold, 1] to [0, 1]; the task score is the
+#    mean region score
 
 
 @dataclass(frozen=True)
@@ -114,13 +120,33 @@ class DiscoveryResult:
 
     @property
     def score(self) -> float:
-        """Task-level score: the least trusted region's score; 0 without regions.
+        """Task-level score in [0, 1]: :meth:`task_score` of the region scores."""
+        return self.task_score([r.score for r in self.regions])
+
+    @staticmethod
+    def task_score(region_scores: Sequence[float]) -> float:
+        """The mean of a task's region scores, clipped to [0, 1]; 0 without regions.
 
         Label Studio's queue sorted by it (ascending) shows first the tasks most likely to
-        need a correction: one doubtful region is enough, and an image where nothing was
-        found (an object missed, or none there) comes before all others.
+        need a correction. Were region scores the probability that a region is a right
+        object, the mean would be the expected share of the task's pre-labels that need no
+        edit. Every region shown is one the annotator must check, so many weak regions pull
+        the task down (a detector's tail of weak detections included), while one weak region
+        among good ones costs less than a task of weak regions only. The lowest region score
+        would give nearly every detector task the detection threshold, and would not tell one
+        doubtful region among ten good ones from ten doubtful ones; for one-region methods the
+        two are the same. An image where nothing was found (an object missed, or none there)
+        scores 0, before all others.
+
+        Raises:
+            ValueError: a region score that is NaN or infinite.
         """
-        return min((r.score for r in self.regions), default=0.0)
+        bad = [s for s in region_scores if not math.isfinite(s)]
+        if bad:
+            raise ValueError(f"region scores must be finite numbers in [0, 1], got {bad[0]}")
+        if not region_scores:
+            return 0.0
+        return min(max(math.fsum(region_scores) / len(region_scores), 0.0), 1.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -157,8 +183,8 @@ class DiscoverySpec:
 
     Raises:
         ConfigError: an unknown method, an unknown or ill-typed parameter (the message names
-            the method's parameters with their types), a negative ``max_side``, or ``refine``
-            asked of a method whose masks are pixel masks already.
+            the method's parameters with their types), a negative ``max_side``, ``refine``
+            asked of a method whose masks are pixel masks already, or unknown ``shapes``.
     """
 
     method: str = "lost"
@@ -171,6 +197,9 @@ class DiscoverySpec:
     pos_embed: str = "dino"  # positional-embedding interpolation rule
     fitted: str | None = None  # file name of a fitted file the method uses (zerolabel.fitted)
     refine: bool | None = None  # dense-CRF pixel masks; None: the method's default
+    # How Label Studio gets an object (zerolabel.labelstudio.tasks): "box", "mask" (one region
+    # each) or "both" (a box and a brush). The workers ignore it; it names what is written.
+    shapes: str = "both"
 
     def __post_init__(self) -> None:
         info = methods.get(self.method)
@@ -178,6 +207,9 @@ class DiscoverySpec:
         if self.refine is not None and not isinstance(self.refine, bool):
             raise ConfigError(f"refine must be true, false or None, got {self.refine!r}")
         info.refines(self.refine)
+        if self.shapes not in SHAPE_FORMS:
+            forms = ", ".join(SHAPE_FORMS)
+            raise ConfigError(f"shapes must be one of {forms}, got {self.shapes!r}")
         # Typed values (an int given for a float parameter is stored as a float), so equal
         # settings always give the same model_version.
         object.__setattr__(self, "params", info.check_params(self.params))
@@ -213,6 +245,10 @@ class DiscoverySpec:
         identity["refine"] = self.effective_refine()  # unset and the default are one spec
         if identity["fitted"] is None:
             del identity["fitted"]  # specs without a fitted file keep their earlier versions
+        if not self.masks or self.shapes == "both":
+            # Without masks every form writes the same boxes; "both" is the form versions were
+            # first made for: those specs keep their versions.
+            del identity["shapes"]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         return f"zerolabel-{self.method}-{self.backbone.split('.')[0]}-{digest}"
 

@@ -16,10 +16,15 @@ region's patch mask (the ``[h, w]`` grid the method cut) or taken from the metho
   to the first one's grid.
 
 A product lets any one weak signal pull a region down: a clean cut of a blob touching three
-sides is not trusted. The score ranks regions (the Label Studio queue sorts by it; ``zerolabel
-eval`` reports its Spearman correlation with the IoU to ground truth); its absolute value is no
-probability. The task score is the lowest region score (:attr:`DiscoveryResult.score
-<zerolabel.contract.DiscoveryResult.score>`).
+sides is not trusted. The score ranks regions (``zerolabel eval`` reports its Spearman
+correlation with the IoU to ground truth); its absolute value is no probability. The detector
+(``cad``) scores a region with its own confidence instead, rescaled from ``[score_threshold,
+1]`` to [0, 1] (:func:`zerolabel.cad.inference.rescaled_confidence`).
+
+The task score Label Studio's queue sorts by is the mean of the task's region scores, 0 without
+regions (:meth:`DiscoveryResult.task_score <zerolabel.contract.DiscoveryResult.task_score>`,
+which gives the reasons); ``zerolabel eval`` reports its Spearman correlation with the task's
+quality against ground truth (:func:`zerolabel.evaluation.rank.task_quality`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """Run a trained detector on an image, and turn its detections into the next pseudo-labels.
 
+**Region scores.** Served as the ``cad`` method, a detection's score is its confidence
+rescaled from the detection threshold to [0, 1] (:func:`rescaled_confidence`), so that scores
+spread where a detector's confidences crowd just above its threshold.
+
 **Self-training.** :func:`self_training_round` turns one round's detections into the next
 round's pseudo-labels (scores ≥ 0.7, then 0.65), keeping earlier labels the detector missed.
 """
@@ -59,6 +63,35 @@ def detect(
     finally:
         heads.score_thresh, heads.detections_per_img = saved
     return _to_original(output, tuple(image.pixels.shape[:2]), image.original_hw)
+
+
+def rescaled_confidence(score: float, threshold: float) -> float:
+    """A detection's confidence mapped from ``[threshold, 1]`` onto [0, 1].
+
+    :func:`detect` keeps detections scoring above ``score_threshold``, so every kept
+    confidence lies in ``(threshold, 1]``, and a detector's many weak detections crowd just
+    above the threshold. ``(score - threshold) / (1 - threshold)`` spreads them over [0, 1]
+    and keeps their order: a detection at the threshold, one the detector barely kept, scores
+    0 like a task where nothing was found, and a certain one 1. Region and task scores of the
+    detector then span the same range as those of the feature methods.
+
+    Args:
+        score: the detector's confidence, in [0, 1].
+        threshold: the ``score_threshold`` the detection was kept with, in [0, 1].
+
+    Returns:
+        The rescaled confidence in [0, 1] (0 below the threshold; with threshold 1, where
+        nothing passes, 1 for a score of 1).
+
+    Raises:
+        ValueError: a score or threshold outside [0, 1] (NaN included).
+    """
+    for name, value in (("score", score), ("threshold", threshold)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"detection {name} must lie in [0, 1], got {value}")
+    if threshold >= 1.0:
+        return 1.0 if score >= 1.0 else 0.0
+    return max(0.0, (score - threshold) / (1.0 - threshold))
 
 
 def _to_original(

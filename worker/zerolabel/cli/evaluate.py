@@ -89,8 +89,8 @@ def eval_(
     model_version: str | None,
     csv_path: str | None,
 ) -> None:
-    """CorLoc, class-agnostic AP50 / AP / AR100, the Spearman correlation of region score and
-    IoU (and cluster purity / NMI).
+    """CorLoc, class-agnostic AP50 / AP / AR100, the Spearman correlations of region score with
+    IoU and of task score with task quality (and cluster purity / NMI).
 
     Either PREDICTIONS (the coco.json of `predict`) with --gt; or --method (repeatable) with
     --gt and --images, one row per method; or a Label Studio project (--project or

@@ -3,7 +3,8 @@
 Behind ``zerolabel eval --gt GT --images DIR --method lost --method maskcut``: every method runs
 in this process on the images of ``DIR`` that have ground truth, with the same settings and one
 shared backbone, and is scored like a prediction file (:func:`.metrics.report_for`): CorLoc,
-AP50, AP, AR100, and the Spearman correlation of region score and IoU (:mod:`.rank`).
+AP50, AP, AR100, and the Spearman correlations (:mod:`.rank`) of region score and IoU
+(``region rho``) and of task score and task quality (``task rho``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zerolabel.evaluation.ground_truth import GroundTruth
+from zerolabel.evaluation.ground_truth import (
+    GroundTruth,
+    keyed_by_ground_truth,
+    match_ground_truth,
+    warn_unmatched,
+)
 from zerolabel.evaluation.metrics import EvalReport, Predictions, format_rho, report_for
 
 if TYPE_CHECKING:
@@ -23,8 +29,19 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("method", "images", "failed", "CorLoc %", "AP50 %", "AP %", "AR100 %", "regions")
-"""Header of :func:`format_rows` (then ``Spearman``)."""
+COLUMNS = (
+    "method",
+    "images",
+    "failed",
+    "CorLoc %",
+    "AP50 %",
+    "AP %",
+    "AR100 %",
+    "regions",
+    "region rho",
+    "task rho",
+)
+"""Header of :func:`format_rows`; ``rho``: Spearman's rank correlation."""
 
 
 @dataclass(frozen=True)
@@ -37,21 +54,25 @@ class MethodRow:
 
 
 def images_with_ground_truth(files: Sequence[Path], gt: GroundTruth) -> list[Path]:
-    """The files whose stem has ground truth, in order, one per stem.
+    """The files that have ground truth, in order, one per ground-truth image; the others are
+    counted in a warning. Matched by stem (:func:`.ground_truth.match_ground_truth`).
 
     Raises:
         ValueError: no file matches (the message names a ground-truth stem to look for).
     """
+    matched = match_ground_truth([path.stem for path in files], gt)
     chosen: dict[str, Path] = {}
     for path in files:
-        if path.stem in gt:
-            chosen.setdefault(path.stem, path)
+        if path.stem in matched:
+            chosen.setdefault(matched[path.stem], path)
     if not chosen:
         example = next(iter(sorted(gt)), "none")
         raise ValueError(
             f"none of the {len(files)} image(s) has ground truth (matched by file stem, e.g. "
             f"{example!r}): point --images at the images the ground truth describes"
         )
+    unmatched = [path.stem for path in files if path.stem not in matched]
+    warn_unmatched(unmatched, len(files), "images of --images")
     return list(chosen.values())
 
 
@@ -71,34 +92,36 @@ def evaluate_methods(
         ConfigError: a method these settings cannot run (a missing fitted or detector file).
         WeightsError: the weights cannot be loaded.
     """
-    from zerolabel.loop.predict import BatchJob, with_overrides
+    from zerolabel.loop.predict import BatchJob, load_runner, with_overrides
     from zerolabel.pipeline import ModelStore
+    from zerolabel.progress import track
 
     store = ModelStore(settings)  # one backbone for all the feature methods
     rows = []
     for name in names:
         chosen = with_overrides(settings, {"method": name})
-        job = BatchJob(store.runner(chosen.spec()), chosen)
+        job = BatchJob(load_runner(store, chosen, chosen.spec()), chosen)
         preds: Predictions = {}
         failed = 0
-        for path, outcome in job.discover(files):
+        running = track(job.discover(files), f"eval {name}", total=len(files), unit="image")
+        for path, outcome in running:
             if isinstance(outcome, str):
                 logger.warning("%s: skipped %s: %s", name, path, outcome)
                 failed += 1
                 continue
             preds[path.stem] = [(region.box, region.score) for region in outcome.regions]
-        rows.append(MethodRow(name, report_for(preds, gt), failed))
+        rows.append(MethodRow(name, report_for(keyed_by_ground_truth(preds, gt), gt), failed))
     return rows
 
 
 def format_rows(rows: Sequence[MethodRow]) -> str:
     """An aligned table, one line per method; metrics in percent, rho with two decimals."""
-    table: list[tuple[str, ...]] = [(*COLUMNS, "Spearman")]
+    table: list[tuple[str, ...]] = [COLUMNS]
     for row in rows:
         r = row.report
         metrics = [_percent(v) for v in (r.corloc, r.ap50, r.ap, r.ar100)]
         cells = (row.method, str(r.n_images), str(row.failed), *metrics, str(r.n_regions))
-        table.append((*cells, format_rho(r.spearman)))
+        table.append((*cells, format_rho(r.spearman), format_rho(r.task_spearman)))
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     return "\n".join(
         "  ".join(

@@ -5,9 +5,10 @@ when its IoU with ANY ground-truth box is at least 0.5; every ground-truth image
 counts, and such an image without a prediction is a miss. Negatives (ground-truth images
 without objects) have nothing to localise: they are left out of CorLoc, and boxes predicted on
 them are false positives in AP. AP50, AP (0.5:0.95) and AR100 come from pycocotools with
-every ground-truth class merged into one "object" category. Whether the region scores rank
-regions by quality is the Spearman correlation of score and IoU (:mod:`.rank`). Predictions are
-matched to ground truth by file stem (``000001`` for ``JPEGImages/000001.jpg``).
+every ground-truth class merged into one "object" category. Whether the scores rank by quality
+is two Spearman correlations (:mod:`.rank`): region score with IoU, and task score with the
+task's quality (its matched-IoU F1). Predictions are matched to ground truth by file stem
+(``000001`` for ``JPEGImages/000001.jpg``).
 """
 
 from __future__ import annotations
@@ -20,16 +21,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zerolabel.contract import Box
-from zerolabel.evaluation.ground_truth import GroundTruth, load_json, read_ground_truth, unique_stem
-from zerolabel.evaluation.rank import score_iou_spearman
+from zerolabel.contract import Box, DiscoveryResult
+from zerolabel.evaluation.ground_truth import (
+    GroundTruth,
+    keyed_by_ground_truth,
+    load_json,
+    read_ground_truth,
+    unique_stem,
+)
+from zerolabel.evaluation.rank import score_iou_spearman, task_quality, task_spearman
 from zerolabel.formats.coco import coco_annotation
 from zerolabel.geometry import box_iou
 
 CORLOC_IOU = 0.5
 """IoU at or above which an image's top box localises an object (LOST, VOC convention)."""
 
-CSV_COLUMNS = ("file_name", "n_gt", "n_pred", "top_score", "best_iou", "corloc_hit")
+CSV_COLUMNS = (
+    "file_name",
+    "n_gt",
+    "n_pred",
+    "top_score",
+    "best_iou",
+    "corloc_hit",
+    "task_score",
+    "task_quality",
+)
 """Columns of the per-image CSV written by :func:`evaluate`."""
 
 Predictions = dict[str, list[tuple[Box, float]]]
@@ -38,7 +54,7 @@ Predictions = dict[str, list[tuple[Box, float]]]
 
 @dataclass(frozen=True)
 class ImageResult:
-    """CorLoc outcome of one ground-truth image."""
+    """CorLoc outcome, task score and task quality of one ground-truth image."""
 
     file_name: str
     n_gt: int
@@ -47,6 +63,8 @@ class ImageResult:
     best_iou: float | None  # IoU of that box with its best-matching GT box
     hit: bool
     has_entry: bool  # the prediction file lists this image at all
+    task_score: float | None = None  # DiscoveryResult.task_score; None without an entry
+    task_quality: float | None = None  # rank.task_quality; None without an entry
 
 
 def read_predictions(pred_path: str | Path) -> Predictions:
@@ -61,8 +79,8 @@ def read_predictions(pred_path: str | Path) -> Predictions:
         annotations map to an empty list.
 
     Raises:
-        ValueError: not such a file, an annotation without score or with an unknown image,
-            or two images sharing a stem.
+        ValueError: not such a file, an annotation without a finite score or with an unknown
+            image, or two images sharing a stem.
     """
     path = Path(pred_path)
     data = load_json(path)
@@ -79,9 +97,21 @@ def read_predictions(pred_path: str | Path) -> Predictions:
             raise ValueError(f"{path}: annotation names unknown image_id {ann.get('image_id')!r}")
         if "score" not in ann:
             raise ValueError(f"{path}: annotation on image {ann['image_id']!r} has no 'score'")
+        score = _finite(ann["score"], f"{path}: annotation on image {ann['image_id']!r}")
         x, y, w, h = (float(v) for v in ann["bbox"])
-        preds[stems[ann["image_id"]]].append((Box(x, y, x + w, y + h), float(ann["score"])))
+        preds[stems[ann["image_id"]]].append((Box(x, y, x + w, y + h), score))
     return preds
+
+
+def _finite(value: Any, where: str) -> float:
+    """``value`` as a finite float, or a ValueError naming ``where``."""
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        score = math.nan
+    if not math.isfinite(score):
+        raise ValueError(f"{where}: 'score' must be a finite number, got {value!r}")
+    return score
 
 
 def corloc(preds: Predictions, gt: GroundTruth) -> tuple[float, list[ImageResult]]:
@@ -111,14 +141,23 @@ def corloc(preds: Predictions, gt: GroundTruth) -> tuple[float, list[ImageResult
 def _image_result(
     pred: list[tuple[Box, float]] | None, file_name: str, gt_boxes: list[Box]
 ) -> ImageResult:
-    """CorLoc outcome of one image (``pred`` is None when the image has no entry)."""
+    """CorLoc outcome and task figures of one image (``pred`` is None without an entry)."""
     scored = pred or []
-    if not scored:
-        return ImageResult(file_name, len(gt_boxes), 0, None, None, False, pred is not None)
-    top_box, top_score = max(scored, key=lambda pair: pair[1])
-    best = max((box_iou(top_box, g) for g in gt_boxes), default=0.0)
+    top_score: float | None = None
+    best: float | None = None
+    if scored:
+        top_box, top_score = max(scored, key=lambda pair: pair[1])
+        best = max((box_iou(top_box, g) for g in gt_boxes), default=0.0)
     return ImageResult(
-        file_name, len(gt_boxes), len(scored), top_score, best, best >= CORLOC_IOU, True
+        file_name,
+        len(gt_boxes),
+        len(scored),
+        top_score,
+        best,
+        best is not None and best >= CORLOC_IOU,
+        pred is not None,
+        None if pred is None else DiscoveryResult.task_score([score for _, score in scored]),
+        None if pred is None else task_quality([box for box, _ in scored], gt_boxes),
     )
 
 
@@ -216,6 +255,8 @@ class EvalReport:
     n_negatives: int = 0  # ground-truth images without objects
     spearman: float = math.nan  # rank correlation of region score and best GT IoU
     n_regions: int = 0  # predicted regions on ground-truth images (the Spearman pairs)
+    task_spearman: float = math.nan  # rank correlation of task score and task quality
+    n_tasks: int = 0  # ground-truth images with a prediction entry (the task pairs)
 
     def format_table(self) -> str:
         """A small aligned text table; metrics shown as percentages."""
@@ -229,6 +270,8 @@ class EvalReport:
             ("AR100 (%)", _percent(self.ar100)),
             ("regions scored", str(self.n_regions)),
             ("Spearman (score, IoU)", format_rho(self.spearman)),
+            ("tasks scored", str(self.n_tasks)),
+            ("Spearman (task score, quality)", format_rho(self.task_spearman)),
         ]
         name_w = max(len(name) for name, _ in lines)
         value_w = max(len(value) for _, value in lines)
@@ -265,16 +308,17 @@ def evaluate(
         The report.
     """
     gt = read_ground_truth(gt_path, gt_format, images_dir)
-    return report_for(read_predictions(pred_path), gt, csv_path)
+    return report_for(keyed_by_ground_truth(read_predictions(pred_path), gt), gt, csv_path)
 
 
 def report_for(
     preds: Predictions, gt: GroundTruth, csv_path: str | Path | None = None
 ) -> EvalReport:
-    """CorLoc and COCO metrics of ``preds`` against ``gt``; the CSV written when asked."""
+    """CorLoc, COCO metrics and score ranks of ``preds`` against ``gt``; the CSV when asked."""
     value, rows = corloc(preds, gt)
     metrics = coco_metrics(preds, gt)
     rho, n_regions = score_iou_spearman(preds, gt)
+    task_rho, n_tasks = task_spearman(preds, gt)
     if csv_path is not None:
         write_csv(rows, csv_path)
     return EvalReport(
@@ -288,11 +332,14 @@ def report_for(
         n_negatives=sum(r.n_gt == 0 for r in rows),
         spearman=rho,
         n_regions=n_regions,
+        task_spearman=task_rho,
+        n_tasks=n_tasks,
     )
 
 
 def write_csv(rows: list[ImageResult], csv_path: str | Path) -> None:
-    """Write one CSV row per ground-truth image; empty cells where an image has no box."""
+    """Write one CSV row per ground-truth image; empty cells where an image has no box (no
+    entry, for the task columns)."""
     with Path(csv_path).open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
@@ -302,8 +349,14 @@ def write_csv(rows: list[ImageResult], csv_path: str | Path) -> None:
                     r.file_name,
                     r.n_gt,
                     r.n_pred,
-                    "" if r.top_score is None else f"{r.top_score:.6f}",
-                    "" if r.best_iou is None else f"{r.best_iou:.6f}",
+                    _cell(r.top_score),
+                    _cell(r.best_iou),
                     int(r.hit),
+                    _cell(r.task_score),
+                    _cell(r.task_quality),
                 ]
             )
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"

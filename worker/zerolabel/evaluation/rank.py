@@ -1,11 +1,18 @@
-"""Does a region's score predict its quality? Spearman rank correlation of score and IoU.
+"""Do the scores predict quality? Spearman rank correlations, per region and per task.
 
-Every predicted region of a ground-truth image gives one pair: its score and the IoU of its
-box with the best-matching ground-truth box of that image (0 on an image without objects, where
-any region is wrong). Spearman's rho is the Pearson correlation of the two rank vectors, tied
-values sharing the mean of their ranks (as ``scipy.stats.spearmanr`` computes it). +1: the
-score orders regions exactly as their IoU does, so sorting by score finds the worst pre-labels
-first; 0: the score says nothing.
+**Regions.** Every predicted region of a ground-truth image gives one pair: its score and the
+IoU of its box with the best-matching ground-truth box of that image (0 on an image without
+objects, where any region is wrong).
+
+**Tasks.** Every ground-truth image with a prediction entry (an image run and listed, with or
+without regions) gives one pair: its task score (:meth:`DiscoveryResult.task_score
+<zerolabel.contract.DiscoveryResult.task_score>` of its region scores, what Label Studio's queue
+sorts by) and its quality (:func:`task_quality`: how little correcting its pre-labels need).
+
+Spearman's rho is the Pearson correlation of the two rank vectors, tied values sharing the mean
+of their ranks (as ``scipy.stats.spearmanr`` computes it). +1: the score orders regions (tasks)
+exactly as their quality does, so sorting by score ascending finds the worst pre-labels first;
+0: the score says nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +20,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from zerolabel.contract import Box
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from zerolabel.contract import Box, DiscoveryResult
 from zerolabel.evaluation.ground_truth import GtImage
 from zerolabel.geometry import box_iou
 
@@ -95,3 +105,58 @@ def score_iou_spearman(
     """Spearman's rho of region score and best ground-truth IoU, and the number of regions."""
     scores, ious = score_iou_pairs(preds, gt)
     return spearman(scores, ious), len(scores)
+
+
+def task_quality(boxes: Sequence[Box], truth: Sequence[Box]) -> float:
+    """How little correcting a task's pre-labels need: a matched-IoU F1 in [0, 1].
+
+    Predicted and ground-truth boxes are paired one to one so that the sum of IoUs is largest
+    (Hungarian matching). Each predicted box and each ground-truth box then gets the IoU with
+    its partner, 0 without one (a region to delete, an object to draw), and the quality is the
+    mean over all of them: ``2 * sum(matched IoU) / (len(boxes) + len(truth))``. 1: every
+    object is boxed exactly and nothing else; 0: nothing overlaps. An image without objects
+    and without predictions needs no correction: 1.
+
+    Args:
+        boxes: the task's predicted boxes.
+        truth: its ground-truth boxes.
+    """
+    if not boxes and not truth:
+        return 1.0
+    if not boxes or not truth:
+        return 0.0
+    ious = np.array([[box_iou(b, g) for g in truth] for b in boxes])
+    rows, cols = linear_sum_assignment(ious, maximize=True)
+    return float(2.0 * ious[rows, cols].sum() / (len(boxes) + len(truth)))
+
+
+def task_pairs(
+    preds: Mapping[str, Sequence[tuple[Box, float]]], gt: Mapping[str, GtImage]
+) -> tuple[list[float], list[float]]:
+    """Task score and task quality of every ground-truth image with a prediction entry.
+
+    Args:
+        preds: file stem -> predicted ``(box, score)`` pairs; an image listed without pairs
+            is a task where nothing was found (score 0); an image not listed was not run.
+        gt: file stem -> ground truth; predictions on other images are left out.
+
+    Returns:
+        The task scores and the qualities, in the same order (stems sorted).
+    """
+    scores: list[float] = []
+    qualities: list[float] = []
+    for stem in sorted(preds):
+        if stem not in gt:
+            continue
+        pairs = preds[stem]
+        scores.append(DiscoveryResult.task_score([float(score) for _, score in pairs]))
+        qualities.append(task_quality([box for box, _ in pairs], gt[stem].boxes))
+    return scores, qualities
+
+
+def task_spearman(
+    preds: Mapping[str, Sequence[tuple[Box, float]]], gt: Mapping[str, GtImage]
+) -> tuple[float, int]:
+    """Spearman's rho of task score and task quality (:func:`task_pairs`), and the task count."""
+    scores, qualities = task_pairs(preds, gt)
+    return spearman(scores, qualities), len(scores)

@@ -2,14 +2,18 @@
 
 Both come from one Label Studio JSON export: annotations are the ground truth (negatives, an
 annotation with an empty result, included: predictions on them are false positives), the chosen
-model_version's predictions are scored with CorLoc and class-agnostic AP/AR; when the
-predictions carry pseudo-classes and the annotations carry classes, cluster purity, NMI and
-Hungarian accuracy are computed over predicted objects matched to an annotated one. Tasks whose
-predictions cannot be scored are refused, never scored as zeros (:func:`check_predictions`).
+model_version's predictions are scored with CorLoc, class-agnostic AP/AR and the Spearman
+correlations of region score with IoU and of task score with task quality
+(:mod:`zerolabel.evaluation.rank`; a task's score is recomputed from its region scores, tasks
+without a prediction of that version are left out); when the predictions carry pseudo-classes
+and the annotations carry classes, cluster purity, NMI and Hungarian accuracy are computed over
+predicted objects matched to an annotated one. Tasks whose predictions cannot be scored are
+refused, never scored as zeros (:func:`check_predictions`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +24,9 @@ from zerolabel.evaluation.ground_truth import GroundTruth, GtImage
 from zerolabel.evaluation.metrics import EvalReport, Predictions, report_for
 from zerolabel.formats.export import Dataset, check_predictions, read_ls_export
 from zerolabel.geometry import box_iou
+from zerolabel.progress import stage
+
+logger = logging.getLogger(__name__)
 
 MATCH_IOU = 0.5
 
@@ -63,10 +70,13 @@ def evaluate_export(
         raise ValueError(
             "no task has an annotation to score against: annotate (or accept) some tasks first"
         )
+    for how, count in sorted(truth.box_mask_conflicts.items()):
+        logger.info("annotations: %d object(s) sent as a box and a mask: %s", count, how)
     predicted = read_ls_export(data, source="predictions", model_version=model_version)
     gt = _ground_truth(truth)
     preds = _predictions(predicted)
-    return report_for(preds, gt, csv_path), _cluster_scores(predicted, gt)
+    with stage(f"scoring the predictions of {len(preds)} task(s)"):
+        return report_for(preds, gt, csv_path), _cluster_scores(predicted, gt)
 
 
 def _key(task_id: Any) -> str:
