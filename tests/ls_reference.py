@@ -65,15 +65,23 @@ def check_ls_task(data: Any, data_key: str) -> None:
             assert isinstance(labels, list) and all(isinstance(x, str) for x in labels)
 
 
-def check_regions(result: list[dict[str, Any]], label: str = "object") -> None:
-    """Pre-annotations as Label Studio stores them: a box and a mask per object, inside the
-    image, with the expected label and masks that decode to something."""
+def check_regions(
+    result: list[dict[str, Any]], label: str = "object", *, shapes: str = "auto"
+) -> None:
+    """Pre-annotations as Label Studio stores them, inside the image, with the expected label
+    and masks that decode to something: one region per object (shapes "auto": its mask when the
+    method's masks follow the image, else its box), or a box and a mask per object (shapes
+    "both")."""
     from collections import Counter
 
     from zerolabel.labelstudio.brush import brush_rle_decode
 
     kinds = Counter(region["type"] for region in result)
-    assert kinds["rectanglelabels"] >= 1 and kinds["brushlabels"] == kinds["rectanglelabels"]
+    boxes, masks = kinds["rectanglelabels"], kinds["brushlabels"]
+    if shapes == "both":
+        assert boxes >= 1 and masks == boxes
+    else:
+        assert boxes + masks >= 1 and 0 in (boxes, masks)  # one kind of region per object
     for region in result:
         assert region["to_name"] == "image"
         value = region["value"]

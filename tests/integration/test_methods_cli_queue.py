@@ -59,8 +59,10 @@ def check_regions(method: str, results: list[dict]) -> int:
 def test_predict_runs_each_method_and_names_it(method, tiny_env, photos, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(
-        main, ["predict", str(photos), "-m", method, "-o", str(out)], env=tiny_env
-    )
+        main,
+        ["predict", str(photos), "-m", method, "-o", str(out), "--shapes", "both"],
+        env=tiny_env,
+    )  # a box and a mask per object: the mask's box must be the box
     assert result.exit_code == 0, result.output
     assert f"{len(PHOTOS)} image(s) pre-labeled" in result.output
     tasks = json.loads((out / "tasks.json").read_text())
@@ -109,7 +111,11 @@ def test_a_project_selecting_the_method_is_served_through_the_queue(method, back
     project = f"{NEW_METHODS.index(method) + 10}.1700000000"
     setup = client.post(
         "/setup",
-        json={"project": project, "schema": CONFIG, "extra_params": {"method": method}},
+        json={
+            "project": project,
+            "schema": CONFIG,
+            "extra_params": {"method": method, "shapes": "both"},  # a box and a mask each
+        },
     )
     assert setup.status_code == 200, setup.data
     version = setup.get_json()["model_version"]

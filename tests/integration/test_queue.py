@@ -17,6 +17,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from zerolabel.contract import DiscoveryRequest
 from zerolabel.labelstudio.brush import brush_rle_decode
+from zerolabel.labelstudio.options import ProjectOptions
 from zerolabel.queue.service import PredictionService
 from zerolabel.settings import BackendSettings
 from zerolabel_backend.app import create_app
@@ -106,6 +107,17 @@ def test_predict_through_the_queue_returns_boxes_and_masks(stack):
         assert entry["model_version"] == version and entry["result"]
         boxes = [r for r in entry["result"] if r["type"] == "rectanglelabels"]
         masks = [r for r in entry["result"] if r["type"] == "brushlabels"]
+        # One region per object (shapes "auto"): LOST's mask is cut on the patch grid, so the
+        # object is sent as its box.
+        assert len(boxes) >= 1 and not masks
+        for box in boxes:
+            assert 0.0 < box["score"] <= 1.0
+    both = "2.1700000000"  # a project that asks for a box and a mask per object
+    setup = {"project": both, "schema": CONFIG, "extra_params": {"shapes": "both"}}
+    assert stack.client.post("/setup", json=setup).status_code == 200
+    for entry in stack.predict(PHOTOS, project=both)["results"]:
+        boxes = [r for r in entry["result"] if r["type"] == "rectanglelabels"]
+        masks = [r for r in entry["result"] if r["type"] == "brushlabels"]
         assert len(boxes) == len(masks) >= 1
         for box, mask in zip(boxes, masks, strict=True):
             h, w = mask["original_height"], mask["original_width"]
@@ -156,8 +168,9 @@ def test_a_worker_killed_mid_job_does_not_lose_the_task(stack):
 
 
 def _job_for(stack, name) -> Job:
-    settings = BackendSettings.from_env(stack.env)
-    spec = settings.discovery.spec(masks=True)
+    """The job the backend submits for this image in a project with the example config."""
+    service = PredictionService(BackendSettings.from_env(stack.env))
+    _, spec = service.plan(CONFIG, ProjectOptions())
     job_id = DiscoveryRequest(spec, f"{stack.images_url}/{name}").job_id
     return Job.fetch(job_id, connection=Redis.from_url(stack.redis_url), serializer=JSONSerializer)
 

@@ -24,6 +24,7 @@ KEY = "f0e1d2c3b4a5968778695a4b3c2d1e0f00112233"  # the workers' LABEL_STUDIO_AP
 def test_late_tasks_get_exactly_one_prediction_each_without_asking_again(tmp_path, tiny_env):
     with fake_label_studios(KEY) as start, redis_server(tmp_path) as (redis_url, _):
         ls = start()
+        ls.project = 5  # the project /setup and /predict name ("5.1")
         for name in PHOTOS:
             ls.images[f"/data/upload/1/{name}"] = (
                 EXAMPLES / "voc2007" / "JPEGImages" / name
@@ -69,7 +70,7 @@ def test_late_tasks_get_exactly_one_prediction_each_without_asking_again(tmp_pat
         for prediction in ls.predictions:
             assert prediction["model_version"] == version and prediction["result"]
             kinds = {item["type"] for item in prediction["result"]}
-            assert kinds == {"rectanglelabels", "brushlabels"}
+            assert kinds == {"rectanglelabels"}  # one region per object: LOST's box
         assert {auth for _, _, auth in ls.seen} == {f"Token {KEY}"}
         assert not [v for v in values if KEY.encode() in v]
         assert KEY not in log.read_text()

@@ -51,8 +51,12 @@ def test_setup_returns_a_stable_version_that_follows_the_options(client):
     assert _setup(client).get_json()["model_version"] == first
     other = _setup(client, extra='{"method": "maskcut", "tau": 0.3}').get_json()["model_version"]
     assert other != first and "maskcut" in other
-    boxes_only = _setup(client, schema=BOXES_ONLY).get_json()["model_version"]
-    assert boxes_only != first  # no BrushLabels: masks are not computed, another version
+    maskcut = '{"method": "maskcut"}'
+    with_masks = _setup(client, extra=maskcut).get_json()["model_version"]
+    boxes_only = _setup(client, schema=BOXES_ONLY, extra=maskcut).get_json()["model_version"]
+    assert boxes_only != with_masks  # no BrushLabels: masks are not computed, another version
+    # LOST's patch-grid mask is sent as its box either way: the same pre-labels, one version
+    assert _setup(client, schema=BOXES_ONLY).get_json()["model_version"] == first
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,7 @@ VALID = [
     pytest.param(
         _view(IMAGE, _box(), _brush()),
         {},
-        Target("image", "image", "label", "mask", "object", brush_label="object"),
+        Target("image", "image", "label", "mask", "object", brush_label="object", shapes="mask"),
         id="boxes-and-masks",
     ),
     pytest.param(
@@ -78,7 +78,9 @@ VALID = [
             _brush(to="right"),
         ),
         {"image_name": "right"},
-        Target("right", "right", "right_boxes", "mask", "object", brush_label="object"),
+        Target(
+            "right", "right", "right_boxes", "mask", "object", brush_label="object", shapes="mask"
+        ),
         id="several-images-by-name",
     ),
     pytest.param(
@@ -89,7 +91,7 @@ VALID = [
             _brush(to="b,a"),
         ),
         {"image_name": "b"},
-        Target("b", "b", "label", "mask", "object", brush_label="object"),
+        Target("b", "b", "label", "mask", "object", brush_label="object", shapes="mask"),
         id="tonames-list",
     ),
     pytest.param(
@@ -101,7 +103,7 @@ VALID = [
     pytest.param(
         _view(IMAGE, _box(_labels("person", "dog", "car")), _brush(_labels("person", "car"))),
         {"label": "car"},
-        Target("image", "image", "label", "mask", "car", brush_label="car"),
+        Target("image", "image", "label", "mask", "car", brush_label="car", shapes="mask"),
         id="label-by-argument",
     ),
     pytest.param(
@@ -125,25 +127,25 @@ VALID = [
     pytest.param(
         _view(IMAGE, _box(_labels("person", "dog")), _brush(_labels("blob", "thing"))),
         {},
-        Target("image", "image", "label", "mask", "person", brush_label="thing"),
+        Target("image", "image", "label", "mask", "person", brush_label="thing", shapes="mask"),
         id="per-control-labels-default",
     ),
     pytest.param(
         _view(IMAGE, _box(_labels("car", "bus")), _brush(_labels("road", "sky"))),
         {"label": "sky"},
-        Target("image", "image", "label", "mask", "car", brush_label="sky"),
+        Target("image", "image", "label", "mask", "car", brush_label="sky", shapes="mask"),
         id="per-control-labels-argument-in-brush-only",
     ),
     pytest.param(
         _view(IMAGE, _box(_labels("dog", "objects")), _brush(_labels("cat", "dog"))),
         {"label": "dog"},
-        Target("image", "image", "label", "mask", "dog", brush_label="dog"),
+        Target("image", "image", "label", "mask", "dog", brush_label="dog", shapes="mask"),
         id="argument-beats-object-like",
     ),
     pytest.param(
         _view(IMAGE, _brush(_labels("object")), _box(_labels("person"))),
         {},
-        Target("image", "image", "label", "mask", "person", brush_label="object"),
+        Target("image", "image", "label", "mask", "person", brush_label="object", shapes="mask"),
         id="order-of-tags-does-not-matter",
     ),
 ]
@@ -156,7 +158,7 @@ def test_find_target(config: str, kwargs: dict[str, Any], expected: Target) -> N
 
 def test_example_config() -> None:
     config = (Path(__file__).resolve().parents[2] / "examples" / "label_config.xml").read_text()
-    assert find_target(config) == Target(brush_label="object")
+    assert find_target(config) == Target(brush_label="object", shapes="mask")
 
 
 def test_imports_neither_torch_nor_label_studio_ml() -> None:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from zerolabel.cli.main import main
+from zerolabel.contract import Box, DiscoveryResult, Region
 from zerolabel.evaluation.metrics import evaluate
+from zerolabel.geometry import rle_encode
+from zerolabel.labelstudio.regions import DELETED
+from zerolabel.labelstudio.tasks import Target, prediction
 from zerolabel.loop.evaluate import evaluate_export
 
 W, H = 200, 100
@@ -162,3 +167,24 @@ def test_an_unlabelled_project_is_refused_rather_than_scored():
         task["annotations"] = []
     with pytest.raises(ValueError, match="no task has an annotation"):
         evaluate_export(tasks, model_version="v1")
+
+
+def test_an_object_whose_box_the_annotator_deleted_is_not_ground_truth(caplog):
+    """A prediction sent as a box and a mask; the annotation kept the mask, deleted the box."""
+    mask = np.zeros((H, W), dtype=bool)
+    mask[10:50, 10:60] = True
+    kept = Region(Box(100, 20, 180, 90), 0.8, "maskcut")  # a box without a mask
+    deleted = Region(Box(10, 10, 60, 50), 0.8, "maskcut", rle_encode(mask))
+    result = DiscoveryResult("a.jpg", (H, W), [kept, deleted], "v1")
+    predicted = prediction(result, Target())  # the "both" form: a box and a mask
+    annotated = [item for item in predicted["result"] if not item["id"].endswith("1-box")]
+    task = {
+        "id": 1,
+        "data": {"image": "/data/upload/1/1.jpg"},
+        "annotations": [{"id": 7, "result": annotated, "parent_prediction": 3}],
+        "predictions": [predicted | {"id": 3}],
+    }
+    with caplog.at_level("INFO", logger="zerolabel.loop.evaluate"):
+        report, _ = evaluate_export([task], model_version="v1")
+    assert report.n_images == 1 and report.ap50 < 1.0  # the deleted object is a false positive
+    assert f"annotations: 1 object(s) sent as a box and a mask: {DELETED}" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,9 +70,21 @@ class FakeClient:
             yield {**task, "predictions": predictions}
 
     def create_prediction(
-        self, task_id: int, result: list[dict[str, Any]], score: float, model_version: str
+        self,
+        task_id: int,
+        result: list[dict[str, Any]],
+        score: float,
+        model_version: str,
+        *,
+        project: int | None = None,
     ) -> dict[str, Any]:
-        body = {"task": task_id, "result": result, "score": score, "model_version": model_version}
+        body = {
+            "task": task_id,
+            "result": result,
+            "score": score,
+            "model_version": model_version,
+            "project": project,
+        }
         if self.interrupt_after is not None and len(self.created) == self.interrupt_after:
             if self.interrupt_stored:
                 self.created.append(body)
@@ -160,8 +173,9 @@ def test_writes_one_prediction_per_task_and_skips_the_current_version(service):
     assert [p["task"] for p in client.created] == [2, 3, 4]
     for prediction in client.created:
         assert prediction["model_version"] == version and prediction["score"] == 0.8
+        assert prediction["project"] == 1  # else Label Studio warns for every prediction
         kinds = [item["type"] for item in prediction["result"]]
-        assert kinds == ["rectanglelabels", "brushlabels"]
+        assert kinds == ["rectanglelabels"]  # one region per object: LOST's box (shapes "auto")
     assert report.complete and "3 written, 1 already pre-labeled, 0 failed" in report.summary()
     again = _prelabel(client, service)
     assert (again.written, again.skipped_existing) == (0, 4)
@@ -261,9 +275,13 @@ def test_unreachable_redis_is_one_clear_error(service):
         _prelabel(FakeClient(_tasks(2)), service)
 
 
-def test_the_progress_bar_counts_tasks(service, capsys):
+def test_the_progress_bar_counts_tasks(service, caplog):
+    """Not on a terminal, progress is a log line (a bar only on a terminal: test_progress)."""
+    caplog.set_level(logging.INFO, logger="zerolabel.progress")
     _prelabel(FakeClient(_tasks(3)), service, progress=True)
-    assert "3/3" in capsys.readouterr().err
+    assert "3/3" in caplog.text
+    end = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pre-labeling:")]
+    assert len(end) == 1 and end[0].startswith("pre-labeling: 3/3 tasks (100%) in ")
 
 
 def test_bad_batch_size_is_refused(service):

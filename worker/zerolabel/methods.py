@@ -132,6 +132,13 @@ class MethodInfo:
                 f"ZEROLABEL_FITTED (or --fitted) to the file zerolabel wrote for it"
             )
 
+    def pixel_masks(self, refine: bool | None) -> bool:
+        """Whether this method's masks follow the image's edges: a detector's masks, or masks
+        refined to pixels (``refine``, else the method's default); not a patch-grid cut."""
+        if self.refine_default is None:
+            return True
+        return self.refine_default if refine is None else refine
+
     def refines(self, requested: bool | None) -> bool:
         """Whether this method's masks are refined to pixels: ``requested``, else the default.
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from zerolabel.contract import SHAPE_FORMS
+
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
 
 
@@ -59,3 +61,33 @@ def weights_options(func: Callable[..., Any]) -> Callable[..., Any]:
         help="dino_vits16 (default), dino_vits8, dino_vitb16, dino_vitb8, dinov2_vits14, "
         "dora_vits16 or any timm ViT name [default: ZEROLABEL_BACKBONE].",
     )(func)
+
+
+shapes_option = click.option(
+    "--shapes",
+    type=click.Choice(("auto", *SHAPE_FORMS)),
+    default="auto",
+    show_default=True,
+    help="How tasks.json sends an object to Label Studio: auto = one region, its mask when "
+    "it follows the image (refined, or a detector's), else its box; box; mask; both = a box "
+    "and a mask, linked by their ids.",
+)
+
+
+def tasks_shapes(shapes: str, *, masks: bool, pixel_masks: bool = True) -> str:
+    """The form tasks.json sends objects in, for ``--shapes`` (its labeling config has both a
+    ``<RectangleLabels>`` and a ``<BrushLabels>``, as ``examples/label_config.xml``);
+    ``pixel_masks``: the method's masks follow the image's edges (what ``auto`` sends as
+    brushes, see :func:`~zerolabel.labelstudio.label_config.resolve_shapes`).
+
+    Raises:
+        click.BadParameter: ``mask`` or ``both`` with ``--no-masks``.
+    """
+    from zerolabel.labelstudio.label_config import resolve_shapes
+
+    if not masks and shapes in ("mask", "both"):
+        raise click.BadParameter(
+            f"{shapes!r} sends masks, and --no-masks computes none: drop one of them",
+            param_hint="--shapes",
+        )
+    return resolve_shapes(shapes, box=True, brush=masks, pixel_masks=pixel_masks)

@@ -9,9 +9,10 @@
 - ``source="predictions"``: the raw pseudo-labels, the latest prediction (same rule) of
   ``model_version``, or of any version when it is None.
 
-Regions become objects through :func:`zerolabel.labelstudio.regions.read_objects`; a box and a
-mask of one object that disagree are resolved there (the annotator's edit, found against the
-task's predictions, wins) and counted in :attr:`Dataset.box_mask_conflicts`.
+Regions become objects through :func:`zerolabel.labelstudio.regions.read_objects`. An object
+sent as a box and a mask is resolved there by what the annotator did to each shape, found
+against the task's predictions (the annotation's parent prediction when known); a prediction is
+read as made. Each resolution is counted in :attr:`Dataset.box_mask_conflicts`.
 
 Image sizes come from the regions' ``original_width`` and ``original_height``. A result that
 carries none (an empty one, a negative) is sized from the task's other annotations and
@@ -23,7 +24,7 @@ A task whose regions disagree on the size or set ``image_rotation`` is skipped t
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -49,6 +50,12 @@ NO_SIZE = "no size info"
 ImageSizer = Callable[[str], tuple[tuple[int, int], str] | None]
 """Image URL -> ``((height, width), how)`` read from the image, or None when it is not at
 hand; ``how`` names the source (e.g. ``"image file"``) in :attr:`ImageRecord.size_from`."""
+
+SHOWN_IDS = 5
+"""Task ids :func:`summarize_skipped` names per reason (debug logging lists every task)."""
+
+SHOWN_REASONS = 3
+"""Reasons :func:`summarize_skipped` names; the tasks skipped for others are counted."""
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
@@ -96,10 +103,41 @@ def read_ls_export(
             image = _read_task(task, key, source, model_version, dataset, image_size)
         except _Skip as skip:
             dataset.skipped.append(SkippedTask(task_id, str(skip)))
-            logger.warning("task %s skipped: %s", task_id, skip)
+            logger.debug("task %s skipped: %s", task_id, skip)
             continue
         dataset.images.append(image)
+    if dataset.skipped:
+        logger.warning(
+            "%d of %d task(s) not read from the %s: %s (zerolabel -v lists each)",
+            len(dataset.skipped),
+            len(data),
+            source,
+            summarize_skipped(dataset.skipped),
+        )
     return dataset
+
+
+def summarize_skipped(skipped: Sequence[SkippedTask]) -> str:
+    """Skipped tasks in one line, grouped by reason (the commonest first), with the first
+    few task ids of each: ``tasks 2, 4, 6, 8, 10 and 58 more: no annotation; task 9: ...``."""
+    by_reason: dict[str, list[int | None]] = {}
+    for task in skipped:
+        by_reason.setdefault(task.reason, []).append(task.task_id)
+    groups = sorted(by_reason.items(), key=lambda item: -len(item[1]))
+    parts = [f"{_task_ids(ids)}: {reason}" for reason, ids in groups[:SHOWN_REASONS]]
+    rest = groups[SHOWN_REASONS:]
+    if rest:
+        count = sum(len(ids) for _, ids in rest)
+        parts.append(f"{count} more task(s) for {len(rest)} other reason(s)")
+    return "; ".join(parts)
+
+
+def _task_ids(ids: Sequence[int | None]) -> str:
+    if len(ids) == 1:
+        return f"task {ids[0]}"
+    shown = ", ".join(str(i) for i in ids[:SHOWN_IDS])
+    more = f" and {len(ids) - SHOWN_IDS} more" if len(ids) > SHOWN_IDS else ""
+    return f"tasks {shown}{more}"
 
 
 def detect_image_key(data: Sequence[Any]) -> str:
@@ -165,7 +203,7 @@ def _read_task(
     chosen = _choose(task, source, model_version)
     items = [item for item in chosen.get("result") or [] if isinstance(item, dict)]
     (height, width), size_from = _image_hw(task, items, image_size, url)
-    before = _predicted_items(task, chosen) if source == "annotations" else {}
+    before = _predicted_items(task, chosen) if source == "annotations" else _by_id(items)
     regions = read_objects(
         items,
         (height, width),
@@ -213,12 +251,12 @@ def _predicted_items(task: dict[str, Any], annotation: dict[str, Any]) -> dict[s
     parent = annotation.get("parent_prediction")
     if parent is not None:
         predictions = [p for p in predictions if p.get("id") == parent] or predictions
-    return {
-        str(item["id"]): item
-        for p in predictions
-        for item in p.get("result") or []
-        if isinstance(item, dict) and item.get("id")
-    }
+    return _by_id(item for p in predictions for item in p.get("result") or [])
+
+
+def _by_id(items: Iterable[Any]) -> dict[str, Any]:
+    """Result items by id (those without one left out)."""
+    return {str(item["id"]): item for item in items if isinstance(item, dict) and item.get("id")}
 
 
 def _choose(task: dict[str, Any], source: str, model_version: str | None) -> dict[str, Any]:

@@ -11,9 +11,10 @@
     </View>
 
 gives ``Target(to_name="image", data_key="image", box_from_name="label",
-brush_from_name="mask", label="object", brush_label="object")``. Tag names are case-sensitive,
-as in Label Studio; layout tags (``View``, ``Header``, ...) may nest to any depth. Every
-config that cannot be served raises ``ConfigError`` saying what to add or change.
+brush_from_name="mask", label="object", brush_label="object", shapes="mask")``: one brush
+region per object with a mask (the ``shapes`` option, :func:`resolve_shapes`). Tag names are
+case-sensitive, as in Label Studio; layout tags (``View``, ``Header``, ...) may nest to any
+depth. Every config that cannot be served raises ``ConfigError`` saying what to add or change.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from zerolabel.errors import ConfigError
-from zerolabel.labelstudio.tasks import Target
+from zerolabel.labelstudio.tasks import SHAPES, Target
 
 BOX_TAG = "RectangleLabels"
 BRUSH_TAG = "BrushLabels"
@@ -48,7 +49,12 @@ class _Control:
 
 
 def find_target(
-    label_config: str, *, label: str | None = None, image_name: str | None = None
+    label_config: str,
+    *,
+    label: str | None = None,
+    image_name: str | None = None,
+    shapes: str = "auto",
+    pixel_masks: bool = True,
 ) -> Target:
     """Where to write boxes and masks in a project with this labeling config.
 
@@ -61,14 +67,19 @@ def find_target(
             kept for the brush control whenever the brush control has it too.
         image_name: the ``<Image>`` to label when the config has several; None takes the
             first one that a ``<RectangleLabels>`` or ``<BrushLabels>`` points at.
+        shapes: the project's ``shapes`` option, one of
+            :data:`~zerolabel.labelstudio.tasks.SHAPES` (see :func:`resolve_shapes`).
+        pixel_masks: the method's masks follow the image's edges (:func:`resolve_shapes`).
 
     Returns:
         The target: ``label`` is the box label (the brush label when there is no box
-        control) and ``brush_label`` the brush label (None without a brush control).
+        control), ``brush_label`` the brush label (None without a brush control), and
+        ``shapes`` the form objects are sent in.
 
     Raises:
         ConfigError: the config is not XML, or lacks an image, a control pointing at it, a
-            label, or the asked-for image or label; the message says how to fix it.
+            label, the asked-for image or label, or a control the ``shapes`` asked for needs;
+            the message says how to fix it.
     """
     root = parse_config(label_config)
     controls = _controls(root)
@@ -87,7 +98,60 @@ def find_target(
         brush_from_name=brush.name if brush else None,
         label=main_label,
         brush_label=brush_label,
+        shapes=resolve_shapes(
+            shapes,
+            box=box is not None,
+            brush=brush is not None,
+            image=to_name,
+            pixel_masks=pixel_masks,
+        ),
     )
+
+
+def resolve_shapes(
+    shapes: str, *, box: bool, brush: bool, image: str = "image", pixel_masks: bool = True
+) -> str:
+    """The form objects are sent in (:attr:`Target.shapes`) for a ``shapes`` option.
+
+    ``"auto"`` sends each object as one region: its mask when the config has a brush control
+    for the image and the masks follow the image's edges (``pixel_masks``: refined to pixels,
+    or a detector's), else its box; a mask cut on the patch grid (LOST's, or TokenCut's
+    without refinement) is a staircase of 16-pixel blocks that an annotator would rather fix as
+    a box. ``"box"``, ``"mask"`` and ``"both"`` are taken as asked, and
+    need the controls they name. With one control for the image every form writes that
+    control's shape alone, which is ``"both"``: the form model versions were first made for,
+    so such projects keep their versions (``DiscoverySpec.model_version``).
+
+    Args:
+        shapes: one of :data:`~zerolabel.labelstudio.tasks.SHAPES`.
+        box: the config has a ``<RectangleLabels>`` for the image.
+        brush: the config has a ``<BrushLabels>`` for the image.
+        image: the image's name, for messages.
+        pixel_masks: the masks follow the image's edges (see above); only ``"auto"`` reads it.
+
+    Raises:
+        ConfigError: an unknown value, or a control it needs is missing (the message says
+            which tag to add, or to use "auto").
+    """
+    if shapes not in SHAPES:
+        raise ConfigError(
+            f'shapes must be one of {", ".join(SHAPES)}, got {shapes!r} ("auto": one region '
+            "per object, its mask when the config has a <BrushLabels>, else its box)"
+        )
+    if shapes == "auto":
+        if not (box and brush):
+            return "both"
+        return "mask" if pixel_masks else "box"
+    needed = {"box": (BOX_TAG,), "mask": (BRUSH_TAG,), "both": (BOX_TAG, BRUSH_TAG)}[shapes]
+    present = {BOX_TAG: box, BRUSH_TAG: brush}
+    missing = [tag for tag in needed if not present[tag]]
+    if missing:
+        tag = missing[0]
+        raise ConfigError(
+            f'shapes "{shapes}" needs a <{tag} name="{_default_name(tag)}" toName="{image}"> '
+            'in the labeling config: add it, or use shapes "auto"'
+        )
+    return shapes if box and brush else "both"
 
 
 def control_targets(label_config: str) -> set[tuple[str, str, str]]:

@@ -8,14 +8,41 @@ is the box export writes.
   axis-aligned bounds of its rotated corners (Label Studio turns it clockwise, in degrees,
   about its top-left corner). Boxes are clipped to the image; an empty one is unreadable.
 - A ``brushlabels``/``brush`` item gives its mask as a COCO :class:`~zerolabel.contract.Rle`
-  (decoded from the brush runs, never as a pixel array) and the mask's tight box.
+  (decoded from the brush runs, never as a pixel array) and the mask's tight box: an object
+  zerolabel sent as its mask alone (:mod:`zerolabel.labelstudio.tasks`) has that box.
 - The box and the mask zerolabel wrote for one object (ids ``zl-<hash>-<n>-box`` /
   ``-mask``, see :func:`object_id`), or items sharing one id, share an object key.
-- Such a box and mask make one object when they agree (IoU of the box with the mask's box at
-  least :data:`AGREE_IOU`). When they do not, the annotator's edit wins: given the items the
-  annotation started from (``before``), the edited one is kept and the stale one dropped (a
-  stale box gives way to the edited mask's box); without that record the box is kept and the
-  mask dropped. Each such object is counted by how it was resolved.
+
+An object zerolabel sent as a box and a mask (the ``"both"`` form, and predictions made before
+objects were sent as one region) is one object however it was edited. Label Studio keeps a
+prediction's region ids in the annotation made from it, so the items the annotation started
+from (``before``: its task's predictions, by id) tell what the annotator did to each shape. The
+annotator's latest shape wins and nothing stale is exported; each rule but the first is counted
+under its name:
+
+================================  ============================================================
+the annotator                      the object read
+================================  ============================================================
+edited neither shape               box and mask as predicted, whatever their overlap
+edited the box, not the mask       the box alone: the mask is stale, whatever the overlap
+                                   (:data:`STALE_MASK`)
+edited the mask, not the box       the mask, with its tight box as the box (:data:`STALE_BOX`
+                                   when that moves the box)
+edited both                        both when they agree, else the box alone (:data:`BOTH_EDITED`)
+deleted the box, kept the mask     nothing: the object was deleted (:data:`DELETED`)
+deleted the box, edited the mask   the mask, with its tight box (:data:`MASK_KEPT`)
+deleted the mask                   the box alone, an object without a mask (:data:`BOX_KEPT`):
+                                   the box is the object's handle in this form, and deleting a
+                                   mask that is wrong while keeping a right box is a correction
+(no record of the prediction)      both when they agree, else the box alone (:data:`UNRECORDED`)
+================================  ============================================================
+
+A box is edited when an edge moved more than :data:`EDIT_TOLERANCE_PX`, a mask when any pixel
+changed; a box and a mask agree when the box's IoU with the mask's box is at least
+:data:`AGREE_IOU`. A label the annotator changed on one shape wins over the other shape's. The
+record is there when tasks are read with their predictions (Label Studio's task API, or an
+export snapshot holding full predictions); its plain JSON export lists predictions by id only.
+An object sent as one region needs no record: it is what the annotator left of it.
 """
 
 from __future__ import annotations
@@ -50,9 +77,14 @@ EDIT_TOLERANCE_PX = 0.5
 
 STALE_MASK = "box edited, stale mask dropped"
 STALE_BOX = "mask edited, stale box replaced by the mask's box"
-UNRECORDED = "box and mask disagree, neither alone edited: mask dropped"
-"""Reasons counted for box/mask pairs that disagree (see :func:`read_objects`)."""
+BOTH_EDITED = "box and mask both edited and disagree: mask dropped"
+DELETED = "box deleted: the object's mask left out"
+MASK_KEPT = "box deleted, edited mask kept with its own box"
+BOX_KEPT = "mask deleted: box kept without a mask"
+UNRECORDED = "box and mask disagree, no record of the prediction: mask dropped"
+"""Resolutions counted for objects sent as a box and a mask (see the module docstring)."""
 
+_BOX_AND_MASK = frozenset({"box", "mask"})
 _OBJECT_PART = re.compile(r"(zl-[0-9a-f]+-\d+)-(?:box|mask)")
 
 
@@ -165,25 +197,34 @@ def read_objects(
     """The objects of one result list, in the order their keys first appear.
 
     Items are grouped by object key. A group of exactly one box and one mask is one object
-    (label and score from the rectangle first): with both shapes when they agree, else the
-    shape the annotator edited (see the module docstring). In any other group each box, then
-    each mask, is an object of its own. A ``labels`` item labels the shapes of its group that
-    carry no label of their own.
+    (label and score from the rectangle first), resolved by the rules of the module docstring;
+    so is a lone box or mask whose object ``before`` holds as a box and a mask (the other
+    shape was deleted). In any other group each box, then each mask, is an object of its own.
+    A ``labels`` item labels the shapes of its group that carry no label of their own.
 
     Args:
         items: the result items (any types; non-dict entries are ignored).
         image_hw: (height, width) of the original image (:func:`result_image_hw`).
         dropped: when given, counts the items left out, by reason.
         before: the items the annotation started from (its task's predictions), by item id;
-            tells which of a disagreeing box and mask the annotator edited.
-        conflicts: when given, counts the box/mask pairs that disagreed, by resolution
-            (:data:`STALE_MASK`, :data:`STALE_BOX`, :data:`UNRECORDED`).
+            tells which shape of an object the annotator edited or deleted. For a prediction
+            itself, its own items: nothing was edited.
+        conflicts: when given, counts the objects resolved by a rule, by its name
+            (:data:`STALE_MASK`, :data:`STALE_BOX`, :data:`BOTH_EDITED`, :data:`DELETED`,
+            :data:`MASK_KEPT`, :data:`BOX_KEPT`, :data:`UNRECORDED`).
 
     Returns:
         One region per object.
     """
     drops: Counter[str] = Counter() if dropped is None else dropped
-    context = _Context(image_hw, drops, before or {}, Counter() if conflicts is None else conflicts)
+    record = before or {}
+    context = _Context(
+        image_hw,
+        drops,
+        record,
+        Counter() if conflicts is None else conflicts,
+        _predicted_parts(record),
+    )
     groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     for index, item in enumerate(items):
         if not isinstance(item, dict):
@@ -206,43 +247,93 @@ class _Context:
     dropped: Counter[str]
     before: Mapping[str, dict[str, Any]]
     conflicts: Counter[str]
+    predicted: Mapping[str, frozenset[str]]  # object key -> its shapes in ``before``
+
+
+Read = tuple[LsRegion, dict[str, Any]]  # a region and the item it was read from
+
+
+def _predicted_parts(before: Mapping[str, dict[str, Any]]) -> dict[str, frozenset[str]]:
+    """Object key -> the shapes (``"box"``, ``"mask"``) its items in ``before`` have."""
+    parts: dict[str, set[str]] = {}
+    for region_id, item in before.items():
+        kind = item.get("type") if isinstance(item, dict) else None
+        part = "box" if kind in BOX_TYPES else "mask" if kind in MASK_TYPES else None
+        if part is not None:
+            parts.setdefault(object_key(str(region_id)), set()).add(part)
+    return {key: frozenset(found) for key, found in parts.items()}
 
 
 def _group_objects(group: list[tuple[int, dict[str, Any]]], ctx: _Context) -> list[LsRegion]:
-    """One object from a box and a mask of one key; separate objects otherwise."""
+    """One object from a box and a mask of one key, or from the shape left of a predicted
+    box and mask; separate objects otherwise."""
     boxes = _readable([p for p in group if p[1]["type"] in BOX_TYPES], ctx)
     masks = _readable([p for p in group if p[1]["type"] in MASK_TYPES], ctx)
     group_label = next((_label(i) for _, i in group if i["type"] in LABEL_TYPES), None)
     if len(boxes) == 1 and len(masks) == 1:
         return [_pair(boxes[0], masks[0], group_label, ctx)]
+    kinds = {item["type"] for _, item in group}
+    key = object_key(str(group[0][1].get("id") or f"#{group[0][0]}"))
+    if ctx.predicted.get(key) == _BOX_AND_MASK:
+        if len(masks) == 1 and not kinds & set(BOX_TYPES):
+            return _box_deleted(masks[0], group_label, ctx)
+        if len(boxes) == 1 and not kinds & set(MASK_TYPES):
+            ctx.conflicts[BOX_KEPT] += 1
+            box = boxes[0][0]
+            return [LsRegion(box.key, box.box, box.label or group_label, box.score)]
     return [
         LsRegion(r.key, r.box, r.label or group_label, r.score, r.mask) for r, _ in boxes + masks
     ]
 
 
-def _pair(
-    box_read: tuple[LsRegion, dict[str, Any]],
-    mask_read: tuple[LsRegion, dict[str, Any]],
-    group_label: str | None,
-    ctx: _Context,
-) -> LsRegion:
-    """The object of one box and one mask: both when they agree, else the edited one."""
+def _box_deleted(mask_read: Read, group_label: str | None, ctx: _Context) -> list[LsRegion]:
+    """The object whose box the annotator deleted: none, unless they edited its mask."""
+    mask, item = mask_read
+    if not _edited(item, mask, ctx):
+        ctx.conflicts[DELETED] += 1
+        return []
+    ctx.conflicts[MASK_KEPT] += 1
+    return [LsRegion(mask.key, mask.box, mask.label or group_label, mask.score, mask.mask)]
+
+
+def _pair(box_read: Read, mask_read: Read, group_label: str | None, ctx: _Context) -> LsRegion:
+    """The object of one box and one mask, by the rules of the module docstring."""
     (box, box_item), (mask, mask_item) = box_read, mask_read
-    label = box.label or mask.label or group_label
+    label = _pair_label(box_read, mask_read, ctx) or group_label
     score = box.score if box.score is not None else mask.score
-    if box_iou(box.box, mask.box) >= AGREE_IOU:
-        return LsRegion(box.key, box.box, label, score, mask.mask)
+    both = LsRegion(box.key, box.box, label, score, mask.mask)
+    box_only = LsRegion(box.key, box.box, label, score)
     box_edited = _edited(box_item, box, ctx)
     mask_edited = _edited(mask_item, mask, ctx)
-    if mask_edited and box_edited is False:
+    if box_edited is None or mask_edited is None or (box_edited and mask_edited):
+        if box_iou(box.box, mask.box) >= AGREE_IOU:
+            return both
+        ctx.conflicts[BOTH_EDITED if box_edited and mask_edited else UNRECORDED] += 1
+        return box_only
+    if box_edited:
+        ctx.conflicts[STALE_MASK] += 1
+        return box_only
+    if not mask_edited:
+        return both  # as predicted, whatever the overlap
+    if _moved(box.box, mask.box):
         ctx.conflicts[STALE_BOX] += 1
-        return LsRegion(box.key, mask.box, label, score, mask.mask)
-    ctx.conflicts[STALE_MASK if box_edited and mask_edited is False else UNRECORDED] += 1
-    return LsRegion(box.key, box.box, label, score)
+    return LsRegion(box.key, mask.box, label, score, mask.mask)
+
+
+def _pair_label(box_read: Read, mask_read: Read, ctx: _Context) -> str | None:
+    """The label of a box and mask: one the annotator changed first, else the box's, else
+    the mask's."""
+    reads = (box_read, mask_read)
+    for region, item in reads:
+        original = ctx.before.get(str(item.get("id")))
+        if region.label is not None and original is not None and _label(original) != region.label:
+            return region.label
+    return next((region.label for region, _ in reads if region.label is not None), None)
 
 
 def _edited(item: dict[str, Any], region: LsRegion, ctx: _Context) -> bool | None:
-    """Whether ``item`` differs from the item of its id in ``before``; None when unknown."""
+    """Whether ``item``'s shape differs from the item of its id in ``before``; None when
+    unknown."""
     original = ctx.before.get(str(item.get("id")))
     if original is None:
         return None
@@ -252,15 +343,18 @@ def _edited(item: dict[str, Any], region: LsRegion, ctx: _Context) -> bool | Non
         return None
     if region.mask is not None:
         return old.mask is None or old.mask.counts != region.mask.counts
-    edges = zip(old.box.to_list(), region.box.to_list(), strict=True)
-    return any(abs(a - b) > EDIT_TOLERANCE_PX for a, b in edges)
+    return _moved(old.box, region.box)
 
 
-def _readable(
-    items: list[tuple[int, dict[str, Any]]], ctx: _Context
-) -> list[tuple[LsRegion, dict[str, Any]]]:
+def _moved(a: Box, b: Box) -> bool:
+    """Whether an edge of ``b`` is more than :data:`EDIT_TOLERANCE_PX` from ``a``'s."""
+    edges = zip(a.to_list(), b.to_list(), strict=True)
+    return any(abs(p - q) > EDIT_TOLERANCE_PX for p, q in edges)
+
+
+def _readable(items: list[tuple[int, dict[str, Any]]], ctx: _Context) -> list[Read]:
     """The regions of (index, item) pairs with their items; the others counted by reason."""
-    regions: list[tuple[LsRegion, dict[str, Any]]] = []
+    regions: list[Read] = []
     for index, item in items:
         try:
             regions.append((read_region(item, ctx.image_hw, index), item))

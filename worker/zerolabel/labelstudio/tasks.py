@@ -4,6 +4,19 @@ Label Studio 1.23 takes boxes as ``rectanglelabels`` results in percent of the o
 size, and masks as ``brushlabels`` results holding its brush RLE
 (:mod:`zerolabel.labelstudio.brush`). This module writes both; it must stay importable without
 torch or ``label_studio_ml``. Reading results back is :mod:`zerolabel.labelstudio.regions`.
+
+Each Label Studio region is one thing to the annotator, who selects, edits and deletes it alone,
+so an object is sent as one region where it can be (:attr:`Target.shapes`):
+
+- ``"mask"``: an object with a mask is its brush region alone (its box is the mask's tight box
+  wherever a box is needed: export, clustering, evaluation); an object without one is its box.
+- ``"box"``: every object is its box; masks are never sent.
+- ``"both"``: every object is a box and, when it has a mask, a brush too: two regions whose ids
+  link them (``zl-<hash>-<n>-box`` / ``-mask``), which
+  :func:`~zerolabel.labelstudio.regions.read_objects` reads back as one object.
+
+:func:`~zerolabel.labelstudio.label_config.find_target` picks the form from the project's
+``shapes`` option and labeling config.
 """
 
 from __future__ import annotations
@@ -11,14 +24,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from zerolabel.contract import DiscoveryResult, Region, Rle
+from zerolabel.contract import SHAPE_FORMS, DiscoveryResult, Region, Rle
 from zerolabel.labelstudio.brush import rle_to_brush_rle
 from zerolabel.labelstudio.regions import object_id
+
+SHAPES = ("auto", *SHAPE_FORMS)
+"""Values of the ``shapes`` option: how objects are sent to Label Studio. ``"auto"`` sends each
+object as one region, its mask when the labeling config has a ``<BrushLabels>`` for the image
+and the mask follows the image's edges, else its box
+(:func:`~zerolabel.labelstudio.label_config.resolve_shapes`); the others are the forms
+:attr:`Target.shapes` takes (the module docstring says what each writes)."""
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where pre-annotations go in a Label Studio project (names from its labeling config)."""
+    """Where pre-annotations go in a Label Studio project (names from its labeling config).
+
+    Raises:
+        ValueError: ``shapes`` is not one of :data:`~zerolabel.contract.SHAPE_FORMS`.
+    """
 
     to_name: str = "image"  # the <Image> tag
     data_key: str = "image"  # task data key holding the image URL ($image)
@@ -26,10 +50,34 @@ class Target:
     brush_from_name: str | None = "mask"  # <BrushLabels> control; None when absent
     label: str = "object"  # label value for regions without a label of their own
     brush_label: str | None = None  # label for masks when set (the brush control's own labels)
+    shapes: str = "both"  # the regions of an object: "box", "mask" or "both" (module docstring)
+
+    def __post_init__(self) -> None:
+        if self.shapes not in SHAPE_FORMS:
+            raise ValueError(
+                f"Target shapes must be one of {', '.join(SHAPE_FORMS)}, got {self.shapes!r}"
+            )
+
+    @property
+    def needs_masks(self) -> bool:
+        """Whether objects' masks are sent: a brush control, and a form that sends masks."""
+        return self.brush_from_name is not None and self.shapes != "box"
+
+    def parts(self, has_mask: bool) -> tuple[str, ...]:
+        """The regions one object is sent as: ``("box",)``, ``("mask",)``, both, or none.
+
+        Args:
+            has_mask: whether the object has a mask.
+        """
+        brush = has_mask and self.needs_masks
+        if brush and self.shapes == "mask":
+            return ("mask",)
+        box = ("box",) if self.box_from_name is not None else ()
+        return box + (("mask",) if brush else ())
 
 
 def regions_to_results(result: DiscoveryResult, target: Target) -> list[dict[str, Any]]:
-    """Label Studio result items for every region: a box and, when it has a mask, a brush.
+    """Label Studio result items for every region, in the form ``target.shapes`` names.
 
     Ids are ``zl-<hash of model_version>-<region index>-box|mask``
     (:func:`zerolabel.labelstudio.regions.object_id`): deterministic, unique within a task,
@@ -48,10 +96,11 @@ def regions_to_results(result: DiscoveryResult, target: Target) -> list[dict[str
     items: list[dict[str, Any]] = []
     for index, region in enumerate(result.regions):
         item = _Item(object_id(result.model_version, index), result, region, target)
-        if target.box_from_name is not None:
-            items.append(item.box(target.box_from_name))
-        if target.brush_from_name is not None and region.mask is not None:
-            items.append(item.brush(target.brush_from_name, region.mask))
+        for part in target.parts(region.mask is not None):
+            if part == "box" and target.box_from_name is not None:
+                items.append(item.box(target.box_from_name))
+            elif part == "mask" and target.brush_from_name is not None and region.mask:
+                items.append(item.brush(target.brush_from_name, region.mask))
     return items
 
 

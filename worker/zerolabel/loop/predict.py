@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
-from zerolabel.contract import DiscoveryResult, Region
-from zerolabel.errors import ImageLoadError
+from zerolabel import methods
+from zerolabel.contract import DiscoveryResult, DiscoverySpec, Region
+from zerolabel.errors import ConfigError, ImageLoadError
 from zerolabel.formats.coco import coco_from_results
 from zerolabel.io.images import ImageLimits, LoadedImage, load_file
 from zerolabel.labelstudio.tasks import Target, task
 from zerolabel.pipeline import ModelStore, Runner
+from zerolabel.progress import Progress, stage
 from zerolabel.settings import WorkerSettings
+from zerolabel.vit.backbone import Backbone, load_configured_backbone, pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +72,20 @@ class BatchJob:
         params: dict[str, Any] | None = None,
         masks: bool = True,
         refine: bool | None = None,
+        shapes: str = "both",
     ) -> BatchJob:
         """Check the spec the settings describe, then load its model.
+
+        ``shapes`` is the form tasks.json sends objects in (:attr:`Target.shapes`).
 
         Raises:
             ConfigError: the spec cannot be built (unknown parameter...): nothing is loaded.
             WeightsError: the model's weights are missing or do not fit.
         """
-        spec = settings.spec(square=square, params=params or {}, masks=masks, refine=refine)
-        return cls(ModelStore(settings).runner(spec), settings)
+        spec = settings.spec(
+            square=square, params=params or {}, masks=masks, refine=refine, shapes=shapes
+        )
+        return cls(load_runner(ModelStore(settings), settings, spec), settings)
 
     def discover(self, files: Sequence[Path]) -> Iterator[tuple[Path, DiscoveryResult | str]]:
         """Yield (file, result) or (file, failure reason) in input order, batch by batch."""
@@ -141,18 +147,17 @@ class BatchJob:
         """Pre-label ``files``; write ``tasks.json`` (Label Studio import) and ``coco.json``."""
         report = BatchReport()
         names: list[str] = []
-        progress = tqdm(total=len(files), unit="img", desc="pre-labeling", disable=None)
-        for path, outcome in self.discover(files):
-            progress.update(1)
-            if isinstance(outcome, str):
-                logger.error("skipped %s: %s", path, outcome)
-                report.failures.append((str(path), outcome))
-            else:
-                report.results.append(outcome)
-                names.append(str(path))
-        progress.close()
+        with Progress("pre-labeling", len(files), unit="image") as progress:
+            for path, outcome in self.discover(files):
+                progress.advance(1)
+                if isinstance(outcome, str):
+                    logger.error("skipped %s: %s", path, outcome)
+                    report.failures.append((str(path), outcome))
+                else:
+                    report.results.append(outcome)
+                    names.append(str(path))
         out_dir.mkdir(parents=True, exist_ok=True)
-        target = Target(label=label)
+        target = Target(label=label, shapes=self.runner.spec.shapes)
         tasks = [
             task(result, target, image_url(Path(name), url_prefix, document_root))
             for result, name in zip(report.results, names, strict=True)
@@ -165,6 +170,30 @@ class BatchJob:
             _write(out_dir / "coco.json", coco),
         ]
         return report
+
+
+def load_runner(store: ModelStore, settings: WorkerSettings, spec: DiscoverySpec) -> Runner:
+    """``store.runner(spec)``, logged: what loads, on which device, and how long it took
+    (a ViT loads in seconds, more when its weights are downloaded)."""
+    detector = methods.get(spec.method).kind is methods.MethodKind.DETECTOR
+    model = f"detector {spec.weights}" if detector else f"model {spec.backbone}"
+    with stage(f"loading {spec.method} ({model} on {device_name(settings.device)})", done="ready"):
+        return store.runner(spec)
+
+
+def loaded_backbone(settings: WorkerSettings) -> Backbone:
+    """The ViT the settings name, loaded with a log line before and after (with the time)."""
+    loading = f"loading model {settings.backbone} on {device_name(settings.device)}"
+    with stage(loading, done="loaded"):
+        return load_configured_backbone(settings)
+
+
+def device_name(device: str) -> str:
+    """The device ``auto`` resolves to here (the name as given when it cannot be used)."""
+    try:
+        return str(pick_device(device))
+    except (ConfigError, RuntimeError):
+        return device
 
 
 def image_url(path: Path, url_prefix: str, document_root: Path) -> str:

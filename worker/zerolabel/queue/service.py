@@ -47,10 +47,13 @@ class ProjectContext:
         hostname: the configured Label Studio URL /setup named, for ``/data/...`` image URLs;
             None: ``LABEL_STUDIO_URL``.
         options: the project's extra params.
+        project_id: the project's id in that Label Studio; late predictions are written only
+            to tasks of this project. None: late tasks are not written back.
     """
 
     hostname: str | None = None
     options: ProjectOptions = field(default_factory=ProjectOptions)
+    project_id: int | None = None
 
 
 PENDING = "late: still running; its prediction is written to the task when ready"
@@ -93,14 +96,20 @@ class PredictionService:
         self, label_config: str, options: ProjectOptions
     ) -> tuple[ls_format.Target, DiscoverySpec]:
         """Where regions go and what runs; ConfigError when the config cannot be served."""
-        target = find_target(label_config, label=options.label or self.settings.label)
-        spec = options.spec(self.settings, masks=target.brush_from_name is not None)
+        label = options.label or self.settings.label
+        pixel_masks = options.pixel_masks(self.settings)
+        target = find_target(
+            label_config, label=label, shapes=options.shapes, pixel_masks=pixel_masks
+        )
+        spec = options.spec(self.settings, masks=target.needs_masks, shapes=target.shapes)
         return target, spec
 
     def model_version(self, label_config: str, options: ProjectOptions) -> str:
         return self.plan(label_config, options)[1].model_version()
 
-    def context(self, hostname: str | None, options: ProjectOptions) -> ProjectContext:
+    def context(
+        self, hostname: str | None, options: ProjectOptions, project_id: int | None = None
+    ) -> ProjectContext:
         """The project context for a ``/setup`` call; its access token is never used.
 
         Args:
@@ -108,13 +117,14 @@ class PredictionService:
                 ``ZEROLABEL_LABEL_STUDIO_ALIASES`` (origins compared, default ports filled in).
                 Without ``LABEL_STUDIO_URL`` it is not kept: nothing may be sent there.
             options: the project's extra params.
+            project_id: the project's id, as /setup names it.
 
         Raises:
             ConfigError: the hostname is not the configured Label Studio (the message names
                 the configured URLs and how to add another name for it).
         """
         site = self.sites.check_hostname(hostname)
-        return ProjectContext(site.url if site is not None else None, options)
+        return ProjectContext(site.url if site is not None else None, options, project_id)
 
     def predict(
         self, tasks: Sequence[dict[str, Any]], label_config: str, context: ProjectContext
@@ -158,12 +168,13 @@ class PredictionService:
         self, task: dict[str, Any], target: ls_format.Target, version: str, context: ProjectContext
     ) -> Waiting | None:
         """The record of a task that may wait for its job: only for a project whose /setup
-        named the configured Label Studio (the only one workers write to), and a task id."""
+        named the configured Label Studio (the only one workers write to) and the project's id,
+        and a task id."""
         task_id = task.get("id")
-        if context.hostname is None or not isinstance(task_id, int):
+        if context.hostname is None or context.project_id is None or not isinstance(task_id, int):
             return None
         hold = hold_s(self.settings.wait_timeout_s)
-        return Waiting(task_id, context.hostname, version, target, hold)
+        return Waiting(task_id, context.hostname, version, target, hold, context.project_id)
 
     def _ls_url(self, context: ProjectContext) -> str | None:
         """The configured Label Studio URL the project's relative image URLs belong to.
