@@ -23,9 +23,10 @@ if TYPE_CHECKING:
     from tests.ls_server import LabelStudio
 
 BASIC_AUTH = ("labelstudio", "readme-loop-password")
-EXTRA_PARAMS: dict[str, Any] = {"masks": False}
-"""The Extra params of the project's ML backend connection: boxes only (and a model version
-of their own, so a prelabel that ignored them would be seen)."""
+EXTRA_PARAMS: dict[str, Any] = {"masks": False, "max_side": 320}
+"""The Extra params of the project's ML backend connection: boxes only, at 320 px, a model
+version of their own, so a prelabel that ignored them would be seen. ``zerolabel use`` keeps
+``masks`` and replaces ``max_side`` (a choice of the model)."""
 
 SETTINGS_PREFIXES = ("ZEROLABEL_", "LABEL_STUDIO_", "BASIC_AUTH_", "REDIS_URL", "HF_HUB_OFFLINE")
 """Variables left out of the processes' environment: the env files give them (the environment
@@ -163,6 +164,32 @@ class Deployment:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+
+
+@contextlib.contextmanager
+def deployed(ls: LabelStudio, tiny_env: dict[str, str], tmp: Path) -> Iterator[Deployment]:
+    """redis-server and the backend, started as the README says, from an env file with the tiny
+    ViT on CPU, basic auth and a models folder; on exit, no token was written to the logs."""
+    from tests.servers import free_port, redis_server
+
+    (tmp / "home").mkdir()
+    with redis_server(tmp) as (redis_url, _):
+        settings = {
+            **tiny_env,
+            "REDIS_URL": redis_url,
+            "LABEL_STUDIO_URL": ls.url,
+            "LABEL_STUDIO_API_KEY": ls.token,
+            "BASIC_AUTH_USER": BASIC_AUTH[0],
+            "BASIC_AUTH_PASS": BASIC_AUTH[1],
+            "ZEROLABEL_MODELS_DIR": str(tmp / "models"),
+        }
+        d = Deployment(ls, redis_url, tmp, settings, free_port(), process_env(tmp / "home"))
+        try:
+            d.serve(d.env_file("zerolabel.env"))
+            yield d
+        finally:
+            d.close()
+    assert ls.token not in d.logs(), "a token leaked into the logs"
 
 
 def process_env(home: Path) -> dict[str, str]:

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 from zerolabel.labelstudio.label_config import find_target
+from zerolabel.labelstudio.options import MODEL_KEYS
 
 from tests.e2e.readme import LOOP, Line, echo_json, shell_lines, with_values
-from tests.e2e.readme_stack import BASIC_AUTH, EXTRA_PARAMS, Deployment, process_env
-from tests.servers import ROOT, free_port, redis_server
+from tests.e2e.readme_stack import EXTRA_PARAMS, Deployment, deployed
+from tests.servers import ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -39,7 +40,7 @@ LOOP_STEPS = [
     "export",
     "train-cad",
     "self-train",
-    "prelabel",
+    "use",
     "eval",
 ]
 SMALL_DETECTOR = ["--min-size", "224", "--max-size", "320", "--device", "cpu"]
@@ -50,25 +51,8 @@ EDITED_BOX = {"x": 10.0, "y": 20.0, "width": 30.0, "height": 40.0}  # percent, a
 def deployment(label_studio, tiny_env, tmp_path_factory) -> Iterator[Deployment]:
     """redis-server and the backend (the env file's settings: the tiny ViT on CPU, basic auth)."""
     tmp = tmp_path_factory.mktemp("readme-loop")
-    (tmp / "home").mkdir()
-    with redis_server(tmp) as (redis_url, _):
-        settings = {
-            **tiny_env,
-            "REDIS_URL": redis_url,
-            "LABEL_STUDIO_URL": label_studio.url,
-            "LABEL_STUDIO_API_KEY": label_studio.token,
-            "BASIC_AUTH_USER": BASIC_AUTH[0],
-            "BASIC_AUTH_PASS": BASIC_AUTH[1],
-        }
-        d = Deployment(
-            label_studio, redis_url, tmp, settings, free_port(), process_env(tmp / "home")
-        )
-        try:
-            d.serve(d.env_file("zerolabel.env"))
-            yield d
-        finally:
-            d.close()
-    assert label_studio.token not in d.logs(), "a token leaked into the logs"
+    with deployed(label_studio, tiny_env, tmp) as d:
+        yield d
 
 
 def _loop() -> list[Line]:
@@ -167,7 +151,7 @@ class _Loop:
 def test_the_readme_loop_as_written(deployment: Deployment, tmp_path: Path) -> None:
     d = deployment
     prelabel, cluster, sheets, echo, relabel, export, export_labels, *rest = _loop()
-    train, self_train, prelabel_again, evaluate = rest
+    train, self_train, use, evaluate = rest
     loop = _Loop(d, d.new_project("readme loop", PHOTOS), tmp_path)
     tasks = {t["id"]: t for t in d.tasks(loop.project)}
     assert len(tasks) == len(PHOTOS)
@@ -226,16 +210,22 @@ def test_the_readme_loop_as_written(deployment: Deployment, tmp_path: Path) -> N
     loop.run(self_train, env, "--iterations", "1", *SMALL_DETECTOR, checkpoint=relative)
     assert len(list(loop.out(self_train).glob("cad-*.pt"))) == 1
 
-    # 6. Serve the detector: backend, a worker and prelabel with an env file of method cad.
-    cad_env = d.env_file(
-        "cad.env", ZEROLABEL_METHOD="cad", ZEROLABEL_CAD_CHECKPOINT=str(checkpoint)
-    )
-    d.serve(cad_env)
-    with d.worker(cad_env):
-        cad_version = _version(loop.run(prelabel_again, cad_env))
-        assert cad_version == d.setup_version(loop.project, EXTRA_PARAMS)  # the backend's
+    # 6. Serve the last round's detector to the project with one command: the backend and a
+    #    worker of step 1's settings (nothing edited, nothing restarted), prelabel included.
+    (detector,) = loop.out(self_train).glob("cad-*.pt")
+    with d.worker(env):
+        switched = loop.run(use, env, detector=str(detector.relative_to(tmp_path)))
+        cad_version = _version(switched)
+        assert cad_version in switched.splitlines()  # printed on a line of its own
+        kept = {k: v for k, v in EXTRA_PARAMS.items() if k not in MODEL_KEYS}
+        extra = {**kept, "method": "cad", "detector": detector.name}
+        assert _connection(d, loop.project)["extra_params"] == extra
+        assert cad_version == d.setup_version(loop.project, extra)  # the backend's
         d.retrieve(loop.project)  # Label Studio asks the backend: that version is there already
     assert cad_version.startswith("zerolabel-cad-cad-") and cad_version != version
+    installed = Path(d.settings["ZEROLABEL_MODELS_DIR"]) / detector.name
+    assert installed.read_bytes() == detector.read_bytes()
+    assert d.ls.api("GET", f"/api/projects/{loop.project}").json()["model_version"] == cad_version
     predictions = loop.predictions()
     assert Counter(p["model_version"] for p in predictions) == {
         version: len(PHOTOS),
@@ -244,11 +234,17 @@ def test_the_readme_loop_as_written(deployment: Deployment, tmp_path: Path) -> N
     assert {p["task"] for p in predictions if p["model_version"] == cad_version} == set(tasks)
 
     # 7. Measure the detector's pre-labels against the corrections.
-    scored = loop.run(evaluate, cad_env, model_version=cad_version)
+    scored = loop.run(evaluate, env, model_version=cad_version)
     table = dict(line.rsplit(None, 1) for line in scored.splitlines() if line.strip())
     assert table["images"] == str(len(PHOTOS)) and table["negatives (no object)"] == "1"
     assert table["without prediction"] == "0"  # every photo has the detector's prediction
     assert {"CorLoc (%)", "AP50 (%)", "AP (%)", "AR100 (%)"} <= set(table)
+
+
+def _connection(d: Deployment, project: int) -> dict:
+    """The project's one ML backend connection, as Label Studio stores it."""
+    (connection,) = d.ls.api("GET", f"/api/ml?project={project}").json()
+    return dict(connection)
 
 
 def _annotate(d: Deployment, predictions: list[dict], edited: int, negative: int) -> set[str]:

@@ -10,16 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from zerolabel import geometry, methods, quality, refine
+from zerolabel import geometry, methods, model_files, quality, refine
 from zerolabel.contract import Box, DiscoverySpec, Region
 from zerolabel.discovery import METHODS
 from zerolabel.errors import ConfigError, WeightsError
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from zerolabel.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
+
+_Key = TypeVar("_Key", bound=Hashable)
+_Model = TypeVar("_Model")
 
 
 @dataclass
@@ -194,7 +198,9 @@ class DetectorRunner:
 
     Its parameters (threshold, detections per image) and their defaults are registered in
     :mod:`zerolabel.methods`; the detector resizes images itself, so they are loaded at full
-    resolution unless the spec caps them.
+    resolution unless the spec caps them. A region's score is the detector's confidence
+    rescaled from ``[score_threshold, 1]`` to [0, 1]
+    (:func:`zerolabel.cad.inference.rescaled_confidence`).
     """
 
     def __init__(self, detector: torch.nn.Module, spec: DiscoverySpec) -> None:
@@ -210,8 +216,9 @@ class DetectorRunner:
 
     def run(self, images: Sequence[LoadedImage], batch_size: int = 8) -> list[list[Region]]:
         """Regions for each image (one forward pass per image)."""
-        from zerolabel.cad.inference import detect
+        from zerolabel.cad.inference import detect, rescaled_confidence
 
+        threshold = float(self.params["score_threshold"])
         results = []
         for image in images:
             start = time.perf_counter()
@@ -219,7 +226,7 @@ class DetectorRunner:
             regions = [
                 Region(
                     box,
-                    float(score),
+                    rescaled_confidence(float(score), threshold),
                     self.spec.method,
                     geometry.rle_encode(mask) if mask is not None and self.spec.masks else None,
                 )
@@ -231,26 +238,57 @@ class DetectorRunner:
         return results
 
 
+class _Kept(Generic[_Key, _Model]):
+    """The models loaded last, at most ``size``; the least recently used is dropped first."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ConfigError(f"ZEROLABEL_WORKER_MODELS must be at least 1, got {size}")
+        self.size = size
+        self._models: OrderedDict[_Key, _Model] = OrderedDict()
+
+    def get(self, key: _Key, load: Callable[[], _Model]) -> _Model:
+        """The model kept under ``key``, else ``load()``'s, kept from now on."""
+        if key in self._models:
+            self._models.move_to_end(key)
+            return self._models[key]
+        model = load()
+        self._models[key] = model
+        while len(self._models) > self.size:
+            dropped, _ = self._models.popitem(last=False)
+            logger.info("dropped %s from memory (ZEROLABEL_WORKER_MODELS=%d)", dropped, self.size)
+        return model
+
+    def keys(self) -> list[_Key]:
+        """The keys kept, least recently used first."""
+        return list(self._models)
+
+
 class ModelStore:
     """The models one process serves, each loaded on first use and then kept.
 
-    Feature methods share one backbone per (backbone, position rule); the detector is the one
-    file ``settings.cad_checkpoint`` names. A spec asking for other weights than these settings
-    serve is refused, so a result is never labelled with weights that did not make it.
+    Feature methods share one backbone per (backbone, position rule). Detectors and fitted files
+    are found by the file name a spec gives: the defaults ``ZEROLABEL_CAD_CHECKPOINT`` and
+    ``ZEROLABEL_FITTED`` by their base name, any other in ``ZEROLABEL_MODELS_DIR``
+    (:mod:`zerolabel.model_files`), so one worker serves projects of different detectors at
+    once. The last ``ZEROLABEL_WORKER_MODELS`` detectors (and as many fitted files) stay loaded.
+    A spec asking for other weights than these settings serve is refused, so a result is never
+    labelled with weights that did not make it.
     """
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self._backbones: dict[tuple[str, str], Backbone] = {}
-        self._detector: torch.nn.Module | None = None
-        self._fitted: dict[str, Fitted] = {}
+        self.detectors: _Kept[str, torch.nn.Module] = _Kept(settings.worker_models)
+        self.fitted_files: _Kept[tuple[str, str, str, str], Fitted] = _Kept(settings.worker_models)
 
     def runner(self, spec: DiscoverySpec) -> Runner:
         """The runner for ``spec``, as its method's kind needs.
 
         Raises:
             WeightsError: the spec names weights these settings do not serve, or they fail.
-            ConfigError: the settings cannot serve the spec's method (no detector file).
+            ConfigError: the settings cannot serve the spec's method (no detector file), or the
+                file the spec names is not in the models folder (the message lists it).
         """
         if methods.get(spec.method).kind is MethodKind.DETECTOR:
             return DetectorRunner(self.detector(spec), spec)
@@ -285,38 +323,84 @@ class ModelStore:
         """The loaded fitted file a spec names (None when it names none).
 
         Raises:
-            WeightsError: the spec names another file than ``ZEROLABEL_FITTED``, or the file
-                does not fit the spec's method and backbone.
+            WeightsError: the spec names another file than ``ZEROLABEL_FITTED`` and there is no
+                models folder, or the file does not fit the spec's method and backbone.
+            ConfigError: the name is not a fitted file's, or not in the models folder.
         """
         if spec.fitted is None:
             return None
-        path = self.settings.fitted
-        if path is None or os.path.basename(path) != spec.fitted:
+        kind = methods.get(spec.method).fitted or ""
+        path, named = self._fitted_path(spec.fitted, kind)
+        key = (str(path), kind, spec.backbone, spec.weights)
+
+        def load() -> Fitted:
+            fitted = load_fitted(path, kind=kind, backbone=spec.backbone, weights=spec.weights)
+            if named and fitted.file_name() != path.name:
+                raise WeightsError(
+                    f"fitted file {path.name} in {path.parent} holds the fit "
+                    f"{fitted.file_name()}: it was renamed; install it again with zerolabel use"
+                )
+            return fitted
+
+        return self.fitted_files.get(key, load)
+
+    def _fitted_path(self, name: str, kind: str) -> tuple[Path, bool]:
+        """Where the fitted file ``name`` is, and whether it is a models-folder file."""
+        default = self.settings.fitted
+        if default is not None and os.path.basename(default) == name:
+            return Path(default), False
+        folder = self.settings.models_dir
+        if folder is None:
             raise WeightsError(
-                f"the request asks for fitted file {spec.fitted!r} but this worker has "
-                f"{os.path.basename(path) if path else None!r}: give backend and workers the "
-                "same ZEROLABEL_FITTED"
+                f"the request asks for fitted file {name!r} but this worker has "
+                f"{os.path.basename(default) if default else None!r}: give backend and workers "
+                "the same ZEROLABEL_FITTED, or the same ZEROLABEL_MODELS_DIR holding it"
             )
-        if path not in self._fitted:
-            kind = methods.get(spec.method).fitted or ""
-            self._fitted[path] = load_fitted(
-                path, kind=kind, backbone=spec.backbone, weights=spec.weights
-            )
-        return self._fitted[path]
+        name = model_files.check_fitted_name(name, kind)
+        return model_files.locate(folder, name, "fitted file"), True
 
     def detector(self, spec: DiscoverySpec) -> torch.nn.Module:
-        """The loaded detector of a detector spec (torchvision is imported only here)."""
-        served = self.settings.spec(method=spec.method)  # ConfigError without a detector file
-        checkpoint = self.settings.cad_checkpoint
-        if checkpoint is None:  # settings.spec refuses that already; typed for the load below
-            raise ConfigError(f"method {spec.method!r} needs ZEROLABEL_CAD_CHECKPOINT")
-        if served.weights != spec.weights:
-            raise WeightsError(
-                f"the request asks for detector {spec.weights!r} but this worker serves "
-                f"{served.weights!r}: give backend and workers the same ZEROLABEL_CAD_CHECKPOINT"
-            )
-        if self._detector is None:
-            from zerolabel.cad.model import load_detector
+        """The loaded detector of a detector spec (torchvision is imported only here).
 
-            self._detector, _ = load_detector(checkpoint, pick_device(self.settings.device))
-        return self._detector
+        Raises:
+            ConfigError: no detector at all (neither ``ZEROLABEL_CAD_CHECKPOINT`` nor
+                ``ZEROLABEL_MODELS_DIR``), or the name is not in the models folder.
+            WeightsError: another detector than this worker's and no models folder, or the
+                file is not a detector (or not the one its name names).
+        """
+        path, named = self._detector_path(spec)
+
+        def load() -> torch.nn.Module:
+            if named:
+                model_files.check_detector_bytes(path)
+            return self.load_detector(path)
+
+        return self.detectors.get(str(path), load)
+
+    def _detector_path(self, spec: DiscoverySpec) -> tuple[Path, bool]:
+        """Where the detector a spec names is, and whether it is a models-folder file."""
+        default = self.settings.cad_checkpoint
+        if default is not None and os.path.basename(default) == spec.weights:
+            return Path(default), False
+        folder = self.settings.models_dir
+        if folder is not None:
+            name = model_files.check_detector_name(spec.weights)
+            return model_files.locate(folder, name, "detector"), True
+        if default is None:
+            raise ConfigError(
+                f"method {spec.method!r} needs ZEROLABEL_CAD_CHECKPOINT, or ZEROLABEL_MODELS_DIR "
+                f"holding the detector {spec.weights!r} the request names"
+            )
+        raise WeightsError(
+            f"the request asks for detector {spec.weights!r} but this worker serves "
+            f"{os.path.basename(default)!r}: give backend and workers the same "
+            "ZEROLABEL_CAD_CHECKPOINT, or the same ZEROLABEL_MODELS_DIR holding it"
+        )
+
+    def load_detector(self, path: Path) -> torch.nn.Module:
+        """Read a detector file onto this worker's device (tests replace it)."""
+        from zerolabel.cad.model import load_detector
+
+        logger.info("loading detector %s", path)
+        detector, _ = load_detector(path, pick_device(self.settings.device))
+        return detector

@@ -173,6 +173,8 @@ class WorkerSettings:
     weights_tag: str | None = None  # ZEROLABEL_WEIGHTS_TAG: names the weights in model_version
     cad_checkpoint: str | None = None  # ZEROLABEL_CAD_CHECKPOINT: detector served by method "cad"
     fitted: str | None = None  # ZEROLABEL_FITTED: fitted file of methods that use one
+    models_dir: str | None = None  # ZEROLABEL_MODELS_DIR: detectors, fitted files projects name
+    worker_models: int = 3  # ZEROLABEL_WORKER_MODELS: detectors (and fitted files) kept loaded
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # ZEROLABEL_BACKBONE_KWARGS
     pos_embed: str = "dino"  # ZEROLABEL_POS_EMBED: "dino" (paper rule) or "timm"
     offline: bool = False  # ZEROLABEL_OFFLINE (or HF_HUB_OFFLINE): never try to download weights
@@ -210,6 +212,8 @@ class WorkerSettings:
                 checkpoint=read.text("ZEROLABEL_CHECKPOINT"),
                 cad_checkpoint=read.text("ZEROLABEL_CAD_CHECKPOINT"),
                 fitted=read.text("ZEROLABEL_FITTED"),
+                models_dir=read.text("ZEROLABEL_MODELS_DIR"),
+                worker_models=read.integer("ZEROLABEL_WORKER_MODELS", minimum=1),
                 weights_tag=read.text("ZEROLABEL_WEIGHTS_TAG"),
                 backbone_kwargs=read.json_object("ZEROLABEL_BACKBONE_KWARGS"),
                 pos_embed=read.env.get("ZEROLABEL_POS_EMBED"),
@@ -269,7 +273,13 @@ class WorkerSettings:
         return os.path.basename(self.checkpoint) if self.checkpoint else "hub"
 
     def spec(self, **overrides: Any) -> DiscoverySpec:
-        """The discovery spec these settings describe, with per-request overrides."""
+        """The discovery spec these settings describe, with per-request overrides.
+
+        ``detector`` (a file name of ``ZEROLABEL_MODELS_DIR``, checked by the caller) is the
+        detector of method ``cad`` instead of ``ZEROLABEL_CAD_CHECKPOINT``; ``fitted`` likewise
+        replaces ``ZEROLABEL_FITTED``.
+        """
+        detector = overrides.pop("detector", None)
         fields: dict[str, Any] = {
             "method": self.method,
             "backbone": self.backbone,
@@ -281,12 +291,19 @@ class WorkerSettings:
         info = methods.get(str(fields["method"]))
         if info.kind is MethodKind.DETECTOR:
             # A detector stands in for the backbone: the spec names it and its checkpoint.
-            if not self.cad_checkpoint:
+            if not detector and not self.cad_checkpoint:
                 raise ConfigError(
                     f"method {info.name!r} needs ZEROLABEL_CAD_CHECKPOINT (or --cad-checkpoint): "
-                    "the file zerolabel train-cad wrote"
+                    "the file zerolabel train-cad wrote; or a project's extra param "
+                    '"detector" naming one of ZEROLABEL_MODELS_DIR'
                 )
-            fields |= {"backbone": info.name, "weights": os.path.basename(self.cad_checkpoint)}
+            weights = detector or os.path.basename(str(self.cad_checkpoint))
+            fields |= {"backbone": info.name, "weights": weights}
+        elif detector:
+            raise ConfigError(
+                f'a detector is served by method "cad", not {info.name!r}: drop "detector" or '
+                'set "method": "cad"'
+            )
         elif info.fitted is not None and self.fitted and "fitted" not in overrides:
             fields["fitted"] = os.path.basename(self.fitted)  # methods without one ignore it
         try:

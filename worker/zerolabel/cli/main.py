@@ -21,7 +21,12 @@ import click
 
 from zerolabel import methods
 from zerolabel.cli.errors import ZerolabelGroup, remember_url
-from zerolabel.cli.options import local_files_options, weights_options
+from zerolabel.cli.options import (
+    local_files_options,
+    shapes_option,
+    tasks_shapes,
+    weights_options,
+)
 from zerolabel.errors import DiscoveryError
 
 logger = logging.getLogger("zerolabel")
@@ -61,6 +66,10 @@ def expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
     """Files, folders (recursively, image suffixes only) and glob patterns -> sorted unique paths.
 
     A named file is kept whatever its suffix, so a bad file is reported rather than skipped.
+
+    Raises:
+        click.UsageError: a pattern matches no file, or the inputs hold no image at all (checked
+            here, before any model is loaded).
     """
     found: dict[str, Path] = {}
     for item in inputs:
@@ -75,6 +84,11 @@ def expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
                 raise click.BadParameter(f"{item!r} matches no file", param_hint="INPUTS")
         for match in matches:
             found.setdefault(str(match.resolve()), match)
+    if not found:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise click.UsageError(
+            f"no image in {', '.join(map(repr, inputs))}: folders are searched for {suffixes}"
+        )
     return sorted(found.values(), key=lambda p: str(p))
 
 
@@ -169,6 +183,7 @@ def parse_params(pairs: tuple[str, ...], method: str) -> dict[str, Any]:
     help="Snap masks and boxes to the image's edges (dense CRF) [default: on for maskcut].",
 )
 @click.option("--label", default="object", show_default=True, help="Label value of the regions.")
+@shapes_option
 @local_files_options
 def predict(
     inputs: tuple[str, ...],
@@ -189,6 +204,7 @@ def predict(
     no_masks: bool,
     refine: bool | None,
     label: str,
+    shapes: str,
     url_prefix: str,
     document_root: str,
 ) -> None:
@@ -220,7 +236,16 @@ def predict(
     typed = parse_params(params, settings.method)  # refused here, before any model loads
     files = expand_inputs(inputs)
     job = batch.BatchJob.create(
-        settings, square=square, params=typed, masks=not no_masks, refine=refine
+        settings,
+        square=square,
+        params=typed,
+        masks=not no_masks,
+        refine=refine,
+        shapes=tasks_shapes(
+            shapes,
+            masks=not no_masks,
+            pixel_masks=methods.get(settings.method).pixel_masks(refine),
+        ),
     )
     start = time.perf_counter()
     report = job.run(
@@ -263,8 +288,10 @@ def _register_commands() -> None:
 
     from zerolabel.cli.evaluate import eval_
     from zerolabel.cli.loop import COMMANDS
+    from zerolabel.cli.use import use
 
     main.add_command(eval_)
+    main.add_command(use)
     for command in COMMANDS:
         main.add_command(command)
     for entry in entry_points(group="zerolabel.commands"):

@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from zerolabel import methods
+from zerolabel import methods, model_files
 from zerolabel.contract import DiscoverySpec
 from zerolabel.errors import ConfigError
-from zerolabel.settings import BackendSettings
+from zerolabel.labelstudio.tasks import SHAPES
+from zerolabel.methods import MethodKind
+from zerolabel.settings import BackendSettings, WorkerSettings
 
 #: Method parameters a project may set at the top level of its extra params (any method's; the
 #: spec then checks them against the method it runs).
 METHOD_PARAMS = methods.param_names()
 _SPEC_OPTIONS = frozenset({"method", "backbone", "max_side", "square", "masks", "refine"})
+_MODEL_FILES = {"detector": "detector", "fitted": "fitted file"}
+"""Extra params naming a file of ``ZEROLABEL_MODELS_DIR`` (:mod:`zerolabel.model_files`): the
+detector of method ``cad``, the fitted file of a method that reads one; how messages call it."""
+
+MODEL_KEYS = frozenset(
+    {"method", "backbone", "max_side", "square", "refine", "params", *_MODEL_FILES} | METHOD_PARAMS
+)
+"""The extra params that choose the model (``zerolabel use`` replaces them, and keeps the others:
+``label``, ``masks``...)."""
 
 PROJECT_BACKBONES = (
     "dino_vits16",
@@ -38,7 +50,10 @@ are the operator's choice, through ``ZEROLABEL_MAX_SIDE``."""
 class ProjectOptions:
     """Per-project choices from the ML backend's extra params (JSON object in Label Studio).
 
-    Example: ``{"method": "maskcut", "max_side": 640, "tau": 0.2, "label": "object"}``.
+    Example: ``{"method": "maskcut", "max_side": 640, "tau": 0.2, "label": "object"}``. A
+    detector or fitted file of ``ZEROLABEL_MODELS_DIR`` is named by its file name:
+    ``{"method": "cad", "detector": "cad-<digest>.pt"}``, ``{"method": "rps", "fitted":
+    "rps-<digest>.pt"}``.
     Method parameters go at the top level or under ``"params"``; either way they are checked
     against the method when the spec is built (:meth:`spec`), so ``/setup`` refuses a project
     whose options no worker could run.
@@ -47,13 +62,16 @@ class ProjectOptions:
     spec_overrides: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
+    files: dict[str, str] = field(default_factory=dict)  # "detector", "fitted": file names
+    shapes: str = "auto"  # how objects are sent: one of SHAPES (labelstudio.tasks)
 
     @classmethod
     def parse(cls, raw: str | Mapping[str, Any] | None) -> ProjectOptions:
         data = _as_mapping(raw)
-        unknown = set(data) - _SPEC_OPTIONS - METHOD_PARAMS - {"label", "params"}
+        known = _SPEC_OPTIONS | METHOD_PARAMS | {"label", "params", "shapes"} | set(_MODEL_FILES)
+        unknown = set(data) - known
         if unknown:
-            allowed = ", ".join(sorted(_SPEC_OPTIONS | METHOD_PARAMS | {"label", "params"}))
+            allowed = ", ".join(sorted(known))
             raise ConfigError(f"unknown extra params {sorted(unknown)}: allowed keys are {allowed}")
         nested = data.get("params")
         nested = {} if nested is None else nested
@@ -69,16 +87,38 @@ class ProjectOptions:
         label = data.get("label")
         if label is not None and not isinstance(label, str):
             raise ConfigError(f'extra param "label" must be a string, got {label!r}')
-        return cls(spec_overrides=spec, params=params, label=label)
+        shapes = data.get("shapes", "auto")
+        if shapes not in SHAPES:
+            raise ConfigError(
+                f'extra param "shapes" must be one of {", ".join(map(json.dumps, SHAPES))}, got '
+                f"{shapes!r}"
+            )
+        files = _model_files(data)
+        return cls(spec_overrides=spec, params=params, label=label, files=files, shapes=shapes)
 
-    def spec(self, settings: BackendSettings, *, masks: bool) -> DiscoverySpec:
+    def pixel_masks(self, settings: BackendSettings) -> bool:
+        """Whether the project's method gives masks that follow the image's edges (refined to
+        pixels, or a detector's); what ``"shapes": "auto"`` sends as brushes.
+
+        Raises:
+            ConfigError: the options or the environment name an unknown method.
+        """
+        method = str(self.spec_overrides.get("method") or settings.discovery.method)
+        return methods.get(method).pixel_masks(self.spec_overrides.get("refine"))
+
+    def spec(
+        self, settings: BackendSettings, *, masks: bool, shapes: str = "both"
+    ) -> DiscoverySpec:
         """The project's spec: environment defaults, then these options.
+
+        ``masks`` and ``shapes`` say what the project's labeling config takes (from its
+        :class:`~zerolabel.labelstudio.tasks.Target`); a ``"masks"`` option overrides ``masks``.
 
         Raises:
             ConfigError: the options name an unknown method, or parameters the method does not
                 have or values of the wrong type (the message lists the allowed parameters).
         """
-        overrides = {"masks": masks, **self.spec_overrides}
+        overrides = {"masks": masks, "shapes": shapes, **self.spec_overrides}
         backbone = overrides.get("backbone")
         if backbone is not None and backbone not in (
             *PROJECT_BACKBONES,
@@ -90,6 +130,8 @@ class ProjectOptions:
             )
         if self.params:
             overrides["params"] = self.params
+        method = str(overrides.get("method") or settings.discovery.method)
+        overrides |= _named_files(self.files, method, settings.discovery)
         return settings.discovery.spec(**overrides)
 
 
@@ -111,6 +153,64 @@ def _check_spec_options(spec: Mapping[str, Any]) -> None:
     for name in ("masks", "refine"):
         if name in spec and not isinstance(spec[name], bool):
             raise ConfigError(f'extra param "{name}" must be true or false, got {spec[name]!r}')
+
+
+def _model_files(data: Mapping[str, Any]) -> dict[str, str]:
+    """The model files the extra params name, each a bare file name of its kind's form."""
+    files = {}
+    try:
+        if "detector" in data:
+            files["detector"] = model_files.check_detector_name(data["detector"])
+        if "fitted" in data:
+            files["fitted"] = model_files.check_fitted_name(data["fitted"])
+    except ConfigError as exc:
+        raise ConfigError(f"extra params: {exc}") from None
+    return files
+
+
+def _named_files(files: Mapping[str, str], method: str, settings: WorkerSettings) -> dict[str, str]:
+    """The spec overrides of the files a project names, once they fit its method and are in the
+    models folder (when this process sees it; else the workers say so per task).
+
+    Raises:
+        ConfigError: a fitted file for a method that reads none or another kind, no models
+            folder, or a file it does not hold (the message lists those it holds).
+    """
+    info = methods.get(method)
+    if "fitted" in files:
+        if info.fitted is None:
+            raise ConfigError(
+                f'extra param "fitted": method {method!r} reads no fitted file: drop it, or '
+                "choose a method that reads one (rps, found)"
+            )
+        model_files.check_fitted_name(files["fitted"], info.fitted)
+    if "detector" in files and info.kind is not MethodKind.DETECTOR:
+        raise ConfigError(
+            f'extra param "detector" is the detector of method "cad", not of {method!r}: drop '
+            'it, or set "method": "cad"'
+        )
+    for key, name in files.items():
+        default = settings.cad_checkpoint if key == "detector" else settings.fitted
+        if default is not None and os.path.basename(default) == name:
+            continue  # the workers' own default file
+        folder = settings.models_dir
+        if folder is None:
+            raise ConfigError(
+                f'extra param "{key}" {name!r} needs {model_files.MODELS_DIR_SETTING}: the '
+                "folder backend and workers load the files projects name from"
+            )
+        if os.path.isdir(folder):
+            model_files.locate(folder, name, _MODEL_FILES[key])
+    return dict(files)
+
+
+def extra_params_object(raw: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """A connection's extra params (JSON text, an object or nothing) as a dict.
+
+    Raises:
+        ConfigError: text that is not JSON, or JSON that is not an object.
+    """
+    return dict(_as_mapping(raw))
 
 
 def _as_mapping(raw: str | Mapping[str, Any] | None) -> Mapping[str, Any]:

@@ -23,10 +23,9 @@ task images with their own ``LABEL_STUDIO_API_KEY`` from the Label Studio they a
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -38,10 +37,11 @@ from zerolabel.errors import DiscoveryError
 from zerolabel.labelstudio import tasks as ls_format
 from zerolabel.labelstudio.client import LabelStudioClient, LabelStudioError
 from zerolabel.labelstudio.options import ProjectOptions
-from zerolabel.loop.backend_options import project_options
+from zerolabel.loop.backend_options import choose_options, explain_options
 from zerolabel.loop.prelabel_report import PrelabelReport
 from zerolabel.loop.project_version import use_model_version
 from zerolabel.loop.waiting import BatchWaiter
+from zerolabel.progress import Progress, track
 from zerolabel.queue.dispatch import Outcome
 from zerolabel.queue.service import PredictionService
 
@@ -79,7 +79,8 @@ def prelabel_project(
         worker_ls_url: Label Studio URL as workers reach it, for ``/data/...`` image URLs:
             their ``LABEL_STUDIO_URL`` or one of their ``ZEROLABEL_LABEL_STUDIO_ALIASES``
             (workers refuse others per task); None takes ``client.url``.
-        progress: show a tqdm progress bar on stderr (when tqdm is installed).
+        progress: show progress on stderr: a bar on a terminal, else a log line every few
+            seconds with the rate per finished task and the ETA (:mod:`zerolabel.progress`).
 
     Returns:
         The report; ``report.failed`` lists the tasks left for the next run.
@@ -95,12 +96,16 @@ def prelabel_project(
     if batch_size < 1 or (max_tasks is not None and max_tasks < 0):
         raise ValueError(f"need batch_size >= 1 and max_tasks >= 0, got {batch_size}, {max_tasks}")
     config = client.label_config(project_id)
-    options = project_options(
+    chosen = choose_options(
         client, project_id, options, lambda given: service.model_version(config, given)
     )
-    target, spec = service.plan(config, options)
-    run = _Run(client, service, target, spec, worker_ls_url or client.url, wait_timeout_s)
-    pending = run.scan(client.tasks(project_id))
+    target, spec = service.plan(config, chosen.options)
+    explain_options(project_id, chosen, spec, service.settings.discovery)
+    run = _Run(
+        client, service, target, spec, worker_ls_url or client.url, wait_timeout_s, project_id
+    )
+    listing = f"reading project {project_id}"
+    pending = run.scan(track(client.tasks(project_id), listing, unit="task", enabled=progress))
     if max_tasks is not None and len(pending) > max_tasks:
         run.report.deferred = len(pending) - max_tasks
         pending = pending[:max_tasks]
@@ -116,8 +121,8 @@ def prelabel_project(
         run.waiter.require_workers(len(pending))
     failed_before = len(run.report.failed)
     try:
-        with _progress_bar(len(pending), progress) as advance:
-            run.process(pending, batch_size, advance)
+        with Progress("pre-labeling", len(pending), unit="task", enabled=progress) as counter:
+            run.process(pending, batch_size, counter.advance)
     except KeyboardInterrupt:
         done = run.report.written + len(run.report.failed) - failed_before
         run.report.interrupted = len(pending) - done
@@ -149,8 +154,10 @@ class _Run:
         spec: DiscoverySpec,
         worker_ls_url: str,
         wait_timeout_s: float,
+        project_id: int,
     ) -> None:
         self.client = client
+        self.project_id = project_id
         self.service = service
         self.target = target
         self.spec = spec
@@ -233,7 +240,11 @@ class _Run:
             return f"could not render the regions: {exc}"
         try:
             self.client.create_prediction(
-                task_id, entry["result"], entry["score"], entry["model_version"]
+                task_id,
+                entry["result"],
+                entry["score"],
+                entry["model_version"],
+                project=self.project_id,
             )
         except KeyboardInterrupt:
             if self._stored(task_id):  # Ctrl-C came after Label Studio stored it
@@ -268,21 +279,3 @@ def _model_versions(task: dict[str, Any]) -> set[str]:
         return {str(p.get("model_version")) for p in predictions if isinstance(p, dict)}
     column = task.get("predictions_model_versions") or ""
     return {v.strip() for v in str(column).split(",") if v.strip()}
-
-
-@contextlib.contextmanager
-def _progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int], object]]:
-    """Yields ``advance(n)``: a tqdm bar when enabled and installed, else a no-op."""
-    bar = None
-    if enabled and total:
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            logger.debug("tqdm is not installed: no progress bar")
-        else:
-            bar = tqdm(total=total, unit="task", desc="pre-labeling")
-    try:
-        yield (bar.update if bar is not None else lambda _n: None)
-    finally:
-        if bar is not None:
-            bar.close()

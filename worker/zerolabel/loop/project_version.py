@@ -34,20 +34,62 @@ def use_model_version(client: LabelStudioClient, project_id: int, version: str) 
         Whether the project now has that version.
     """
     try:
-        if client.project(project_id).get("model_version") == version:
-            return True
-        client.request("PATCH", f"/api/projects/{project_id}", json={"model_version": version})
+        _set_version(client, project_id, version)
     except LabelStudioError as exc:
-        logger.warning(
-            "project %s: could not set its model version to %s (%s); the Data Manager's "
-            "Prediction score column stays empty until it is chosen in the project's Settings > "
-            "Annotation > 'Use predictions to prelabel tasks'",
-            project_id,
-            version,
-            exc,
-        )
+        _not_set(project_id, version, exc)
         return False
+    return True
+
+
+def _set_version(client: LabelStudioClient, project_id: int, version: str) -> None:
+    """The PATCH, unless the project has that version already; logs the change.
+
+    Raises:
+        LabelStudioError: Label Studio could not be read or refused the version.
+    """
+    if client.project(project_id).get("model_version") == version:
+        return
+    client.request("PATCH", f"/api/projects/{project_id}", json={"model_version": version})
     logger.info(
         "project %s: model version set to %s (Prediction score column)", project_id, version
     )
+
+
+def _not_set(project_id: int, version: str, exc: LabelStudioError) -> None:
+    logger.warning(
+        "project %s: could not set its model version to %s (%s); the Data Manager's "
+        "Prediction score column stays empty until it is chosen in the project's Settings > "
+        "Annotation > 'Use predictions to prelabel tasks'",
+        project_id,
+        version,
+        exc,
+    )
+
+
+def adopt_model_version(client: LabelStudioClient, project_id: int, version: str) -> bool:
+    """Make ``version`` the project's model version if Label Studio knows it already.
+
+    For a version just chosen (``zerolabel use``): Label Studio 1.23 accepts a project version
+    only once a prediction carries it (or a connection has it as its title), so a version
+    without predictions yet is left for ``zerolabel prelabel`` to set when it writes them; that
+    is logged, not warned about. Other failures are warned about as in
+    :func:`use_model_version`.
+
+    Returns:
+        Whether the project now has that version.
+    """
+    try:
+        _set_version(client, project_id, version)
+    except LabelStudioError as exc:
+        if exc.status == 400 and exc.method == "PATCH":
+            logger.info(
+                "project %s: no prediction of %s yet; zerolabel prelabel --project %s makes it "
+                "the project's model version (Prediction score column) when it writes them",
+                project_id,
+                version,
+                project_id,
+            )
+            return False
+        _not_set(project_id, version, exc)
+        return False
     return True
