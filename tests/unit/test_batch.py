@@ -15,7 +15,6 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from zerolabel.contract import Box, DiscoveryRequest, DiscoverySpec, Region
 from zerolabel.io.images import LoadedImage
-from zerolabel.pipeline import Timings
 from zerolabel.queue.batch import BatchReport
 from zerolabel.queue.batch_report import QUEUE_STAGES
 from zerolabel.queue.dispatch import Dispatcher, Outcome
@@ -23,6 +22,7 @@ from zerolabel.queue.leases import lease_key
 from zerolabel.queue.runtime import Loaded, WorkerRuntime
 from zerolabel.queue.worker import ZerolabelWorker, run_worker
 from zerolabel.settings import QueueSettings, WorkerSettings
+from zerolabel.stages import Timings
 
 QUEUE = QueueSettings(queue="zerolabel", lease_s=5, retries=2)
 

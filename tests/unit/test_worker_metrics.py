@@ -18,9 +18,9 @@ from zerolabel import metrics
 from zerolabel.contract import Box, DiscoveryRequest, DiscoverySpec, Region
 from zerolabel.errors import ConfigError, WeightsError
 from zerolabel.io.images import LoadedImage
-from zerolabel.pipeline import Timings
 from zerolabel.queue.runtime import WorkerRuntime
 from zerolabel.settings import WorkerSettings
+from zerolabel.stages import Timings
 
 from tests.servers import free_port
 

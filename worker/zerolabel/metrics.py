@@ -9,7 +9,7 @@ Exported (``rate(zerolabel_worker_images_total[1m])`` is images per second):
 - ``zerolabel_worker_stage_seconds{stage}``: seconds per image in each stage: ``fetch``
   (download or file read) and ``decode`` (in a batching worker these run in download threads,
   overlapping the previous batch's forward pass), the pipeline's
-  :class:`~zerolabel.pipeline.Timings` (``preprocess``, ``forward``, ``method``, ``refine``,
+  :class:`~zerolabel.stages.Timings` (``preprocess``, ``forward``, ``method``, ``refine``,
   and any other ``<stage>_s`` field), and a batching worker's queue stages (``claim``: taking
   jobs off the queue; ``wait``: the device idle until the batch's downloads are done;
   ``finish``: results and job states written back through RQ); a batch's time is shared
@@ -44,8 +44,8 @@ from prometheus_client.registry import Collector
 from zerolabel.errors import ConfigError
 
 if TYPE_CHECKING:
-    from zerolabel.pipeline import Timings
     from zerolabel.settings import WorkerSettings
+    from zerolabel.stages import Timings
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def failures() -> Iterator[None]:
 @contextlib.contextmanager
 def running(runner: object, images: int) -> Iterator[None]:
     """One ``runner.run`` call on ``images`` images: when it succeeds, its batch size, images
-    and the stage times its :class:`~zerolabel.pipeline.Timings` gained (count failures with
+    and the stage times its :class:`~zerolabel.stages.Timings` gained (count failures with
     :func:`failures` around it, with the model loading)."""
     timings = getattr(runner, "timings", None)  # stand-ins (tests) may keep none
     before = dataclasses.replace(timings) if timings is not None else None

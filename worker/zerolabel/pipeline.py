@@ -12,7 +12,6 @@ import os
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
@@ -27,6 +26,7 @@ from zerolabel.errors import ConfigError, WeightsError
 from zerolabel.fitted import Fitted, load_fitted
 from zerolabel.io.images import LoadedImage
 from zerolabel.methods import MethodKind
+from zerolabel.stages import Timings
 from zerolabel.vit import features, preprocess
 from zerolabel.vit.backbone import Backbone, load_backbone, pick_device
 
@@ -37,17 +37,6 @@ logger = logging.getLogger(__name__)
 
 _Key = TypeVar("_Key", bound=Hashable)
 _Model = TypeVar("_Model")
-
-
-@dataclass
-class Timings:
-    """Seconds spent per stage (accumulated over calls)."""
-
-    preprocess_s: float = 0.0
-    forward_s: float = 0.0
-    method_s: float = 0.0
-    refine_s: float = 0.0  # dense-CRF mask refinement (zerolabel.refine)
-    images: int = 0
 
 
 class Runner(Protocol):

@@ -31,9 +31,10 @@ from zerolabel.labelstudio.auth import (
     LabelStudioSite,
     parse_origin,
 )
-from zerolabel.pipeline import ModelStore, Runner, Timings
+from zerolabel.pipeline import ModelStore, Runner
 from zerolabel.queue.dispatch import ResultCache
 from zerolabel.settings import WorkerSettings
+from zerolabel.stages import Timings
 from zerolabel.vit.backbone import Backbone, pick_device
 
 logger = logging.getLogger(__name__)
@@ -242,20 +243,13 @@ class WorkerRuntime:
         finally:
             timings = getattr(runner, "timings", None)  # stand-ins in tests may keep none
             if isinstance(timings, Timings):
-                self._count(timings)
+                self.timings.add(timings)
         results: list[DiscoveryResult | Exception] = []
         for item, found in zip(loaded, regions, strict=True):
             result = self._result(item, found)
             self._store(result, item.origin, item.image.sha256 if item.image else "")
             results.append(result)
         return results
-
-    def _count(self, timings: Timings) -> None:
-        self.timings.preprocess_s += timings.preprocess_s
-        self.timings.forward_s += timings.forward_s
-        self.timings.method_s += timings.method_s
-        self.timings.refine_s += timings.refine_s
-        self.timings.images += timings.images
 
     def _result(
         self, item: Loaded, regions: list[Region], error: str | None = None
