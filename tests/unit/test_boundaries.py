@@ -154,9 +154,9 @@ def test_every_module_imports():
 
 def test_method_names_match_the_contract():
     from zerolabel.contract import FEATURE_METHODS, METHOD_NAMES
-    from zerolabel.discovery import METHODS
+    from zerolabel.discovery import FUNCTIONS
 
-    assert tuple(METHODS) == FEATURE_METHODS and set(METHOD_NAMES) == {*METHODS, "cad"}
+    assert tuple(FUNCTIONS) == FEATURE_METHODS and set(METHOD_NAMES) == {*FUNCTIONS, "cad"}
 
 
 def test_the_registry_and_contract_use_the_standard_library_only():

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 from zerolabel import methods
-from zerolabel.discovery import METHODS
+from zerolabel.discovery import FUNCTIONS
 from zerolabel.discovery.dinoseg import dinoseg
 from zerolabel.errors import ConfigError
 
@@ -133,7 +133,7 @@ def test_dinoseg_gives_the_same_object_for_other_dtypes(dtype):
 
 
 def test_dinoseg_is_registered_with_the_attention_as_input():
-    assert METHODS["dinoseg"] is dinoseg
+    assert FUNCTIONS["dinoseg"] is dinoseg
     info = methods.get("dinoseg")
     assert info.inputs == frozenset({"attention"}) and info.defaults() == {"head": 4, "mass": 0.6}
     assert info.default_max_side == 1024

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from zerolabel import methods
-from zerolabel.discovery import METHODS
+from zerolabel.discovery import FUNCTIONS
 from zerolabel.discovery.dss import EDGE_FLOOR, dss
 from zerolabel.discovery.graph import dense_second_smallest_eigenvector
 
@@ -86,5 +86,5 @@ def test_dss_gives_the_same_object_for_other_dtypes(dtype):
 
 
 def test_dss_is_registered():
-    assert METHODS["dss"] is dss
+    assert FUNCTIONS["dss"] is dss
     assert methods.get("dss").params == () and methods.get("dss").default_max_side == 1024

@@ -10,7 +10,7 @@ import pytest
 import torch
 from zerolabel import methods
 from zerolabel.contract import DiscoverySpec
-from zerolabel.discovery import METHODS, ObjectMask
+from zerolabel.discovery import FUNCTIONS, ObjectMask
 from zerolabel.errors import ConfigError, WeightsError
 from zerolabel.fitted import Fitted, load_fitted, save_fitted
 from zerolabel.io.images import LoadedImage
@@ -75,7 +75,7 @@ def probe_method(monkeypatch):
         fitted_required=True,
     )
     monkeypatch.setitem(methods.METHODS, "probe", info)
-    monkeypatch.setitem(METHODS, "probe", probe)
+    monkeypatch.setitem(FUNCTIONS, "probe", probe)
     return seen
 
 

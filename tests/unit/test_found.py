@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from zerolabel.discovery import METHODS
+from zerolabel.discovery import FUNCTIONS
 from zerolabel.discovery.found import (
     background_similarity,
     coarse_object_mask,
@@ -170,4 +170,4 @@ def test_bad_input_is_refused_naming_the_cause():
 
 
 def test_found_is_registered():
-    assert METHODS["found"] is found
+    assert FUNCTIONS["found"] is found

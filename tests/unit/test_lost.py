@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from zerolabel.discovery import METHODS, ObjectMask
+from zerolabel.discovery import FUNCTIONS, ObjectMask
 from zerolabel.discovery.lost import lost
 
 from tests.unit.synthetic import block_mask, planted_keys
@@ -87,7 +87,7 @@ def test_lost_rejects_bad_input(keys, grid_hw, kwargs, message):
 
 
 def test_lost_is_registered():
-    assert METHODS["lost"] is lost
+    assert FUNCTIONS["lost"] is lost
 
 
 def test_featureless_keys_give_the_first_patch_with_score_zero_every_time():

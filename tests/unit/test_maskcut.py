@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from zerolabel.discovery import METHODS, ObjectMask
+from zerolabel.discovery import FUNCTIONS, ObjectMask
 from zerolabel.discovery import maskcut as maskcut_module
 from zerolabel.discovery.maskcut import (
     count_fg_corners,
@@ -174,7 +174,7 @@ def test_object_mask_checks_its_fields():
 
 
 def test_maskcut_is_registered():
-    assert METHODS["maskcut"] is maskcut
+    assert FUNCTIONS["maskcut"] is maskcut
 
 
 def test_featureless_keys_give_the_same_zero_score_objects_every_time():

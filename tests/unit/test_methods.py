@@ -31,15 +31,15 @@ def _keyword_arguments(
 
 @pytest.mark.parametrize("name", methods.FEATURE_METHODS)
 def test_registered_parameters_are_the_functions_keyword_arguments(name):
-    from zerolabel.discovery import METHODS
+    from zerolabel.discovery import FUNCTIONS
 
     info = methods.get(name)
     registered = {p.name: (p.type, p.default) for p in info.params}
-    assert registered == _keyword_arguments(METHODS[name], info)
+    assert registered == _keyword_arguments(FUNCTIONS[name], info)
     # Declared inputs are keyword-only arguments without a default (the pipeline passes them).
     required = {
         k
-        for k, (annotation, default) in _keyword_arguments(METHODS[name]).items()
+        for k, (annotation, default) in _keyword_arguments(FUNCTIONS[name]).items()
         if default is inspect.Parameter.empty
         and (k in info.inputs or not (info.fitted and "Tensor" in annotation))  # fitted tensors
     }
@@ -47,10 +47,10 @@ def test_registered_parameters_are_the_functions_keyword_arguments(name):
 
 
 def test_the_found_and_rps_functions_take_their_inputs_and_fitted_tensors():
-    from zerolabel.discovery import METHODS
+    from zerolabel.discovery import FUNCTIONS
 
     def tensors(name: str) -> set[str]:
-        every = inspect.signature(METHODS[name]).parameters.values()
+        every = inspect.signature(FUNCTIONS[name]).parameters.values()
         return {p.name for p in every if "Tensor" in str(p.annotation)} - {"keys"}
 
     assert methods.get("found").inputs == {"attention"}
@@ -64,9 +64,9 @@ def test_the_found_and_rps_functions_take_their_inputs_and_fitted_tensors():
 
 
 def test_every_feature_method_has_a_function_and_the_detector_is_the_only_other():
-    from zerolabel.discovery import METHODS
+    from zerolabel.discovery import FUNCTIONS
 
-    assert tuple(METHODS) == methods.FEATURE_METHODS
+    assert tuple(FUNCTIONS) == methods.FEATURE_METHODS
     others = [
         info.name for info in methods.METHODS.values() if info.kind is not MethodKind.FEATURES
     ]

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from zerolabel import methods
-from zerolabel.discovery import METHODS
+from zerolabel.discovery import FUNCTIONS
 from zerolabel.discovery.promerge import (
     background_vote,
     cascade_filter,
@@ -201,7 +201,7 @@ def test_promerge_rejects_bad_input():
 
 
 def test_promerge_is_registered_with_the_authors_defaults():
-    assert METHODS["promerge"] is promerge
+    assert FUNCTIONS["promerge"] is promerge
     info = methods.get("promerge")
     assert info.default_max_side == 480 and info.inputs == frozenset()
     assert info.defaults() == {

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from zerolabel.discovery import METHODS
+from zerolabel.discovery import FUNCTIONS
 from zerolabel.discovery.rps import foreground_direction, rps
 from zerolabel.errors import WeightsError
 from zerolabel.fitted import Fitted, save_fitted
@@ -126,7 +126,7 @@ def test_a_direction_of_another_width_is_refused():
 
 
 def test_rps_is_registered():
-    assert METHODS["rps"] is rps
+    assert FUNCTIONS["rps"] is rps
 
 
 def test_a_fitted_file_of_another_backbone_or_weights_is_refused(tmp_path):

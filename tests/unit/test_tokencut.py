@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from zerolabel.discovery import METHODS
+from zerolabel.discovery import FUNCTIONS
 from zerolabel.discovery.graph import (
     bipartition,
     dense_second_smallest_eigenvector,
@@ -86,7 +86,7 @@ def test_tokencut_rejects_bad_input():
 
 
 def test_tokencut_is_registered():
-    assert METHODS["tokencut"] is tokencut
+    assert FUNCTIONS["tokencut"] is tokencut
 
 
 @pytest.mark.parametrize("constant", [0.0, 1.0], ids=["zero-keys", "equal-keys"])

@@ -21,7 +21,7 @@ import torch
 
 from zerolabel import geometry, methods, model_files, quality, refine
 from zerolabel.contract import Box, DiscoverySpec, Region
-from zerolabel.discovery import METHODS
+from zerolabel.discovery import FUNCTIONS
 from zerolabel.errors import ConfigError, WeightsError
 from zerolabel.fitted import Fitted, load_fitted
 from zerolabel.io.images import LoadedImage
@@ -65,7 +65,7 @@ class Discoverer:
     def __init__(
         self, backbone: Backbone, spec: DiscoverySpec, fitted: Fitted | None = None
     ) -> None:
-        if spec.method not in METHODS:
+        if spec.method not in FUNCTIONS:
             raise ConfigError(f"method {spec.method!r} does not run on ViT features")
         if (fitted is None) != (spec.fitted is None):
             raise ConfigError(
@@ -74,7 +74,7 @@ class Discoverer:
             )
         self.backbone = backbone
         self.spec = spec
-        self.method = METHODS[spec.method]
+        self.method = FUNCTIONS[spec.method]
         self.inputs = methods.get(spec.method).inputs
         self.fitted = {
             name: tensor.to(backbone.device)
@@ -295,17 +295,7 @@ class ModelStore:
                     f"this worker has {served!r}: give backend and workers the same "
                     "ZEROLABEL_BACKBONE, ZEROLABEL_CHECKPOINT and ZEROLABEL_WEIGHTS_TAG"
                 )
-            self._backbones[key] = load_backbone(
-                spec.backbone,
-                checkpoint=self.settings.checkpoint if own else None,
-                device=self.settings.device,
-                half=self.settings.half,
-                pos_embed=spec.pos_embed,
-                model_kwargs=self.settings.backbone_kwargs if own else None,
-                offline=self.settings.offline,
-                precision=self.settings.precision,
-                compile_mode=self.settings.compile_mode,
-            )
+            self._backbones[key] = settings_backbone(self.settings, spec.backbone, spec.pos_embed)
         return self._backbones[key]
 
     def fitted(self, spec: DiscoverySpec) -> Fitted | None:
@@ -393,3 +383,25 @@ class ModelStore:
         logger.info("loading detector %s", path)
         detector, _ = load_detector(path, pick_device(self.settings.device))
         return detector
+
+
+def settings_backbone(
+    settings: WorkerSettings, name: str | None = None, pos_embed: str | None = None
+) -> Backbone:
+    """Load the ViT ``name`` (default ``ZEROLABEL_BACKBONE``) as these settings serve it: with
+    ``ZEROLABEL_CHECKPOINT`` and ``ZEROLABEL_BACKBONE_KWARGS`` when it is the settings' own
+    backbone, the hub weights of another named one; device, precision and compilation from the
+    settings."""
+    name = name or settings.backbone
+    own = name == settings.backbone
+    return load_backbone(
+        name,
+        checkpoint=settings.checkpoint if own else None,
+        device=settings.device,
+        half=settings.half,
+        pos_embed=pos_embed or settings.pos_embed,
+        model_kwargs=settings.backbone_kwargs if own else None,
+        offline=settings.offline,
+        precision=settings.precision,
+        compile_mode=settings.compile_mode,
+    )

@@ -13,35 +13,7 @@ registered in :mod:`zerolabel.methods`, which requests are checked against befor
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
-import torch
-
-
-@dataclass(frozen=True, eq=False)  # identity equality: tensors have no single truth value
-class ObjectMask:
-    """One discovered object on the patch grid."""
-
-    mask: torch.Tensor  # [h, w] bool patch mask, on the device of the keys
-    score: float  # method confidence in [0, 1]; each method documents its definition
-
-    def __post_init__(self) -> None:
-        if self.mask.ndim != 2 or self.mask.dtype != torch.bool:
-            raise ValueError(
-                f"mask must be an [h, w] bool patch mask, got {self.mask.dtype} "
-                f"of shape {tuple(self.mask.shape)}"
-            )
-        if not 0.0 <= self.score <= 1.0:
-            raise ValueError(f"score must lie in [0, 1], got {self.score}")
-
-
-DiscoveryMethod = Callable[..., list[ObjectMask]]
-"""Called as ``method(keys, grid_hw, **params)``; see the module docstring."""
-
-# The method modules import ObjectMask from here, so they come after it. They are bound as
-# modules (zerolabel.discovery.lost is the module, zerolabel.discovery.lost.lost the function).
-from zerolabel.discovery import (  # noqa: E402
+from zerolabel.discovery import (
     dinoseg,
     dss,
     found,
@@ -51,8 +23,9 @@ from zerolabel.discovery import (  # noqa: E402
     rps,
     tokencut,
 )
+from zerolabel.discovery.objects import DiscoveryMethod, ObjectMask
 
-METHODS: dict[str, DiscoveryMethod] = {
+FUNCTIONS: dict[str, DiscoveryMethod] = {
     "lost": lost.lost,
     "tokencut": tokencut.tokencut,
     "maskcut": maskcut.maskcut,
@@ -62,6 +35,8 @@ METHODS: dict[str, DiscoveryMethod] = {
     "dss": dss.dss,
     "promerge": promerge.promerge,
 }
-"""The function of each feature method of :data:`zerolabel.methods.METHODS`, by name."""
+"""The function of each feature method registered in :data:`zerolabel.methods.METHODS`, by
+name (the method modules are bound as modules: ``zerolabel.discovery.lost`` is the module,
+``zerolabel.discovery.lost.lost`` the function)."""
 
-__all__ = ["METHODS", "DiscoveryMethod", "ObjectMask"]
+__all__ = ["FUNCTIONS", "DiscoveryMethod", "ObjectMask"]

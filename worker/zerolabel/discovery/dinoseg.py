@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from zerolabel.discovery import ObjectMask
 from zerolabel.discovery.components import largest_component
 from zerolabel.discovery.graph import NO_STRUCTURE_ATOL, validate_keys
+from zerolabel.discovery.objects import ObjectMask
 from zerolabel.errors import ConfigError
 
 

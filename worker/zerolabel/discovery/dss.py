@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from zerolabel.discovery import ObjectMask
 from zerolabel.discovery.components import largest_component
 from zerolabel.discovery.graph import cut_score, second_smallest_eigenvector, validate_keys
+from zerolabel.discovery.objects import ObjectMask
 
 EDGE_FLOOR = 1e-5
 """Weight of every edge whose cosine similarity is at most this (negative ones included): it

@@ -30,10 +30,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from zerolabel.discovery import ObjectMask
 from zerolabel.discovery.components import largest_component
 from zerolabel.discovery.graph import validate_keys
 from zerolabel.discovery.maps import contrast
+from zerolabel.discovery.objects import ObjectMask
 
 SPARSITY_EPS = 1e-10
 """Added to every ``Q_i`` before the logarithm, as the authors do (a head above nowhere)."""

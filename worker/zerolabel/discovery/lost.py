@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from zerolabel.discovery import ObjectMask
 from zerolabel.discovery.graph import component_containing, validate_keys
+from zerolabel.discovery.objects import ObjectMask
 
 
 def lost(keys: torch.Tensor, grid_hw: tuple[int, int], *, k_patches: int = 100) -> list[ObjectMask]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import torch
 
-from zerolabel.discovery import ObjectMask
 from zerolabel.discovery.graph import (
     component_containing,
     cut_score,
@@ -34,6 +33,7 @@ from zerolabel.discovery.graph import (
     second_smallest_eigenvector,
     validate_keys,
 )
+from zerolabel.discovery.objects import ObjectMask
 
 
 def maskcut(

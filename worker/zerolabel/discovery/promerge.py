@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zerolabel.discovery import ObjectMask
 from zerolabel.discovery.components import label_stack
 from zerolabel.discovery.graph import validate_keys
+from zerolabel.discovery.objects import ObjectMask
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: tensors have no single truth value

@@ -26,10 +26,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from zerolabel.discovery import ObjectMask
 from zerolabel.discovery.components import largest_component
 from zerolabel.discovery.graph import validate_keys
 from zerolabel.discovery.maps import contrast
+from zerolabel.discovery.objects import ObjectMask
 
 DEGENERATE_RTOL = 1e-6
 """A direction shorter than this fraction of ``|v|`` is rounding: the features carry no norm

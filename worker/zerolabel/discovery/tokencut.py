@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from zerolabel.discovery import ObjectMask
 from zerolabel.discovery.graph import (
     bipartition,
     component_containing,
@@ -13,6 +12,7 @@ from zerolabel.discovery.graph import (
     second_smallest_eigenvector,
     validate_keys,
 )
+from zerolabel.discovery.objects import ObjectMask
 
 
 def tokencut(

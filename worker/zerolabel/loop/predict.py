@@ -20,10 +20,10 @@ from zerolabel.errors import ConfigError, ImageLoadError
 from zerolabel.formats.coco import coco_from_results
 from zerolabel.io.images import ImageLimits, LoadedImage, load_file
 from zerolabel.labelstudio.tasks import Target, task
-from zerolabel.pipeline import ModelStore, Runner
+from zerolabel.pipeline import ModelStore, Runner, settings_backbone
 from zerolabel.progress import Progress, stage
 from zerolabel.settings import WorkerSettings
-from zerolabel.vit.backbone import Backbone, load_configured_backbone, pick_device
+from zerolabel.vit.backbone import Backbone, pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def loaded_backbone(settings: WorkerSettings) -> Backbone:
     """The ViT the settings name, loaded with a log line before and after (with the time)."""
     loading = f"loading model {settings.backbone} on {device_name(settings.device)}"
     with stage(loading, done="loaded"):
-        return load_configured_backbone(settings)
+        return settings_backbone(settings)
 
 
 def device_name(device: str) -> str:

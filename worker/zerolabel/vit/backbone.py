@@ -17,7 +17,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import timm
 import torch
@@ -27,9 +27,6 @@ from zerolabel.checkpoints import load_fitting as load_fitting  # re-exported fo
 from zerolabel.checkpoints import read_checkpoint_file
 from zerolabel.checkpoints import unwrap_state_dict as unwrap_state_dict
 from zerolabel.errors import ConfigError, WeightsError
-
-if TYPE_CHECKING:
-    from zerolabel.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -285,18 +282,3 @@ def set_fused_attention(model: VisionTransformer, enabled: bool) -> None:
     blocks: Any = model.blocks
     for block in blocks:
         block.attn.fused_attn = enabled
-
-
-def load_configured_backbone(settings: WorkerSettings) -> Backbone:
-    """The backbone a process's settings describe (ZEROLABEL_BACKBONE, _CHECKPOINT, ...)."""
-    return load_backbone(
-        settings.backbone,
-        checkpoint=settings.checkpoint,
-        device=settings.device,
-        half=settings.half,
-        pos_embed=settings.pos_embed,
-        model_kwargs=settings.backbone_kwargs,
-        offline=settings.offline,
-        precision=settings.precision,
-        compile_mode=settings.compile_mode,
-    )
