@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 import pytest
 from click.testing import CliRunner
-from zerolabel.cli.main import main, parse_params
+from zerolabel.cli.common import parse_params
+from zerolabel.cli.main import main
 from zerolabel.errors import ConfigError
 
 

@@ -422,7 +422,7 @@ def test_eval_scores_predictions_on_the_photos_against_an_export_of_their_upload
 def test_eval_methods_take_uploaded_names_and_count_the_images_without_truth(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from zerolabel.evaluation.compare import images_with_ground_truth
+    from zerolabel.loop.compare import images_with_ground_truth
 
     gt = {UPLOADED: GtImage("x.jpg", (2, 2), [], []), "b": GtImage("b.jpg", (2, 2), [], [])}
     files = [tmp_path / name for name in ("000000000009.png", "b.png", "c.png", "d.png")]

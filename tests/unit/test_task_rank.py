@@ -15,11 +15,11 @@ import scipy.stats
 from click.testing import CliRunner
 from zerolabel.cli.main import main
 from zerolabel.contract import Box
-from zerolabel.evaluation.compare import COLUMNS, MethodRow, format_rows
 from zerolabel.evaluation.ground_truth import GtImage
 from zerolabel.evaluation.metrics import evaluate, read_predictions, report_for
 from zerolabel.evaluation.rank import task_pairs, task_quality, task_spearman
 from zerolabel.geometry import box_iou
+from zerolabel.loop.compare import COLUMNS, MethodRow, format_rows
 from zerolabel.loop.evaluate import evaluate_export
 
 A, B = Box(0, 0, 40, 40), Box(60, 60, 100, 100)

@@ -188,7 +188,7 @@ def test_gpu_memory_is_absent_while_cuda_is_unused():
 @pytest.fixture
 def served() -> Iterator[int]:
     port = free_port()
-    server = metrics.serve(WorkerSettings(metrics_port=port))
+    server = metrics.serve("127.0.0.1", port)
     assert server is not None
     yield port
     server.shutdown()
@@ -212,7 +212,7 @@ def test_the_metrics_port_serves_parseable_worker_metrics(served):
 
 
 def test_no_metrics_port_serves_nothing():
-    assert metrics.serve(WorkerSettings()) is None
+    assert metrics.serve("127.0.0.1", 0) is None
 
 
 def test_a_taken_metrics_port_is_a_config_error_naming_the_setting():
@@ -221,7 +221,7 @@ def test_a_taken_metrics_port_is_a_config_error_naming_the_setting():
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=f"ZEROLABEL_METRICS_PORT={port}: cannot listen"):
-            metrics.serve(WorkerSettings(metrics_port=port))
+            metrics.serve("127.0.0.1", port)
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,6 @@ from prometheus_client.registry import Collector
 from zerolabel.errors import ConfigError
 
 if TYPE_CHECKING:
-    from zerolabel.settings import WorkerSettings
     from zerolabel.stages import Timings
 
 logger = logging.getLogger(__name__)
@@ -230,9 +229,9 @@ def _gpu_collector() -> GpuMemoryCollector:
     return collector
 
 
-def serve(settings: WorkerSettings) -> WSGIServer | None:
-    """Serve this process's metrics on ``ZEROLABEL_METRICS_HOST:ZEROLABEL_METRICS_PORT``, from
-    a daemon thread.
+def serve(host: str, port: int) -> WSGIServer | None:
+    """Serve this process's metrics on ``host:port`` (``ZEROLABEL_METRICS_HOST`` and
+    ``ZEROLABEL_METRICS_PORT``), from a daemon thread.
 
     Returns:
         The server (``shutdown()`` stops it), or None when ``ZEROLABEL_METRICS_PORT`` is 0.
@@ -240,11 +239,10 @@ def serve(settings: WorkerSettings) -> WSGIServer | None:
     Raises:
         ConfigError: the address cannot be bound (e.g. the port is taken).
     """
-    if not settings.metrics_port:
+    if not port:
         return None
     metrics()
     _gpu_collector()
-    host, port = settings.metrics_host, settings.metrics_port
     try:
         server, _ = start_http_server(port, addr=host, registry=REGISTRY)
     except OSError as exc:

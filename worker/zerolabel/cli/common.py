@@ -1,4 +1,5 @@
-"""Helpers shared by ``zerolabel`` commands: settings, Label Studio, JSON files, image loaders.
+"""Helpers shared by ``zerolabel`` commands: settings, Label Studio, JSON files, inputs, method
+parameters.
 
 Failures are raised as they are (ConfigError, ValueError, OSError, :class:`JSONFileError`...):
 :mod:`zerolabel.cli.errors` turns them into one line for the user.
@@ -6,13 +7,16 @@ Failures are raised as they are (ConfigError, ValueError, OSError, :class:`JSONF
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 from typing import Any
 
 import click
 
+from zerolabel import methods
 from zerolabel.cli.errors import JSONFileError, remember_url
+from zerolabel.io.images import IMAGE_SUFFIXES
 
 
 def worker_settings() -> Any:
@@ -137,3 +141,50 @@ def url_loader(settings: Any) -> Any:
     """Task -> image, downloaded from Label Studio with the configured key."""
     fetcher, limits = cli_fetcher(settings)
     return lambda task: fetcher.fetch(image_url(task), limits)
+
+
+def expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
+    """Files, folders (recursively, image suffixes only) and glob patterns -> sorted unique paths.
+
+    A named file is kept whatever its suffix, so a bad file is reported rather than skipped.
+
+    Raises:
+        click.UsageError: a pattern matches no file, or the inputs hold no image at all (checked
+            here, before any model is loaded).
+    """
+    found: dict[str, Path] = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            matches = [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
+        elif path.exists():
+            matches = [path]
+        else:
+            matches = [Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file()]
+            if not matches:
+                raise click.BadParameter(f"{item!r} matches no file", param_hint="INPUTS")
+        for match in matches:
+            found.setdefault(str(match.resolve()), match)
+    if not found:
+        suffixes = ", ".join(IMAGE_SUFFIXES)
+        raise click.UsageError(
+            f"no image in {', '.join(map(repr, inputs))}: folders are searched for {suffixes}"
+        )
+    return sorted(found.values(), key=lambda p: str(p))
+
+
+def parse_params(pairs: tuple[str, ...], method: str) -> dict[str, Any]:
+    """``key=value`` pairs -> keyword arguments of ``method``, typed by its registered types.
+
+    Raises:
+        click.BadParameter: a pair without ``=``.
+        ConfigError: an unknown method or parameter, or a value of the wrong type; the message
+            names the method's parameters with their types.
+    """
+    texts: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--param")
+        texts[key.strip()] = raw
+    return methods.get(method).parse_params(texts)

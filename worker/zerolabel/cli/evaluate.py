@@ -126,13 +126,13 @@ def _eval_methods(
     fitted: str | None,
     device: str | None,
 ) -> None:
-    from zerolabel.cli.main import expand_inputs
-    from zerolabel.evaluation.compare import (
+    from zerolabel.cli.common import expand_inputs
+    from zerolabel.evaluation.ground_truth import read_ground_truth
+    from zerolabel.loop.compare import (
         evaluate_methods,
         format_rows,
         images_with_ground_truth,
     )
-    from zerolabel.evaluation.ground_truth import read_ground_truth
     from zerolabel.loop.predict import with_overrides
     from zerolabel.settings import WorkerSettings
 

@@ -193,7 +193,7 @@ def _samples(
 
 
 def _file_samples(inputs: tuple[str, ...], settings: Any, side: int | None) -> list[Any]:
-    from zerolabel.cli.main import expand_inputs  # here: cli.main imports this module's group
+    from zerolabel.cli.common import expand_inputs
     from zerolabel.io.images import ImageLimits, load_file
     from zerolabel.loop.fitting import FitSample
 

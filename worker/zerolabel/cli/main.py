@@ -9,17 +9,16 @@ Failures reach the user as one ``Error:`` line, decided in one place: :mod:`.err
 from __future__ import annotations
 
 import dataclasses
-import glob
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
 from zerolabel import methods
+from zerolabel.cli.common import expand_inputs, parse_params
 from zerolabel.cli.errors import ZerolabelGroup, remember_url
 from zerolabel.cli.options import (
     local_files_options,
@@ -30,8 +29,6 @@ from zerolabel.cli.options import (
 from zerolabel.errors import DiscoveryError
 
 logger = logging.getLogger("zerolabel")
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -60,53 +57,6 @@ def main(verbose: bool, env_file: str | None) -> None:
         from zerolabel.settings import load_env_file
 
         load_env_file(env_file)
-
-
-def expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
-    """Files, folders (recursively, image suffixes only) and glob patterns -> sorted unique paths.
-
-    A named file is kept whatever its suffix, so a bad file is reported rather than skipped.
-
-    Raises:
-        click.UsageError: a pattern matches no file, or the inputs hold no image at all (checked
-            here, before any model is loaded).
-    """
-    found: dict[str, Path] = {}
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            matches = [p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES]
-        elif path.exists():
-            matches = [path]
-        else:
-            matches = [Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file()]
-            if not matches:
-                raise click.BadParameter(f"{item!r} matches no file", param_hint="INPUTS")
-        for match in matches:
-            found.setdefault(str(match.resolve()), match)
-    if not found:
-        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
-        raise click.UsageError(
-            f"no image in {', '.join(map(repr, inputs))}: folders are searched for {suffixes}"
-        )
-    return sorted(found.values(), key=lambda p: str(p))
-
-
-def parse_params(pairs: tuple[str, ...], method: str) -> dict[str, Any]:
-    """``key=value`` pairs -> keyword arguments of ``method``, typed by its registered types.
-
-    Raises:
-        click.BadParameter: a pair without ``=``.
-        ConfigError: an unknown method or parameter, or a value of the wrong type; the message
-            names the method's parameters with their types.
-    """
-    texts: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--param")
-        texts[key.strip()] = raw
-    return methods.get(method).parse_params(texts)
 
 
 @main.command()
@@ -277,7 +227,7 @@ def worker(name: str | None, burst: bool) -> None:
     runtime.redis.ping()  # a missing Redis fails in a moment, before the model is loaded
     runner = runtime.runner(spec)  # a ViT method or the trained detector, loaded before any job
     logger.info("serving queue %r with %s", settings.queue.queue, runner.model_version)
-    metrics.serve(settings)  # ZEROLABEL_METRICS_PORT; 0: none
+    metrics.serve(settings.metrics_host, settings.metrics_port)  # port 0: none
     run_worker(runtime.redis, settings.queue, name=name, burst=burst)
 
 

@@ -94,7 +94,7 @@ def use(
     workers load the model when its first job comes: nothing restarts. The Extra params that do
     not choose the model (label, masks) stay.
     """
-    from zerolabel.cli.main import parse_params
+    from zerolabel.cli.common import parse_params
     from zerolabel.loop.use_model import project_connections, switch_project
     from zerolabel.queue.service import PredictionService
     from zerolabel.settings import BackendSettings

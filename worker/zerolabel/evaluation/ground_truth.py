@@ -24,14 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from PIL import Image
-
 from zerolabel.contract import Box
+from zerolabel.io.images import IMAGE_SUFFIXES, image_hw
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-"""Image file suffixes looked up when a label file names no image (YOLO, VOC without size)."""
 
 YOLO_CLASSES_FILE = "classes.txt"
 """Darknet-style class-name list that may sit among YOLO label files (one name a line)."""
@@ -39,8 +35,6 @@ YOLO_CLASSES_FILE = "classes.txt"
 UPLOAD_PREFIX = re.compile(r"[0-9a-f]{8}-")
 """What Label Studio puts before the name of an uploaded file (8 hex digits of a UUID, a dash)."""
 
-_EXIF_ORIENTATION = 0x0112
-_EXIF_TRANSPOSED = {5, 6, 7, 8}  # orientations that swap width and height
 
 T = TypeVar("T")
 
@@ -63,23 +57,6 @@ class GtImage:
 
 GroundTruth = dict[str, GtImage]
 """File stem -> ground truth of that image."""
-
-
-def image_hw(path: Path) -> tuple[int, int]:
-    """Height and width of an image file, read from its header, after EXIF orientation.
-
-    Args:
-        path: the image file.
-
-    Returns:
-        ``(height, width)`` of the image as displayed (EXIF rotations 5-8 swap the two).
-    """
-    with Image.open(path) as img:
-        width, height = img.size
-        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
-    if orientation in _EXIF_TRANSPOSED:
-        width, height = height, width
-    return int(height), int(width)
 
 
 def find_image(images_dir: Path, stem: str) -> Path | None:

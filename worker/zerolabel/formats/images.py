@@ -19,9 +19,9 @@ from urllib.parse import unquote
 from PIL import Image
 
 from zerolabel.errors import DiscoveryError
-from zerolabel.evaluation.ground_truth import image_hw
 from zerolabel.formats.dataset import Dataset
 from zerolabel.formats.reader import ImageSizer, file_name_from_url
+from zerolabel.io.images import image_hw
 from zerolabel.progress import track
 
 logger = logging.getLogger(__name__)

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from zerolabel.formats.dataset import Dataset, ImageRecord, ObjectRecord, SkippedTask
+from zerolabel.io.images import IMAGE_SUFFIXES
 from zerolabel.labelstudio.regions import NoImageSize, RegionError, read_objects, result_image_hw
 from zerolabel.labelstudio.versions import timestamp as _timestamp
 
@@ -56,8 +57,6 @@ SHOWN_IDS = 5
 
 SHOWN_REASONS = 3
 """Reasons :func:`summarize_skipped` names; the tasks skipped for others are counted."""
-
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 class _Skip(Exception):
@@ -162,7 +161,7 @@ def detect_image_key(data: Sequence[Any]) -> str:
 
 def _looks_like_image(url: str) -> bool:
     path = urlsplit(url).path.lower()
-    return path.endswith(_IMAGE_SUFFIXES) or "/data/local-files" in path or "://" in url
+    return path.endswith(IMAGE_SUFFIXES) or "/data/local-files" in path or "://" in url
 
 
 def file_name_from_url(url: str) -> str:

@@ -19,6 +19,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from zerolabel.errors import ImageLoadError
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+"""File suffixes read as images (lower case): folders are searched for these."""
+
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSED_ORIENTATIONS = {5, 6, 7, 8}  # width and height swap
 
@@ -116,6 +119,17 @@ def _open(data: bytes, source: str, limits: ImageLimits) -> Image.Image:
     if width == 0 or height == 0:
         raise ImageLoadError(source, f"degenerate size {width}x{height}")
     return image
+
+
+def image_hw(path: str | Path) -> tuple[int, int]:
+    """Height and width of an image file as displayed, from its header only (EXIF rotations 5-8
+    swap the two; unreadable EXIF keeps the stored orientation).
+
+    Raises:
+        OSError: the file cannot be opened or is not an image PIL knows.
+    """
+    with Image.open(path) as image:
+        return _oriented_hw(image)
 
 
 def _oriented_hw(image: Image.Image) -> tuple[int, int]:
