@@ -2,9 +2,10 @@
 
 Behind ``zerolabel eval --gt GT --images DIR --method lost --method maskcut``: every method runs
 in this process on the images of ``DIR`` that have ground truth, with the same settings and one
-shared backbone, and is scored like a prediction file (:func:`.metrics.report_for`): CorLoc,
-AP50, AP, AR100, and the Spearman correlations (:mod:`.rank`) of region score and IoU
-(``region rho``) and of task score and task quality (``task rho``).
+shared backbone, and is scored like a prediction file
+(:func:`zerolabel.evaluation.metrics.report_for`): CorLoc, AP50, AP, AR100, and the Spearman
+correlations (:mod:`zerolabel.evaluation.rank`) of region score and IoU (``region rho``) and of
+task score and task quality (``task rho``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class MethodRow:
 
 def images_with_ground_truth(files: Sequence[Path], gt: GroundTruth) -> list[Path]:
     """The files that have ground truth, in order, one per ground-truth image; the others are
-    counted in a warning. Matched by stem (:func:`.ground_truth.match_ground_truth`).
+    counted in a warning. Matched by stem
+    (:func:`zerolabel.evaluation.ground_truth.match_ground_truth`).
 
     Raises:
         ValueError: no file matches (the message names a ground-truth stem to look for).
