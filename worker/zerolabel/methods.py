@@ -10,10 +10,11 @@ the feature methods to their functions; a unit test keeps this table and their k
 from __future__ import annotations
 
 import enum
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar, cast
 
 from zerolabel.errors import ConfigError
 
@@ -372,3 +373,28 @@ def get(name: str) -> MethodInfo:
 def param_names() -> frozenset[str]:
     """Every parameter name of every method."""
     return frozenset(p.name for info in METHODS.values() for p in info.params)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def checked(name: str) -> Callable[[F], F]:
+    """Decorate a feature method's function: its registered parameters are checked against
+    :data:`METHODS` (type and range) before it runs, so their rules are written once, here.
+
+    Example: ``@checked("lost")`` above ``def lost(keys, grid_hw, *, k_patches=100)``; a call
+    with ``k_patches=0`` raises the registry's :class:`~zerolabel.errors.ConfigError` (a
+    ``ValueError``) naming the parameter and its range.
+    """
+    info = get(name)
+    registered = {param.name for param in info.params}
+
+    def decorate(function: F) -> F:
+        @functools.wraps(function)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            given = {key: value for key, value in kwargs.items() if key in registered}
+            return function(*args, **{**kwargs, **info.check_params(given)})
+
+        return cast(F, call)
+
+    return decorate

@@ -13,8 +13,10 @@ from zerolabel.discovery.components import largest_component
 from zerolabel.discovery.graph import NO_STRUCTURE_ATOL, validate_keys
 from zerolabel.discovery.objects import ObjectMask
 from zerolabel.errors import ConfigError
+from zerolabel.methods import checked
 
 
+@checked("dinoseg")
 def dinoseg(
     keys: torch.Tensor,
     grid_hw: tuple[int, int],
@@ -53,8 +55,6 @@ def dinoseg(
     """
     validate_keys(keys, grid_hw)
     _check_attention(attention, keys.shape[0], head)
-    if not 0.0 < mass <= 1.0:
-        raise ValueError(f"mass must be in (0, 1], got {mass}")
     weights = attention[head].detach().to(device=keys.device, dtype=torch.float64).clamp(min=0)
     total = weights.sum()
     if keys.shape[0] == 0 or not bool(total > 0):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from zerolabel.discovery.components import largest_component
 from zerolabel.discovery.graph import cut_score, second_smallest_eigenvector, validate_keys
 from zerolabel.discovery.objects import ObjectMask
+from zerolabel.methods import checked
 
 EDGE_FLOOR = 1e-5
 """Weight of every edge whose cosine similarity is at most this (negative ones included): it
@@ -19,6 +20,7 @@ keeps patches with an all-zero key, or with no positive similarity, connected to
 which the eigensolver needs; it is far below any similarity that matters."""
 
 
+@checked("dss")
 def dss(keys: torch.Tensor, grid_hw: tuple[int, int]) -> list[ObjectMask]:
     """One object per image, as deep spectral methods find it.
 

@@ -34,6 +34,7 @@ from zerolabel.discovery.components import largest_component
 from zerolabel.discovery.graph import validate_keys
 from zerolabel.discovery.maps import contrast
 from zerolabel.discovery.objects import ObjectMask
+from zerolabel.methods import checked
 
 SPARSITY_EPS = 1e-10
 """Added to every ``Q_i`` before the logarithm, as the authors do (a head above nowhere)."""
@@ -92,6 +93,7 @@ def coarse_object_mask(
     return _complement(*background_similarity(keys, attention), grid_hw, tau)
 
 
+@checked("found")
 def found(
     keys: torch.Tensor,
     grid_hw: tuple[int, int],

@@ -11,8 +11,10 @@ import torch
 
 from zerolabel.discovery.graph import component_containing, validate_keys
 from zerolabel.discovery.objects import ObjectMask
+from zerolabel.methods import checked
 
 
+@checked("lost")
 def lost(keys: torch.Tensor, grid_hw: tuple[int, int], *, k_patches: int = 100) -> list[ObjectMask]:
     """One object per image, exactly as LOST computes it.
 
@@ -37,8 +39,6 @@ def lost(keys: torch.Tensor, grid_hw: tuple[int, int], *, k_patches: int = 100) 
         seed has no support (an all-zero key).
     """
     validate_keys(keys, grid_hw)
-    if k_patches < 1:
-        raise ValueError(f"k_patches must be >= 1, got {k_patches}")
     n = keys.shape[0]
     if n == 0:
         return []

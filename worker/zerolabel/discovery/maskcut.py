@@ -34,8 +34,10 @@ from zerolabel.discovery.graph import (
     validate_keys,
 )
 from zerolabel.discovery.objects import ObjectMask
+from zerolabel.methods import checked
 
 
+@checked("maskcut")
 def maskcut(
     keys: torch.Tensor,
     grid_hw: tuple[int, int],
@@ -67,8 +69,6 @@ def maskcut(
         patches of earlier objects removed; empty masks are left out.
     """
     validate_keys(keys, grid_hw)
-    if max_objects < 0:
-        raise ValueError(f"max_objects must be >= 0, got {max_objects}")
     if keys.shape[0] < 2:
         return []
     feats = keys.detach().float()

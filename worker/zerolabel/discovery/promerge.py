@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from zerolabel.discovery.components import label_stack
 from zerolabel.discovery.graph import validate_keys
 from zerolabel.discovery.objects import ObjectMask
+from zerolabel.methods import checked
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: tensors have no single truth value
@@ -50,6 +51,7 @@ class _Group:
     mean: torch.Tensor  # [D]
 
 
+@checked("promerge")
 def promerge(
     keys: torch.Tensor,
     grid_hw: tuple[int, int],
@@ -92,12 +94,6 @@ def promerge(
         overlap); [] when no background or no proposal is found.
     """
     validate_keys(keys, grid_hw)
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    if not -1.0 < max_background_similarity <= 1.0:
-        raise ValueError(
-            f"max_background_similarity must be in (-1, 1], got {max_background_similarity}"
-        )
     if keys.shape[0] == 0:
         return []
     unit = F.normalize(keys.detach().float(), p=2, dim=1)

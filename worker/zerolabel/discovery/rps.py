@@ -30,6 +30,7 @@ from zerolabel.discovery.components import largest_component
 from zerolabel.discovery.graph import validate_keys
 from zerolabel.discovery.maps import contrast
 from zerolabel.discovery.objects import ObjectMask
+from zerolabel.methods import checked
 
 DEGENERATE_RTOL = 1e-6
 """A direction shorter than this fraction of ``|v|`` is rounding: the features carry no norm
@@ -76,6 +77,7 @@ def activation_map(keys: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     return unit @ F.normalize(direction.float().to(keys.device), p=2, dim=0)
 
 
+@checked("rps")
 def rps(
     keys: torch.Tensor,
     grid_hw: tuple[int, int],

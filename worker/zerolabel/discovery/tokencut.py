@@ -13,8 +13,10 @@ from zerolabel.discovery.graph import (
     validate_keys,
 )
 from zerolabel.discovery.objects import ObjectMask
+from zerolabel.methods import checked
 
 
+@checked("tokencut")
 def tokencut(
     keys: torch.Tensor, grid_hw: tuple[int, int], *, tau: float = 0.2, eps: float = 1e-5
 ) -> list[ObjectMask]:
