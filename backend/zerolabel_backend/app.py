@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hmac
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -47,28 +49,51 @@ logger = logging.getLogger(__name__)
 MAX_PROJECTS = 10_000
 """Projects whose /setup is remembered; the least recently set up is forgotten first."""
 
+MAX_REGISTRY_BYTES = 32 * 2**20
+"""What the remembered /setup answers may take together (their options as JSON, roughly); the
+least recently set up are forgotten first. Each project's options are bounded too
+(:data:`zerolabel.labelstudio.options.MAX_EXTRA_PARAMS_BYTES`)."""
+
 _OPEN_ROUTES = frozenset({"/", "/health"})
 
 
 class ProjectRegistry:
-    """What each project's last /setup said (hostname and options), by project id; bounded."""
+    """What each project's last /setup said (hostname and options), by project id; bounded in
+    count and in bytes. A project named by something that is not Label Studio's
+    ``"<id>.<created timestamp>"`` (or a bare id) is not remembered."""
 
-    def __init__(self, capacity: int = MAX_PROJECTS) -> None:
+    def __init__(self, capacity: int = MAX_PROJECTS, max_bytes: int = MAX_REGISTRY_BYTES) -> None:
         self._lock = threading.Lock()
-        self._projects: OrderedDict[str, ProjectContext] = OrderedDict()
+        self._projects: OrderedDict[int, tuple[ProjectContext, int]] = OrderedDict()
         self._capacity = capacity
+        self._max_bytes = max_bytes
+        self._bytes = 0
 
     def remember(self, project: str, context: ProjectContext) -> None:
+        key = _project_id(project)
+        if key is None:
+            return
+        size = _size(context)
         with self._lock:
-            key = _project_key(project)
-            self._projects.pop(key, None)
-            self._projects[key] = context
-            while len(self._projects) > self._capacity:
-                self._projects.popitem(last=False)
+            _, old = self._projects.pop(key, (None, 0))
+            self._bytes += size - old
+            self._projects[key] = (context, size)
+            while self._projects and (
+                len(self._projects) > self._capacity or self._bytes > self._max_bytes
+            ):
+                _, (_, dropped) = self._projects.popitem(last=False)
+                self._bytes -= dropped
 
     def get(self, project: str) -> ProjectContext:
+        key = _project_id(project)
         with self._lock:
-            return self._projects.get(_project_key(project), ProjectContext())
+            found = self._projects.get(key) if key is not None else None
+        return found[0] if found is not None else ProjectContext()
+
+
+def _size(context: ProjectContext) -> int:
+    """Roughly what a remembered context takes: its fields written as JSON."""
+    return len(json.dumps(dataclasses.asdict(context), default=str)) + 64
 
 
 def _project_key(project: str) -> str:
@@ -222,7 +247,7 @@ def _authorized(header: str, credentials: tuple[str, str]) -> bool:
         return False
     try:
         user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # not base64 (non-ASCII too), or not UTF-8 inside
         return False
     user_ok = hmac.compare_digest(user.encode(), credentials[0].encode())
     password_ok = hmac.compare_digest(password.encode(), credentials[1].encode())

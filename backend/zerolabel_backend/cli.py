@@ -10,9 +10,12 @@ clients cost a connection, not a thread; the threads (``ZEROLABEL_HTTP_THREADS``
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 
 import click
+
+logger = logging.getLogger(__name__)
 
 CHANNEL_TIMEOUT_S = 60
 """A connection silent this long is closed."""
@@ -46,6 +49,7 @@ def serve(host: str, port: int, env_file: str | None) -> None:
     except DiscoveryError as exc:
         raise click.ClickException(str(exc)) from None
     _setup_logging(settings.log_level)
+    warn_if_open(host, settings.basic_auth is not None)
     waitress.serve(
         app,
         host=host,
@@ -62,3 +66,30 @@ def _setup_logging(level: str) -> None:
     if not logging.getLogger().handlers:  # the zerolabel group may have set it up already
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)
+
+
+def warn_if_open(host: str, authenticated: bool) -> bool:
+    """Warn when the backend listens beyond this machine without basic auth; whether it did.
+
+    Without ``BASIC_AUTH_USER``/``BASIC_AUTH_PASS`` anyone who reaches the port can have
+    images run, their regions written to tasks of the configured Label Studio, and the queue
+    filled.
+    """
+    if authenticated or _loopback(host):
+        return False
+    logger.warning(
+        "serving without basic auth on %s: anyone who reaches this port can queue work and have "
+        "predictions written to Label Studio; set BASIC_AUTH_USER and BASIC_AUTH_PASS (and "
+        "enter them in Label Studio's Connect Model form), or bind 127.0.0.1",
+        host,
+    )
+    return True
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any address

@@ -93,7 +93,9 @@ def task_problem(task: Any) -> str | None:
     """Why one task cannot be served, or None when its shape is right."""
     if not isinstance(task, dict):
         return f"a task must be a JSON object, got {_kind(task)}"
-    if task.get("id") is not None and not isinstance(task["id"], int):
+    if task.get("id") is not None and (
+        isinstance(task["id"], bool) or not isinstance(task["id"], int)
+    ):
         return f"task id must be an integer, got {_kind(task['id'])}"
     if not isinstance(task.get("data"), dict):
         return f"task {task.get('id')}: 'data' must be a JSON object, got {_kind(task.get('data'))}"

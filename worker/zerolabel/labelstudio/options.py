@@ -29,6 +29,12 @@ MODEL_KEYS = frozenset(
 """The extra params that choose the model (``zerolabel use`` replaces them, and keeps the others:
 ``label``, ``masks``...)."""
 
+MAX_EXTRA_PARAMS_BYTES = 16 * 1024
+"""The largest Extra params a project may have, as JSON: the backend remembers them per project."""
+
+MAX_LABEL_CHARS = 256
+"""The longest ``label`` option (a label value of the labeling config)."""
+
 PROJECT_BACKBONES = (
     "dino_vits16",
     "dino_vits8",
@@ -85,8 +91,11 @@ class ProjectOptions:
         spec = {k: v for k, v in data.items() if k in _SPEC_OPTIONS}
         _check_spec_options(spec)
         label = data.get("label")
-        if label is not None and not isinstance(label, str):
-            raise ConfigError(f'extra param "label" must be a string, got {label!r}')
+        if label is not None and (not isinstance(label, str) or len(label) > MAX_LABEL_CHARS):
+            raise ConfigError(
+                f'extra param "label" must be a string of at most {MAX_LABEL_CHARS} characters, '
+                f"got {str(label)[:40]!r}{'...' if len(str(label)) > 40 else ''}"
+            )
         shapes = data.get("shapes", "auto")
         if shapes not in SHAPES:
             raise ConfigError(
@@ -217,10 +226,25 @@ def _as_mapping(raw: str | Mapping[str, Any] | None) -> Mapping[str, Any]:
     if raw is None or raw == "":
         return {}
     if isinstance(raw, str):
+        if len(raw.encode()) > MAX_EXTRA_PARAMS_BYTES:
+            raise _too_big(len(raw.encode()))
         try:
             raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise ConfigError(f"extra params are not valid JSON: {exc}") from None
     if not isinstance(raw, Mapping):
         raise ConfigError('extra params must be a JSON object, e.g. {"method": "maskcut"}')
+    try:
+        size = len(json.dumps(raw).encode())
+    except (TypeError, ValueError, RecursionError):
+        raise ConfigError("extra params must be plain JSON values") from None
+    if size > MAX_EXTRA_PARAMS_BYTES:
+        raise _too_big(size)
     return raw
+
+
+def _too_big(size: int) -> ConfigError:
+    return ConfigError(
+        f"extra params of {size} bytes: at most {MAX_EXTRA_PARAMS_BYTES} are accepted (a few "
+        "keys and numbers are a few hundred)"
+    )
