@@ -20,7 +20,7 @@ from PIL import Image
 
 from zerolabel.errors import DiscoveryError
 from zerolabel.formats.dataset import Dataset
-from zerolabel.formats.reader import ImageSizer, file_name_from_url
+from zerolabel.formats.reader import ImageSizer, file_name_from_url, inside
 from zerolabel.io.images import image_hw
 from zerolabel.progress import track
 
@@ -53,7 +53,12 @@ class ImageStore:
 
     def get(self, url: str) -> Path | None:
         """The local copy of the image at ``url``, saved if needed; None when that failed."""
-        target = self.folder / file_name_from_url(url)
+        try:
+            target = inside(self.folder, file_name_from_url(url))
+        except ValueError as exc:
+            self.failures[url] = str(exc)
+            logger.error("%s: image not saved: %s", url, exc)
+            return None
         if target.is_file():
             return target
         try:

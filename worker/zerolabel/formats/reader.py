@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -169,16 +169,36 @@ def file_name_from_url(url: str) -> str:
 
     ``/data/local-files/?d=a/b.jpg`` (with or without host) gives ``a/b.jpg``, the path under
     the local-files root; any other URL (uploads ``/data/upload/3/abcd-x.jpg``, http, s3)
-    its last path component, unquoted (``abcd-x.jpg``). ``..`` and leading ``/`` are removed,
-    so writers never leave their folder. Empty when nothing names a file.
+    its last path component, unquoted (``abcd-x.jpg``). Separators are read after decoding
+    (``%2F``, ``\\``), and ``..``, ``.`` and leading ``/`` are removed, so a name never leaves
+    the folder it is joined to (writers check it again: :func:`inside`). Empty when nothing names
+    a file.
     """
     parts = urlsplit(url)
     if parts.path.rstrip("/").endswith("/data/local-files"):
         local = parse_qs(parts.query).get("d")
         if local:
-            kept = [p for p in PurePosixPath(local[0]).parts if p not in ("/", ".", "..")]
-            return "/".join(kept)
-    return unquote(parts.path.rstrip("/").rsplit("/", 1)[-1])
+            return "/".join(_safe_parts(local[0]))
+    last = unquote(parts.path.rstrip("/").rsplit("/", 1)[-1])
+    kept = _safe_parts(last)
+    return kept[-1] if kept else ""
+
+
+def _safe_parts(path: str) -> list[str]:
+    """The components of a decoded path, either separator, without ``/``, ``.`` and ``..``."""
+    return [p for p in PurePosixPath(path.replace("\\", "/")).parts if p not in ("/", ".", "..")]
+
+
+def inside(root: Path, name: str | PurePosixPath) -> Path:
+    """``root / name``, refused unless it stays inside ``root`` once resolved.
+
+    Raises:
+        ValueError: the path would leave ``root`` (an absolute name, ``..``, a link out).
+    """
+    path = root / name
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError(f"{str(name)!r} would be written outside {root}; refused")
+    return path
 
 
 def _read_task(

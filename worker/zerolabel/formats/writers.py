@@ -25,6 +25,7 @@ from typing import Any
 
 from zerolabel.formats.coco import coco_annotation
 from zerolabel.formats.dataset import Dataset, ImageRecord, ObjectRecord
+from zerolabel.formats.reader import inside
 from zerolabel.formats.split import SPLITS
 
 logger = logging.getLogger(__name__)
@@ -136,11 +137,12 @@ def write_yolo(
             w, h = b.width / image.width, b.height / image.height
             lines.append(f"{cls} {cx:.10g} {cy:.10g} {w:.10g} {h:.10g}\n")
         sub = image.split or ""
-        path = root / "labels" / sub / f"{stem}.txt"
+        path = inside(root / "labels", PurePosixPath(sub) / f"{stem}.txt")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(lines))
         if images and image.file_name in images:
-            place_image(images[image.file_name], root / "images" / sub / image.file_name)
+            target = inside(root / "images", PurePosixPath(sub) / image.file_name)
+            place_image(images[image.file_name], target)
             placed += 1
     (root / "labels").mkdir(parents=True, exist_ok=True)
     (root / "labels" / "classes.txt").write_text("".join(f"{name}\n" for name in names))
@@ -201,13 +203,13 @@ def write_voc(
     names = class_names(ds, class_agnostic=class_agnostic)
     stems = label_stems(ds)
     for image, stem in zip(ds.images, stems, strict=True):
-        path = root / "Annotations" / f"{stem}.xml"
+        path = inside(root / "Annotations", f"{stem}.xml")
         path.parent.mkdir(parents=True, exist_ok=True)
         tree = ET.ElementTree(_voc_xml(image, class_agnostic))
         ET.indent(tree)
         tree.write(path, encoding="unicode")
         if images and image.file_name in images:
-            place_image(images[image.file_name], root / "JPEGImages" / image.file_name)
+            place_image(images[image.file_name], inside(root / "JPEGImages", image.file_name))
     lists = root / "ImageSets" / "Main"
     lists.mkdir(parents=True, exist_ok=True)
     (lists / "trainval.txt").write_text("".join(f"{stem}\n" for stem in stems))
