@@ -127,6 +127,10 @@ def test_predictions_for_a_control_the_config_lacks_are_refused_before_any_impor
     [
         ("a.jpg", "directly in the document root"),
         ("/srv/photos/a.jpg", "is not below the document root"),
+        ("set1/../../outside/a.jpg", "is not below the document root"),  # .. after a folder
+        ("set1/%2E%2E/%2E%2E/outside/a.jpg", "is not below the document root"),  # encoded
+        ("set1\\..\\..\\outside\\a.jpg", "is not below the document root"),  # backslashes
+        ("..", "is not below the document root"),
     ],
 )
 def test_urls_label_studio_cannot_serve_are_refused(run, path, message):
@@ -174,3 +178,11 @@ def test_client_calls_name_label_studio_endpoints(monkeypatch):
             },
         ),
     ]
+
+
+def test_a_link_out_of_the_document_root_is_refused(run, tmp_path):
+    (tmp_path / "escape").symlink_to(tmp_path.parent)
+    fake = FakeProject()
+    result = run(fake, [_task("escape/photos/a.jpg")])
+    assert result.exit_code == 1 and "is not below the document root" in result.output
+    assert fake.calls == []

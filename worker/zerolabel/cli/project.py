@@ -14,6 +14,7 @@ import os
 import posixpath
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import click
 
@@ -70,18 +71,20 @@ def storage_folder(tasks: list[dict[str, Any]], document_root: Path, url_prefix:
         ValueError: an image outside the document root (predict then writes its absolute
             path) or directly in it (Label Studio refuses a storage of the root itself).
     """
+    root = document_root.resolve()
     relative = []
     for task in tasks:
         url = image_url(task)
         if not url.startswith(url_prefix):
             continue
-        path = url[len(url_prefix) :]
-        if posixpath.isabs(path) or path.startswith("../"):
+        path = posixpath.normpath(unquote(url[len(url_prefix) :]).replace("\\", "/"))
+        outside = posixpath.isabs(path) or path == ".." or path.startswith("../")
+        if outside or not (root / path).resolve().is_relative_to(root):
             raise ValueError(
                 f"task {task.get('id')}: image {path} is not below the document root: run "
                 "predict with --document-root set to Label Studio's LOCAL_FILES_DOCUMENT_ROOT"
             )
-        relative.append(posixpath.dirname(posixpath.normpath(path)))
+        relative.append(posixpath.dirname(path))
     if not relative:
         return None
     common = posixpath.commonpath(relative)
@@ -90,7 +93,7 @@ def storage_folder(tasks: list[dict[str, Any]], document_root: Path, url_prefix:
             f"images lie directly in the document root {document_root}: Label Studio serves "
             "local files only from a subfolder of it; move them into one and predict again"
         )
-    return os.path.join(os.path.abspath(document_root), *common.split("/"))
+    return str(root.joinpath(*common.split("/")))
 
 
 def ensure_storage(client: Any, project: int, folder: str) -> bool:
