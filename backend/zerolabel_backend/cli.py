@@ -63,9 +63,12 @@ def serve(host: str, port: int, env_file: str | None) -> None:
 
 
 def _setup_logging(level: str) -> None:
+    from zerolabel.transport import redact_library_logs
+
     if not logging.getLogger().handlers:  # the zerolabel group may have set it up already
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)
+    redact_library_logs()
 
 
 def warn_if_open(host: str, authenticated: bool) -> bool:

@@ -18,15 +18,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 from PIL import Image
-from zerolabel.errors import ConfigError, ImageLoadError
-from zerolabel.io.fetch import (
-    ALLOWED_HOSTS_SETTING,
-    Fetcher,
-    FetchPolicy,
-    TransientFetchError,
-    parse_allowed_hosts,
-)
+from zerolabel.errors import ConfigError, ImageLoadError, TransientFetchError
+from zerolabel.io.fetch import Fetcher, FetchPolicy
 from zerolabel.io.images import ImageLimits
+from zerolabel.settings import WorkerSettings
+from zerolabel.sites import ALLOWED_HOSTS_SETTING
 
 from tests.servers import ReplyHandler, threaded_servers
 
@@ -541,7 +537,6 @@ def test_host_comparison(url: str, allowed: set[str], expected: bool):
 
 
 def test_policy_validation():
-    assert parse_allowed_hosts("a.com, b.com:8443 c") == {"a.com", "b.com:8443", "c"}
     for bad in ("a.com/path", "user@a.com", "a.com:notaport", ""):
         with pytest.raises(ConfigError, match=ALLOWED_HOSTS_SETTING):
             FetchPolicy(allowed_hosts=frozenset({bad}))
@@ -549,3 +544,38 @@ def test_policy_validation():
         FetchPolicy(ls_url="127.0.0.1:8080")
     assert LEGACY not in repr(FetchPolicy("http://ls", LEGACY))
     assert FetchPolicy(allowed_hosts={"a"}).allowed_hosts == frozenset({"a"})  # type: ignore[arg-type]
+
+
+def test_settings_make_the_one_policy_of_workers_and_commands(tmp_path: Path):
+    settings = WorkerSettings(
+        ls_url="http://ls:8080",
+        ls_token=LEGACY,
+        ls_aliases=("http://alias:8080",),
+        allowed_hosts=frozenset({"cdn.example"}),
+        local_roots=(str(tmp_path),),
+        ls_media=str(tmp_path),
+        fetch_timeout_s=7.0,
+    )
+    _, alias = settings.ls_sites().sites
+    policy = FetchPolicy.from_settings(settings, alias, budget_s=7.0)
+    assert (policy.ls_url, policy.ls_aliases, policy.ls_token) == (
+        "http://alias:8080",
+        ("http://ls:8080",),
+        LEGACY,
+    )
+    assert policy.allow_local_paths and policy.local_roots == (str(tmp_path),)
+    assert policy.allowed_hosts == {"cdn.example"} and policy.ls_folders.media == str(tmp_path)
+    assert (policy.timeout_s, policy.budget_s) == (7.0, 7.0)
+    bare = FetchPolicy.from_settings(settings, None)  # no Label Studio: no token, no folders
+    assert (bare.ls_url, bare.ls_token, bare.budget_s) == (None, None, None)
+    assert not bare.ls_folders and bare.local_roots == (str(tmp_path),)
+
+
+def test_a_closed_fetcher_opens_new_connections(
+    ls: FakeServer, fetcher_for: Callable[..., Fetcher]
+):
+    fetcher = fetcher_for(FetchPolicy(ls.url, LEGACY, **FAST))
+    fetcher.fetch("/data/upload/1/x.png", LIMITS)
+    fetcher.close()
+    assert fetcher.fetch("/data/upload/1/x.png", LIMITS).original_hw == (6, 8)
+    assert ls.authorizations() == [f"Token {LEGACY}"] * 2

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import socketserver
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from zerolabel.io.fetch import Fetcher, FetchPolicy, TransientFetchError
+from PIL import Image
+from zerolabel.errors import TransientFetchError
+from zerolabel.io.fetch import Fetcher, FetchPolicy
 from zerolabel.io.images import ImageLimits
 
 LIMITS = ImageLimits(max_bytes=1_000_000, max_pixels=1_000_000)
@@ -40,6 +43,18 @@ def _trickle(handler: socketserver.StreamRequestHandler, state: Stall) -> None:
 def _silent(handler: socketserver.StreamRequestHandler, state: Stall) -> None:
     """Reads the request and never answers."""
     state.stop.wait(10)
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (5, 3), (1, 2, 3)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _close_delimited(handler: socketserver.StreamRequestHandler, state: Stall) -> None:
+    """An HTTP/1.0 reply without a length: the body ends when the server hangs up."""
+    handler.wfile.write(b"HTTP/1.0 200 OK\r\nContent-Type: image/png\r\n\r\n" + _png())
+    state.sent = 1
 
 
 @pytest.fixture
@@ -77,6 +92,13 @@ def test_trickled_headers_fail_at_the_fetch_timeout(stalling):
             fetcher.fetch(f"{url}/img.png", LIMITS)
     assert state.connections == 1
     assert 0 < state.sent < len(HEADERS)  # gave up long before the headers were complete
+
+
+def test_a_body_that_ends_when_the_connection_closes_is_read_whole(stalling):
+    url, state = stalling(_close_delimited)
+    with Fetcher(FetchPolicy(url, timeout_s=2.0, retries=0)) as fetcher:
+        image = fetcher.fetch(f"{url}/img.png", LIMITS)
+    assert image.original_hw == (3, 5) and state.connections == 1
 
 
 def test_budget_stops_further_attempts_after_a_timeout(stalling):

@@ -1,4 +1,5 @@
-"""LabelStudioAuth and RetryPolicy against a fake Label Studio on 127.0.0.1."""
+"""LabelStudioAuth, requests' auth flow of Label Studio tokens, against a fake Label Studio on
+127.0.0.1."""
 
 from __future__ import annotations
 
@@ -12,19 +13,11 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from zerolabel.errors import ConfigError, DiscoveryError
-from zerolabel.labelstudio.auth import (
-    ACCESS_TOKEN_TTL_S,
-    TOKEN_REFRESH_PATH,
-    TRANSIENT_STATUSES,
-    LabelStudioAuth,
-    Origin,
-    RetryPolicy,
-    TokenExchangeError,
-    bound_origin,
-    may_receive_credentials,
-    plain_session,
-)
+from requests.structures import CaseInsensitiveDict
+from zerolabel.errors import ConfigError, TokenExchangeError
+from zerolabel.labelstudio.auth import ACCESS_TOKEN_TTL_S, TOKEN_REFRESH_PATH, LabelStudioAuth
+from zerolabel.sites import Origin, bound_origin, may_receive_credentials
+from zerolabel.transport import plain_session
 
 from tests.servers import threaded_servers
 
@@ -49,7 +42,6 @@ class FakeLabelStudio:
     access_tokens: list[str] = field(default_factory=list)
     revoked: set[str] = field(default_factory=set)
     exchange_reply: tuple[int, dict[str, Any]] | None = None  # instead of a fresh access token
-    busy: int = 0  # /flaky answers 503 this many times
 
     def exchanges(self) -> list[Seen]:
         return [s for s in self.seen if s.path == TOKEN_REFRESH_PATH]
@@ -66,14 +58,6 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server API)
         state = self._record(None)
-        path = urlsplit(self.path).path
-        if path == "/flaky":
-            if state.busy > 0:
-                state.busy -= 1
-                return self._json(503, {"detail": "busy"})
-            return self._json(200, {"ok": True})
-        if path == "/missing":
-            return self._json(404, {"detail": "Not found."})
         scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
         bearer_ok = token in state.access_tokens and token not in state.revoked
         if (scheme, token) == ("Token", LEGACY) or (scheme == "Bearer" and bearer_ok):
@@ -144,19 +128,22 @@ class FakeClock:
 
 
 def _get(auth: LabelStudioAuth, session: requests.Session, url: str) -> requests.Response:
-    """GET ``url`` the way callers do: through auth.send with a plain session."""
-
-    def request(headers: dict[str, str]) -> requests.Response:
-        return session.get(url, headers=headers, timeout=5)
-
-    def post(target: str, body: dict[str, str]) -> requests.Response:
-        return session.post(target, json=body, timeout=5)
-
-    return auth.send(url, request, post)
+    """GET ``url`` the way callers do: ``auth=`` on a plain session."""
+    return session.get(url, auth=auth, timeout=5)
 
 
-def _no_post(url: str, body: dict[str, str]) -> requests.Response:
-    raise AssertionError(f"a token exchange was attempted at {url}")
+class _NoExchange(requests.Session):
+    """A session for token exchanges that must never happen."""
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"a token exchange was attempted: {args}")
+
+
+def _header(auth: LabelStudioAuth, url: str) -> str | None:
+    """The Authorization header ``auth`` gives a request to ``url``, taken as it is given."""
+    request = requests.PreparedRequest()
+    request.url, request.headers = url, CaseInsensitiveDict()
+    return auth(request).headers.get("Authorization")
 
 
 # --- the header --------------------------------------------------------------------------
@@ -203,6 +190,18 @@ def test_refused_access_token_is_exchanged_again_once(ls, session):
     ls.revoked.add("access-1")
     assert _get(auth, session, f"{ls.url}/api/projects/1").status_code == 200
     assert ls.authorizations() == ["Bearer access-1", "Bearer access-1", "Bearer access-2"]
+
+
+def test_the_exchange_goes_through_the_callers_session(ls, session):
+    sent: list[str] = []
+    session.hooks["response"].append(lambda reply, **_: sent.append(reply.request.path_url))
+    auth = LabelStudioAuth(ls.url, PAT, session=session)
+    reply = _get(auth, session, f"{ls.url}/api/projects/1")
+    ls.revoked.add("access-1")
+    again = _get(auth, session, f"{ls.url}/api/projects/1")
+    assert reply.status_code == again.status_code == 200
+    assert [r.status_code for r in again.history] == [401]  # the refused try, kept as history
+    assert sent.count(TOKEN_REFRESH_PATH) == 2 and ls.exchanges()[0].authorization is None
 
 
 def test_access_token_refused_twice_returns_the_401(ls, session):
@@ -253,9 +252,9 @@ def test_no_header_for_another_origin_or_a_url_with_user_info(make_server, ls, s
 )
 def test_no_header_and_no_exchange_for(url: str):
     for token in (LEGACY, PAT):
-        auth = LabelStudioAuth("http://127.0.0.1:8080", token)
+        auth = LabelStudioAuth("http://127.0.0.1:8080", token, session=_NoExchange())
         assert not auth.covers(url)
-        assert auth.headers(url, _no_post) == {}
+        assert _header(auth, url) is None
 
 
 @pytest.mark.parametrize(
@@ -269,8 +268,24 @@ def test_no_header_and_no_exchange_for(url: str):
 )
 def test_header_for_the_bound_origin(bound: str, url: str):
     auth = LabelStudioAuth(bound, LEGACY)
-    assert auth.headers(url, _no_post) == {"Authorization": f"Token {LEGACY}"}
+    assert _header(auth, url) == f"Token {LEGACY}"
     assert may_receive_credentials(url, bound_origin(bound))
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        pytest.param("https://ls.example/base/data/upload/1/x.png", True, id="upload"),
+        pytest.param("https://ls.example/base/data/local-files/?d=a.png", True, id="local-files"),
+        pytest.param("https://ls.example/base/api/projects/", False, id="api"),
+        pytest.param("https://ls.example/data/upload/1/x.png", False, id="outside-the-base-path"),
+        pytest.param("https://other.example/base/data/upload/1/x.png", False, id="other-host"),
+    ],
+)
+def test_images_only_puts_the_header_on_image_paths_only(url: str, expected: bool):
+    auth = LabelStudioAuth("https://ls.example/base", LEGACY, images_only=True)
+    assert auth.covers(url) is expected
+    assert _header(auth, url) == (f"Token {LEGACY}" if expected else None)
 
 
 def test_the_bound_origin_is_parsed_once_from_the_url():
@@ -346,70 +361,3 @@ def test_hints_and_repr_name_the_kind_of_token_never_the_token():
     auth = LabelStudioAuth("http://ls.example", PAT)
     assert repr(auth) == "LabelStudioAuth('http://ls.example:80', <personal access token>)"
     assert PAT not in repr(auth) and LEGACY not in repr(LabelStudioAuth("http://x", LEGACY))
-
-
-# --- retries -----------------------------------------------------------------------------
-
-
-class _Failed(DiscoveryError):
-    def __init__(self, status: int) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-
-
-def _fetch_status(session: requests.Session, url: str) -> Callable[[], int]:
-    def attempt() -> int:
-        status = session.get(url, timeout=5).status_code
-        if status >= 400:
-            raise _Failed(status)
-        return status
-
-    return attempt
-
-
-def _transient(exc: DiscoveryError) -> bool:
-    return isinstance(exc, _Failed) and exc.status in TRANSIENT_STATUSES
-
-
-def test_transient_statuses_are_retried_with_doubling_pauses(ls, session):
-    ls.busy = 2
-    pauses: list[float] = []
-    policy = RetryPolicy(retries=3, backoff_s=0.5)
-    assert (
-        policy.run(
-            _fetch_status(session, f"{ls.url}/flaky"), transient=_transient, sleep=pauses.append
-        )
-        == 200
-    )
-    assert [s.path for s in ls.seen] == ["/flaky"] * 3 and pauses == [0.5, 1.0]
-
-
-def test_retries_give_up_with_the_last_error(ls, session):
-    ls.busy = 10
-    pauses: list[float] = []
-    with pytest.raises(_Failed) as caught:
-        RetryPolicy(retries=2, backoff_s=0.25).run(
-            _fetch_status(session, f"{ls.url}/flaky"), transient=_transient, sleep=pauses.append
-        )
-    assert caught.value.status == 503 and len(ls.seen) == 3 and pauses == [0.25, 0.5]
-
-
-def test_a_permanent_failure_is_not_retried(ls, session):
-    pauses: list[float] = []
-    with pytest.raises(_Failed) as caught:
-        RetryPolicy(retries=3).run(
-            _fetch_status(session, f"{ls.url}/missing"), transient=_transient, sleep=pauses.append
-        )
-    assert caught.value.status == 404 and len(ls.seen) == 1 and pauses == []
-
-
-def test_the_transient_statuses():
-    assert {408, 425, 429, 500, 502, 503, 504, 599} <= TRANSIENT_STATUSES
-    assert not {200, 301, 400, 401, 403, 404, 409, 422} & TRANSIENT_STATUSES
-
-
-def test_retry_policy_validation():
-    assert RetryPolicy(retries=0).attempts == 1
-    for bad in ({"retries": -1}, {"backoff_s": -0.1}):
-        with pytest.raises(ConfigError, match="RetryPolicy"):
-            RetryPolicy(**bad)

@@ -11,8 +11,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from zerolabel.errors import LabelStudioError
 from zerolabel.labelstudio.auth import ACCESS_TOKEN_TTL_S, is_personal_access_token
-from zerolabel.labelstudio.client import LabelStudioClient, LabelStudioError
+from zerolabel.labelstudio.client import LabelStudioClient
 
 from tests.servers import ReplyHandler
 

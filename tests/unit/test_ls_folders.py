@@ -86,7 +86,7 @@ def test_a_folder_that_does_not_exist_is_refused_naming_its_setting(tmp_path):
     with pytest.raises(ConfigError, match="ZEROLABEL_LABEL_STUDIO_MEDIA"):
         LabelStudioFolders(media=str(tmp_path / "nowhere")).check()
     with pytest.raises(ConfigError, match="ZEROLABEL_LABEL_STUDIO_FILES"):
-        WorkerSettings(ls_files_root=str(tmp_path / "nowhere")).ls_folders()
+        FetchPolicy.from_settings(WorkerSettings(ls_files_root=str(tmp_path / "nowhere")), None)
     env = {"ZEROLABEL_LABEL_STUDIO_MEDIA": str(tmp_path), "ZEROLABEL_LABEL_STUDIO_FILES": "/x"}
     settings = WorkerSettings.from_env(env)
     assert (settings.ls_media, settings.ls_files_root) == (str(tmp_path), "/x")

@@ -1,6 +1,10 @@
 """Worker and CLI settings, read from the environment once per process in entry points.
 
-Every variable is documented in docker/zerolabel.env.example and the README.
+Every variable is documented in docker/zerolabel.env.example and the README. Settings hold
+values, checked here so that a process fails at start; the modules they configure build their
+objects from them (e.g. :meth:`zerolabel.io.fetch.FetchPolicy.from_settings`). This module sits
+below all of those: of the package it imports only modules that need nothing but the standard
+library (:mod:`zerolabel.sites`, :mod:`zerolabel.methods`, :mod:`zerolabel.contract`).
 """
 
 from __future__ import annotations
@@ -12,27 +16,28 @@ import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from zerolabel import methods
 from zerolabel.contract import DiscoverySpec
 from zerolabel.errors import ConfigError
-from zerolabel.methods import MethodKind
-
-if TYPE_CHECKING:
-    from zerolabel.io.ls_folders import LabelStudioFolders
-    from zerolabel.labelstudio.auth import LabelStudioSites
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+from zerolabel.methods import FALSE_WORDS, TRUE_WORDS, MethodKind
+from zerolabel.sites import (
+    ALLOWED_HOSTS_SETTING,
+    LS_ALIASES_SETTING,
+    LS_TOKEN_SETTING,
+    LS_URL_SETTING,
+    LabelStudioSites,
+    parse_allowed_hosts,
+)
 
 
 def parse_bool(name: str, value: str) -> bool:
     """Strict boolean: a typo is an error, never a silent False."""
     lowered = value.strip().lower()
-    if lowered in _TRUE:
+    if lowered in TRUE_WORDS:
         return True
-    if lowered in _FALSE:
+    if lowered in FALSE_WORDS:
         return False
     raise ConfigError(f"{name}={value!r} is not a boolean (use one of: true, false, 1, 0)")
 
@@ -249,21 +254,7 @@ class WorkerSettings:
         Raises:
             ConfigError: a URL credentials may not go to, or aliases without a Label Studio URL.
         """
-        from zerolabel.labelstudio.auth import LabelStudioSites
-
         return LabelStudioSites.configure(self.ls_url, self.ls_aliases)
-
-    def ls_folders(self) -> LabelStudioFolders:
-        """Label Studio's upload and local-files folders as mounted here (read, not downloaded).
-
-        Raises:
-            ConfigError: one of them is not a folder.
-        """
-        from zerolabel.io.ls_folders import LabelStudioFolders
-
-        folders = LabelStudioFolders(self.ls_media, self.ls_files_root)
-        folders.check()
-        return folders
 
     @property
     def weights(self) -> str:
@@ -356,17 +347,15 @@ def _port(read: EnvReader, name: str) -> int | None:
 
 def _fetch_fields(read: EnvReader) -> dict[str, Any]:
     fields: dict[str, Any] = {}
-    ls_url = read.text("LABEL_STUDIO_URL")
+    ls_url = read.text(LS_URL_SETTING)
     if ls_url:
         fields["ls_url"] = ls_url.rstrip("/")
-    fields["ls_token"] = read.text("LABEL_STUDIO_API_KEY")
-    aliases = read.text("ZEROLABEL_LABEL_STUDIO_ALIASES")
+    fields["ls_token"] = read.text(LS_TOKEN_SETTING)
+    aliases = read.text(LS_ALIASES_SETTING)
     if aliases:
         fields["ls_aliases"] = tuple(a.strip() for a in aliases.split(",") if a.strip())
-    hosts = read.text("ZEROLABEL_ALLOWED_HOSTS")
+    hosts = read.text(ALLOWED_HOSTS_SETTING)
     if hosts:
-        from zerolabel.io.fetch import parse_allowed_hosts
-
         fields["allowed_hosts"] = parse_allowed_hosts(hosts)
     roots = read.text("ZEROLABEL_LOCAL_ROOTS")
     if roots:

@@ -15,7 +15,8 @@ from typing import Any
 import click
 
 from zerolabel import methods
-from zerolabel.cli.errors import JSONFileError, remember_url
+from zerolabel.cli.errors import remember_url
+from zerolabel.errors import JSONFileError
 from zerolabel.io.images import IMAGE_SUFFIXES
 
 
@@ -124,16 +125,7 @@ def cli_fetcher(settings: Any) -> tuple[Any, Any]:
     from zerolabel.io.fetch import Fetcher, FetchPolicy
     from zerolabel.io.images import ImageLimits
 
-    fetcher = Fetcher(
-        FetchPolicy(
-            ls_url=settings.ls_url,
-            ls_token=settings.ls_token,
-            ls_aliases=settings.ls_aliases,
-            allowed_hosts=settings.allowed_hosts,
-            timeout_s=settings.fetch_timeout_s,
-            ls_folders=settings.ls_folders(),
-        )
-    )
+    fetcher = Fetcher(FetchPolicy.from_settings(settings, settings.ls_sites().primary))
     return fetcher, ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import IO, Any, Literal
 from urllib.parse import urlsplit
 
@@ -62,18 +61,6 @@ _OPTION_MENTIONS: dict[str, tuple[str, ...]] = {
     "--fitted": (" (or --fitted)",),
     "--half": (" / --half",),
 }
-
-
-class JSONFileError(ValueError):
-    """A file that should hold JSON does not; names the file, line and column."""
-
-    def __init__(self, path: str | Path, error: json.JSONDecodeError) -> None:
-        super().__init__(
-            f"{path}: not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}"
-        )
-        self.path = str(path)
-        self.lineno = error.lineno
-        self.colno = error.colno
 
 
 def remember_url(service: Service, url: str | None) -> None:
@@ -186,7 +173,7 @@ def _describe(exc: BaseException, ctx: click.Context | None) -> str | None:
 
 
 def _discovery_message(exc: DiscoveryError, ctx: click.Context | None) -> str:
-    from zerolabel.labelstudio.client import LabelStudioError
+    from zerolabel.errors import LabelStudioError
 
     url = _remembered(ctx, "label_studio")
     if isinstance(exc, LabelStudioError) and exc.status is None and url:

@@ -22,6 +22,7 @@ from zerolabel.cli.common import expand_inputs, parse_params
 from zerolabel.cli.errors import ZerolabelGroup, remember_url
 from zerolabel.cli.options import (
     local_files_options,
+    preset_option,
     shapes_option,
     tasks_shapes,
     weights_options,
@@ -32,11 +33,14 @@ logger = logging.getLogger("zerolabel")
 
 
 def _setup_logging(verbose: bool) -> None:
+    from zerolabel.transport import redact_library_logs
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    redact_library_logs()
 
 
 @click.group(cls=ZerolabelGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,6 +106,7 @@ def main(verbose: bool, env_file: str | None) -> None:
     default=None,
     help="Resize to SIDE x SIDE ignoring aspect (MaskCut authors used 480).",
 )
+@preset_option
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:1 ... [default: auto].")
 @click.option("--half", is_flag=True, default=None, help="fp16 weights (CUDA only).")
 @click.option(
@@ -145,6 +150,7 @@ def predict(
     checkpoint: str | None,
     max_side: int | None,
     square: int | None,
+    preset: str,
     device: str | None,
     half: bool | None,
     precision: str | None,
@@ -188,6 +194,7 @@ def predict(
     job = batch.BatchJob.create(
         settings,
         square=square,
+        preset=preset,
         params=typed,
         masks=not no_masks,
         refine=refine,

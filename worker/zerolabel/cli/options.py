@@ -8,8 +8,10 @@ from typing import Any
 import click
 
 from zerolabel.contract import SHAPE_FORMS
+from zerolabel.methods import PRESETS
+from zerolabel.sites import LOCAL_FILES_PATH
 
-LOCAL_FILES_PREFIX = "/data/local-files/?d="
+LOCAL_FILES_PREFIX = f"{LOCAL_FILES_PATH}?d="
 
 
 def local_files_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,6 +64,16 @@ def weights_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "dora_vits16 or any timm ViT name [default: ZEROLABEL_BACKBONE].",
     )(func)
 
+
+preset_option = click.option(
+    "--preset",
+    type=click.Choice(PRESETS),
+    default="default",
+    show_default=True,
+    help="Input sizing: default (this product's: longer side capped) or paper (the method's "
+    "authors': full resolution, DSS cut to whole patches, MaskCut and ProMerge 480x480); "
+    "--max-side or --square replaces its size.",
+)
 
 shapes_option = click.option(
     "--shapes",

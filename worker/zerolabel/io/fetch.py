@@ -1,110 +1,102 @@
 """Fetch task images: Label Studio URLs, allow-listed http(s) hosts and (for CLI jobs) local files.
 
-What a URI may name is decided by a :class:`FetchPolicy`:
+What a URI may name is decided by a :class:`FetchPolicy`; a worker or a CLI command builds its
+own with :meth:`FetchPolicy.from_settings`:
 
 - ``/data/upload/...``, ``/data/local-files/?d=...`` and any other path starting with ``/`` are
-  Label Studio URLs, joined to ``ls_url``.
-- ``http(s)://`` URLs are fetched only from the Label Studio hosts (``ls_url`` and ``ls_aliases``)
-  and ``allowed_hosts`` (hosts compared without scheme, ports 80 and 443 taken as the default);
-  redirects are followed by hand and every target is checked again.
-- Every http(s) URL is parsed once, by :func:`parse_target`, into a :class:`Target`: the policy
-  checks that object and the request goes to the URL re-serialised from it. URLs with user info,
-  backslashes, control characters, whitespace or %-escapes in the host part, dot segments, or
-  that HTTP libraries would read differently, are refused before any request.
-- Only image paths (``/data/upload/...`` and ``/data/local-files/...``) of a configured Label
-  Studio origin get the token: never its API, never another host, also after redirects.
+  Label Studio URLs, joined to ``ls_url``. With no ``ls_url`` set, an absolute path outside
+  ``/data/upload/`` and ``/data/local-files/`` is a local path.
+- Every http(s) URL is parsed once, by :func:`parse_http_url`, into a :class:`ParsedURL`; the
+  request goes to the URL re-serialised from that parse. URLs with user info, backslashes,
+  control characters, whitespace or %-escapes in the host part, dot segments, or that HTTP
+  libraries would read differently, are refused before any request.
+- Then one object, the policy's :class:`~zerolabel.sites.Destinations`, answers for that URL
+  (and for each redirect, followed by hand): refused, unless its host is a Label Studio one
+  (``ls_url``, ``ls_aliases``) or in ``allowed_hosts``; it carries the token only when it is an
+  image path (``/data/upload/...``, ``/data/local-files/...``) of a configured origin, never its
+  API, never another host; and such an image is read from disk when Label Studio's folders are
+  mounted here (:mod:`zerolabel.io.ls_folders`).
 - Local paths and ``file://`` URLs only with ``allow_local_paths``, inside ``local_roots`` if given.
-- Image URLs of a configured Label Studio whose folders are mounted here
-  (:mod:`zerolabel.io.ls_folders`) are read from disk; the rest of this module's checks apply
-  to the URL first.
-  With no ``ls_url`` set, an absolute path outside ``/data/upload/`` and ``/data/local-files/``
-  is a local path.
 
 The Authorization header (a legacy token, or the access token a personal access token is
-exchanged for) comes from :class:`~zerolabel.labelstudio.auth.LabelStudioAuth`, which gives it
-only to URLs of the Label Studio origin; the retry policy and the transient statuses come from
-the same module.
-
-One deadline bounds each attempt: connecting, every redirect, the response headers and the body
-together. Each socket read and write waits at most for what is left of it, so a server that
-trickles its headers or body byte by byte fails at the fetch timeout, not later.
-``FetchPolicy.budget_s`` bounds all attempts of one fetch together (queued jobs use it, so a dead
-host costs about one timeout per job run).
+exchanged for) is added by :class:`~zerolabel.labelstudio.auth.LabelStudioAuth`, a requests auth
+flow. Transient failures (connection, timeout, :data:`~zerolabel.transport.TRANSIENT_STATUSES`)
+are retried by urllib3, through the session's :class:`~zerolabel.io.deadline.BudgetRetries`; a
+body cut short after the headers, which urllib3 cannot retry, takes the same retries here. One
+deadline bounds each attempt, the body included (:mod:`zerolabel.io.deadline`);
+``FetchPolicy.budget_s`` bounds all attempts of one fetch together (queued jobs use it, so a
+dead host costs about one timeout per job run).
 
 Errors: :class:`TransientFetchError` (retried here, then raised: the job may be retried later)
-and :class:`~zerolabel.errors.ImageLoadError` for everything a retry will not fix. Messages and this
-module's logs never hold a token, and keep a URL's query string only for ``?d=`` of local-files
-URLs (urllib3's own DEBUG log does print request paths with their query strings).
+and :class:`~zerolabel.errors.ImageLoadError` for everything a retry will not fix. Messages and
+this module's logs never hold a token, and keep a URL's query string only for ``?d=`` of
+local-files URLs; urllib3's own logs name request paths with their query strings (its DEBUG log
+of each request, its WARNING when it retries after a connection failure).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import dataclasses
 import logging
 import re
-import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 import requests
-from requests.adapters import DEFAULT_POOLBLOCK, HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import DecodeError, LocationParseError, ReadTimeoutError
+from urllib3.exceptions import DecodeError, LocationParseError, MaxRetryError, ReadTimeoutError
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.util import parse_url
+from urllib3.util.retry import Retry
 
 from zerolabel import metrics
-from zerolabel.errors import ConfigError, DiscoveryError, ImageLoadError
+from zerolabel.errors import (
+    ConfigError,
+    ImageLoadError,
+    TokenExchangeError,
+    TransientFetchError,
+    UnsafeURLError,
+)
+from zerolabel.io.deadline import Attempts, BudgetRetries, DeadlineAdapter
 from zerolabel.io.images import ImageLimits, LoadedImage, decode, read_file
 from zerolabel.io.ls_folders import LabelStudioFolders
-from zerolabel.labelstudio.auth import (
+from zerolabel.labelstudio.auth import TOKEN_REFRESH_PATH, LabelStudioAuth
+from zerolabel.sites import (
+    ALLOWED_HOSTS_SETTING,
+    DEFAULT_PORTS,
+    IMAGE_PATH_PREFIXES,
+    LOCAL_FILES_PATH,
     LS_TOKEN_SETTING,
     LS_URL_SETTING,
-    TOKEN_REFRESH_PATH,
-    TRANSIENT_STATUSES,
-    LabelStudioAuth,
+    Destinations,
+    LabelStudioSite,
     LabelStudioSites,
     Origin,
-    RetryPolicy,
-    TokenExchangeError,
-    plain_session,
+    Route,
+    host_key,
 )
+from zerolabel.transport import TRANSIENT_STATUSES, plain_session, root_cause, timed_out
+
+if TYPE_CHECKING:
+    from zerolabel.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
-ALLOWED_HOSTS_SETTING = "ZEROLABEL_ALLOWED_HOSTS"
-"""Environment variable named in errors about hosts that are not allowed."""
-
 MAX_REDIRECTS = 3
 
-_LS_PREFIXES = ("/data/upload/", "/data/local-files/")
 _REDIRECTS = {301, 302, 303, 307, 308}
 _CHUNK = 64 * 1024
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _HOST = re.compile(r"[a-z0-9_.-]+|[0-9a-f:.]+")  # a name or IPv4 address; an IPv6 address
 
 
-class TransientFetchError(ImageLoadError):
-    """A failure that may pass (connection, timeout, HTTP 429 or 5xx), raised after the retries."""
-
-
-class UnsafeURLError(ValueError):
-    """An http(s) URL refused by :func:`parse_target`; the message says why (never the URL)."""
-
-
 @dataclass(frozen=True)
-class Target:
+class ParsedURL:
     """An http(s) URL parsed once: the policy checks this object, the request goes to ``url``.
 
     Attributes:
@@ -130,7 +122,7 @@ class Target:
         return Origin(self.scheme, self.host, self.port)
 
 
-def parse_target(url: str) -> Target:
+def parse_http_url(url: str) -> ParsedURL:
     """Parse an absolute http(s) URL once, refusing what parsers could read differently.
 
     Refused: backslashes and control characters anywhere; user info, whitespace, %-escapes or
@@ -150,7 +142,7 @@ def parse_target(url: str) -> Target:
         scheme, port = parts.scheme.lower(), parts.port
     except ValueError:
         raise UnsafeURLError("is not a valid URL (bad port or brackets)") from None
-    if scheme not in _DEFAULT_PORTS:
+    if scheme not in DEFAULT_PORTS:
         raise UnsafeURLError("is not an http(s) URL")
     if "@" in parts.netloc:
         raise UnsafeURLError("has user info (user@host); give the URL without it")
@@ -164,15 +156,15 @@ def parse_target(url: str) -> Target:
     if any(segment in (".", "..") for segment in unquote(path).split("/")):
         raise UnsafeURLError("has '.' or '..' path segments")
     authority = f"[{host}]" if ":" in host else host
-    if port is not None and port != _DEFAULT_PORTS[scheme]:
+    if port is not None and port != DEFAULT_PORTS[scheme]:
         authority += f":{port}"
     wire = _as_requests_sends(urlunsplit((scheme, authority, path, parts.query, "")))
     sent = urlsplit(wire)
-    port = _DEFAULT_PORTS[scheme] if port is None else port
-    target = Target(scheme, host, port, sent.path, sent.query, wire)
-    if not _read_alike(target) or _as_requests_sends(wire) != wire:
+    port = DEFAULT_PORTS[scheme] if port is None else port
+    parsed = ParsedURL(scheme, host, port, sent.path, sent.query, wire)
+    if not _read_alike(parsed) or _as_requests_sends(wire) != wire:
         raise UnsafeURLError("is read differently by HTTP libraries")
-    return target
+    return parsed
 
 
 def _as_requests_sends(url: str) -> str:
@@ -185,16 +177,16 @@ def _as_requests_sends(url: str) -> str:
     return str(prepared.url)
 
 
-def _read_alike(target: Target) -> bool:
-    """Whether urllib.parse and urllib3 both read ``target.url`` as ``target``'s parts."""
+def _read_alike(parsed: ParsedURL) -> bool:
+    """Whether urllib.parse and urllib3 both read ``parsed.url`` as ``parsed``'s parts."""
     try:
-        split = urlsplit(target.url)
-        urllib3_parts = parse_url(target.url)
+        split = urlsplit(parsed.url)
+        urllib3_parts = parse_url(parsed.url)
         split_port = split.port
     except (ValueError, LocationParseError):
         return False
-    default = _DEFAULT_PORTS[target.scheme]
-    ours = (target.scheme, target.host, target.port, target.path, target.query)
+    default = DEFAULT_PORTS[parsed.scheme]
+    ours = (parsed.scheme, parsed.host, parsed.port, parsed.path, parsed.query)
     by_split = (
         split.scheme,
         split.hostname,
@@ -253,20 +245,91 @@ class FetchPolicy:
         object.__setattr__(self, "allowed_hosts", frozenset(self.allowed_hosts))
         object.__setattr__(self, "local_roots", tuple(self.local_roots))
         object.__setattr__(self, "ls_aliases", tuple(self.ls_aliases))
-        if self.ls_url is not None or self.ls_aliases:
-            LabelStudioSites.configure(self.ls_url, self.ls_aliases)
-        _host_keys(self.allowed_hosts)
+        self.destinations()  # a URL credentials may not go to, a malformed host
         if self.timeout_s <= 0 or self.retries < 0 or self.backoff_s < 0:
             raise ConfigError("FetchPolicy needs timeout_s > 0, retries >= 0 and backoff_s >= 0")
         if self.budget_s is not None and self.budget_s <= 0:
             raise ConfigError("FetchPolicy needs budget_s > 0 (or None)")
 
+    @classmethod
+    def from_settings(
+        cls,
+        settings: WorkerSettings,
+        site: LabelStudioSite | None,
+        *,
+        budget_s: float | None = None,
+    ) -> FetchPolicy:
+        """The policy of a worker's or a CLI command's fetcher, from its settings.
 
-def parse_allowed_hosts(value: str) -> frozenset[str]:
-    """Parse a comma- or space-separated host list, as given in ZEROLABEL_ALLOWED_HOSTS."""
-    hosts = frozenset(part for part in re.split(r"[,\s]+", value) if part)
-    _host_keys(hosts)
-    return hosts
+        The one place settings become a policy: the Label Studio token, the allowed hosts, the
+        local roots (local paths are accepted inside them once any is set), Label Studio's
+        mounted folders and the fetch timeout. Call it at start too: it fails on what no fetch
+        could serve.
+
+        Args:
+            settings: the process's settings.
+            site: the configured Label Studio site relative task URLs are joined to; the other
+                configured sites are its aliases. None: no Label Studio (no token, no folders).
+            budget_s: see the attribute (queued jobs pass the fetch timeout: RQ does the
+                re-runs).
+
+        Raises:
+            ConfigError: a Label Studio folder that is not a folder, or a setting
+                :class:`FetchPolicy` refuses.
+        """
+        folders = LabelStudioFolders(settings.ls_media, settings.ls_files_root)
+        folders.check()
+        policy = cls(
+            allowed_hosts=settings.allowed_hosts,
+            allow_local_paths=bool(settings.local_roots),
+            local_roots=settings.local_roots,
+            timeout_s=settings.fetch_timeout_s,
+            budget_s=budget_s,
+        )
+        if site is None:
+            return policy
+        others = tuple(s.url for s in settings.ls_sites().sites if s != site)
+        return dataclasses.replace(
+            policy,
+            ls_url=site.url,
+            ls_token=settings.ls_token,
+            ls_aliases=others,
+            ls_folders=folders,
+        )
+
+    def destinations(self) -> Destinations:
+        """Where requests may go, and which carry the token (see :mod:`zerolabel.sites`).
+
+        Raises:
+            ConfigError: a Label Studio URL credentials may not go to, or a malformed host.
+        """
+        sites = LabelStudioSites.configure(self.ls_url, self.ls_aliases)
+        return Destinations(sites, self.allowed_hosts)
+
+
+@dataclass(frozen=True)
+class _Located:
+    """An http(s) URL the policy allows, with where it leads."""
+
+    parsed: ParsedURL
+    route: Route
+
+    @property
+    def url(self) -> str:
+        """The URL the request goes to."""
+        return self.parsed.url
+
+
+class _Cut(Exception):
+    """A failure urllib3 did not see (a body cut short, a token exchange that may pass): the
+    fetch's own retries decide whether it is tried again."""
+
+    def __init__(self, error: Exception, source: str, url: str, reason: str) -> None:
+        super().__init__(reason)
+        self.error = error
+        self.source = source
+        self.url = url
+        self.reason = reason
 
 
 class Fetcher:
@@ -284,18 +347,24 @@ class Fetcher:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.policy = policy
-        self.sites = LabelStudioSites.configure(policy.ls_url, policy.ls_aliases)
-        self._auth = (
-            LabelStudioAuth(policy.ls_url, policy.ls_token, clock=clock, aliases=policy.ls_aliases)
-            if policy.ls_url
-            else None
-        )
-        self._retry = RetryPolicy(policy.retries, policy.backoff_s)
-        self._allowed = _host_keys(policy.allowed_hosts)
-        self._allowed.update(_host_key(origin.host, origin.port) for origin in self.sites.origins)
-        self._session: requests.Session | None = None
+        self.destinations = policy.destinations()
+        self.sites = self.destinations.sites
         self._clock = clock
         self._sleep = sleep
+        self._adapter = DeadlineAdapter()
+        self._session = plain_session(self._adapter)  # no credentials from ~/.netrc
+        self._auth = (
+            LabelStudioAuth(
+                self.sites,
+                policy.ls_token,
+                images_only=True,
+                session=self._session,
+                timeout_s=policy.timeout_s,
+                clock=clock,
+            )
+            if self.sites.primary is not None
+            else None
+        )
 
     def __enter__(self) -> Fetcher:
         return self
@@ -309,10 +378,8 @@ class Fetcher:
         self.close()
 
     def close(self) -> None:
-        """Close the HTTP session; a later fetch opens a new one."""
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        """Close the HTTP connections; a later fetch opens new ones."""
+        self._session.close()
 
     def fetch(self, uri: str, limits: ImageLimits, *, max_side: int | None = None) -> LoadedImage:
         """Resolve, download (with retries) and decode one image.
@@ -326,18 +393,18 @@ class Fetcher:
             TransientFetchError: a network failure that outlasted the retries.
             ImageLoadError: anything a retry would not fix.
         """
-        target = self.resolve(uri)
-        if isinstance(target, Path):
+        located = self._locate(uri)
+        if isinstance(located, Path):
             with metrics.timed("fetch"):
-                data, source, content_type = read_file(target, limits), str(target), ""
+                data, source, content_type = read_file(located, limits), str(located), ""
         else:
-            source = _display(target.url)
-            on_disk = self._on_disk(target)
+            source = _display(located.url)
+            on_disk = self._on_disk(located)
             with metrics.timed("fetch"):
                 if on_disk is not None:
                     data, content_type = _read_for(on_disk, source, limits), ""
                 else:
-                    data, content_type = self._download(target, limits)
+                    data, content_type = self._download(located, limits)
         try:
             with metrics.timed("decode"):
                 return decode(data, source, limits, max_side=max_side)
@@ -355,26 +422,24 @@ class Fetcher:
             TransientFetchError: a network failure that outlasted the retries.
             ImageLoadError: anything a retry would not fix.
         """
-        target = self.resolve(uri)
-        if isinstance(target, Path):
-            return read_file(target, limits)
-        on_disk = self._on_disk(target)
+        located = self._locate(uri)
+        if isinstance(located, Path):
+            return read_file(located, limits)
+        on_disk = self._on_disk(located)
         if on_disk is not None:
-            return _read_for(on_disk, _display(target.url), limits)
-        return self._download(target, limits)[0]
+            return _read_for(on_disk, _display(located.url), limits)
+        return self._download(located, limits)[0]
 
-    def _on_disk(self, target: Target) -> Path | None:
-        """The file of a configured Label Studio's image URL in its mounted folders, or None."""
-        folders = self.policy.ls_folders
-        if not folders:
-            return None
-        for site in self.sites.sites:
-            if site.origin == target.origin and site.serves_images_at(target.path):
-                return folders.file_for(target.path.removeprefix(site.base_path), target.query)
-        return None
+    def allows(self, url: str) -> bool:
+        """Whether the policy lets an absolute http(s) URL be fetched."""
+        try:
+            parsed = parse_http_url(url)
+        except UnsafeURLError:
+            return False
+        return self.destinations.route(parsed.origin, parsed.path) is not None
 
-    def resolve(self, uri: str) -> Target | Path:
-        """The parsed URL or the local path ``uri`` names, refused if the policy forbids it."""
+    def _locate(self, uri: str) -> _Located | Path:
+        """The allowed URL or the local path ``uri`` names, refused if the policy forbids it."""
         uri = uri.strip()
         if not uri:
             raise ImageLoadError(repr(uri), "empty image URI")
@@ -383,7 +448,7 @@ class Fetcher:
         except ValueError:
             raise ImageLoadError(_display(uri), "not a valid URL (bad port or brackets)") from None
         scheme = parts.scheme.lower()
-        if scheme in ("http", "https"):
+        if scheme in DEFAULT_PORTS:
             return self._checked(uri, uri)
         if scheme == "file":
             if parts.netloc not in ("", "localhost"):
@@ -393,47 +458,36 @@ class Fetcher:
             reason = f"unsupported URL scheme {scheme!r}: give a Label Studio or http(s) URL"
             raise ImageLoadError(_display(uri), reason)
         if uri.startswith("/") and (
-            self._auth or uri.startswith(_LS_PREFIXES) or not self.policy.allow_local_paths
+            self.sites.primary is not None
+            or uri.startswith(IMAGE_PATH_PREFIXES)
+            or not self.policy.allow_local_paths
         ):
             return self._checked(self._ls_url(uri), uri)
         return self._local_path(Path(uri), uri)
 
-    def allows(self, url: str) -> bool:
-        """Whether the policy lets an absolute http(s) URL be fetched."""
-        try:
-            return self._allowed_target(parse_target(url))
-        except UnsafeURLError:
-            return False
-
-    def sends_token(self, target: Target) -> bool:
-        """Whether a request to ``target`` carries the Label Studio token.
-
-        Only image paths of a configured Label Studio origin, and only with a token configured.
-        """
-        return (
-            self._auth is not None
-            and self.sites.may_send_token(target.origin, target.path)
-            and self._auth.covers(target.url)
-        )
-
-    def _allowed_target(self, target: Target) -> bool:
-        return _host_key(target.host, target.port) in self._allowed
-
-    def _checked(self, url: str, source: str, *, redirected: bool = False) -> Target:
-        """``url`` parsed once and checked against the allow-list; ImageLoadError if refused."""
+    def _checked(self, url: str, source: str, *, redirected: bool = False) -> _Located:
+        """``url`` parsed once and routed by the policy; ImageLoadError if refused."""
         where = f"redirected to {_display(url)}: " if redirected else ""
         try:
-            target = parse_target(url)
+            parsed = parse_http_url(url)
         except UnsafeURLError as exc:
             raise ImageLoadError(_display(source), f"{where}URL refused: it {exc}") from None
-        if self._allowed_target(target):
-            return target
-        host = _host_key(target.host, target.port)
+        route = self.destinations.route(parsed.origin, parsed.path)
+        if route is not None:
+            return _Located(parsed, route)
+        host = host_key(parsed.host, parsed.port)
         raise ImageLoadError(
             _display(source),
             f"{where}host {host!r} is not allowed; add it to {ALLOWED_HOSTS_SETTING} "
             "(comma-separated host or host:port) to fetch images from it",
         )
+
+    def _on_disk(self, located: _Located) -> Path | None:
+        """The file of a configured Label Studio's image URL in its mounted folders, or None."""
+        folders = self.policy.ls_folders
+        if not folders or located.route.image_path is None:
+            return None
+        return folders.file_for(located.route.image_path, located.parsed.query)
 
     def _ls_url(self, path: str) -> str:
         primary = self.sites.primary
@@ -456,118 +510,119 @@ class Fetcher:
             raise ImageLoadError(uri, f"resolves to {resolved}, outside the local roots ({listed})")
         return resolved
 
-    def _download(self, url: Target, limits: ImageLimits) -> tuple[bytes, str]:
-        budget = self.policy.budget_s
-        end = None if budget is None else self._clock() + budget
-        attempts = 0
+    def _download(self, located: _Located, limits: ImageLimits) -> tuple[bytes, str]:
+        """The body and its content type, after the retries the policy allows."""
+        policy = self.policy
+        attempts = Attempts(policy.timeout_s, policy.budget_s, self._clock)
+        self._adapter.max_retries = BudgetRetries.of(
+            attempts, policy.retries, policy.backoff_s, sleep=self._sleep
+        )
+        with attempts.bounded():
+            while True:
+                try:
+                    return self._attempt(located, limits, attempts)
+                except _Cut as cut:
+                    self._adapter.max_retries = self._again(cut, attempts)
 
-        def attempt() -> tuple[bytes, str]:
-            nonlocal attempts
-            attempts += 1
-            deadline = self._clock() + self.policy.timeout_s
-            return self._attempt(url, limits, deadline if end is None else min(deadline, end))
+    def _again(self, cut: _Cut, attempts: Attempts) -> Retry:
+        """The retry state after a failure urllib3 did not see, once its pause is taken.
 
-        def again(exc: DiscoveryError) -> bool:
-            pause = self._retry.pause_s(attempts - 1)
-            return _is_transient(exc) and (end is None or self._clock() + pause < end)
-
+        Raises:
+            TransientFetchError: no attempt is left.
+        """
         try:
-            return self._retry.run(attempt, transient=again, sleep=self._sleep)
-        except TransientFetchError as exc:
-            if attempts == 1:
-                raise
-            reason = f"{exc.reason} (gave up after {attempts} attempts)"
-            raise TransientFetchError(exc.source, reason) from None
+            retry = self._adapter.max_retries.increment("GET", cut.url, error=cut.error)
+        except MaxRetryError:
+            raise TransientFetchError(cut.source, cut.reason + _gave_up(attempts)) from None
+        retry.sleep()
+        return retry
 
-    def _attempt(self, url: Target, limits: ImageLimits, deadline: float) -> tuple[bytes, str]:
-        with _socket_deadline(lambda: deadline - self._clock()):
-            return self._redirects(url, limits, deadline)
-
-    def _redirects(self, url: Target, limits: ImageLimits, deadline: float) -> tuple[bytes, str]:
-        source = _display(url.url)
-        current, hops = url, 0
+    def _attempt(
+        self, located: _Located, limits: ImageLimits, attempts: Attempts
+    ) -> tuple[bytes, str]:
+        """One attempt: the request, the redirects it is sent on, the body."""
+        source = _display(located.url)
+        current, hops = located, 0
         while True:
-            with self._open(current, source, deadline) as response:
-                status = response.status_code
-                if status in _REDIRECTS and response.headers.get("Location"):
+            with self._open(current, source, attempts) as response:
+                retries = getattr(response.raw, "retries", None)
+                if isinstance(retries, Retry):  # the failures so far count for what follows
+                    self._adapter.max_retries = retries
+                status, location = response.status_code, response.headers.get("Location")
+                if status in _REDIRECTS and location:
                     if hops == MAX_REDIRECTS:
                         raise ImageLoadError(source, f"more than {MAX_REDIRECTS} redirects")
-                    current = self._redirected(current, response.headers["Location"], source)
+                    current = self._redirected(current, location, source)
                     logger.debug("%s redirects to %s", source, _display(current.url))
                     hops += 1
                     continue
-                self._check_status(status, current, source)
-                body = self._read_body(response, source, limits, deadline)
+                self._check_status(status, current, source, attempts)
+                body = self._read_body(response, current, source, limits, attempts)
                 return body, response.headers.get("Content-Type", "").lower()
 
-    def _redirected(self, current: Target, location: str, source: str) -> Target:
+    def _redirected(self, current: _Located, location: str, source: str) -> _Located:
         """The checked target of a redirect (parsed once, like any other URL)."""
         if "\\" in location or not location.isprintable():
             reason = "redirected to a URL with a backslash or control characters: refused"
             raise ImageLoadError(source, reason)
         return self._checked(urljoin(current.url, location), source, redirected=True)
 
-    def _open(self, url: Target, source: str, deadline: float) -> requests.Response:
-        """GET ``url``, with Label Studio's Authorization header when it may carry it."""
-        get = partial(self._get, url.url, source, deadline)
-        if self._auth is None or not self.sends_token(url):
-            return get({})
+    def _open(self, located: _Located, source: str, attempts: Attempts) -> requests.Response:
+        """GET the URL, with Label Studio's token where its route says the token goes."""
+        auth = self._auth if located.route.carries_token else None
+        logger.debug("GET %s", _display(located.url))
         try:
-            return self._auth.send(url.url, get, partial(self._post, source, deadline))
-        except TokenExchangeError as exc:
-            raise _exchange_error(exc, source) from None
-
-    def _get(
-        self, url: str, source: str, deadline: float, auth: dict[str, str]
-    ) -> requests.Response:
-        headers = {"Accept": "image/*, */*;q=0.5", **auth}
-        logger.debug("GET %s", _display(url))
-        return self._request("GET", url, source, deadline, headers=headers)
-
-    def _post(
-        self, source: str, deadline: float, url: str, body: dict[str, str]
-    ) -> requests.Response:
-        return self._request("POST", url, source, deadline, json=body)
-
-    def _request(
-        self, method: str, url: str, source: str, deadline: float, **kwargs: Any
-    ) -> requests.Response:
-        remaining = deadline - self._clock()
-        if remaining <= 0:
-            raise TransientFetchError(source, f"timed out after {self.policy.timeout_s:g} s")
-        if self._session is None:
-            self._session = plain_session()  # never credentials from ~/.netrc or user info
-            for prefix in ("http://", "https://"):
-                self._session.mount(prefix, _DeadlineAdapter())
-        try:
-            return self._session.request(
-                method, url, stream=True, allow_redirects=False, timeout=remaining, **kwargs
+            return self._session.get(
+                located.url,
+                headers={"Accept": "image/*, */*;q=0.5"},
+                auth=auth,  # None: the session's, which adds nothing
+                stream=True,
+                allow_redirects=False,
+                timeout=self.policy.timeout_s,
             )
-        except requests.Timeout:
-            raise TransientFetchError(
-                source, f"timed out after {self.policy.timeout_s:g} s"
-            ) from None
-        except requests.ConnectionError as exc:
-            raise TransientFetchError(source, f"connection failed ({_root_cause(exc)})") from None
+        except TokenExchangeError as exc:
+            error = _exchange_error(exc, source)
+            if isinstance(error, TransientFetchError):
+                raise _Cut(exc, source, located.url, error.reason) from None
+            raise error from None
         except requests.RequestException as exc:
-            raise ImageLoadError(source, f"request failed ({type(exc).__name__})") from None
+            raise self._failed(exc, source, attempts) from None
 
-    def _check_status(self, status: int, target: Target, source: str) -> None:
+    def _failed(
+        self, exc: requests.RequestException, source: str, attempts: Attempts
+    ) -> ImageLoadError:
+        """The error of a request that got no reply, once urllib3's retries are spent."""
+        if timed_out(exc):
+            reason = f"timed out after {self.policy.timeout_s:g} s"
+            return TransientFetchError(source, reason + _gave_up(attempts))
+        if isinstance(exc, requests.ConnectionError):
+            reason = f"connection failed ({root_cause(exc)})"
+            return TransientFetchError(source, reason + _gave_up(attempts))
+        return ImageLoadError(source, f"request failed ({type(exc).__name__})")
+
+    def _check_status(
+        self, status: int, located: _Located, source: str, attempts: Attempts
+    ) -> None:
         if 200 <= status < 300:
             return
-        url = target.url
+        url = located.url
         where = "" if _display(url) == source else f"at {_display(url)}"
         reason = f"{where + ': ' if where else ''}HTTP {status} {_phrase(status)}"
         if status in TRANSIENT_STATUSES:
-            raise TransientFetchError(source, reason)
-        if status in (401, 403) and self._auth is not None and self.sends_token(target):
+            raise TransientFetchError(source, reason + _gave_up(attempts))
+        if status in (401, 403) and self._auth is not None and located.route.carries_token:
             reason += f"; {self._auth.hint()}"
-        elif status == 404 and "/data/local-files" in target.path:
+        elif status == 404 and LOCAL_FILES_PATH.rstrip("/") in located.parsed.path:
             reason += "; is a Local Files storage connected for this path?"
         raise ImageLoadError(source, reason)
 
     def _read_body(
-        self, response: requests.Response, source: str, limits: ImageLimits, deadline: float
+        self,
+        response: requests.Response,
+        located: _Located,
+        source: str,
+        limits: ImageLimits,
+        attempts: Attempts,
     ) -> bytes:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > limits.max_bytes:
@@ -579,124 +634,22 @@ class Fetcher:
                 if len(body) > limits.max_bytes:
                     reason = f"over the {limits.max_bytes}-byte limit (stopped reading)"
                     raise ImageLoadError(source, reason)
-                if self._clock() > deadline:
-                    reason = f"timed out after {self.policy.timeout_s:g} s reading the body"
-                    raise TransientFetchError(source, reason)
-        except (ReadTimeoutError, TimeoutError):
+                if attempts.remaining_s() < 0:
+                    raise TimeoutError("the download's deadline has passed")
+        except (ReadTimeoutError, TimeoutError) as exc:
             reason = f"timed out after {self.policy.timeout_s:g} s reading the body"
-            raise TransientFetchError(source, reason) from None
+            raise _Cut(exc, source, located.url, reason) from None
         except DecodeError:
             raise ImageLoadError(source, "could not decode the Content-Encoding") from None
         except (Urllib3Error, requests.RequestException, OSError) as exc:
-            reason = f"connection broken while reading ({_root_cause(exc)})"
-            raise TransientFetchError(source, reason) from None
+            reason = f"connection broken while reading ({root_cause(exc)})"
+            raise _Cut(exc, source, located.url, reason) from None
         return bytes(body)
 
 
-_REMAINING: ContextVar[Callable[[], float] | None] = ContextVar("_REMAINING", default=None)
-"""Seconds left to the current fetch attempt, for the sockets it reads and writes."""
-
-
-@contextlib.contextmanager
-def _socket_deadline(remaining: Callable[[], float]) -> Iterator[None]:
-    token = _REMAINING.set(remaining)
-    try:
-        yield
-    finally:
-        _REMAINING.reset(token)
-
-
-class _DeadlineSocket:
-    """A connected socket whose reads and writes wait no longer than the fetch has left.
-
-    Outside a fetch (an idle pooled connection) it behaves like the socket it wraps.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._timeout = sock.gettimeout()
-
-    def settimeout(self, value: float | None) -> None:
-        self._timeout = value
-        self._sock.settimeout(value)
-
-    def gettimeout(self) -> float | None:
-        return self._timeout
-
-    def _arm(self) -> None:
-        remaining = _REMAINING.get()
-        if remaining is None:
-            self._sock.settimeout(self._timeout)
-            return
-        left = remaining()
-        if left <= 0:
-            raise TimeoutError("the fetch deadline has passed")
-        self._sock.settimeout(left if self._timeout is None else min(left, self._timeout))
-
-    def recv_into(self, *args: Any) -> int:
-        self._arm()
-        return self._sock.recv_into(*args)
-
-    def recv(self, *args: Any) -> bytes:
-        self._arm()
-        return self._sock.recv(*args)
-
-    def send(self, *args: Any) -> int:
-        self._arm()
-        return self._sock.send(*args)
-
-    def sendall(self, *args: Any) -> None:
-        self._arm()
-        self._sock.sendall(*args)
-
-    def makefile(self, mode: str = "r", buffering: int | None = None, **kwargs: Any) -> Any:
-        """Binary reads go through this object (http.client reads the response this way)."""
-        if mode != "rb":
-            return self._sock.makefile(mode, buffering, **kwargs)  # type: ignore[call-overload]
-        raw = socket.SocketIO(self, "rb")  # type: ignore[arg-type]
-        # as socket.makefile does: the descriptor stays open until this reader is closed too
-        self._sock._io_refs += 1  # type: ignore[attr-defined]
-        return io.BufferedReader(raw, buffering or io.DEFAULT_BUFFER_SIZE)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-class _DeadlineHTTPConnection(HTTPConnection):
-    def connect(self) -> None:
-        super().connect()
-        self.sock = _DeadlineSocket(self.sock)
-
-
-class _DeadlineHTTPSConnection(HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        self.sock = _DeadlineSocket(self.sock)
-
-
-class _DeadlineHTTPPool(HTTPConnectionPool):
-    ConnectionCls = _DeadlineHTTPConnection
-
-
-class _DeadlineHTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _DeadlineHTTPSConnection
-
-
-class _DeadlineAdapter(HTTPAdapter):
-    """Connections whose sockets keep to the deadline of the fetch under way."""
-
-    def init_poolmanager(
-        self, connections: int, maxsize: int, block: bool = DEFAULT_POOLBLOCK, **kwargs: Any
-    ) -> None:
-        super().init_poolmanager(connections, maxsize, block, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _DeadlineHTTPPool,
-            "https": _DeadlineHTTPSPool,
-        }
-
-
-def _is_transient(exc: DiscoveryError) -> bool:
-    return isinstance(exc, TransientFetchError)
+def _gave_up(attempts: Attempts) -> str:
+    """What a transient error's reason adds once more than one attempt was made."""
+    return f" (gave up after {attempts.count} attempts)" if attempts.count > 1 else ""
 
 
 def _exchange_error(exc: TokenExchangeError, source: str) -> ImageLoadError:
@@ -724,30 +677,6 @@ def _chunks(raw: object) -> Iterator[bytes]:
         yield chunk
 
 
-def _host_key(hostname: str, port: int | None) -> str:
-    """``host`` or ``host:port``, lower-case; ports 80 and 443 count as the default."""
-    host = hostname.lower().rstrip(".")
-    if ":" in host:
-        host = f"[{host}]"
-    return host if port in (None, 80, 443) else f"{host}:{port}"
-
-
-def _host_keys(entries: Iterable[str]) -> set[str]:
-    keys = set()
-    for entry in entries:
-        text = entry.strip()
-        parts = urlsplit(text if "://" in text else f"//{text}")
-        bad = ConfigError(f"{ALLOWED_HOSTS_SETTING}: {entry!r} is not a host or host:port")
-        try:
-            port = parts.port
-        except ValueError:
-            raise bad from None
-        if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.username:
-            raise bad
-        keys.add(_host_key(parts.hostname, port))
-    return keys
-
-
 def _display(url: str) -> str:
     """``url`` fit for messages and logs: no user info, no fragment, and no query string except
     the ``d`` parameter of local-files URLs (other queries may hold signed credentials)."""
@@ -757,7 +686,7 @@ def _display(url: str) -> str:
         return "<not a valid URL>"
     netloc = parts.netloc.rpartition("@")[2]
     query = ""
-    if parts.path.rstrip("/").endswith("/data/local-files"):
+    if parts.path.rstrip("/").endswith(LOCAL_FILES_PATH.rstrip("/")):
         query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k == "d"], safe="/")
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
@@ -767,21 +696,6 @@ def _phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return ""
-
-
-def _root_cause(exc: BaseException) -> str:
-    """The innermost OS error's text (e.g. "Connection refused"), never a URL or header."""
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            break
-        if isinstance(seen, OSError) and seen.strerror:
-            return seen.strerror
-        nested = getattr(seen, "reason", None)
-        if not isinstance(nested, BaseException) and seen.args:
-            nested = seen.args[0] if isinstance(seen.args[0], BaseException) else None
-        seen = nested if isinstance(nested, BaseException) else seen.__cause__ or seen.__context__
-    return type(exc).__name__
 
 
 def _read_for(path: Path, source: str, limits: ImageLimits) -> bytes:

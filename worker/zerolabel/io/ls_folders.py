@@ -8,12 +8,12 @@ request (authentication, database look-ups) of CPU time. A worker on the same ma
 can be given those folders (``ZEROLABEL_LABEL_STUDIO_MEDIA``, ``ZEROLABEL_LABEL_STUDIO_FILES``)
 and reads the file itself.
 
-Only URLs of the configured Label Studio are mapped (the fetcher checks the origin), and only to
-a regular file inside the given folder after symbolic links are resolved; a URL that maps to
-nothing there (a malformed name, a file kept elsewhere, e.g. in cloud storage) is downloaded as
-before. Whoever can send ``/predict`` requests can have any file of these folders run through
-discovery (the regions, not the pixels, come back): mount them only where every caller of the
-backend may see every project.
+Only image paths of the configured Label Studio are mapped (the fetcher's
+:class:`~zerolabel.sites.Destinations` tells them apart), and only to a regular file inside the
+given folder after symbolic links are resolved; a URL that maps to nothing there (a malformed
+name, a file kept elsewhere, e.g. in cloud storage) is downloaded as before. Whoever can send
+``/predict`` requests can have any file of these folders run through discovery (the regions, not
+the pixels, come back): mount them only where every caller of the backend may see every project.
 """
 
 from __future__ import annotations
@@ -24,11 +24,10 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote
 
 from zerolabel.errors import ConfigError
+from zerolabel.sites import LOCAL_FILES_PATH, UPLOAD_PATH
 
 MEDIA_SETTING = "ZEROLABEL_LABEL_STUDIO_MEDIA"
 FILES_SETTING = "ZEROLABEL_LABEL_STUDIO_FILES"
-UPLOAD_PREFIX = "/data/upload/"
-LOCAL_FILES_PATH = "/data/local-files/"
 
 
 @dataclass(frozen=True)
@@ -64,8 +63,8 @@ class LabelStudioFolders:
                 (``/data/upload/...`` or ``/data/local-files/``).
             query: its percent-encoded query string.
         """
-        if path.startswith(UPLOAD_PREFIX) and self.media is not None and not query:
-            project, _, name = unquote(path.removeprefix(UPLOAD_PREFIX)).partition("/")
+        if path.startswith(UPLOAD_PATH) and self.media is not None and not query:
+            project, _, name = unquote(path.removeprefix(UPLOAD_PATH)).partition("/")
             if not project.isdigit() or not _plain(name) or "/" in name:
                 return None
             return _inside(os.path.join(self.media, "upload"), os.path.join(project, name))

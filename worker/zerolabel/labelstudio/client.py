@@ -12,9 +12,9 @@ tokens) is :class:`~zerolabel.labelstudio.auth.LabelStudioAuth`'s, bound to the 
 
 Every failure raises :class:`LabelStudioError` (a :class:`~zerolabel.errors.DiscoveryError`) with
 the HTTP status, method, path and Label Studio's own message; messages never hold a token.
-Reads (GET, PATCH) are retried after connection failures, 429 and 5xx; creating a prediction
-is not, since a lost reply may hide a prediction that was stored. Which statuses are transient
-and how long to pause between attempts is :mod:`zerolabel.labelstudio.auth`'s too.
+Reads (GET, PATCH) are retried after connection failures, timeouts and transient statuses by
+the session's :class:`~zerolabel.transport.Retries`; a POST is never sent twice, since a lost
+reply may hide a prediction that was stored.
 """
 
 from __future__ import annotations
@@ -22,45 +22,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
 
-from zerolabel.errors import DiscoveryError
-from zerolabel.labelstudio.auth import (
-    TOKEN_REFRESH_PATH,
-    TRANSIENT_STATUSES,
-    LabelStudioAuth,
-    RetryPolicy,
-    TokenExchangeError,
-    plain_session,
-)
+from zerolabel.errors import DiscoveryError, LabelStudioError, TokenExchangeError
+from zerolabel.labelstudio.auth import TOKEN_REFRESH_PATH, LabelStudioAuth
+from zerolabel.transport import TRANSIENT_STATUSES, Retries, plain_session, timed_out
 
 logger = logging.getLogger(__name__)
 
 _RETRIED_METHODS = frozenset({"GET", "PATCH"})
 _BACKOFF_S = 0.5
 _MESSAGE_CHARS = 500
-
-
-class LabelStudioError(DiscoveryError):
-    """A Label Studio request failed.
-
-    Attributes:
-        status: HTTP status, or None when no reply came (connection failure, timeout).
-        method: HTTP method.
-        path: path and query string of the request, without the host.
-        message: Label Studio's ``detail`` and ``validation_errors``, or the cause.
-    """
-
-    def __init__(self, status: int | None, method: str, path: str, message: str) -> None:
-        where = f"HTTP {status}" if status is not None else "no reply"
-        super().__init__(f"Label Studio {method} {path}: {where}: {message}")
-        self.status = status
-        self.method = method
-        self.path = path
-        self.message = message
 
 
 class LabelStudioClient:
@@ -92,15 +67,15 @@ class LabelStudioClient:
     ) -> None:
         if not token:
             raise ValueError("a Label Studio token is needed (legacy token or personal access)")
-        self._auth = LabelStudioAuth(url, token, clock=clock)  # ConfigError is a ValueError
+        retry = Retries.transient(retries, _BACKOFF_S, _RETRIED_METHODS, sleep=sleep)
+        self._session = plain_session(HTTPAdapter(max_retries=retry))  # no ~/.netrc credentials
+        self._auth = LabelStudioAuth(  # ConfigError is a ValueError
+            url, token, session=self._session, timeout_s=timeout_s, clock=clock
+        )
         self.url = self._auth.base_url
         self.token = token
         self.timeout_s = timeout_s
         self.retries = retries
-        self._retry = RetryPolicy(retries, _BACKOFF_S)
-        self._once = RetryPolicy(0)
-        self._sleep = sleep
-        self._session = plain_session()  # never credentials from ~/.netrc
 
     def __repr__(self) -> str:
         return f"LabelStudioClient({self.url!r}, <{self._auth.kind}>)"
@@ -317,43 +292,33 @@ class LabelStudioClient:
             LabelStudioError: the call failed, after the retries GET and PATCH get.
         """
         shown = _shown_path(path, params)
-        retry = self._retry if method in _RETRIED_METHODS else self._once
-        call = partial(self._call, method, path, shown, params=params, json=json)
-        return retry.run(call, transient=is_transient, sleep=self._sleep)
-
-    def _call(
-        self, method: str, path: str, shown: str, *, params: dict[str, Any] | None, json: Any
-    ) -> Any:
-        """One attempt (the access token is exchanged again once on a 401)."""
-        url = self.url + path
-
-        def send(auth: dict[str, str]) -> requests.Response:
-            headers = {"Accept": "application/json", **auth}
-            return self._send(method, url, shown, headers=headers, params=params, json=json)
-
-        try:
-            response = self._auth.send(url, send, self._post_exchange)
-        except TokenExchangeError as exc:
-            raise self._exchange_error(exc, shown) from None
-        self._check(response, method, shown)
-        return _json(response, method, shown)
-
-    def _post_exchange(self, url: str, body: dict[str, str]) -> requests.Response:
-        return self._send("POST", url, TOKEN_REFRESH_PATH, json=body)
-
-    def _send(self, method: str, url: str, shown: str, **kwargs: Any) -> requests.Response:
         logger.debug("%s %s", method, shown)
         try:
-            return self._session.request(
-                method, url, timeout=self.timeout_s, allow_redirects=False, **kwargs
+            response = self._session.request(
+                method,
+                self.url + path,
+                headers={"Accept": "application/json"},
+                params=params,
+                json=json,
+                auth=self._auth,
+                timeout=self.timeout_s,
+                allow_redirects=False,
             )
-        except requests.Timeout:
-            raise LabelStudioError(
-                None, method, shown, f"timed out after {self.timeout_s:g} s"
-            ) from None
+        except TokenExchangeError as exc:
+            raise self._exchange_error(exc, shown) from None
         except requests.RequestException as exc:
-            cause = type(exc).__name__
-            raise LabelStudioError(None, method, shown, f"request failed ({cause})") from None
+            raise self._no_reply(exc, method, shown) from None
+        with response:
+            self._check(response, method, shown)
+            return _json(response, method, shown)
+
+    def _no_reply(
+        self, exc: requests.RequestException, method: str, shown: str
+    ) -> LabelStudioError:
+        """The error of a call that got no reply, once the retries are spent."""
+        if timed_out(exc):
+            return LabelStudioError(None, method, shown, f"timed out after {self.timeout_s:g} s")
+        return LabelStudioError(None, method, shown, f"request failed ({type(exc).__name__})")
 
     def _check(self, response: requests.Response, method: str, shown: str) -> None:
         status = response.status_code
