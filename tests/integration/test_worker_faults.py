@@ -13,7 +13,7 @@ from redis import Redis
 from rq.job import JobStatus
 from zerolabel.contract import DiscoveryRequest
 from zerolabel.queue.dispatch import Dispatcher, Outcome
-from zerolabel.queue.leases import QUARANTINE_REASON
+from zerolabel.queue.runs import QUARANTINE_REASON
 from zerolabel.settings import WorkerSettings
 
 from tests.servers import RedisServer, image_server, start_worker, stop, wait_for

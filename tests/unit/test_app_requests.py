@@ -111,6 +111,8 @@ SETUP_BODIES = [
     pytest.param(_setup(extra_params={"params": {"tua": 1}}), "tua", id="params-unknown"),
     pytest.param(_setup(extra_params={"backbone": "evil_net"}), "backbone", id="backbone-unknown"),
     pytest.param(_setup(extra_params={"label": 5}), "label", id="label-number"),
+    pytest.param(_setup(extra_params={"preset": "authors"}), "preset", id="preset-unknown"),
+    pytest.param(_setup(extra_params={"preset": ["paper"]}), "preset", id="preset-list"),
 ]
 
 PREDICT_BODIES = [

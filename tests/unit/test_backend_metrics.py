@@ -16,15 +16,13 @@ import pytest
 import yaml
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from rq import SimpleWorker
-from rq.serializers import JSONSerializer
 from zerolabel.contract import Box, Region
 from zerolabel.errors import ConfigError
 from zerolabel.io.images import LoadedImage
 from zerolabel.queue import jobs
-from zerolabel.queue.dispatch import make_queue
 from zerolabel.queue.runtime import WorkerRuntime
 from zerolabel.queue.service import PredictionService
+from zerolabel.queue.worker import run_worker
 from zerolabel.settings import BackendSettings
 from zerolabel_backend.app import create_app
 
@@ -87,8 +85,7 @@ def _run_jobs(redis: Any, settings: BackendSettings, monkeypatch: pytest.MonkeyP
     runtime = WorkerRuntime(settings.discovery, redis)
     runtime.runner = lambda spec: BoxRunner()  # type: ignore[method-assign]
     monkeypatch.setattr(jobs, "get_runtime", lambda: runtime)
-    queue = make_queue(redis, settings.discovery.queue)
-    SimpleWorker([queue], connection=redis, serializer=JSONSerializer).work(burst=True)
+    run_worker(redis, settings.discovery.queue, burst=True, with_scheduler=False)
 
 
 def test_requests_tasks_and_queue_depth_follow_the_predict_calls(photos, monkeypatch):

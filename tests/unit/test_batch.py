@@ -15,10 +15,9 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from zerolabel.contract import Box, DiscoveryRequest, DiscoverySpec, Region
 from zerolabel.io.images import LoadedImage
-from zerolabel.queue.batch import BatchReport
-from zerolabel.queue.batch_report import QUEUE_STAGES
+from zerolabel.queue.batch_report import QUEUE_STAGES, BatchReport
 from zerolabel.queue.dispatch import Dispatcher, Outcome
-from zerolabel.queue.leases import lease_key
+from zerolabel.queue.heartbeat import beat_of
 from zerolabel.queue.runtime import Loaded, WorkerRuntime
 from zerolabel.queue.worker import ZerolabelWorker, run_worker
 from zerolabel.settings import QueueSettings, WorkerSettings
@@ -206,39 +205,31 @@ def test_the_next_batch_downloads_while_this_one_runs(stack, monkeypatch):
     assert _widths(stack.outcomes(requests)) == [8 + n for n in range(6)]
 
 
-def test_claimed_jobs_are_started_and_leased_and_only_running_ones_have_a_run_record(stack):
+def test_claimed_jobs_are_started_and_held_by_the_workers_record(stack):
     requests = stack.requests(6)
     seen: dict[str, list[Any]] = {}
 
     class Inspecting(SizeRunner):
         def run(self, images: Sequence[LoadedImage], batch_size: int = 8) -> list[list[Region]]:
             if not seen:
-                redis = stack.redis
+                record = beat_of(stack.redis, "w1")
                 for request in requests:
                     job = stack.job(request)
                     seen[request.image[-6:-4]] = [
                         job.get_status(refresh=True),
-                        bool(redis.exists(lease_key(job.id))),
-                        bool(redis.exists(f"zerolabel:run:{job.id}")),
+                        record is not None and job.id in record.jobs,
                         job.id in stack.dispatcher.queue.started_job_registry,
                     ]
             return super().run(images, batch_size)
 
     stack.runtime.runner = lambda spec: Inspecting(spec, stack.calls)  # type: ignore[method-assign]
-    jobs = [stack.dispatcher.submit(request) for request in requests]
-    stack.work()
-    running = [JobStatus.STARTED, True, True, True]
-    prefetched = [JobStatus.STARTED, True, False, True]  # claimed, downloading, not run yet
-    assert seen == {
-        "00": running,
-        "01": running,
-        "02": running,
-        "03": running,
-        "04": prefetched,
-        "05": prefetched,
-    }
-    assert not any(stack.redis.exists(lease_key(job.id)) for job in jobs)  # all released
-    assert not stack.redis.keys("zerolabel:run:*")
+    for request in requests:
+        stack.dispatcher.submit(request)
+    worker = stack.work()
+    held = [JobStatus.STARTED, True, True]  # running (00-03), or claimed and downloading (04-05)
+    assert seen == {name: held for name in ("00", "01", "02", "03", "04", "05")}
+    assert worker.beat.held == []  # every job released once RQ had its result
+    assert not stack.dispatcher.queue.started_job_registry.get_job_ids()
 
 
 def test_a_redis_outage_mid_batch_queues_every_unfinished_job_again(stack, caplog):
@@ -288,7 +279,7 @@ def test_a_redis_outage_while_results_are_written_queues_the_rest_again(stack, m
 def test_a_job_with_a_strike_runs_alone(stack):
     requests = stack.requests(5)
     jobs = [stack.dispatcher.submit(request) for request in requests]
-    stack.redis.set(f"zerolabel:strikes:{jobs[1].id}", 1)  # it was running when a worker died
+    stack.redis.sadd(f"zerolabel:strikes:{jobs[1].id}", "w0 2020-01-01T00:00:00")  # a dead run
     worker = stack.work()
     assert sorted(worker.batches.stats.batch_sizes) == [1, 4]
     assert ("lost", ["lost-01.png"]) in stack.calls

@@ -1,27 +1,31 @@
-"""Heartbeats, run records, the quarantine and transient-only retries, on fakeredis (no servers)."""
+"""Liveness records, dead runs, the quarantine and transient-only retries, on fakeredis."""
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 import fakeredis
 import pytest
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
+from rq.utils import utcformat
 from zerolabel.contract import DiscoveryRequest, DiscoverySpec
-from zerolabel.io.fetch import TransientFetchError
+from zerolabel.errors import QuarantinedJobError, TransientFetchError, WorkerNameInUse
 from zerolabel.queue.dispatch import Dispatcher
-from zerolabel.queue.heartbeat import Heartbeat, WorkerNameInUse, heartbeat_ttl, live_workers
-from zerolabel.queue.leases import (
-    QUARANTINE_REASON,
-    QuarantinedJobError,
-    RunRecord,
-    Runs,
-    lease_key,
+from zerolabel.queue.heartbeat import (
+    Beat,
+    Heartbeat,
+    beat_of,
+    heartbeat_key,
+    heartbeat_ttl,
+    live_workers,
 )
-from zerolabel.queue.outage import Backoff, wait_for_redis
+from zerolabel.queue.outage import wait_for_redis
+from zerolabel.queue.runs import QUARANTINE_REASON, Runs
 from zerolabel.queue.worker import is_transient, run_worker
 from zerolabel.settings import QueueSettings
 
@@ -86,28 +90,52 @@ def test_heartbeats_lapse_no_later_than_leases():
     assert heartbeat_ttl(15) == 5 and heartbeat_ttl(2) == 2
 
 
-# --- run records and the quarantine ------------------------------------------------------------
+def test_a_worker_that_stopped_renewing_leaves_health_before_its_jobs_are_given_up(redis):
+    beat = Beat("w1", "zerolabel", "dead", 1, "host", ("job",), ttl_s=5, lease_s=15)
+    redis.set(heartbeat_key("w1"), beat.dumps(), px=15_000 - 6_000)  # renewed 6 s ago
+    assert live_workers(redis) == []  # gone from health, and its name is free
+    job = _started(redis, "w1")
+    assert Runs(redis, 60).alive(job)  # its job is not given up before ZEROLABEL_LEASE_S
+    with Heartbeat(redis, "w1", "zerolabel", 5, lease_s=15) as again:  # restarted under its name
+        assert [b.instance for b in live_workers(redis)] == [again.instance]
+        assert not Runs(redis, 60).alive(job)  # the new process does not hold the old job
+
+
+# --- dead runs and the quarantine ---------------------------------------------------------------
+
+
+def _started(
+    redis: fakeredis.FakeRedis, worker: str, began: float = 1.6e9, job_id: str = "job"
+) -> Job:
+    """A job as RQ leaves it while ``worker`` runs it (its run began at ``began``, Unix time)."""
+    job = Job.create(f"{__name__}.fine", args=("x",), id=job_id, connection=redis)
+    job.save()
+    job.set_status(JobStatus.STARTED)
+    moment = utcformat(datetime.fromtimestamp(began, UTC))
+    redis.hset(job.key, mapping={"worker_name": worker, "started_at": moment})
+    return Job.fetch(job_id, connection=redis)
 
 
 def test_runs_of_dead_workers_are_struck_once_each_then_quarantined(redis):
     runs = Runs(redis, ttl_s=60)
-    dead = RunRecord("gone", "instance-1")
-    runs.begin("job", dead)
-    assert runs.settle("job") == 1
-    assert runs.settle("job") == 1  # the same dead run is counted once
-    runs.begin("job", RunRecord("gone-too", "instance-2"))
+    dead = _started(redis, "gone")
+    assert runs.settle(dead) == 1
+    assert runs.settle(dead) == 1  # the same dead run is counted once
+    again = _started(redis, "gone-too", began=1.6e9 + 60)
+    assert runs.settle(again) == 2
     with pytest.raises(QuarantinedJobError, match="quarantined: the job stopped its worker twice"):
-        runs.begin("job", RunRecord("next", "instance-3"))
+        runs.check("job")
     assert runs.strikes("job") == 2 and runs.quarantined("job")
 
 
 def test_a_run_of_a_live_worker_is_not_struck(redis):
     runs = Runs(redis, ttl_s=60)
     with Heartbeat(redis, "alive", "zerolabel", 5) as beat:
-        runs.begin("job", RunRecord("alive", beat.instance))
-        assert runs.running("job") and runs.settle("job") == 0
-        runs.end("job", RunRecord("alive", beat.instance))
-        assert not runs.running("job")
+        beat.hold(["job"])
+        job = _started(redis, "alive")
+        assert runs.alive(job) and runs.settle(job) == 0
+        beat.release("job")
+        assert not runs.alive(job)
 
 
 class _RestartedRedis(fakeredis.FakeRedis):
@@ -133,10 +161,9 @@ def test_missing_heartbeats_right_after_a_redis_restart_are_not_deaths(
     redis = _RestartedRedis()
     redis.uptime_s = uptime_s
     seconds, _ = redis.time()
-    record = RunRecord("w1", "gone", since=seconds - began_s_ago)
-    redis.set("zerolabel:run:job", record.dumps())
+    job = _started(redis, "w1", began=seconds - began_s_ago)  # no record holds it
     runs = Runs(redis, ttl_s=60)
-    assert runs.running("job") == (struck == 0) and runs.settle("job") == struck
+    assert runs.alive(job) == (struck == 0) and runs.settle(job) == struck
 
 
 def _request(n: int = 1) -> DiscoveryRequest:
@@ -144,11 +171,10 @@ def _request(n: int = 1) -> DiscoveryRequest:
 
 
 def _lose_worker_mid_run(redis: fakeredis.FakeRedis, job: Job, worker: str) -> None:
-    """What a worker killed mid-job leaves: a started job, its run record, no lease."""
+    """What a worker killed mid-job leaves: a job started by it, no live record holding it."""
     job.set_status(JobStatus.STARTED)
-    redis.hset(job.key, "started_at", "2020-01-01T00:00:00.000000Z")
-    Runs(redis, 60).begin(job.id, RunRecord(worker, f"{worker}-instance"))
-    assert not redis.exists(lease_key(job.id))
+    redis.hset(job.key, mapping={"worker_name": worker, "started_at": "2020-01-01T00:00:00Z"})
+    assert beat_of(redis, worker) is None
 
 
 def test_a_job_that_stopped_its_worker_twice_is_failed_not_queued_again(redis):
@@ -173,9 +199,9 @@ def test_a_started_job_whose_worker_lives_is_left_running(redis):
     request = _request()
     job = dispatcher.submit(request)
     with Heartbeat(redis, "busy", "zerolabel", 5) as beat:
+        beat.hold([job.id])
         job.set_status(JobStatus.STARTED)
-        redis.hset(job.key, "started_at", "2020-01-01T00:00:00.000000Z")
-        Runs(redis, 60).begin(job.id, RunRecord("busy", beat.instance))
+        redis.hset(job.key, mapping={"worker_name": "busy", "started_at": "2020-01-01T00:00:00Z"})
         assert dispatcher.submit(request).get_status() == JobStatus.STARTED
     assert dispatcher.runs.strikes(request.job_id) == 0
 
@@ -199,9 +225,9 @@ def test_errors_that_cannot_succeed_run_once_transient_ones_use_the_retries(redi
 def test_a_quarantined_job_is_failed_at_pick_up_without_running(redis):
     job = _queue(redis).enqueue(f"{__name__}.fine", "killer", retry=Retry(max=2))
     runs = Runs(redis, 60)
-    for n in range(2):
-        runs.begin(job.id, RunRecord(f"dead-{n}", "gone"))
-        runs.settle(job.id)
+    for n in range(2):  # two runs that died with their workers
+        job.worker_name, job.started_at = f"dead-{n}", datetime.fromtimestamp(1.6e9 + n, UTC)
+        runs.strike(job)
     _work(redis)
     assert CALLS == [] and job.get_status(refresh=True) == JobStatus.FAILED
     assert QUARANTINE_REASON in job.latest_result().exc_string
@@ -251,7 +277,7 @@ def test_waiting_for_redis_backs_off_to_a_cap_and_logs_once_each_way(caplog):
     back = wait_for_redis(
         redis,  # type: ignore[arg-type]
         RedisConnectionError("Connection reset by peer"),
-        backoff=Backoff(first_s=0.5, cap_s=4),
+        backoff=ExponentialBackoff(cap=4, base=0.5),
         sleep=pauses.append,
     )
     assert back and pauses == [0.5, 1, 2, 4, 4, 4, 4]

@@ -11,12 +11,11 @@ import fakeredis
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from zerolabel.contract import Box, DiscoveryRequest, DiscoveryResult, Region, Rle
-from zerolabel.errors import ConfigError, DiscoveryError
-from zerolabel.labelstudio.client import LabelStudioError
+from zerolabel.errors import ConfigError, DiscoveryError, LabelStudioError
 from zerolabel.labelstudio.options import ProjectOptions
 from zerolabel.loop.prelabel import PrelabelReport, prelabel_project
 from zerolabel.loop.waiting import GONE_AFTER_CHECKS, WORKER_CHECK_S
-from zerolabel.queue.dispatch import Outcome
+from zerolabel.queue.dispatch import LATE, Outcome
 from zerolabel.queue.service import PredictionService
 from zerolabel.settings import BackendSettings
 
@@ -209,7 +208,7 @@ def test_failed_late_and_error_tasks_are_reported_and_retried_next_run(service):
     dispatcher = service.dispatcher
     broken = DiscoveryResult("/data/upload/1/3.png", (0, 0), error="HTTP 404 Not Found")
     dispatcher.outcomes = {
-        "/data/upload/1/1.png": Outcome(None, "late: still running, ask again"),
+        "/data/upload/1/1.png": LATE,
         "/data/upload/1/2.png": Outcome(None, "failed: RuntimeError: boom"),
         "/data/upload/1/3.png": Outcome(broken),
     }
@@ -339,7 +338,7 @@ def test_a_project_with_nothing_to_do_needs_no_worker(service):
 def test_workers_that_all_stop_end_the_wait_early(service):
     dispatcher = service.dispatcher
     dispatcher.workers = [1, 0]  # alive at the start, then gone
-    dispatcher.outcomes = {"/data/upload/1/1.png": Outcome(None, "late: still running, ask again")}
+    dispatcher.outcomes = {"/data/upload/1/1.png": LATE}
     client = FakeClient(_tasks(4))
     with pytest.raises(DiscoveryError) as raised:
         _prelabel(client, service, wait_timeout_s=600)
@@ -354,7 +353,7 @@ def test_workers_that_all_stop_end_the_wait_early(service):
 def test_a_worker_back_within_the_grace_keeps_the_run_going(service):
     dispatcher = service.dispatcher
     dispatcher.workers = [1, 0, 1]
-    late = Outcome(None, "late: still running, ask again")
+    late = LATE
     dispatcher.outcomes = {"/data/upload/1/1.png": late}
     report = _prelabel(FakeClient(_tasks(2)), service, wait_timeout_s=20)
     assert dict(report.failed) == {1: "late: still running, ask again"}

@@ -1,18 +1,23 @@
-"""The worker runtime without models or Redis: fetcher cache, runner choice, refused jobs."""
+"""The worker runtime without models: fetcher cache, runner choice, refused jobs."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import fakeredis
 import numpy as np
 import pytest
+from rq import Retry
+from rq.job import JobStatus
 from zerolabel.contract import DiscoveryRequest, DiscoverySpec
 from zerolabel.errors import ConfigError, DiscoveryError, WeightsError
 from zerolabel.io.images import LoadedImage
 from zerolabel.pipeline import Discoverer, ModelStore
 from zerolabel.queue import jobs, runtime
+from zerolabel.queue.dispatch import JOB_FUNCTION, make_queue
 from zerolabel.queue.runtime import WorkerRuntime
-from zerolabel.settings import WorkerSettings
+from zerolabel.queue.worker import run_worker
+from zerolabel.settings import QueueSettings, WorkerSettings
 
 
 class RecordingFetcher:
@@ -102,14 +107,18 @@ def test_a_job_whose_spec_cannot_be_built_answers_an_error_and_is_not_retried(mo
     monkeypatch.setattr(jobs, "get_runtime", no_runtime)
     request = DiscoveryRequest(DiscoverySpec(method="tokencut"), "a.jpg", 4).to_dict()
     request["spec"]["params"] = {"tua": 0.2}  # a backend of another version sent it
-    answer = jobs.discover(request)
+    redis = fakeredis.FakeRedis()
+    queue = make_queue(redis, QueueSettings())
+    job = queue.enqueue(JOB_FUNCTION, request, retry=Retry(max=2))
+    run_worker(redis, QueueSettings(), burst=True, with_scheduler=False)
+    assert job.get_status(refresh=True) == JobStatus.FINISHED  # answered, not failed
+    answer = job.return_value()
     assert answer["task_id"] == 4 and answer["regions"] == []
     assert "no parameter 'tua'" in answer["error"] and "tau (float" in answer["error"]
 
 
-def test_a_runtime_without_redis_is_an_explicit_error(monkeypatch):
-    monkeypatch.setattr(jobs, "get_runtime", lambda: WorkerRuntime(WorkerSettings()))
-    with pytest.raises(DiscoveryError, match="no Redis connection"):
+def test_a_discovery_job_run_outside_zerolabel_worker_is_an_explicit_error():
+    with pytest.raises(DiscoveryError, match="served in batches by `zerolabel worker`"):
         jobs.discover(DiscoveryRequest(DiscoverySpec(), "a.jpg").to_dict())
 
 
@@ -133,3 +142,11 @@ def test_max_side_from_the_environment_reaches_the_network_input(env, content_hw
     assert runner.max_side == (None if content_hw == (1500, 3000) else content_hw[1])
     image = LoadedImage("a.jpg", np.zeros((1500, 3000, 3), np.uint8), (1500, 3000), "0")
     assert runner.frame(image).content_hw == content_hw
+
+
+def test_a_label_studio_folder_that_is_missing_stops_the_worker_at_start(tmp_path):
+    settings = WorkerSettings(
+        ls_url="http://ls:8080", ls_token="k", ls_media=str(tmp_path / "missing")
+    )
+    with pytest.raises(ConfigError, match="missing"):
+        WorkerRuntime(settings)

@@ -11,19 +11,18 @@ from typing import Any
 
 import fakeredis
 import pytest
-from rq import SimpleWorker
-from rq.serializers import JSONSerializer
 from zerolabel import metrics
 from zerolabel.contract import Box, DiscoveryRequest, Region
 from zerolabel.io.images import LoadedImage
-from zerolabel.labelstudio.auth import LabelStudioSites
 from zerolabel.labelstudio.options import ProjectOptions
 from zerolabel.queue import jobs
 from zerolabel.queue.dispatch import make_queue
 from zerolabel.queue.runtime import WorkerRuntime
 from zerolabel.queue.service import PENDING, WRITTEN, PredictionService, ProjectContext
+from zerolabel.queue.worker import run_worker
 from zerolabel.queue.writeback import RETRY_S, WriteBack, after_job
 from zerolabel.settings import BackendSettings, WorkerSettings
+from zerolabel.sites import LabelStudioSites
 from zerolabel_backend.app import create_app
 
 from tests.ls_fake import FakeLabelStudio, fake_label_studios, png
@@ -67,8 +66,7 @@ class Stack:
     def run_jobs(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Run every queued job in this process, as a worker would."""
         monkeypatch.setattr(jobs, "get_runtime", lambda: self.runtime)
-        queue = make_queue(self.redis, self.runtime.settings.queue)
-        SimpleWorker([queue], connection=self.redis, serializer=JSONSerializer).work(burst=True)
+        run_worker(self.redis, self.runtime.settings.queue, burst=True, with_scheduler=False)
 
     def writer(self, later_s: float = 0.0) -> WriteBack:
         """Another worker's write-back, its clock ``later_s`` ahead."""

@@ -33,9 +33,9 @@ from redis.exceptions import RedisError
 from rq.job import Job
 
 from zerolabel.contract import DiscoveryRequest, DiscoverySpec
-from zerolabel.errors import DiscoveryError
+from zerolabel.errors import DiscoveryError, LabelStudioError
 from zerolabel.labelstudio import tasks as ls_format
-from zerolabel.labelstudio.client import LabelStudioClient, LabelStudioError
+from zerolabel.labelstudio.client import LabelStudioClient
 from zerolabel.labelstudio.options import ProjectOptions
 from zerolabel.loop.backend_options import choose_options, explain_options
 from zerolabel.loop.prelabel_report import PrelabelReport

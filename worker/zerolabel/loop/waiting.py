@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from rq.job import Job
 
 from zerolabel.errors import DiscoveryError
-from zerolabel.queue.dispatch import Outcome
+from zerolabel.queue.dispatch import LATE, Ending, Outcome
 from zerolabel.queue.service import PredictionService
 
 WORKER_CHECK_S = 5.0
@@ -22,9 +22,6 @@ WORKER_CHECK_S = 5.0
 
 GONE_AFTER_CHECKS = 2
 """Counts in a row with no live worker that end a wait (a worker restarting is not a loss)."""
-
-LATE = Outcome(None, "late: still running, ask again")
-"""What a job that did not end in time gets (the dispatcher's own words)."""
 
 
 class BatchWaiter:
@@ -75,7 +72,7 @@ class BatchWaiter:
             budget -= step
             got = self.service.dispatcher.collect([jobs[i] for i in waiting], step)
             for index, outcome in zip(waiting, got, strict=True):
-                if outcome != LATE:
+                if outcome.ending is not Ending.LATE:
                     outcomes[index] = outcome
             if all(outcome is not None for outcome in outcomes) or budget <= 0:
                 break

@@ -1,28 +1,29 @@
-"""Batched discovery jobs: one job per image, many jobs per forward pass.
+"""Discovery jobs served in batches: one job per image, many jobs per forward pass.
 
-Each RQ job still carries one image and spec (job id = ``DiscoveryRequest.job_id``). A worker
-serves a discovery job it dequeues like this:
+What it adds to RQ: RQ hands a worker one job and runs its function. Each discovery job still
+carries one image and spec (job id = ``DiscoveryRequest.job_id``), but a worker serves the one
+it dequeued like this, the only way a discovery job runs:
 
 1. **Claim.** It takes up to B-1 more waiting jobs of the same spec from its queue
-   (:mod:`zerolabel.queue.claims`) and moves each into RQ's started state with the bookkeeping
-   RQ does for the one it dequeued (an execution in the StartedJobRegistry with its TTL, the
-   job's status, worker name and heartbeat), and takes every job's lease
-   (:mod:`zerolabel.queue.held`). A worker killed now leaves started jobs whose lease lapses:
-   the backend queues them again, with no strike (nothing ran yet).
+   (:mod:`zerolabel.queue.claims`), holds them in its liveness record
+   (:mod:`zerolabel.queue.heartbeat`) and moves each into RQ's started state with RQ's own
+   bookkeeping (an execution in the StartedJobRegistry, the job's status, worker name and start).
+   A worker killed from now on leaves started jobs that no live record holds: the backend queues
+   them again, each with a strike, so each runs alone next time (:mod:`zerolabel.queue.runs`).
 2. **Load.** A small thread pool downloads and decodes the images and looks up the result
    cache, one task per job (:meth:`WorkerRuntime.load`).
 3. **Prefetch.** When the batch's images are loaded the worker claims the next batch of the same
    spec (only when a job of that spec is next in the queue, so another spec at the head is not
    kept waiting) and starts loading it, then runs the current batch: the downloads of batch n+1
    overlap the forward pass of batch n.
-4. **Run.** Each job's run is recorded (strikes and the quarantine work per job, as for a single
-   job) and the images still to compute go through one batched run
+4. **Run.** The images still to compute go through one batched run
    (:meth:`WorkerRuntime.compute`: images of the same padded size share forward passes of up to
    ``ZEROLABEL_BATCH_SIZE``), under RQ's job timeout.
-5. **Finish.** Each job then goes through RQ's own ``perform_job`` with its function
-   ``zerolabel.queue.jobs.discover`` answering from the outcome computed for it
-   (:mod:`zerolabel.queue.answers`): results, failures, exception handlers, transient-only
-   retries and registries are RQ's single-job paths, so one bad image fails only its own job.
+5. **Finish.** Each job then goes through RQ's own ``perform_job``, where the job (a
+   :class:`BatchedJob`, the worker's job class) answers with the outcome computed for it: results,
+   failures, exception handlers, transient-only retries and registries are RQ's single-job paths,
+   so one bad image fails only its own job. Late tasks get their prediction written first
+   (:mod:`zerolabel.queue.writeback`).
 
 B is ``ZEROLABEL_WORKER_BATCH`` (default by device: :meth:`WorkerRuntime.worker_batch`). A job
 with a strike is served alone and never claimed into a batch. A Redis outage mid-batch queues again
@@ -38,39 +39,82 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from rq import Queue
 from rq.executions import Execution
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
+from rq.worker import BaseWorker
 
 from zerolabel.contract import DiscoveryRequest, DiscoveryResult
-from zerolabel.queue.answers import Answer, answering
-from zerolabel.queue.batch_report import (
-    BatchObserver,
-    BatchReport,
-    BatchStats,
-    record_queue_stages,
-)
-from zerolabel.queue.claims import Claimer, request_of
-from zerolabel.queue.held import HeldLeases
-from zerolabel.queue.leases import QuarantinedJobError
+from zerolabel.errors import ConfigError, DiscoveryError
+from zerolabel.queue.batch_report import BatchObserver, BatchReport, BatchStats, record_queue_stages
+from zerolabel.queue.claims import Claimer, is_discovery
+from zerolabel.queue.heartbeat import Heartbeat
+from zerolabel.queue.runs import Runs
+from zerolabel.queue.runtime import Loaded, WorkerRuntime
 from zerolabel.queue.writeback import after_job
-
-if TYPE_CHECKING:
-    from zerolabel.queue.runtime import Loaded, WorkerRuntime
-    from zerolabel.queue.worker import ZerolabelWorker
+from zerolabel.stages import Timings
 
 logger = logging.getLogger(__name__)
 
 LOAD_THREADS = 8
 """The most downloads a worker runs at once."""
 
+Computed = DiscoveryResult | Exception
+"""A job's outcome as its batch computed it: its result, or why it failed."""
+
+
+class BatchedJob(Job):
+    """RQ's job, answering with the outcome its worker computed (the worker's job class).
+
+    Attributes:
+        computed: set by the worker before RQ performs the job: ``perform`` then returns this
+            result (or raises this error) instead of calling the job's function.
+        started: the worker put the job in RQ's started state when it claimed it.
+    """
+
+    computed: Computed | None = None
+    started: bool = False
+
+    def perform(self) -> Any:
+        if self.computed is None:
+            return super().perform()
+        outcome, self.computed = self.computed, None
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome.to_dict()
+
+
+def admit(job: BatchedJob) -> DiscoveryRequest | None:
+    """The request of a discovery job to serve in a batch; None for a job RQ runs as it is:
+    another function's, or one answered at once (``job.computed``: a request that does not parse,
+    or that names what this version cannot serve, e.g. from a backend of another version)."""
+    if not is_discovery(job):
+        return None
+    argument: Any = job.args[0] if len(job.args) == 1 else None
+    try:
+        return DiscoveryRequest.from_dict(argument)
+    except ConfigError as exc:  # an error result, so RQ does not retry it
+        job.computed = refused(argument, exc)
+    except (DiscoveryError, LookupError, TypeError, ValueError) as exc:
+        job.computed = exc
+    return None
+
+
+def refused(request: Any, exc: ConfigError) -> DiscoveryResult:
+    """The error result for a request whose spec cannot be built here."""
+    fields = request if isinstance(request, dict) else {}
+    task_id = fields.get("task_id")
+    logger.error("task %s: request refused: %s", task_id, exc)
+    task = task_id if isinstance(task_id, int) else None
+    return DiscoveryResult(str(fields.get("image", "")), (0, 0), [], "", task, str(exc))
+
 
 @dataclass
 class _Claimed:
-    job: Job
+    job: BatchedJob
     request: DiscoveryRequest
     execution: Execution
     loading: Future[tuple[Loaded, float]] | None = None
@@ -88,27 +132,32 @@ class Batches:
     """Serves discovery jobs in batches for one worker.
 
     Args:
-        worker: the worker (RQ's bookkeeping for claimed jobs, run records).
+        worker: the RQ worker (its bookkeeping: executions, started state, ``perform_job``).
+        beat: the worker's liveness record (every job is held from its claim to its finish).
+        runs: strikes (a job with a strike is served alone).
         runtime: the process's runtime, built on first use.
         size: jobs per batch (B); None: by device, see :meth:`WorkerRuntime.worker_batch`.
-        lease_s: the jobs' lease TTL.
+        stop_requested: whether a stop was asked for (no further batch is claimed then).
     """
 
     def __init__(
         self,
-        worker: ZerolabelWorker,
+        worker: BaseWorker,
+        beat: Heartbeat,
+        runs: Runs,
         runtime: Callable[[], WorkerRuntime],
         size: int | None,
-        lease_s: int,
+        stop_requested: Callable[[], bool],
     ) -> None:
         self.worker = worker
+        self.beat = beat
+        self.runs = runs
         self._make_runtime = runtime
         self._runtime: WorkerRuntime | None = None
         self._size = size
-        self.leases = HeldLeases(worker.connection, lease_s)
+        self._stop_requested = stop_requested
         self.stats = BatchStats()
         self.observers: list[BatchObserver] = [self.stats, record_queue_stages]
-        self.taken: set[str] = set()  # jobs claimed (or being claimed) and not finished
         self._pool: ThreadPoolExecutor | None = None
 
     @property
@@ -124,62 +173,49 @@ class Batches:
             self._size = self.runtime.worker_batch()
         return self._size
 
-    def accepts(self, job: Job) -> DiscoveryRequest | None:
-        """The request of a discovery job (served here); None for a job of another function or
-        a request that does not parse (RQ runs it alone)."""
-        return request_of(job)
-
-    def serve(self, first: Job, request: DiscoveryRequest, queue: Queue) -> None:
+    def serve(self, first: BatchedJob, request: DiscoveryRequest, queue: Queue) -> None:
         """Serve ``first`` and more waiting jobs of its spec, batch after batch, until no job of
         that spec is next in the queue (or a stop is requested).
 
         A job with a strike (a run of it died with its worker) is served alone.
         """
-        self.taken.add(first.id)
         start = time.perf_counter()
-        if self.worker.runs.settle(first.id):
+        if self.runs.strikes(first.id):
             self._run(*self._ready(self._start([(first, request)], start)), queue)
             return
         spec = request.spec
-        claimer = Claimer(self.worker.runs, window=max(4 * self.size, 16))
-        more = claimer.claim(queue, spec, self.size - 1, taken=self.taken)
+        claimer = Claimer(self.runs, self.beat, window=max(4 * self.size, 16))
+        more = claimer.claim(queue, spec, self.size - 1)
         batch = self._start([(first, request), *more], start)
         while batch:
             ready = self._ready(batch)
             following: list[_Claimed] = []
-            if not self.worker.stop_requested:
+            if not self._stop_requested():
                 start = time.perf_counter()
-                more = claimer.claim(queue, spec, self.size, taken=self.taken, only_if_next=True)
+                more = claimer.claim(queue, spec, self.size, only_if_next=True)
                 following = self._start(more, start)
             self._run(*ready, queue)
             batch = following
 
-    def abandon(self) -> list[str]:
-        """Forget the jobs taken and not finished (a Redis outage, an error): their leases are
-        released; returns their ids."""
-        abandoned = list(self.taken)
-        for job_id in abandoned:
-            self.leases.release(job_id)
-        self.taken.clear()
-        return abandoned
-
     def close(self) -> None:
-        """Stop the download threads and release every lease still held."""
+        """Stop the download threads."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-        self.leases.close()
 
     # --- stages --------------------------------------------------------------------------------
 
     def _start(self, claims: list[tuple[Job, DiscoveryRequest]], since: float) -> list[_Claimed]:
-        """Leases and RQ's started state for claimed jobs, then their downloads begin.
+        """RQ's started state for claimed jobs (held in the liveness record already), then their
+        downloads begin.
 
         ``since``: when claiming them began; the time until their downloads start is shared
         among them as their claim time.
         """
-        self.leases.hold(job.id for job, _ in claims)
-        batch = [_Claimed(job, req, self.worker.start_claimed(job)) for job, req in claims]
+        batch = []
+        for job, request in claims:
+            assert isinstance(job, BatchedJob), "the worker's job class is BatchedJob"
+            batch.append(_Claimed(job, request, self._begin(job)))
         pool = self._threads()
         for claimed in batch:
             claimed.loading = pool.submit(self._load, claimed.request)
@@ -188,6 +224,13 @@ class Batches:
             for claimed in batch:
                 claimed.claim_s = share
         return batch
+
+    def _begin(self, job: BatchedJob) -> Execution:
+        """Put a claimed job in RQ's started state, as RQ does the one it dequeues."""
+        execution = self.worker.prepare_execution(job)
+        self.worker.prepare_job_execution(job, len(self.worker.queues) == 1)
+        job.started = True
+        return execution
 
     def _threads(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -219,35 +262,22 @@ class Batches:
         return batch, _Loads(outcomes, load_s, time.perf_counter() - start)
 
     def _run(self, batch: list[_Claimed], loads: _Loads, queue: Queue) -> None:
-        answers: dict[str, Answer] = {}
         compute: list[tuple[_Claimed, Loaded]] = []
         for claimed, outcome in zip(batch, loads.outcomes, strict=True):
-            job_id = claimed.job.id
-            try:
-                self.worker.runs.begin(job_id, self.worker.record)
-            except QuarantinedJobError as exc:
-                answers[job_id] = Answer(job_id, error=exc)
-                continue
             if isinstance(outcome, Exception):
-                answers[job_id] = Answer(job_id, error=outcome)
+                claimed.job.computed = outcome
             elif outcome.result is not None:
-                answers[job_id] = Answer(job_id, result=outcome.result)
+                claimed.job.computed = outcome.result
             else:
                 compute.append((claimed, outcome))
-        before = _stage_seconds(self.runtime)
+        stages = Timings()
         start = time.perf_counter()
-        for (claimed, _), result in zip(compute, self._compute(compute), strict=True):
-            job_id = claimed.job.id
-            if isinstance(result, Exception):
-                answers[job_id] = Answer(job_id, error=result)
-            else:
-                answers[job_id] = Answer(job_id, result=result)
+        for (claimed, _), result in zip(compute, self._compute(compute, stages), strict=True):
+            claimed.job.computed = result
         run_s = time.perf_counter() - start
-        after = _stage_seconds(self.runtime)
         start = time.perf_counter()
         for claimed in batch:
-            self._finish(claimed, queue, answers[claimed.job.id])
-        preprocess_s, forward_s, method_s = (b - a for a, b in zip(before, after, strict=True))
+            self._finish(claimed, queue)
         self._report(
             BatchReport(
                 size=len(batch),
@@ -257,34 +287,32 @@ class Batches:
                 load_s=loads.load_s,
                 wait_s=loads.wait_s,
                 run_s=run_s,
-                preprocess_s=preprocess_s,
-                forward_s=forward_s,
-                method_s=method_s,
+                stages=stages,
                 finish_s=time.perf_counter() - start,
             )
         )
 
-    def _compute(self, compute: list[tuple[_Claimed, Loaded]]) -> list[DiscoveryResult | Exception]:
+    def _compute(self, compute: list[tuple[_Claimed, Loaded]], stages: Timings) -> list[Computed]:
         """The batched run, under the longest RQ job timeout of its jobs."""
         if not compute:
             return []
         jobs = [claimed.job for claimed, _ in compute]
         timeout = max(job.timeout or self.worker.queue_class.DEFAULT_TIMEOUT for job in jobs)
         spec = compute[0][0].request.spec
+        loaded = [item for _, item in compute]
         try:
             with self.worker.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):
-                return self.runtime.compute(spec, [loaded for _, loaded in compute])
+                return self.runtime.compute(spec, loaded, stages)
         except JobTimeoutException as exc:
             return [exc for _ in compute]
 
-    def _finish(self, claimed: _Claimed, queue: Queue, answer: Answer) -> None:
+    def _finish(self, claimed: _Claimed, queue: Queue) -> None:
+        job = claimed.job
         redis = self.runtime.redis
-        if answer.result is not None and redis is not None:  # late tasks get it written now
-            after_job(redis, self.runtime.settings, claimed.job.id, answer.result)
-        with answering(answer):
-            self.worker.finish_claimed(claimed.job, queue, claimed.execution)
-        self.leases.release(claimed.job.id)
-        self.taken.discard(claimed.job.id)
+        if isinstance(job.computed, DiscoveryResult) and redis is not None:
+            after_job(redis, self.runtime.settings, job.id, job.computed)  # late tasks get it
+        self.worker.perform_job(job, queue, claimed.execution)
+        self.beat.release(job.id)
 
     def _report(self, report: BatchReport) -> None:
         logger.info(
@@ -300,8 +328,3 @@ class Batches:
                 observer(report)
             except Exception:  # a metrics hook never stops the worker
                 logger.exception("batch observer %r failed", observer)
-
-
-def _stage_seconds(runtime: WorkerRuntime) -> tuple[float, float, float]:
-    timings = runtime.timings
-    return timings.preprocess_s, timings.forward_s, timings.method_s

@@ -1,5 +1,8 @@
 """The result cache: finished results by model_version, image origin and image content.
 
+What it adds to RQ: RQ keeps a job's result under the job; the same image under another URL,
+or asked for by another job, is found here by its content instead of being computed again.
+
 Keys:
   zerolabel:result:<version>:<origin digest>:<sha256>
 

@@ -1,19 +1,21 @@
 """The backend's side of the queue: connections, submitting idempotent jobs, collecting results.
 
 Imported by the backend (which must not import torch) and by workers. Jobs are enqueued by
-string reference (``zerolabel.queue.jobs.discover``) with RQ's JSON serializer, so the backend never
-imports the worker's code. The worker side lives in :mod:`zerolabel.queue.worker`; leases, run
-records and the quarantine in :mod:`zerolabel.queue.leases`; heartbeats in
-:mod:`zerolabel.queue.heartbeat`; the result cache in :mod:`zerolabel.queue.cache`.
+string reference (:data:`JOB_FUNCTION`) with RQ's JSON serializer, so the backend never imports
+the worker's code. What it adds to RQ: one job per image and spec (the job id is the request's),
+reused while it is queued, running or finished, and replaced when it failed or its worker died
+(:mod:`zerolabel.queue.runs`, noticed in seconds rather than at RQ's next maintenance); the wait
+for many jobs reads their statuses in one round trip per look; health counts the workers whose
+liveness record (:mod:`zerolabel.queue.heartbeat`) is alive, not RQ's registrations, which
+outlive a killed worker by minutes.
 
-Keys:
-  rq:job:<job id>                      RQ's own job hash (job id = request.job_id)
-  zerolabel:lease:<job id>             held and renewed by the worker running that job
-  zerolabel:run:<job id>               the worker process running that job
-  zerolabel:strikes:<job id>           runs of that job that died with their worker
-  zerolabel:worker:<name>              a live worker's heartbeat
+Keys (besides RQ's own, ``rq:job:<job id>`` with job id = ``request.job_id``):
+  zerolabel:worker:<name>              a live worker's record: its process and the jobs it holds
+  zerolabel:strikes:<job id>           the runs of that job that died with their worker
   zerolabel:result:<version>:<origin digest>:<sha256>
                                        a finished result by model_version, image origin and content
+  zerolabel:waiting:... zerolabel:finished:... zerolabel:delivered:... zerolabel:writeback:due
+                                       late predictions (:mod:`zerolabel.queue.writeback`)
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from redis import Redis
@@ -35,16 +38,17 @@ from rq.serializers import JSONSerializer
 from zerolabel.contract import DiscoveryRequest, DiscoveryResult
 from zerolabel.queue.cache import ResultCache
 from zerolabel.queue.heartbeat import live_workers
-from zerolabel.queue.leases import QUARANTINE_AFTER, Runs, lease, lease_key, quarantine
+from zerolabel.queue.runs import QUARANTINE_AFTER, Runs, quarantine
 from zerolabel.settings import QueueSettings
 
 __all__ = [
     "JOB_FUNCTION",
+    "LATE",
     "Dispatcher",
+    "Ending",
     "Outcome",
     "ResultCache",
     "connect",
-    "lease",
     "make_queue",
 ]
 
@@ -65,15 +69,37 @@ def make_queue(redis: Redis, settings: QueueSettings) -> Queue:
     return Queue(settings.queue, connection=redis, serializer=JSONSerializer)
 
 
-# --- backend side ------------------------------------------------------------------------------
+class Ending(Enum):
+    """How the wait for a job ended."""
+
+    DONE = "done"
+    """The job finished: its result (which may hold the error of its image)."""
+    LATE = "late"
+    """The job was still queued or running: it ends later."""
+    FAILED = "failed"
+    """RQ failed, stopped or canceled the job, or it finished without a result."""
+    UNREACHABLE = "unreachable"
+    """Redis did not answer."""
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one request: a result, or why there is none yet."""
+    """What became of one request: a result, or why there is none yet.
+
+    Attributes:
+        result: the job's result; None when there is none now.
+        reason: why there is none, in words (e.g. "failed: ValueError: ...").
+        ending: how the wait ended. Not compared: two outcomes with the same result and reason
+            are the same outcome.
+    """
 
     result: DiscoveryResult | None
-    reason: str | None = None  # "late", "failed: ...", "redis unreachable: ..."
+    reason: str | None = None
+    ending: Ending = field(default=Ending.DONE, compare=False)
+
+
+LATE = Outcome(None, "late: still running, ask again", Ending.LATE)
+"""The outcome of a job that had not ended when the wait did."""
 
 
 class Dispatcher:
@@ -94,9 +120,9 @@ class Dispatcher:
     def submit(self, request: DiscoveryRequest) -> Job:
         """The job for this request: the existing one when it is done or alive, else a new one.
 
-        A failed job, or a started job whose worker no longer renews its lease (killed
-        mid-job), is replaced, so asking again recovers the task; a job that stopped its worker
-        twice is failed instead (quarantined) and stays failed.
+        A failed job, or a started job whose worker's liveness record no longer holds it
+        (killed mid-job), is replaced, so asking again recovers the task; a job that stopped its
+        worker twice is failed instead (quarantined) and stays failed.
         """
         job = self._existing(request.job_id)
         if job is not None and self._usable(job):
@@ -139,12 +165,9 @@ class Dispatcher:
             True to keep the job (running, or failed by the quarantine just now), False to run it
             again.
         """
-        if self.redis.exists(lease_key(job.id)) or self.runs.running(job.id):
+        if self.runs.alive(job):
             return True
-        started = job.started_at.timestamp() if job.started_at else 0.0
-        if time.time() - started < self.settings.lease_s:
-            return True  # the worker is taking the lease right now
-        if self.runs.settle(job.id) >= QUARANTINE_AFTER:
+        if self.runs.strike(job) >= QUARANTINE_AFTER:
             quarantine(job)
             return True
         logger.warning("job %s lost its worker mid-run; queueing it again", job.id)
@@ -175,10 +198,7 @@ class Dispatcher:
                 break
             time.sleep(min(pause, left))
             pause = min(pause * 1.5, max_poll_s)
-        return [
-            outcomes.get(i, Outcome(None, "late: still running, ask again"))
-            for i in range(len(jobs))
-        ]
+        return [outcomes.get(i, LATE) for i in range(len(jobs))]
 
     def _statuses(self, jobs: Sequence[Job]) -> list[str | None]:
         """The jobs' RQ statuses as stored, read in one round trip (None: no such job)."""
@@ -195,21 +215,21 @@ class Dispatcher:
         if status == JobStatus.FINISHED:
             value = job.return_value(refresh=True)
             if not value:
-                return Outcome(None, "no result")
+                return Outcome(None, "no result", Ending.FAILED)
             result = DiscoveryResult.from_dict(value)
             if result.error:  # e.g. a 404: forget it, so the task is tried again next time
                 with contextlib.suppress(RedisError):
                     job.delete()
             return Outcome(result)
         if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-            return Outcome(None, f"{status.value}: {_last_line(job)}")
+            return Outcome(None, f"{status.value}: {_last_line(job)}", Ending.FAILED)
         return None
 
     def health(self) -> dict[str, Any]:
         """Redis reachability, queue depth and live workers (never raises).
 
-        ``workers`` counts worker processes whose heartbeat is alive, not RQ's registrations
-        (which outlive a killed worker by minutes).
+        ``workers`` counts worker processes whose liveness record is alive, not RQ's
+        registrations (which outlive a killed worker by minutes).
         """
         try:
             self.redis.ping()

@@ -1,22 +1,22 @@
-"""RQ entry points, enqueued by string reference (``zerolabel.queue.jobs.discover``)."""
+"""The RQ entry point discovery jobs are enqueued under, and the worker process's runtime.
+
+What it adds to RQ: nothing runs here. RQ needs a function to name in a job
+(``zerolabel.queue.jobs.discover``, by string reference, so the backend never imports this
+code); ``zerolabel worker`` serves every job of that function in batches and answers it with
+the outcome the batch computed (:mod:`zerolabel.queue.batch`). A plain RQ worker that runs the
+function gets an error saying so: it would keep no liveness record, so the backend would take
+the job for one whose worker died and queue it again.
+"""
 
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any
 
-from rq import get_current_job
-
-from zerolabel.contract import DiscoveryRequest, DiscoveryResult
-from zerolabel.errors import ConfigError, DiscoveryError
-from zerolabel.queue.answers import answer_for
-from zerolabel.queue.dispatch import connect, lease
+from zerolabel.errors import DiscoveryError
+from zerolabel.queue.dispatch import connect
 from zerolabel.queue.runtime import WorkerRuntime
-from zerolabel.queue.writeback import after_job
 from zerolabel.settings import WorkerSettings
-
-logger = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -27,42 +27,15 @@ def get_runtime() -> WorkerRuntime:
 
 
 def discover(request: dict[str, Any]) -> dict[str, Any]:
-    """Discover objects in one image; returns a ``DiscoveryResult`` as a dict.
-
-    A request this worker can never serve (an unknown method or parameter, e.g. from a backend
-    of another version) answers with an error result instead of failing, so RQ does not retry it.
-    A job the worker served in a batch answers with (or raises) the outcome the batch computed
-    for it (:mod:`zerolabel.queue.batch`).
+    """Refuses to run: discovery jobs are served by ``zerolabel worker``.
 
     Raises:
-        DiscoveryError: the runtime has no Redis connection to hold the job's lease with.
+        DiscoveryError: always, naming the command that serves these jobs.
     """
-    try:
-        parsed = DiscoveryRequest.from_dict(request)
-    except ConfigError as exc:
-        return refused(request, exc).to_dict()
-    job = get_current_job()
-    answer = answer_for(job.id) if job else None
-    if answer is not None:
-        return answer.unwrap().to_dict()
-    runtime = get_runtime()
-    if runtime.redis is None:
-        raise DiscoveryError("the worker runtime has no Redis connection: set REDIS_URL")
-    with lease(runtime.redis, job.id if job else None, runtime.settings.queue.lease_s):
-        result = runtime.discover(parsed)
-        after_job(runtime.redis, runtime.settings, job.id if job else None, result)
-    return result.to_dict()
-
-
-def refused(request: dict[str, Any], exc: ConfigError) -> DiscoveryResult:
-    """The error result for a request whose spec cannot be built here."""
-    task_id = request.get("task_id")
-    logger.error("task %s: request refused: %s", task_id, exc)
-    return DiscoveryResult(
-        str(request.get("image", "")),
-        (0, 0),
-        [],
-        "",
-        task_id if isinstance(task_id, int) else None,
-        str(exc),
+    task = request.get("task_id") if isinstance(request, dict) else None
+    raise DiscoveryError(
+        f"the discovery job of task {task} reached a worker that is not `zerolabel worker`: "
+        "discovery jobs are served in batches by `zerolabel worker` (same REDIS_URL and "
+        "ZEROLABEL_QUEUE), which keeps the liveness record the backend relies on; stop the "
+        "other worker on this queue"
     )

@@ -1,8 +1,11 @@
-"""Waiting out a Redis outage: capped exponential backoff, logged once per outage.
+"""Waiting out a Redis outage: redis-py's capped exponential backoff, logged once per outage.
 
-Redis is away when connections are refused or reset, commands time out, or it answers LOADING
-while it replays its append-only file (redis-py raises ``BusyLoadingError``, a
-``ConnectionError``).
+What it adds to RQ: RQ's worker loop waits for Redis only inside its blocking dequeue (logging
+every retry); Redis going away anywhere else (the suspension check, maintenance, a heartbeat, a
+job's bookkeeping) ends the loop. The worker (:mod:`zerolabel.queue.worker`) sends every such
+error here instead. Redis is away when connections are refused or reset, commands time out, or
+it answers LOADING while it replays its append-only file (redis-py raises
+``BusyLoadingError``, a ``ConnectionError``).
 """
 
 from __future__ import annotations
@@ -12,54 +15,28 @@ import time
 from collections.abc import Callable
 
 from redis import Redis
+from redis.backoff import AbstractBackoff, ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from zerolabel.errors import DiscoveryError
 
 logger = logging.getLogger(__name__)
 
 REDIS_DOWN: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
 """Errors that mean Redis is away for now (not a bad command)."""
 
-
-class RedisUnavailable(DiscoveryError):
-    """Redis went away in the middle of an operation; raised to reach the code that waits."""
-
-
-class Backoff:
-    """Pauses that double from ``first_s`` up to ``cap_s``.
-
-    Args:
-        first_s: the first pause.
-        cap_s: the longest pause.
-    """
-
-    def __init__(self, first_s: float = 0.5, cap_s: float = 5.0) -> None:
-        self.first_s = first_s
-        self.cap_s = cap_s
-
-    def pauses(self) -> Callable[[], float]:
-        """A fresh sequence of pauses: each call returns the next one."""
-        state = {"next": self.first_s}
-
-        def pause() -> float:
-            current = state["next"]
-            state["next"] = min(current * 2, self.cap_s)
-            return current
-
-        return pause
+PAUSES = ExponentialBackoff(cap=5.0, base=0.5)
+"""Pauses between pings while Redis is away: 0.5 s, doubling up to 5 s."""
 
 
 def wait_for_redis(
     redis: Redis,
     cause: BaseException,
     *,
-    backoff: Backoff | None = None,
+    backoff: AbstractBackoff = PAUSES,
     should_stop: Callable[[], bool] = lambda: False,
     sleep: Callable[[float], None] = time.sleep,
 ) -> bool:
-    """Ping Redis with capped exponential backoff until it answers; False if asked to stop.
+    """Ping Redis with ``backoff``'s pauses until it answers; False if asked to stop.
 
     Logs a warning when the wait starts and one line when Redis is back, nothing in between.
     """
@@ -67,9 +44,10 @@ def wait_for_redis(
         "Redis unreachable (%s: %s); waiting for it to come back", type(cause).__name__, cause
     )
     started = time.monotonic()
-    pause = (backoff or Backoff()).pauses()
+    failures = 0
     while not should_stop():
-        sleep(pause())
+        sleep(backoff.compute(failures))
+        failures += 1
         try:
             redis.ping()
         except REDIS_DOWN:

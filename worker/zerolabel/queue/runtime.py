@@ -1,10 +1,11 @@
 """A worker process's long-lived state: loaded models, image fetchers, the result cache.
 
-Built once per process; every job reuses it, so a model is never reloaded per job. Discovery
-runs in two stages so a worker can batch jobs (:mod:`zerolabel.queue.batch`): :meth:`load`
-(download, decode, result-cache lookup: one image, any thread) and :meth:`compute` (one
-batched run of many loaded images of one spec, on the device). :meth:`discover` chains them for
-one request.
+What it adds to RQ: RQ runs a job's function anew each time; this state is built once per
+process and every job reuses it, so a model is never reloaded per job. Discovery runs in two
+stages so a worker can batch jobs (:mod:`zerolabel.queue.batch`): :meth:`load` (download,
+decode, result-cache lookup: one image, any thread) and :meth:`compute` (one batched run of
+many loaded images of one spec, on the device). :meth:`discover` chains them for one request,
+in this process (no queue).
 """
 
 from __future__ import annotations
@@ -21,19 +22,13 @@ from rq.timeouts import BaseTimeoutException
 
 from zerolabel import metrics
 from zerolabel.contract import DiscoveryRequest, DiscoveryResult, DiscoverySpec, Region
-from zerolabel.errors import ConfigError, ImageLoadError, WeightsError
-from zerolabel.io.fetch import Fetcher, FetchPolicy, TransientFetchError
+from zerolabel.errors import ConfigError, ImageLoadError, TransientFetchError, WeightsError
+from zerolabel.io.fetch import Fetcher, FetchPolicy
 from zerolabel.io.images import ImageLimits, LoadedImage
-from zerolabel.io.ls_folders import LabelStudioFolders
-from zerolabel.labelstudio.auth import (
-    LS_ALIASES_SETTING,
-    LS_URL_SETTING,
-    LabelStudioSite,
-    parse_origin,
-)
 from zerolabel.pipeline import ModelStore, Runner
-from zerolabel.queue.dispatch import ResultCache
+from zerolabel.queue.cache import ResultCache
 from zerolabel.settings import WorkerSettings
+from zerolabel.sites import LS_ALIASES_SETTING, LS_URL_SETTING, LabelStudioSite, parse_origin
 from zerolabel.stages import Timings
 from zerolabel.vit.backbone import Backbone, pick_device
 
@@ -79,9 +74,8 @@ class WorkerRuntime:
         self.cache = ResultCache(redis, settings.queue.result_ttl_s) if redis else None
         self.limits = ImageLimits(settings.max_image_bytes, settings.max_image_pixels)
         self.models = ModelStore(settings)
-        self.timings = Timings()  # every run's stages, summed (metrics read it)
         self.sites = settings.ls_sites()
-        self._folders = settings.ls_folders()
+        FetchPolicy.from_settings(settings, self.sites.primary)  # a bad folder fails at start
         self._local = threading.local()  # fetchers are not thread-safe: a set per thread
         self._all_fetchers: list[Fetcher] = []
         self._lock = threading.Lock()
@@ -133,8 +127,9 @@ class WorkerRuntime:
             return self.sites.primary
         site = self.sites.find(request.ls_url)
         if site is None:
+            named = _origin(request.ls_url) or repr("<not an http(s) URL>")
             raise ConfigError(
-                f"the task's image is on the Label Studio at {_origin_text(request.ls_url)}, "
+                f"the task's image is on the Label Studio at {named}, "
                 f"which is not the one this worker is configured for ({self.sites.describe()}); "
                 f"set {LS_URL_SETTING} on the workers, or add it to {LS_ALIASES_SETTING} if it "
                 "is another name for it"
@@ -142,20 +137,8 @@ class WorkerRuntime:
         return site
 
     def _new_fetcher(self, site: LabelStudioSite | None) -> Fetcher:
-        others = tuple(s.url for s in self.sites.sites if s != site)
-        return Fetcher(
-            FetchPolicy(
-                ls_url=site.url if site is not None else None,
-                ls_token=self.settings.ls_token if site is not None else None,
-                ls_aliases=others if site is not None else (),
-                allowed_hosts=self.settings.allowed_hosts,
-                allow_local_paths=bool(self.settings.local_roots),
-                local_roots=self.settings.local_roots,
-                timeout_s=self.settings.fetch_timeout_s,
-                budget_s=self.settings.fetch_timeout_s,  # per job run; RQ does the re-runs
-                ls_folders=self._folders if site is not None else LabelStudioFolders(),
-            )
-        )
+        budget_s = self.settings.fetch_timeout_s  # per job run; RQ does the re-runs
+        return Fetcher(FetchPolicy.from_settings(self.settings, site, budget_s=budget_s))
 
     def close(self) -> None:
         """Close every kept fetcher of every thread (their HTTP connections); models stay."""
@@ -200,7 +183,7 @@ class WorkerRuntime:
             logger.warning("task %s: %s", request.task_id, exc)
             error = DiscoveryResult(request.image, (0, 0), [], version, request.task_id, str(exc))
             return Loaded(request, result=error)
-        origin = _image_origin(image.source)
+        origin = _origin(image.source) or LOCAL_ORIGIN
         cached = self._cached(version, origin, image.sha256)
         if cached is not None:
             logger.info("task %s: served from the result cache", request.task_id)
@@ -210,13 +193,18 @@ class WorkerRuntime:
         return Loaded(request, image, origin=origin)
 
     def compute(
-        self, spec: DiscoverySpec, loaded: Sequence[Loaded]
+        self, spec: DiscoverySpec, loaded: Sequence[Loaded], timings: Timings | None = None
     ) -> list[DiscoveryResult | Exception]:
         """Run ``spec`` on the loaded images at once and store the results in the cache.
 
         Images of the same padded size share forward passes of up to ``ZEROLABEL_BATCH_SIZE``.
         When the batched run fails unexpectedly, each image is run alone, so only the image
         that fails gets the error.
+
+        Args:
+            spec: what runs.
+            loaded: items whose image is loaded.
+            timings: gains the seconds per stage of the run(s), when given.
 
         Returns:
             Per item, in order: its result, or the exception its run raised.
@@ -239,11 +227,11 @@ class WorkerRuntime:
             if len(loaded) == 1:
                 return [exc]
             logger.warning("a batch of %d failed (%s); running its images alone", len(loaded), exc)
-            return [outcome for item in loaded for outcome in self.compute(spec, [item])]
+            return [outcome for item in loaded for outcome in self.compute(spec, [item], timings)]
         finally:
-            timings = getattr(runner, "timings", None)  # stand-ins in tests may keep none
-            if isinstance(timings, Timings):
-                self.timings.add(timings)
+            spent = getattr(runner, "timings", None)  # stand-ins in tests may keep none
+            if timings is not None and isinstance(spent, Timings):
+                timings.add(spent)
         results: list[DiscoveryResult | Exception] = []
         for item, found in zip(loaded, regions, strict=True):
             result = self._result(item, found)
@@ -280,19 +268,7 @@ _TIMEOUTS = (BaseTimeoutException,)
 """RQ's job timeout: it ends the whole run, never a reason to run images one by one."""
 
 
-def _image_origin(source: str) -> str:
-    """``scheme://host:port`` of a downloaded image's URL, or :data:`LOCAL_ORIGIN`."""
-    origin = parse_origin(source)
-    if origin is None:
-        return LOCAL_ORIGIN
-    scheme, host, port = origin
-    return f"{scheme}://{host}:{port}"
-
-
-def _origin_text(url: str) -> str:
-    """The origin of a URL named by a request, for messages (never its user info or path)."""
+def _origin(url: str) -> str | None:
+    """``scheme://host:port`` of an http(s) URL (never its user info or path); else None."""
     origin = parse_origin(url)
-    if origin is None:
-        return repr("<not an http(s) URL>")
-    scheme, host, port = origin
-    return f"{scheme}://{host}:{port}"
+    return str(origin) if origin is not None else None

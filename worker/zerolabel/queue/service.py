@@ -1,5 +1,8 @@
 """Label Studio tasks -> queued discovery jobs -> one Label Studio entry per task.
 
+What it adds to RQ: nothing of RQ's own kind; it turns a ``/predict`` call into requests for the
+dispatcher (:mod:`zerolabel.queue.dispatch`) and their outcomes into Label Studio's entries.
+
 A task without a prediction now (its job is late, failed, or the task is malformed) gets an
 empty list: Label Studio 1.23 reads an entry as the task's list of predictions, so it stores
 nothing for it and logs no error. A late task of a project whose ``/setup`` named the
@@ -28,7 +31,7 @@ from zerolabel.contract import DiscoveryRequest, DiscoverySpec
 from zerolabel.labelstudio import tasks as ls_format
 from zerolabel.labelstudio.label_config import find_target
 from zerolabel.labelstudio.options import ProjectOptions
-from zerolabel.queue.dispatch import Dispatcher, Outcome, connect
+from zerolabel.queue.dispatch import Dispatcher, Ending, Outcome, connect
 from zerolabel.queue.writeback import Ledger, Waiting, hold_s
 from zerolabel.settings import BackendSettings
 
@@ -201,7 +204,7 @@ class PredictionService:
         except (RedisError, OSError) as exc:
             reason = self._redis_down(exc)
             logger.error("%d task(s) left without predictions: %s", len(requests), reason)
-            return [(None, Outcome(None, reason)) for _ in requests]
+            return [(None, Outcome(None, reason, Ending.UNREACHABLE)) for _ in requests]
 
     def _answer(
         self,
@@ -215,7 +218,7 @@ class PredictionService:
         result = outcome.result
         tracked = (job_id, waiting) if job_id is not None and waiting is not None else None
         try:
-            if result is None and tracked is not None and _is_late(outcome):
+            if outcome.ending is Ending.LATE and tracked is not None:
                 result = self.ledger.wait(*tracked)
                 if result is None:
                     logger.info("task %s: %s", task.get("id"), PENDING)
@@ -236,10 +239,6 @@ class PredictionService:
 
     def health(self) -> dict[str, Any]:
         return self.dispatcher.health()
-
-
-def _is_late(outcome: Outcome) -> bool:
-    return outcome.result is None and (outcome.reason or "").startswith("late")
 
 
 def _skipped(task: dict[str, Any], reason: str) -> Answer:

@@ -1,43 +1,55 @@
-"""The worker process: serves the queue in-process, outlives Redis outages and bad jobs.
+"""The worker process: RQ's SimpleWorker, customised to outlive Redis outages and bad jobs.
 
-- Redis away (refused, reset, timeouts, LOADING): the worker logs it once, pings with capped
-  exponential backoff and resumes the same queue; a job the outage cut short is queued again.
-- Its heartbeat (:mod:`zerolabel.queue.heartbeat`) is renewed by a thread, also during jobs.
-- Every run is recorded (:class:`~zerolabel.queue.leases.Runs`): a job whose runs stopped their
-  worker twice fails with the quarantine message instead of running a third time.
+Jobs run in this process (no fork per job), so the model stays loaded. What it adds to RQ,
+through RQ's hooks (a worker class, its job and queue classes, exception handlers):
+
+- Redis away (refused, reset, timeouts, LOADING) anywhere in RQ's loop: the worker logs it once,
+  pings with capped exponential backoff and resumes the same queue; the jobs the outage cut short
+  are queued again (RQ's loop waits only inside its dequeue and quits on any other outage).
+  Overridden for it: ``check_for_suspension``, ``run_maintenance_tasks``,
+  ``dequeue_job_and_maintain_ttl``, ``heartbeat`` and ``teardown``, each running RQ's own
+  method; the queue class reports an outage in its dequeue to the worker instead of to RQ's
+  retry loop.
+- A liveness record (:mod:`zerolabel.queue.heartbeat`) holding every job from before RQ marks it
+  started until RQ has its result; a job that stopped its worker twice fails with the quarantine
+  message when picked up instead of running a third time (:mod:`zerolabel.queue.runs`).
 - Only transient failures (fetch timeouts, connection errors, HTTP 5xx/429, Redis hiccups) use
-  the job's RQ retries; anything else fails the job at once with its message.
-- Discovery jobs are served in batches of waiting jobs of the same spec, with the downloads of
-  the next batch overlapping the forward pass of this one (:mod:`zerolabel.queue.batch`); a job
-  with a strike is served alone, jobs of other functions run as RQ runs them. A Redis outage
-  queues again every job of the batch that was not finished.
+  the job's RQ retries; anything else fails the job at once with its message
+  (:mod:`zerolabel.queue.failures`).
+- ``execute_job`` serves discovery jobs in batches of waiting jobs of the same spec, with the
+  downloads of the next batch overlapping the forward pass of this one
+  (:mod:`zerolabel.queue.batch`); a job with a strike is served alone, jobs of other functions
+  run as RQ runs them. ``prepare_job_execution`` skips the jobs a batch already put in RQ's
+  started state.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis import Redis
+from redis.backoff import AbstractBackoff
 from rq import Queue, SimpleWorker
 from rq.exceptions import NoSuchJobError, StopRequested
-from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.timeouts import BaseDeathPenalty
 from rq.worker import WorkerStatus
 
-from zerolabel.queue.batch import Batches
+from zerolabel.contract import DiscoveryRequest
+from zerolabel.errors import QuarantinedJobError, RedisUnavailable
+from zerolabel.queue.batch import BatchedJob, Batches, admit
 from zerolabel.queue.batch_report import BatchObserver
 from zerolabel.queue.failures import AWAY as _AWAY
-from zerolabel.queue.failures import is_transient, retry_only_transient
+from zerolabel.queue.failures import is_transient, retry_only_transient, strike_abandoned
 from zerolabel.queue.heartbeat import Heartbeat, heartbeat_ttl
-from zerolabel.queue.leases import RunRecord, Runs, lease_key
-from zerolabel.queue.outage import REDIS_DOWN, Backoff, RedisUnavailable, wait_for_redis
+from zerolabel.queue.outage import PAUSES, REDIS_DOWN, wait_for_redis
+from zerolabel.queue.runs import Runs
 from zerolabel.settings import QueueSettings
 
 if TYPE_CHECKING:
@@ -59,6 +71,8 @@ T = TypeVar("T")
 class OutageAwareQueue(Queue):
     """A queue whose blocking dequeue reports Redis going away to the worker, not to RQ's loop."""
 
+    job_class = BatchedJob
+
     @classmethod
     def dequeue_any(
         cls,
@@ -79,19 +93,22 @@ class OutageAwareQueue(Queue):
 
 class ZerolabelWorker(SimpleWorker):
     """An RQ SimpleWorker (jobs run in this process, the model stays loaded) that waits out
-    Redis outages, records its runs and retries only transient failures.
+    Redis outages, keeps its liveness record, serves discovery jobs in batches and retries
+    only transient failures.
 
     Args:
         queues: the queues to serve (:class:`OutageAwareQueue`).
-        heartbeat: this process's heartbeat (it names the worker).
-        runs: run records and strikes.
+        heartbeat: this process's liveness record (it names the worker).
+        runs: strikes and the quarantine.
         backoff: pauses between pings while Redis is away.
-        runtime: the process's runtime for batched discovery jobs, built on first use
+        runtime: the process's runtime for discovery jobs, built on first use
             (default: :func:`zerolabel.queue.jobs.get_runtime`).
         batch_size: discovery jobs per batch; None: ``ZEROLABEL_WORKER_BATCH`` or by device.
-        lease_s: the lease TTL of the jobs a batch holds.
         **kwargs: passed to :class:`rq.SimpleWorker`.
     """
+
+    job_class = BatchedJob
+    queue_class = OutageAwareQueue
 
     def __init__(
         self,
@@ -99,37 +116,32 @@ class ZerolabelWorker(SimpleWorker):
         *,
         heartbeat: Heartbeat,
         runs: Runs,
-        backoff: Backoff | None = None,
+        backoff: AbstractBackoff = PAUSES,
         runtime: Callable[[], WorkerRuntime] | None = None,
         batch_size: int | None = None,
-        lease_s: int = 15,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            queues,
-            name=heartbeat.name,
-            queue_class=OutageAwareQueue,
-            exception_handlers=[retry_only_transient],
-            **kwargs,
-        )
+        handlers = [strike_abandoned(runs), retry_only_transient]
+        super().__init__(queues, name=heartbeat.name, exception_handlers=handlers, **kwargs)
         self.beat = heartbeat
         self.runs = runs
-        self.backoff = backoff or Backoff()
-        self.record = RunRecord(heartbeat.name, heartbeat.instance)
-        self.batches = Batches(self, runtime or _process_runtime, batch_size, lease_s)
-        self._claimed: dict[str, Execution] = {}  # batched jobs in RQ's started state
+        self.backoff = backoff
+        self.stopping = False  # a warm stop was asked for: no further batch is claimed
+        make_runtime = runtime or _process_runtime
+        self.batches = Batches(
+            self, heartbeat, runs, make_runtime, batch_size, lambda: self.stopping
+        )
 
-    @property
-    def stop_requested(self) -> bool:
-        """Whether a (warm) stop was asked for: no further batch is claimed."""
-        return bool(self._stop_requested)
+    def handle_warm_shutdown_request(self) -> None:
+        self.stopping = True
+        super().handle_warm_shutdown_request()  # type: ignore[no-untyped-call]
 
     # --- names ---------------------------------------------------------------------------------
 
     def release_stale_registration(self) -> None:
         """Retire RQ's registration of this name left by a process that died without a word.
 
-        Call after the heartbeat claimed the name: no live process holds it then.
+        Call after the liveness record claimed the name: no live process holds it then.
         """
         if self.connection.exists(self.key) and not self.connection.hexists(self.key, "death"):
             logger.warning("worker name %r was left registered by a dead process", self.name)
@@ -148,25 +160,13 @@ class ZerolabelWorker(SimpleWorker):
     def _wait_for_redis(self, exc: BaseException) -> None:
         cause = exc.__cause__ if isinstance(exc, RedisUnavailable) and exc.__cause__ else exc
         back = wait_for_redis(
-            self.connection, cause, backoff=self.backoff, should_stop=lambda: self._stop_requested
+            self.connection, cause, backoff=self.backoff, should_stop=lambda: self.stopping
         )
         if not back:
             raise StopRequested()
-        self._restart_scheduler()
-
-    def _restart_scheduler(self) -> None:
-        """The scheduler process (retries with a delay) exits when Redis goes; start it again."""
-        if self.scheduler is not None:
+        if self.scheduler is not None:  # its process exits when Redis goes: start it again
             with contextlib.suppress(*_AWAY):
                 self.scheduler.acquire_locks(auto_start=True)  # type: ignore[no-untyped-call]
-
-    def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
-        """RQ's command channel: while Redis is away, retry quietly (the work loop reports it)."""
-        if not isinstance(exc, REDIS_DOWN):
-            super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
-            return
-        logger.debug("command channel: %s", exc)
-        time.sleep(2.0)
 
     def check_for_suspension(self, burst: bool) -> None:
         self._ride_out(lambda: super(ZerolabelWorker, self).check_for_suspension(burst))
@@ -177,8 +177,8 @@ class ZerolabelWorker(SimpleWorker):
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
-        parent = SimpleWorker.dequeue_job_and_maintain_ttl
-        return self._ride_out(lambda: parent(self, timeout, max_idle_time))
+        parent = super().dequeue_job_and_maintain_ttl
+        return self._ride_out(lambda: parent(timeout, max_idle_time))
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         if pipeline is not None:
@@ -199,86 +199,57 @@ class ZerolabelWorker(SimpleWorker):
     # --- runs ----------------------------------------------------------------------------------
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        self.beat.working_on(job.id)
+        assert isinstance(job, BatchedJob), "the worker's job class is BatchedJob"
         try:
-            request = self.batches.accepts(job)
+            self.beat.hold([job.id])
+            request = self._admit(job)
             if request is None:
                 super().execute_job(job, queue)
             else:
                 self.batches.serve(job, request, queue)
                 self.set_state(WorkerStatus.IDLE)
         except _AWAY as exc:
+            cut_short = self.beat.held
             self._wait_for_redis(exc)
-            for job_id in self._cut_short(job.id):
-                self._requeue_cut_short(job_id, queue)
+            for job_id in cut_short:
+                self._ride_out(functools.partial(self._requeue, job_id, queue))
         finally:
-            self._cut_short(job.id)  # after another error: their leases lapse, the backend
-            self.beat.working_on(None)  # queues them again
+            self.beat.release(*self.beat.held)
 
-    def start_claimed(self, job: Job) -> Execution:
-        """Move a job claimed for a batch into RQ's started state, as RQ does the one it dequeues
-        (its run is recorded later, when the batch runs)."""
-        execution = self.prepare_execution(job)
-        super().prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
-        self._claimed[job.id] = execution
-        return execution
-
-    def finish_claimed(self, job: Job, queue: Queue, execution: Execution) -> None:
-        """Run a batched job through RQ's own ``perform_job`` (its answer is computed already).
-
-        When Redis goes away meanwhile the job stays among those to queue again.
-        """
-        self.perform_job(job, queue, execution)
-        self._claimed.pop(job.id, None)
+    def _admit(self, job: BatchedJob) -> DiscoveryRequest | None:
+        """The job's request when a batch serves it; None when RQ runs it as it is (another
+        function, or a job answered at once: quarantined, or a request this worker refuses)."""
+        try:
+            self.runs.check(job.id)
+        except QuarantinedJobError as exc:
+            job.computed = exc
+            return None
+        return admit(job)
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
-        if job.id in self._claimed:
-            return  # a batched job: prepared when claimed, its run recorded when the batch ran
+        if isinstance(job, BatchedJob) and job.started:
+            return  # a batch put it in RQ's started state when it claimed it
         super().prepare_job_execution(job, remove_from_intermediate_queue)
-        self.runs.begin(job.id, self.record)  # QuarantinedJobError fails the job, unrun
-
-    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
-        super().handle_execution_ended(job, queue, heartbeat_ttl)
-        self.runs.end(job.id, self.record)
-
-    def _cut_short(self, job_id: str) -> list[str]:
-        """The jobs this worker took and did not finish (``job_id`` first); forgets them and
-        releases their leases."""
-        unfinished = list(dict.fromkeys([job_id, *self.batches.abandon(), *self._claimed]))
-        for execution in self._claimed.values():
-            self.executions.pop(execution.id, None)
-        self._claimed.clear()
-        return unfinished
-
-    def _requeue_cut_short(self, job_id: str, queue: Queue) -> None:
-        """Queue again (at the front) a job whose run or result the outage lost."""
-        self._ride_out(lambda: self._requeue(job_id, queue))
 
     def _requeue(self, job_id: str, queue: Queue) -> None:
-        self.runs.end(job_id, self.record)
+        """Queue again (at the front) a job whose run or result the outage lost."""
         try:
-            job = Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
+            job = self.job_class.fetch(job_id, self.connection, self.serializer)
         except NoSuchJobError:
             return
         status = job.get_status(refresh=False)
         ours = status == JobStatus.STARTED and job.worker_name == self.name
         stuck = status == JobStatus.QUEUED and job_id in queue.intermediate_queue.get_job_ids()
-        if not (ours or stuck):
-            return  # finished, failed or queued again meanwhile
-        registry = queue.started_job_registry
-        executions = [
-            f"{jid}:{eid}"
-            for jid, eid in registry.get_job_and_execution_ids(cleanup=False)
-            if jid == job_id
-        ]
+        executions = [e for e in self.executions.values() if e.job_id == job_id]
         with self.connection.pipeline() as pipe:
-            if executions:
-                pipe.zrem(registry.key, *executions)
-            pipe.lrem(queue.intermediate_queue.key, 0, job_id)
-            pipe.delete(lease_key(job_id))
+            for execution in executions:  # this run's entries in RQ's registries
+                self.cleanup_execution(job, pipe, execution)
+            if ours or stuck:
+                pipe.lrem(queue.intermediate_queue_key, 0, job_id)
             pipe.execute()
-        queue.enqueue_job(job, at_front=True)
-        logger.warning("job %s was cut short by the Redis outage; queued again", job_id)
+        if ours or stuck:  # else finished, failed or queued again meanwhile
+            queue.enqueue_job(job, at_front=True)
+            logger.warning("job %s was cut short by the Redis outage; queued again", job_id)
 
 
 def make_worker_queue(redis: Redis, settings: QueueSettings) -> OutageAwareQueue:
@@ -299,20 +270,20 @@ def run_worker(
 
     Args:
         runtime: what serves discovery jobs; default :func:`zerolabel.queue.jobs.get_runtime`.
-        observers: called with every batch's :class:`~zerolabel.queue.batch.BatchReport`
+        observers: called with every batch's :class:`~zerolabel.queue.batch_report.BatchReport`
             (metrics); an observer that raises is logged and changes nothing else.
 
     Raises:
         WorkerNameInUse: a live worker process already serves under ``name``.
     """
     ttl = heartbeat_ttl(settings.lease_s)
-    with Heartbeat(redis, name or uuid.uuid4().hex, settings.queue, ttl) as beat:
+    name = name or uuid.uuid4().hex
+    with Heartbeat(redis, name, settings.queue, ttl, lease_s=settings.lease_s) as beat:
         worker = ZerolabelWorker(
             [make_worker_queue(redis, settings)],
             heartbeat=beat,
             runs=Runs(redis, settings.result_ttl_s),
             runtime=(lambda: runtime) if runtime is not None else None,
-            lease_s=settings.lease_s,
             connection=redis,
             serializer=JSONSerializer,
         )
@@ -323,6 +294,6 @@ def run_worker(
 
 
 def _process_runtime() -> WorkerRuntime:
-    from zerolabel.queue.jobs import get_runtime
+    from zerolabel.queue import jobs
 
-    return get_runtime()
+    return jobs.get_runtime()

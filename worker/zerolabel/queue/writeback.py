@@ -1,5 +1,8 @@
 """Predictions written to Label Studio when a task's job finishes after ``/predict`` answered.
 
+What it adds to RQ: RQ hands a result to whoever waits for the job; here a result is also
+delivered, exactly once, to the Label Studio tasks that stopped waiting for it.
+
 Label Studio 1.23 asks ``/predict`` once per Retrieve Predictions and never again for a task it
 got no prediction for. When ``/predict`` answers before a task's job finished, the backend
 records here that the task waits for that job (:meth:`Ledger.wait`); the worker that finishes
@@ -58,11 +61,11 @@ from redis.exceptions import RedisError
 
 from zerolabel import metrics
 from zerolabel.contract import DiscoveryResult
-from zerolabel.errors import DiscoveryError
+from zerolabel.errors import DiscoveryError, LabelStudioError
 from zerolabel.labelstudio import tasks as ls_format
-from zerolabel.labelstudio.auth import LS_TOKEN_SETTING, LS_URL_SETTING, LabelStudioSites
-from zerolabel.labelstudio.client import LabelStudioClient, LabelStudioError, is_transient
+from zerolabel.labelstudio.client import LabelStudioClient, is_transient
 from zerolabel.settings import WorkerSettings
+from zerolabel.sites import LS_TOKEN_SETTING, LS_URL_SETTING, LabelStudioSites
 
 logger = logging.getLogger(__name__)
 
