@@ -18,13 +18,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from zerolabel.cli.errors import (
     FAILURE_STATUS,
     USAGE_STATUS,
-    JSONFileError,
     ZerolabelGroup,
     remember_url,
     user_message,
 )
 from zerolabel.cli.main import main
-from zerolabel.errors import ConfigError, WeightsError
+from zerolabel.errors import ConfigError, JSONFileError, WeightsError
 
 BAD_JSON = '[\n {"id": 1,\n  "data": }\n]'  # line 3, column 11
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from zerolabel.contract import Box, DiscoveryResult, Region
+from zerolabel.errors import RegionError
 from zerolabel.formats.export import export, read_ls_export
 from zerolabel.geometry import box_iou, mask_to_box, rle_encode
 from zerolabel.labelstudio.brush import brush_rle_encode
@@ -25,7 +26,6 @@ from zerolabel.labelstudio.regions import (
     STALE_BOX,
     STALE_MASK,
     UNRECORDED,
-    RegionError,
     object_id,
     object_key,
     read_objects,

@@ -23,6 +23,7 @@ from zerolabel.formats.dataset import Dataset
 from zerolabel.formats.reader import ImageSizer, file_name_from_url, inside
 from zerolabel.io.images import image_hw
 from zerolabel.progress import track
+from zerolabel.sites import LOCAL_FILES_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def local_file(document_root: Path, url_prefix: str) -> LocalFile:
     def find(url: str) -> Path | None:
         if not url.startswith(url_prefix):
             return None
-        local = "/data/local-files" in url
+        local = LOCAL_FILES_PATH.rstrip("/") in url
         name = file_name_from_url(url) if local else unquote(url.removeprefix(url_prefix))
         path = (root / name).resolve() if name else None
         if path is None or not path.is_relative_to(root) or not path.is_file():

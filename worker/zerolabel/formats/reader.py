@@ -29,10 +29,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from zerolabel.errors import NoImageSize, RegionError
 from zerolabel.formats.dataset import Dataset, ImageRecord, ObjectRecord, SkippedTask
 from zerolabel.io.images import IMAGE_SUFFIXES
-from zerolabel.labelstudio.regions import NoImageSize, RegionError, read_objects, result_image_hw
+from zerolabel.labelstudio.regions import read_objects, result_image_hw
 from zerolabel.labelstudio.versions import timestamp as _timestamp
+from zerolabel.sites import LOCAL_FILES_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +163,8 @@ def detect_image_key(data: Sequence[Any]) -> str:
 
 def _looks_like_image(url: str) -> bool:
     path = urlsplit(url).path.lower()
-    return path.endswith(IMAGE_SUFFIXES) or "/data/local-files" in path or "://" in url
+    local = LOCAL_FILES_PATH.rstrip("/")
+    return path.endswith(IMAGE_SUFFIXES) or local in path or "://" in url
 
 
 def file_name_from_url(url: str) -> str:
@@ -175,7 +178,7 @@ def file_name_from_url(url: str) -> str:
     a file.
     """
     parts = urlsplit(url)
-    if parts.path.rstrip("/").endswith("/data/local-files"):
+    if parts.path.rstrip("/").endswith(LOCAL_FILES_PATH.rstrip("/")):
         local = parse_qs(parts.query).get("d")
         if local:
             return "/".join(_safe_parts(local[0]))

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zerolabel.contract import Box, Rle
-from zerolabel.errors import DiscoveryError
+from zerolabel.errors import NoImageSize, RegionError
 from zerolabel.geometry import box_iou, rle_box
 from zerolabel.labelstudio.brush import brush_rle_to_rle
 
@@ -86,14 +86,6 @@ UNRECORDED = "box and mask disagree, no record of the prediction: mask dropped"
 
 _BOX_AND_MASK = frozenset({"box", "mask"})
 _OBJECT_PART = re.compile(r"(zl-[0-9a-f]+-\d+)-(?:box|mask)")
-
-
-class RegionError(DiscoveryError, ValueError):
-    """A result item or result list that cannot be read; the message is the reason."""
-
-
-class NoImageSize(RegionError):
-    """No item of a result list carries the image size (e.g. an empty result: a negative)."""
 
 
 @dataclass(frozen=True)

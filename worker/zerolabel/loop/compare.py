@@ -79,7 +79,11 @@ def images_with_ground_truth(files: Sequence[Path], gt: GroundTruth) -> list[Pat
 
 
 def evaluate_methods(
-    settings: WorkerSettings, names: Sequence[str], files: Sequence[Path], gt: GroundTruth
+    settings: WorkerSettings,
+    names: Sequence[str],
+    files: Sequence[Path],
+    gt: GroundTruth,
+    preset: str = "default",
 ) -> list[MethodRow]:
     """Run each method on ``files`` and score it against ``gt``.
 
@@ -89,6 +93,7 @@ def evaluate_methods(
         names: registered method names, in the order of the rows.
         files: image files, matched to ``gt`` by stem.
         gt: ground truth by file stem.
+        preset: the input setting of every method (:data:`zerolabel.methods.PRESETS`).
 
     Raises:
         ConfigError: a method these settings cannot run (a missing fitted or detector file).
@@ -102,7 +107,7 @@ def evaluate_methods(
     rows = []
     for name in names:
         chosen = with_overrides(settings, {"method": name})
-        job = BatchJob(load_runner(store, chosen, chosen.spec()), chosen)
+        job = BatchJob(load_runner(store, chosen, chosen.spec(preset=preset)), chosen)
         preds: Predictions = {}
         failed = 0
         running = track(job.discover(files), f"eval {name}", total=len(files), unit="image")

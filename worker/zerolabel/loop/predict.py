@@ -23,6 +23,7 @@ from zerolabel.labelstudio.tasks import Target, task
 from zerolabel.pipeline import ModelStore, Runner, settings_backbone
 from zerolabel.progress import Progress, stage
 from zerolabel.settings import WorkerSettings
+from zerolabel.sites import LOCAL_FILES_PATH
 from zerolabel.vit.backbone import Backbone, pick_device
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,8 @@ def with_overrides(settings: WorkerSettings, overrides: dict[str, Any]) -> Worke
 
 
 @dataclass
-class BatchReport:
-    """What a batch run did."""
+class PredictReport:
+    """What a `zerolabel predict` run did: its results, the files it could not read, its outputs."""
 
     results: list[DiscoveryResult] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
@@ -73,17 +74,24 @@ class BatchJob:
         masks: bool = True,
         refine: bool | None = None,
         shapes: str = "both",
+        preset: str = "default",
     ) -> BatchJob:
         """Check the spec the settings describe, then load its model.
 
-        ``shapes`` is the form tasks.json sends objects in (:attr:`Target.shapes`).
+        ``shapes`` is the form tasks.json sends objects in (:attr:`Target.shapes`); ``preset``
+        the input setting (:data:`zerolabel.methods.PRESETS`).
 
         Raises:
             ConfigError: the spec cannot be built (unknown parameter...): nothing is loaded.
             WeightsError: the model's weights are missing or do not fit.
         """
         spec = settings.spec(
-            square=square, params=params or {}, masks=masks, refine=refine, shapes=shapes
+            square=square,
+            params=params or {},
+            masks=masks,
+            refine=refine,
+            shapes=shapes,
+            preset=preset,
         )
         return cls(load_runner(ModelStore(settings), settings, spec), settings)
 
@@ -141,11 +149,11 @@ class BatchJob:
         out_dir: Path,
         *,
         label: str = "object",
-        url_prefix: str = "/data/local-files/?d=",
+        url_prefix: str = f"{LOCAL_FILES_PATH}?d=",
         document_root: Path = Path("."),
-    ) -> BatchReport:
+    ) -> PredictReport:
         """Pre-label ``files``; write ``tasks.json`` (Label Studio import) and ``coco.json``."""
-        report = BatchReport()
+        report = PredictReport()
         names: list[str] = []
         with Progress("pre-labeling", len(files), unit="image") as progress:
             for path, outcome in self.discover(files):

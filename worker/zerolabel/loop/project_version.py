@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 
-from zerolabel.labelstudio.client import LabelStudioClient, LabelStudioError
+from zerolabel.errors import LabelStudioError
+from zerolabel.labelstudio.client import LabelStudioClient
 
 logger = logging.getLogger(__name__)
 

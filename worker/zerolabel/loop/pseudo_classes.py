@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zerolabel.contract import Box
-from zerolabel.errors import DiscoveryError
+from zerolabel.errors import DiscoveryError, RegionError
 from zerolabel.io.images import LoadedImage
-from zerolabel.labelstudio.regions import RegionError, object_key, read_objects, result_image_hw
+from zerolabel.labelstudio.regions import object_key, read_objects, result_image_hw
 from zerolabel.loop.clustering import ObjectClusters, cluster_objects
 from zerolabel.progress import stage, track
 from zerolabel.vit.backbone import Backbone

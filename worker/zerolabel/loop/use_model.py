@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from zerolabel import model_files
-from zerolabel.errors import ConfigError
-from zerolabel.labelstudio.client import LabelStudioClient, LabelStudioError
+from zerolabel.errors import ConfigError, LabelStudioError
+from zerolabel.labelstudio.client import LabelStudioClient
 from zerolabel.labelstudio.options import MODEL_KEYS, ProjectOptions, extra_params_object
 from zerolabel.loop.backend_options import connection_name
 from zerolabel.loop.project_version import adopt_model_version
