@@ -265,3 +265,104 @@ def test_a_worker_serves_rps_with_the_fitted_file_of_its_env_file(
     assert outcome.result is not None and outcome.result.error is None, outcome.reason
     assert outcome.result.model_version == spec.model_version()
     assert all(r.method == "rps" for r in outcome.result.regions)
+
+
+def test_rps_fit_writes_the_top_representer_patches_beside_the_file(rps_file):
+    folder = rps_file.with_name(f"{rps_file.stem}-representers")
+    listing = json.loads((folder / "representers.json").read_text())
+    assert list(listing) == ["all"] and 1 <= len(listing["all"]) <= 8
+    values = [entry["value"] for entry in listing["all"]]
+    assert values == sorted(values, reverse=True) and values[-1] > 0
+    assert {Path(entry["image"]).name for entry in listing["all"]} <= set(PHOTOS)
+    with Image.open(folder / "all.png") as sheet:
+        assert sheet.size[0] > 128
+
+
+def test_a_project_fit_picks_the_threshold_from_the_accepted_boxes(project, tmp_path):
+    env, _, hits = project
+    result = CliRunner().invoke(
+        main, ["rps-fit", "--project", "7", "-o", str(tmp_path), *SMALL], env=env
+    )
+    assert result.exit_code == 0, result.output
+    fitted = load_fitted(
+        Path(result.stdout.strip()),
+        kind="rps",
+        backbone="vit_small_patch16_224",
+        weights="dino_vits16_depth2.pth",
+    )
+    threshold = fitted.arguments["picked_threshold"]
+    assert 0.0 < threshold < 1.0 and fitted.meta["threshold_images"] == 2  # tasks 1 and 3
+    assert "labels" not in fitted.arguments  # one label: one direction
+    assert f"threshold {threshold:.2f} picked on 2 annotated image(s)" in result.stderr
+    assert hits[f"/{PHOTOS[1]}"] >= 1 and hits[f"/{PHOTOS[0]}"] >= 2  # read again to pick
+
+
+@pytest.fixture
+def labelled_project(photos, tiny_env, monkeypatch):
+    """Six tasks on the three photos, three boxed "cat" and three boxed "dog"."""
+    with image_server(photos) as (url, _):
+        tasks = []
+        for index in range(6):
+            name, label = PHOTOS[index % 3], ("cat", "dog")[index // 3]
+            box = _rectangle(name, (5 + 10 * (index % 3), 10, 40, 50))
+            box["value"]["rectanglelabels"] = [label]
+            tasks.append(
+                {
+                    "id": index + 1,
+                    "data": {"image": f"{url}/{name}"},
+                    "annotations": [{"id": 100 + index, "result": [box]}],
+                }
+            )
+        monkeypatch.setattr("zerolabel.cli.fit.ls_client", lambda settings: FakeProject(tasks))
+        yield {**tiny_env, "ZEROLABEL_ALLOWED_HOSTS": url.removeprefix("http://")}
+
+
+def test_labelled_projects_get_a_direction_per_label_and_labelled_predictions(
+    labelled_project, photos, tmp_path
+):
+    path = _fit("rps-fit", labelled_project, "--project", "7", "-o", str(tmp_path / "fit"))
+    fitted = torch.load(path, weights_only=True)
+    assert fitted["arguments"]["labels"] == ["cat", "dog"]
+    assert fitted["tensors"]["direction"].shape == (2, 384)
+    assert fitted["meta"]["classes"] == {"cat": 3, "dog": 3}
+    sheets = path.with_name(f"{path.stem}-representers")
+    assert {p.name for p in sheets.glob("*.png")} == {"cat.png", "dog.png"}
+    tasks = _predict(photos, tmp_path / "out", labelled_project, "-m", "rps", "--fitted", str(path))
+    labels = {
+        label
+        for t in tasks
+        for p in t["predictions"]
+        for r in p["result"]
+        for label in r["value"].get("rectanglelabels", []) + r["value"].get("brushlabels", [])
+    }
+    assert labels and labels <= {"cat", "dog"}
+    agnostic = _fit(
+        "rps-fit", labelled_project, "--project", "7", "--class-agnostic", "-o", str(tmp_path)
+    )
+    assert "labels" not in torch.load(agnostic, weights_only=True)["arguments"]
+
+
+def test_a_paper_fit_is_served_under_preset_paper(photos, tiny_env, tmp_path):
+    result = CliRunner().invoke(
+        main, ["rps-fit", str(photos), "--preset", "paper", "-o", str(tmp_path)], env=tiny_env
+    )
+    assert result.exit_code == 0, result.output
+    path = Path(result.stdout.strip())
+    assert f"--fitted {path} --preset paper IMAGES" in result.stderr
+    fitted = torch.load(path, weights_only=True)
+    assert fitted["meta"]["square"] == 224 and fitted["meta"]["preset"] == "paper"
+    assert fitted["arguments"] == {"cells_per_patch": 16}
+    out = tmp_path / "out"
+    predicted = CliRunner().invoke(
+        main,
+        ["predict", str(photos), "-o", str(out), "--document-root", str(photos)]
+        + ["-m", "rps", "--fitted", str(path), "--preset", "paper"],
+        env=tiny_env,
+    )
+    assert predicted.exit_code == 0, predicted.output
+    tasks = json.loads((out / "tasks.json").read_text())
+    settings = WorkerSettings.from_env(
+        {**tiny_env, "ZEROLABEL_METHOD": "rps", "ZEROLABEL_FITTED": str(path)}
+    )
+    spec = settings.spec(preset="paper", shapes="box")
+    assert spec.square == 224 and _versions(tasks) == {spec.model_version()}

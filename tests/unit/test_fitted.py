@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +110,70 @@ def test_the_method_gets_the_attention_and_the_fitted_tensors(probe_method, tmp_
         store.runner(other)
     with pytest.raises(ConfigError, match="disagree"):
         Discoverer(backbone, spec)
+
+
+def _old_file(
+    tmp_path: Path, kind: str, tensors: dict[str, torch.Tensor], meta: dict
+) -> tuple[Path, Fitted]:
+    """A fitted file as zerolabel wrote it before revisions and arguments existed."""
+    payload = {
+        "format": "zerolabel-fitted",
+        "version": 1,
+        "kind": kind,
+        "backbone": BACKBONE,
+        "weights": "random",
+        "tensors": tensors,
+        "meta": meta,
+    }
+    old = Fitted(kind, BACKBONE, "random", tensors, meta)
+    sha = hashlib.sha256()  # the digest as it was computed then, written out here
+    head = {"kind": kind, "backbone": BACKBONE, "weights": "random", "meta": meta}
+    sha.update(json.dumps(head, sort_keys=True).encode())
+    for name in sorted(tensors):
+        sha.update(name.encode())
+        sha.update(str(tuple(tensors[name].shape)).encode())
+        sha.update(tensors[name].numpy().tobytes())
+    path = tmp_path / f"{kind}-{sha.hexdigest()[:12]}.pt"
+    torch.save(payload, path)
+    return path, old
+
+
+def test_an_earlier_found_head_still_loads_under_its_name(tmp_path):
+    tensors = {"head_weight": torch.ones(384), "head_bias": torch.zeros(1)}
+    path, old = _old_file(tmp_path, "found-head", tensors, {"images": 3})
+    loaded = load_fitted(path, kind="found-head", backbone=BACKBONE, weights="random")
+    assert loaded.file_name() == path.name == old.file_name()  # the same digest as before
+    assert loaded.arguments == {} and loaded.meta == {"images": 3}
+
+
+def test_an_rps_fit_of_the_attention_keys_is_refused_with_what_changed(tmp_path):
+    path, _ = _old_file(tmp_path, "rps", {"direction": torch.ones(384)}, {"images": 3})
+    with pytest.raises(WeightsError) as refused:
+        load_fitted(path, kind="rps", backbone=BACKBONE, weights="random")
+    message = str(refused.value)
+    assert "revision 1" in message and "reads revision 2" in message
+    assert "output tokens" in message and "fit it again with zerolabel rps-fit" in message
+
+
+def test_arguments_travel_with_the_fit_and_name_it(tmp_path):
+    tensors = {"direction": torch.ones(2, 384)}
+    arguments = {"labels": ["cat", "dog"], "picked_threshold": 0.37, "cells_per_patch": 16}
+    fitted = Fitted("rps", BACKBONE, "random", tensors, {"images": 3}, arguments)
+    path = save_fitted(fitted, tmp_path)
+    loaded = load_fitted(path, kind="rps", backbone=BACKBONE, weights="random")
+    assert loaded.arguments == arguments and loaded.file_name() == path.name
+    other = Fitted("rps", BACKBONE, "random", tensors, {"images": 3}, {**arguments, "labels": []})
+    assert other.file_name() != path.name
+    passed = loaded.method_arguments("cpu")
+    assert set(passed) == {"direction", *arguments} and passed["labels"] == ["cat", "dog"]
+
+
+def test_arguments_a_kind_does_not_take_are_refused(tmp_path):
+    tensors = {"direction": torch.ones(384)}
+    sneaky = Fitted("rps", BACKBONE, "random", tensors, {}, {"keys": [1, 2]})
+    path = save_fitted(sneaky, tmp_path)
+    with pytest.raises(WeightsError, match="passes keys to its method, which a 'rps' fit may not"):
+        load_fitted(path, kind="rps", backbone=BACKBONE, weights="random")
+    found = save_fitted(Fitted("found-head", BACKBONE, "random", tensors, {}, {"x": 1}), tmp_path)
+    with pytest.raises(WeightsError, match="allowed: none"):
+        load_fitted(found, kind="found-head", backbone=BACKBONE, weights="random")

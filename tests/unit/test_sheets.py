@@ -121,3 +121,51 @@ def test_tasks_without_labelled_objects_are_refused(tmp_path):
     result = CliRunner().invoke(main, ["clusters-sheet", str(tmp_path / "tasks.json")])
     assert result.exit_code == 1
     assert "no labelled objects in the tasks: run zerolabel cluster first" in result.output
+
+
+# --- explanations: the top representer patches of an rps fit --------------------------------
+
+
+class _Shown:
+    """A patch to show (what :func:`write_patch_sheets` reads of a representer)."""
+
+    def __init__(self, name: str, pixels: np.ndarray, box: Box) -> None:
+        self.name, self.box, self._pixels = name, box, pixels
+        self.loads = 0
+
+    def load(self):
+        from zerolabel.errors import ImageLoadError
+        from zerolabel.io.images import LoadedImage
+
+        self.loads += 1
+        if self._pixels is None:
+            raise ImageLoadError(self.name, "gone")
+        return LoadedImage(self.name, self._pixels, self._pixels.shape[:2], "digest")
+
+
+def test_patch_sheets_show_each_patch_outlined_in_its_surroundings(tmp_path):
+    from zerolabel.loop.sheets import OUTLINE, patch_in_context, write_patch_sheets
+
+    pixels = np.full((64, 96, 3), 255, dtype=np.uint8)
+    pixels[16:32, 32:48] = BLUE  # the patch
+    crop = np.asarray(patch_in_context(_image(pixels), Box(32, 16, 48, 32)))
+    # 4 patches on each axis centred on the patch: x 8..72, y -8..56 clipped to 0..56
+    assert crop.shape == (56, 64, 3)
+    assert tuple(crop[16, 24]) == OUTLINE and tuple(crop[16 + 15, 24 + 8]) == OUTLINE
+    assert tuple(crop[16 + 8, 24 + 8]) == BLUE  # the patch itself is not painted over
+    shown = [_Shown("a", pixels, Box(32, 16, 48, 32)), _Shown("missing", None, Box(0, 0, 8, 8))]
+    written = write_patch_sheets(
+        {"cat/dog": shown, "all": shown[:1]}, tmp_path, caption="top representer patches"
+    )
+    assert {path.name for path in written.values()} == {"cat_dog.png", "all.png"}
+    assert shown[0].loads == 1  # each image loaded once for every sheet
+    sheet = np.asarray(Image.open(written["cat/dog"]))
+    # the crop enlarged x2 (112 x 128) and centred in its tile; the unreadable image grey
+    assert tuple(sheet[HEADER + GAP + 8 + 2 * 24, GAP + 2 * 32]) == BLUE
+    assert tuple(sheet[HEADER + GAP + 64, 2 * GAP + 128 + 64]) == (220, 220, 220)
+
+
+def _image(pixels: np.ndarray):
+    from zerolabel.io.images import LoadedImage
+
+    return LoadedImage("x", pixels, pixels.shape[:2], "digest")

@@ -4,13 +4,17 @@ Both write a fitted file (``<kind>-<digest>.pt``, :mod:`zerolabel.fitted`) bound
 and weights of the settings (``ZEROLABEL_BACKBONE``, ``ZEROLABEL_CHECKPOINT``, ``-b``/``-c``),
 print its path on stdout and, on stderr, what was read and how to serve it. Images are resized
 as prediction will resize them (``--max-side`` or ``ZEROLABEL_MAX_SIDE``, else the method's
-default). The training logic lives in :mod:`zerolabel.loop.fit_rps` and
-:mod:`zerolabel.loop.fit_found`.
+default, or for ``rps-fit --preset paper`` the authors' 224 x 224). ``rps-fit`` also writes the
+top representer patches of each direction beside the file (``<file stem>-representers/``: one
+sheet per direction and ``representers.json``). The training logic lives in
+:mod:`zerolabel.loop.fit_rps` and :mod:`zerolabel.loop.fit_found`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,7 @@ import click
 
 from zerolabel.cli.common import cli_fetcher, ls_client, project_tasks
 from zerolabel.cli.options import project_option, weights_options
+from zerolabel.methods import PRESETS
 
 FITTING_IGNORES = ("ZEROLABEL_METHOD", "ZEROLABEL_FITTED")
 """Settings a fit does not read: the method it fits is its own, and the file it writes may be
@@ -43,7 +48,7 @@ def _fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
             type=click.IntRange(min=0),
             default=None,
             help="Cap on the longer side as prediction will use it; 0 = full resolution "
-            "[default: ZEROLABEL_MAX_SIDE, else 1024].",
+            "[default: ZEROLABEL_MAX_SIDE, else 1024; rps-fit --preset paper: 224x224].",
         ),
         click.option("--device", default=None, help="auto, cpu, cuda ... [default: auto]."),
     ]
@@ -54,6 +59,20 @@ def _fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.command("rps-fit")
 @_fit_options
+@click.option(
+    "--preset",
+    type=click.Choice(PRESETS),
+    default="default",
+    show_default=True,
+    help="default: images capped as prediction caps them, objects boxed on the patch grid; "
+    "paper: the authors' fit (224x224 images, the box of the map upsampled to pixels). "
+    "Predict with the same --preset.",
+)
+@click.option(
+    "--class-agnostic",
+    is_flag=True,
+    help="One direction for the project even when its annotations name several labels.",
+)
 def rps_fit(
     inputs: tuple[str, ...],
     project: int | None,
@@ -62,24 +81,33 @@ def rps_fit(
     checkpoint: str | None,
     max_side: int | None,
     device: str | None,
+    preset: str,
+    class_agnostic: bool,
 ) -> None:
     """Fit the foreground direction of representer point selection (method rps).
 
     INPUTS are image files, folders or glob patterns; or give --project. One pass over the
-    images, no feature kept in memory.
+    images, no feature kept in memory. With --project, the tasks' annotations (the boxes
+    annotators accepted) also pick the map threshold (a second pass over the annotated
+    images) and, when two labels or more hold 3 annotated images each, give each label a
+    direction of its own: predictions are then labelled with the best label.
     """
-    from zerolabel.loop.fit_rps import fit_rps
+    from zerolabel.loop.fit_rps import fit_input, fit_rps
 
     settings = _settings(backbone, checkpoint, max_side, device)
-    samples = _samples(inputs, project, settings, "rps", from_annotations=False)
+    side, _ = fit_input(settings.max_side, preset)
+    samples = _samples(inputs, project, settings, "rps", from_annotations=False, side=side)
     fitted, report = fit_rps(
         samples,
         _backbone(settings),
         backbone_name=settings.backbone,
         weights=settings.weights,
         max_side=settings.max_side,
+        preset=preset,
+        classwise=not class_agnostic,
     )
-    _save(fitted, report, out_dir, "rps")
+    path = _save(fitted, report, out_dir, "rps", preset=preset)
+    _write_representers(report.representers, path.with_name(f"{path.stem}-representers"))
 
 
 @click.command("train-found")
@@ -136,8 +164,13 @@ def train_found(
     config = HeadTraining(
         epochs=epochs, lr=lr, patches_per_image=patches_per_image, seed=seed, tau=tau
     )
+    from zerolabel.loop.fitting import effective_max_side
+
     settings = _settings(backbone, checkpoint, max_side, device)
-    samples = _samples(inputs, project, settings, "found", from_annotations=from_annotations)
+    side = effective_max_side("found", settings.max_side)
+    samples = _samples(
+        inputs, project, settings, "found", from_annotations=from_annotations, side=side
+    )
     fitted, report = fit_found(
         samples,
         _backbone(settings),
@@ -176,19 +209,21 @@ def _samples(
     method: str,
     *,
     from_annotations: bool,
+    side: int | None,
 ) -> list[Any]:
-    """The images to fit on: files and folders, or a project's tasks (with their annotations)."""
-    from zerolabel.loop.fitting import effective_max_side
-
+    """The images to fit on: files and folders, or a project's tasks (with their annotations:
+    only the annotated tasks with ``from_annotations``; for rps, every task, the annotated
+    ones with their objects), decoded for a longer side of ``side`` (None: full size)."""
     if bool(inputs) == (project is not None):
         raise click.UsageError("give INPUTS (images, folders, patterns) or --project")
-    side = effective_max_side(method, settings.max_side)
     if project is None:
         return _file_samples(inputs, settings, side)
     tasks = project_tasks(ls_client(settings), project)
     fetch = _fetch(settings, side)
     if from_annotations:
         return _annotated_samples(tasks, project, fetch)
+    if method == "rps":
+        return _project_samples(tasks, fetch)
     return [_task_sample(task, fetch) for task in tasks]
 
 
@@ -228,6 +263,29 @@ def _task_sample(task: dict[str, Any], fetch: Callable[[str], Any]) -> Any:
     return FitSample(name, load)
 
 
+def _project_samples(tasks: list[dict[str, Any]], fetch: Callable[[str], Any]) -> list[Any]:
+    """Every task of a project, those annotated with their accepted objects (an empty list for
+    a task annotated as empty), the others without."""
+    from zerolabel.formats.reader import read_ls_export
+
+    annotated = {
+        record.task_id: record
+        for record in read_ls_export(tasks, source="annotations").images
+        if record.task_id is not None
+    }
+    samples = []
+    for task in tasks:
+        task_id = task.get("id")
+        record = annotated.get(task_id) if isinstance(task_id, int) else None
+        sample = _task_sample(task, fetch)
+        if record is not None:
+            sample = replace(
+                sample, objects=record.objects, annotated_hw=(record.height, record.width)
+            )
+        samples.append(sample)
+    return samples
+
+
 def _annotated_samples(
     tasks: list[dict[str, Any]], project: int, fetch: Callable[[str], Any]
 ) -> list[Any]:
@@ -257,15 +315,26 @@ def _annotated_samples(
     ]
 
 
-def _save(fitted: Any, report: Any, out_dir: str, method: str) -> Path:
+def _write_representers(representers: dict[str, list[Any]], folder: Path) -> None:
+    """One sheet per direction of its top representer patches, and their list as JSON."""
+    from zerolabel.loop.sheets import write_patch_sheets
+
+    write_patch_sheets(representers, folder, caption="top representer patches")
+    listing = {name: [r.to_dict() for r in shown] for name, shown in representers.items()}
+    (folder / "representers.json").write_text(json.dumps(listing, indent=2) + "\n")
+    click.echo(f"top representer patches of each direction: {folder}", err=True)
+
+
+def _save(fitted: Any, report: Any, out_dir: str, method: str, preset: str = "default") -> Path:
     from zerolabel.fitted import save_fitted
 
     path = save_fitted(fitted, out_dir)
     click.echo(report.summary(), err=True)
     click.echo(str(path))
+    flag = "" if preset == "default" else f" --preset {preset}"
     click.echo(
         f"serve it with ZEROLABEL_METHOD={method} ZEROLABEL_FITTED={path} (backend and "
-        f"workers), or: zerolabel predict -m {method} --fitted {path} IMAGES",
+        f"workers), or: zerolabel predict -m {method} --fitted {path}{flag} IMAGES",
         err=True,
     )
     return path

@@ -69,6 +69,9 @@ def sample_features(
     samples: Iterable[FitSample],
     max_side: int | None,
     report: FitReport,
+    *,
+    square: int | None = None,
+    what: str = "computing features",
 ) -> Iterator[SampleFeatures]:
     """Features of each readable sample, one forward pass each; unreadable ones are logged and
     added to ``report.skipped``, the others counted in ``report``.
@@ -78,17 +81,20 @@ def sample_features(
         samples: the images.
         max_side: the longer-side cap the method's spec gives (None: full size).
         report: updated as samples are read.
+        square: resize to ``square x square`` instead, ignoring the aspect (as a spec's
+            ``square`` does).
+        what: the progress line's text.
     """
     mean, std = backbone.mean_std
-    for sample in track(samples, "computing features", unit="image"):
+    for sample in track(samples, what, unit="image"):
         try:
             image = sample.load()
         except ImageLoadError as exc:
             logger.warning("skipped %s: %s", sample.name, exc.reason)
             report.skipped.append((sample.name, exc.reason))
             continue
-        frame = frame_of(image, backbone.patch_size, max_side)
-        batch = preprocess.to_input(image.pixels, frame, mean, std)[None]
+        frame = frame_of(image, backbone.patch_size, max_side, square)
+        batch = preprocess.to_input(image.pixels, frame, mean, std, square=bool(square))[None]
         (feats,) = features.extract(backbone, batch)
         report.images += 1
         report.patches += feats.k.shape[0]
@@ -103,9 +109,11 @@ def effective_max_side(method: str, max_side: int | None) -> int | None:
     return max_side or None
 
 
-def frame_of(image: LoadedImage, patch_size: int, max_side: int | None) -> geometry.Frame:
-    """The geometry the pipeline gives ``image`` (no square resize: fitted methods keep aspect)."""
-    content = preprocess.content_size(image.original_hw, max_side, None)
+def frame_of(
+    image: LoadedImage, patch_size: int, max_side: int | None, square: int | None = None
+) -> geometry.Frame:
+    """The geometry the pipeline gives ``image`` (capped with aspect kept, or ``square``)."""
+    content = preprocess.content_size(image.original_hw, max_side, square)
     return geometry.Frame(image.original_hw, content, patch_size)
 
 

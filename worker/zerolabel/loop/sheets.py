@@ -5,6 +5,10 @@ cluster shows what its objects look like. Objects and boxes are read as the clus
 reads them (:func:`zerolabel.labelstudio.regions.read_objects` on each task's chosen
 prediction), images through the same loaders, so a sheet shows the crops that were described.
 The samples are a seeded choice: the same tasks and seed give the same sheets.
+
+The same sheets explain a fit (:func:`write_patch_sheets`): ``zerolabel rps-fit`` shows the top
+representer patches of each direction, each in its surroundings with the patch outlined, so a
+team sees what the regions of that direction (or that label) were found by.
 """
 
 from __future__ import annotations
@@ -12,18 +16,18 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from zerolabel.contract import Box
-from zerolabel.errors import DiscoveryError
+from zerolabel.errors import DiscoveryError, RegionError
 from zerolabel.io.images import LoadedImage
-from zerolabel.labelstudio.regions import RegionError, read_objects, result_image_hw
+from zerolabel.labelstudio.regions import read_objects, result_image_hw
 from zerolabel.loop.pseudo_classes import chosen_prediction
 from zerolabel.progress import track
 
@@ -40,6 +44,10 @@ HEADER = 24
 BACKGROUND = (255, 255, 255)
 EMPTY_TILE = (220, 220, 220)
 """Colour of a tile whose crop could not be read (and of unused tiles)."""
+OUTLINE = (255, 0, 0)
+"""Colour of the outline around a shown patch."""
+CONTEXT = 4.0
+"""A shown patch's crop spans this many times the patch on each axis (its surroundings)."""
 
 
 @dataclass(frozen=True)
@@ -127,14 +135,21 @@ def crop(image: LoadedImage, box: Box) -> Image.Image | None:
 
 
 def render_sheet(
-    name: str, size: int, crops: Sequence[Image.Image | None], layout: SheetLayout
+    name: str,
+    size: int,
+    crops: Sequence[Image.Image | None],
+    layout: SheetLayout,
+    *,
+    caption: str | None = None,
 ) -> Image.Image:
-    """One sheet: ``name`` and ``size`` in the header band, the crops fitted into the tiles
-    (aspect kept, centred), unreadable crops and unused tiles grey."""
+    """One sheet: ``name`` and ``size`` (or ``name`` and ``caption``) in the header band, the
+    crops fitted into the tiles (aspect kept, centred), unreadable crops and unused tiles grey."""
     sheet = Image.new("RGB", layout.size, BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     shown = f"{name}: {size} object{'s' if size != 1 else ''}"
-    if len(crops) < size:
+    if caption is not None:
+        shown = f"{name}: {caption}"
+    elif len(crops) < size:
         shown += f" ({len(crops)} shown)"
     draw.text((GAP, GAP), shown, fill=(0, 0, 0))
     for index in range(layout.columns * layout.rows):
@@ -212,3 +227,71 @@ def _file_stem(label: str, taken: set[str]) -> str:
         candidate = f"{stem}-{number}"
     taken.add(candidate.lower())
     return candidate
+
+
+class ShownPatch(Protocol):
+    """A patch of a training image to show: its image's name, how to load it, its box."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def box(self) -> Box: ...
+
+    def load(self) -> LoadedImage: ...
+
+
+def patch_in_context(image: LoadedImage, box: Box, context: float = CONTEXT) -> Image.Image | None:
+    """A crop ``context`` times the box on each axis around it (clipped to the image), the box
+    outlined; None when the box lies outside the image."""
+    height, width = image.pixels.shape[:2]
+    sy, sx = height / image.original_hw[0], width / image.original_hw[1]
+    cx, cy = (box.x0 + box.x1) / 2 * sx, (box.y0 + box.y1) / 2 * sy
+    half_w, half_h = max(box.width * sx, 1.0) * context / 2, max(box.height * sy, 1.0) * context / 2
+    x0, x1 = (min(max(round(v), 0), width) for v in (cx - half_w, cx + half_w))
+    y0, y1 = (min(max(round(v), 0), height) for v in (cy - half_h, cy + half_h))
+    if x1 <= x0 or y1 <= y0:
+        return None
+    piece = Image.fromarray(image.pixels[y0:y1, x0:x1]).convert("RGB")
+    outline = (box.x0 * sx - x0, box.y0 * sy - y0, box.x1 * sx - x0 - 1, box.y1 * sy - y0 - 1)
+    ImageDraw.Draw(piece).rectangle(outline, outline=OUTLINE)
+    return piece
+
+
+def write_patch_sheets(
+    groups: Mapping[str, Sequence[ShownPatch]],
+    out_dir: Path,
+    *,
+    caption: str,
+    layout: SheetLayout | None = None,
+) -> dict[str, Path]:
+    """Write ``<group>.png`` for every group of patches, each patch in its surroundings
+    (:func:`patch_in_context`); returns them by group.
+
+    Each image is loaded once; an image that cannot be loaded leaves grey tiles and is logged.
+    """
+    grid = layout or SheetLayout(samples=max((len(g) for g in groups.values()), default=1))
+    images: dict[str, LoadedImage | None] = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    stems: set[str] = set()
+    for group, patches in groups.items():
+        crops = []
+        for patch in patches:
+            if patch.name not in images:
+                images[patch.name] = _loaded(patch)
+            image = images[patch.name]
+            crops.append(None if image is None else patch_in_context(image, patch.box))
+        sheet = render_sheet(group, len(patches), crops, grid, caption=caption)
+        path = out_dir / f"{_file_stem(group, stems)}.png"
+        sheet.save(path)
+        written[group] = path
+    return written
+
+
+def _loaded(patch: ShownPatch) -> LoadedImage | None:
+    try:
+        return patch.load()
+    except (DiscoveryError, ValueError, OSError) as exc:
+        logger.warning("%s: image not loaded: %s", patch.name, exc)
+        return None
