@@ -7,6 +7,7 @@ every patch gets Gaussian noise from a seeded generator, so each call is reprodu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -90,3 +91,28 @@ def random_blocks(grid_hw: tuple[int, int], count: int, generator: torch.Generat
             (slice(starts[0], starts[0] + sides[0]), slice(starts[1], starts[1] + sides[1]))
         )
     return blocks
+
+
+def leaning_scene() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Three 4 x 4 blocks in a row on a background along e0: A and B lean towards the
+    background (cosine 0.19, under the seed threshold 0.2), C between them away from it
+    (-0.05). Seeds in A and B take C with them (cosine 0.47) but not each other (-0.21), so the
+    proposals A+C and B+C both have mean key 0.07 with the background's, under ProMerge's
+    filter limit 0.1, while their merged union A+B+C has 0.11.
+
+    Returns:
+        Keys [192, 6] of the (12, 16) grid, and the masks of A, C and B, left to right.
+    """
+    grid_hw = (12, 16)
+    e = torch.eye(6)
+    side = math.sqrt(1 - 0.19**2 - 0.6**2)
+    directions = [
+        0.19 * e[0] + 0.6 * e[1] + side * e[2],  # A
+        -0.05 * e[0] + 0.8 * e[1] + math.sqrt(1 - 0.05**2 - 0.8**2) * e[3],  # C
+        0.19 * e[0] + 0.6 * e[1] - side * e[2],  # B
+    ]
+    keys = e[0].repeat(grid_hw[0] * grid_hw[1], 1)
+    parts = [block_mask(grid_hw, (slice(4, 8), slice(3 + 4 * k, 7 + 4 * k))) for k in range(3)]
+    for part, direction in zip(parts, directions, strict=True):
+        keys[part.flatten()] = direction
+    return keys, parts

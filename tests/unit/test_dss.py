@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from zerolabel import methods
 from zerolabel.discovery import FUNCTIONS
+from zerolabel.discovery.components import largest_component
 from zerolabel.discovery.dss import EDGE_FLOOR, dss
 from zerolabel.discovery.graph import dense_second_smallest_eigenvector
 
@@ -88,3 +89,15 @@ def test_dss_gives_the_same_object_for_other_dtypes(dtype):
 def test_dss_is_registered():
     assert FUNCTIONS["dss"] is dss
     assert methods.get("dss").params == () and methods.get("dss").default_max_side == 1024
+
+
+def test_dss_keeps_diagonal_neighbours_in_its_component_as_the_authors_do():
+    # One object of two blocks that touch at a corner only: 8-connected (skimage's default,
+    # the authors' rule) it is one component; 4-connected it would be the larger block alone.
+    grid_hw = (12, 12)
+    upper, lower = (slice(2, 6), slice(2, 6)), (slice(6, 9), slice(6, 9))
+    planted = block_mask(grid_hw, upper) | block_mask(grid_hw, lower)
+    scene = planted_keys(grid_hw, [planted], seed=7)
+    [found] = dss(scene.keys, grid_hw)
+    assert torch.equal(found.mask, planted)
+    assert torch.equal(largest_component(found.mask), block_mask(grid_hw, upper))

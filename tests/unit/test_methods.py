@@ -18,8 +18,13 @@ def _keyword_arguments(
 ) -> dict[str, tuple[str, Any]]:
     """name -> (annotation, default) of the keyword-only arguments, less those the pipeline
     passes besides the parameters: ``info``'s declared inputs and, for a method that takes a
-    fitted file, the tensors of that file (annotated ``torch.Tensor``)."""
+    fitted file, the tensors of that file (annotated ``torch.Tensor``) and the plain arguments
+    its kind may carry (:data:`zerolabel.fitted.KINDS`)."""
+    from zerolabel.fitted import KINDS, FittedKind
+
     passed = set(info.inputs) if info else set()
+    if info and info.fitted:
+        passed |= KINDS.get(info.fitted, FittedKind()).arguments
     return {
         p.name: (str(p.annotation), p.default)
         for p in inspect.signature(function).parameters.values()
@@ -55,7 +60,8 @@ def test_the_found_and_rps_functions_take_their_inputs_and_fitted_tensors():
 
     assert methods.get("found").inputs == {"attention"}
     assert tensors("found") == {"attention", "head_weight", "head_bias"}
-    assert methods.get("rps").inputs == frozenset() and tensors("rps") == {"direction"}
+    # rps reads the last block's output tokens (its authors' features), not the keys
+    assert methods.get("rps").inputs == {"tokens"} and tensors("rps") == {"tokens", "direction"}
     assert (methods.get("found").fitted, methods.get("found").fitted_required) == (
         "found-head",
         False,

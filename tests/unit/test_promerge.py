@@ -15,7 +15,7 @@ from zerolabel.discovery.promerge import (
     split_proposals,
 )
 
-from tests.unit.synthetic import block_mask, planted_keys
+from tests.unit.synthetic import block_mask, leaning_scene, planted_keys
 
 SCENES = [
     pytest.param((12, 14), [(slice(1, 5), slice(1, 5))], id="one"),
@@ -190,6 +190,33 @@ def test_merge_joins_by_overlap_or_by_overlap_and_similar_keys():
     cells = sorted((g.cells.nonzero()[:, 0].tolist() for g in groups), key=len)
     # ...which edge_alike overlaps by 2 / 6 > 0.1 but with other keys: not joined.
     assert cells == [list(range(12, 20)), list(range(0, 14))]
+
+
+def test_a_merged_group_is_kept_whatever_its_mean_key():
+    # A+C and C+B pass the background test (0.07 < 0.1) and merge; their union leans towards
+    # the background (0.11): the authors keep it, tested as proposals only.
+    keys, parts = leaning_scene()
+    [found] = promerge(keys, (12, 16))
+    assert torch.equal(found.mask, parts[0] | parts[1] | parts[2])
+    unit = F.normalize(keys, dim=1)
+    background = unit[~found.mask.flatten()].mean(dim=0)
+    proposal = float(unit[(parts[0] | parts[1]).flatten()].mean(dim=0) @ background)
+    assert found.score == pytest.approx((0.1 - proposal) / 1.1, abs=1e-6)  # no background cell
+    assert found.score > 0.0
+
+
+def test_the_background_test_still_drops_single_proposals():
+    keys, _ = leaning_scene()
+    assert promerge(keys, (12, 16), max_background_similarity=0.06) == []  # 0.07 >= 0.06
+
+
+def test_merge_names_the_proposals_of_each_group():
+    unit = F.normalize(torch.randn(10, 4, generator=torch.Generator().manual_seed(1)), dim=1)
+    cells = torch.zeros(3, 10, dtype=torch.bool)
+    cells[0, 0:4], cells[1, 2:5], cells[2, 7:9] = True, True, True
+    masks = [(c, unit[c].mean(dim=0)) for c in cells]
+    groups = merge(masks, unit, overlap=0.5, min_overlap=0.1, similarity=0.1)
+    assert sorted(g.members for g in groups) == [(0, 1), (2,)]
 
 
 def test_promerge_rejects_bad_input():

@@ -3,6 +3,7 @@ params rewritten (model keys replaced, the rest kept), refusals, and prelabel's 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import stat
@@ -15,9 +16,9 @@ import torch
 from click.testing import CliRunner
 from zerolabel.cad.model import CHECKPOINT_FORMAT
 from zerolabel.cli.main import main
-from zerolabel.errors import ConfigError, WeightsError
+from zerolabel.errors import ConfigError, LabelStudioError, WeightsError
 from zerolabel.fitted import Fitted, save_fitted
-from zerolabel.labelstudio.client import LabelStudioClient, LabelStudioError
+from zerolabel.labelstudio.client import LabelStudioClient
 from zerolabel.labelstudio.options import ProjectOptions
 from zerolabel.loop.backend_options import NO_CONNECTION, choose_options, explain_options
 from zerolabel.loop.use_model import (
@@ -317,3 +318,22 @@ def test_the_environment_is_named_when_the_connection_names_no_method(service, c
     assert "name no method" in text and "WARNING" not in text
     alone = _explain(service, "lost", Connections(), caplog)
     assert f"project 3: method lost from {NO_CONNECTION}" in alone
+
+
+def test_the_command_passes_the_preset_to_the_extra_params(monkeypatch):
+    from zerolabel.cli import use as use_command
+
+    switched: list[dict] = []
+
+    def switch(client, service, connections, model):
+        switched.append(model)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(use_command, "ls_client", lambda settings: contextlib.nullcontext(None))
+    monkeypatch.setattr("zerolabel.loop.use_model.project_connections", lambda c, p: None)
+    monkeypatch.setattr("zerolabel.loop.use_model.switch_project", switch)
+    result = CliRunner().invoke(
+        main, ["use", "--project", "3", "dss", "--preset", "paper"], env={"REDIS_URL": ""}
+    )
+    assert result.exit_code == 1 and "stop here" in result.output
+    assert switched == [{"method": "dss", "preset": "paper"}]

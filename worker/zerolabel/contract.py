@@ -22,11 +22,13 @@ from zerolabel.methods import METHOD_NAMES as METHOD_NAMES
 SCHEMA_VERSION = 1
 SHAPE_FORMS = ("box", "mask", "both")
 """Values of :attr:`DiscoverySpec.shapes`: the forms the ``shapes`` option resolves to."""
-PIPELINE_VERSION = 3  # bump when a change alters the regions produced for the same spec
+PIPELINE_VERSION = 4  # bump when a change alters the regions produced for the same spec
 # 2: MaskCut's square input resized with LANCZOS; masks refined to pixels (zerolabel.refine);
 #    region scores from zerolabel.quality
 # 3: cad region scores rescaled from [score_threshold, 1] to [0, 1]; the task score is the
 #    mean region score
+# 4: DSS takes its largest component 8-connected; ProMerge keeps merged groups whose mean key
+#    leans towards the background, scored by their proposals
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,13 @@ class DiscoverySpec:
     Raises:
         ConfigError: an unknown method, an unknown or ill-typed parameter (the message names
             the method's parameters with their types), a negative ``max_side``, ``refine``
-            asked of a method whose masks are pixel masks already, or unknown ``shapes``.
+            asked of a method whose masks are pixel masks already, unknown ``shapes``, or an
+            unknown ``preset`` (or ``paper`` for a method without one).
+
+    ``preset`` ``"paper"`` gives the method its authors' input (:mod:`zerolabel.methods`,
+    ``paper_input``): unless ``max_side`` or ``square`` is given, the spec is built with the
+    authors' size written into them (``max_side`` 0 for full resolution, or their ``square``),
+    so equal inputs are equal specs; their crop to whole patches (DSS) applies either way.
     """
 
     method: str = "lost"
@@ -200,6 +208,9 @@ class DiscoverySpec:
     # How Label Studio gets an object (zerolabel.labelstudio.tasks): "box", "mask" (one region
     # each) or "both" (a box and a brush). The workers ignore it; it names what is written.
     shapes: str = "both"
+    # Which input setting sizes the images (methods.PRESETS): "default", or "paper", the
+    # method's authors' (their size unless max_side / square is given, their crop or padding).
+    preset: str = "default"
 
     def __post_init__(self) -> None:
         info = methods.get(self.method)
@@ -221,6 +232,13 @@ class DiscoverySpec:
             raise ConfigError(
                 f"max_side must be >= 0 (0 means full resolution), got {self.max_side}"
             )
+        if not isinstance(self.preset, str) or self.preset not in methods.PRESETS:
+            presets = ", ".join(methods.PRESETS)
+            raise ConfigError(f"preset must be one of {presets}, got {self.preset!r}")
+        sized = info.preset_input(self.preset)
+        if self.preset != "default" and self.max_side is None and not self.square:
+            object.__setattr__(self, "square", sized.square)
+            object.__setattr__(self, "max_side", None if sized.square else sized.max_side or 0)
 
     def effective_max_side(self) -> int | None:
         """The longer-side cap images get: ``max_side``, else the method's default.
@@ -234,6 +252,11 @@ class DiscoverySpec:
         if self.max_side is None:
             return methods.get(self.method).default_max_side
         return self.max_side or None
+
+    def effective_crop(self) -> bool:
+        """Whether the input is cut to whole patches on the bottom and right instead of padded:
+        the preset's rule for the method (``paper`` of DSS)."""
+        return methods.get(self.method).preset_input(self.preset).crop
 
     def effective_refine(self) -> bool:
         """Whether masks are refined to pixels: ``refine``, else the method's default."""
@@ -249,11 +272,18 @@ class DiscoverySpec:
             # Without masks every form writes the same boxes; "both" is the form versions were
             # first made for: those specs keep their versions.
             del identity["shapes"]
+        if self.preset == "default":
+            del identity["preset"]  # specs from before presets keep their versions
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         return f"zerolabel-{self.method}-{self.backbone.split('.')[0]}-{digest}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The spec as JSON-ready values; ``preset`` only when it is not the default, so
+        workers of the version before presets still read default specs."""
+        data = asdict(self)
+        if self.preset == "default":
+            del data["preset"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiscoverySpec:

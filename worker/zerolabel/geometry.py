@@ -1,9 +1,11 @@
 """Patch grid -> pixels -> boxes and run-length encodings (numpy only).
 
 The discovery methods work on the ViT patch grid. The network sees the image resized to
-``content_hw`` and zero-padded on the bottom/right to a multiple of the patch size; patch
-``(row, col)`` covers content pixels ``[row * p, (row + 1) * p)`` x ``[col * p, (col + 1) * p)``.
-This module is the only place that maps those cells back to the original image.
+``content_hw`` and zero-padded on the bottom/right to a multiple of the patch size, or, for a
+cropped frame, cut there to whole patches (the remainder, less than a patch, is never seen);
+patch ``(row, col)`` covers content pixels ``[row * p, (row + 1) * p)`` x
+``[col * p, (col + 1) * p)``. This module is the only place that maps those cells back to the
+original image.
 
 Masks travel as :class:`~zerolabel.contract.Rle` (column-major, COCO's order). The run helpers
 at the end work on "set runs": ``starts`` and ``ends`` (exclusive) of the runs of set pixels
@@ -31,17 +33,22 @@ class Frame:
     """How one image was fed to the network."""
 
     original_hw: tuple[int, int]  # the image as loaded (after EXIF orientation)
-    content_hw: tuple[int, int]  # the resized image inside the padded network input
+    content_hw: tuple[int, int]  # the resized image, before padding or cropping
     patch_size: int
+    crop: bool = False  # cut the content to whole patches instead of padding it (DSS authors)
 
     @property
     def grid_hw(self) -> tuple[int, int]:
-        """Patch grid of the padded input (ceil of content / patch)."""
+        """Patch grid of the network input: ceil of content / patch, or its floor when the
+        frame crops (at least one patch: a side shorter than a patch is padded)."""
         p = self.patch_size
+        if self.crop:
+            return (max(1, self.content_hw[0] // p), max(1, self.content_hw[1] // p))
         return (-(-self.content_hw[0] // p), -(-self.content_hw[1] // p))
 
     @property
     def padded_hw(self) -> tuple[int, int]:
+        """Size of the network input: the grid in pixels (padded, or cropped)."""
         gh, gw = self.grid_hw
         return (gh * self.patch_size, gw * self.patch_size)
 
@@ -58,9 +65,10 @@ def patch_mask_to_box(mask: BoolArray, frame: Frame) -> Box | None:
     """Bounding box of the True cells of a patch mask, in whole original pixels.
 
     ``[x_min, y_min, x_max + 1, y_max + 1] * patch_size`` clipped to the original size (max
-    exclusive): exactly the LOST/TokenCut rule when the image was not resized. After a resize
-    each edge is scaled and rounded the way :func:`patch_mask_to_pixel_mask` samples pixels
-    (half down), so the box is the tight box of the region's pixel mask.
+    exclusive): exactly the LOST/TokenCut rule when the image was not resized, and DSS's on
+    its cropped input, whose patches all lie inside the image. After a resize each edge is
+    scaled and rounded the way :func:`patch_mask_to_pixel_mask` samples pixels (half down),
+    so the box is the tight box of the region's pixel mask.
 
     Args:
         mask: [gh, gw] bool patch mask.
@@ -91,7 +99,8 @@ def patch_mask_to_box(mask: BoolArray, frame: Frame) -> Box | None:
 def patch_mask_to_pixel_mask(mask: BoolArray, frame: Frame) -> BoolArray:
     """Nearest-neighbour upsampling of a patch mask to the original image.
 
-    Each original pixel looks up the content pixel under its centre, then that pixel's patch.
+    Each original pixel looks up the content pixel under its centre, then that pixel's patch;
+    pixels of a cropped frame's remainder, which no patch covers, are False.
 
     Args:
         mask: [gh, gw] bool patch mask.
@@ -101,9 +110,13 @@ def patch_mask_to_pixel_mask(mask: BoolArray, frame: Frame) -> BoolArray:
         [H, W] bool mask at the original size.
     """
     (h, w), (ch, cw), p = frame.original_hw, frame.content_hw, frame.patch_size
+    gh, gw = frame.grid_hw
     rows = ((np.arange(h) + 0.5) * ch / h).astype(np.int64) // p
     cols = ((np.arange(w) + 0.5) * cw / w).astype(np.int64) // p
-    return np.asarray(mask, dtype=bool)[rows[:, None], cols[None, :]]
+    pixels: BoolArray = np.asarray(mask, dtype=bool)[
+        np.minimum(rows, gh - 1)[:, None], np.minimum(cols, gw - 1)[None, :]
+    ]
+    return pixels & (rows < gh)[:, None] & (cols < gw)[None, :]
 
 
 def mask_to_box(mask: BoolArray) -> Box | None:

@@ -21,8 +21,10 @@ from zerolabel.errors import ConfigError
 ParamType = Literal["int", "float", "bool"]
 ParamValue = int | float | bool
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+TRUE_WORDS: frozenset[str] = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS: frozenset[str] = frozenset({"0", "false", "no", "off"})
+"""How a boolean is spelt in a setting or on the command line (any case); anything else, the
+empty word included, is refused rather than read as False."""
 
 
 class MethodKind(enum.Enum):
@@ -89,14 +91,34 @@ class Param:
         """
         cleaned = text.strip()
         if self.type == "bool":
-            if cleaned.lower() not in _TRUE | _FALSE:
+            if cleaned.lower() not in TRUE_WORDS | FALSE_WORDS:
                 raise ValueError(f"must be true or false, got {text!r}")
-            return self.check(cleaned.lower() in _TRUE)
+            return self.check(cleaned.lower() in TRUE_WORDS)
         try:
             value: int | float = int(cleaned) if self.type == "int" else float(cleaned)
         except ValueError:
             raise ValueError(f"must be {_article(self.type)}, got {text!r}") from None
         return self.check(value)
+
+
+PRESETS: tuple[str, ...] = ("default", "paper")
+"""Names of the input settings a spec may ask for: ``default``, this product's per method (the
+longer side capped, see :attr:`MethodInfo.default_max_side`), or ``paper``, the input the
+method's authors published their numbers with (:attr:`MethodInfo.paper_input`)."""
+
+
+@dataclass(frozen=True)
+class InputSetting:
+    """How a method's images are sized for the network.
+
+    Example: ``InputSetting(square=480)`` is MaskCut's authors' 480 x 480 input;
+    ``InputSetting(crop=True)`` the full-resolution image cut to whole patches, as DSS's
+    authors feed it.
+    """
+
+    max_side: int | None = None  # longer-side cap in pixels; None: full resolution
+    square: int | None = None  # resized to square x square (LANCZOS), aspect ignored
+    crop: bool = False  # the bottom/right remainder below a whole patch is cut off, not padded
 
 
 @dataclass(frozen=True)
@@ -115,6 +137,25 @@ class MethodInfo:
     # True where the dense CRF improves the edges (MaskCut and the other multi-object methods),
     # False where it stays off unless asked for, None where the masks are pixel masks already.
     refine_default: bool | None = False
+    # The input of the authors' published setting (preset "paper"); None: none registered.
+    paper_input: InputSetting | None = None
+
+    def preset_input(self, preset: str) -> InputSetting:
+        """The input setting of ``preset`` (one of :data:`PRESETS`) for this method.
+
+        Raises:
+            ConfigError: an unknown preset, or ``paper`` for a method that has none registered.
+        """
+        if preset == "default":
+            return InputSetting(max_side=self.default_max_side)
+        if preset != "paper":
+            raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        if self.paper_input is None:
+            raise ConfigError(
+                f"method {self.name!r} has no paper preset: its authors' input is not "
+                'registered; use preset "default" (or set max_side / square)'
+            )
+        return self.paper_input
 
     def check_fitted(self, fitted: str | None) -> None:
         """Refuse a fitted file this method cannot use, or a missing one it needs.
@@ -245,7 +286,8 @@ _PARAMS: dict[str, tuple[Param, ...]] = {
         Param("max_detections", "int", 100, minimum=1),
     ),
     "found": (Param("tau", "float", 0.3, minimum=-1.0, maximum=1.0),),
-    "rps": (Param("threshold", "float", 0.5, minimum=0.0, maximum=1.0),),
+    # negative: the threshold rps-fit picked from accepted boxes (fitted file), else 0.5
+    "rps": (Param("threshold", "float", -1.0, minimum=-1.0, maximum=1.0),),
     "dinoseg": (
         Param("head", "int", 4, minimum=0),
         Param("mass", "float", 0.6, minimum=0.0, maximum=1.0, exclusive_minimum=True),
@@ -278,6 +320,7 @@ METHODS: dict[str, MethodInfo] = {
         _PARAMS["lost"],
         default_max_side=1024,
         summary="one box around the least-connected patch (Simeoni et al., 2021)",
+        paper_input=InputSetting(),  # full resolution, zero-padded to whole patches
     ),
     "tokencut": MethodInfo(
         "tokencut",
@@ -285,6 +328,7 @@ METHODS: dict[str, MethodInfo] = {
         _PARAMS["tokencut"],
         default_max_side=1024,
         summary="one object from a normalized cut of the patch graph (Wang et al., 2022)",
+        paper_input=InputSetting(),  # full resolution, zero-padded (LOST's evaluation code)
     ),
     "maskcut": MethodInfo(
         "maskcut",
@@ -293,6 +337,7 @@ METHODS: dict[str, MethodInfo] = {
         default_max_side=480,  # the size MaskCut's authors used, aspect preserved
         summary="several objects from repeated normalized cuts (Wang et al., 2023)",
         refine_default=True,  # the authors' dense CRF is part of MaskCut
+        paper_input=InputSetting(square=480),  # 480 x 480, resized with LANCZOS
     ),
     "cad": MethodInfo(
         "cad",
@@ -301,6 +346,7 @@ METHODS: dict[str, MethodInfo] = {
         default_max_side=None,  # the detector resizes its input itself
         summary="a class-agnostic detector trained with zerolabel train-cad",
         refine_default=None,  # Mask R-CNN masks are pixel masks already
+        paper_input=InputSetting(),  # the detector resizes its input itself, as in training
     ),
     "found": MethodInfo(
         "found",
@@ -312,6 +358,7 @@ METHODS: dict[str, MethodInfo] = {
         inputs=frozenset({"attention"}),
         fitted="found-head",
         fitted_required=False,
+        paper_input=InputSetting(),  # full resolution, zero-padded (the authors' CorLoc code)
     ),
     "rps": MethodInfo(
         "rps",
@@ -320,8 +367,12 @@ METHODS: dict[str, MethodInfo] = {
         default_max_side=1024,
         summary="one object along a dataset's foreground direction from zerolabel rps-fit "
         "(representer point selection, Song et al., 2023)",
+        inputs=frozenset({"tokens"}),  # the last block's output tokens, the authors' features
         fitted="rps",
         fitted_required=True,
+        # 224 x 224, the authors' fit input (their evaluation crops 224 of 256: a pre-label must
+        # cover the whole image); their box rule comes with a fit of preset paper
+        paper_input=InputSetting(square=224),
     ),
     "dinoseg": MethodInfo(
         "dinoseg",
@@ -330,6 +381,7 @@ METHODS: dict[str, MethodInfo] = {
         default_max_side=1024,
         summary="one object where one head's CLS attention concentrates (Caron et al., 2021)",
         inputs=frozenset({"attention"}),
+        paper_input=InputSetting(),  # full resolution, zero-padded (LOST's DINO-seg baseline)
     ),
     "dss": MethodInfo(
         "dss",
@@ -337,6 +389,7 @@ METHODS: dict[str, MethodInfo] = {
         _PARAMS["dss"],
         default_max_side=1024,
         summary="one object from the Fiedler vector of the key affinity (Melas-Kyriazi, 2022)",
+        paper_input=InputSetting(crop=True),  # full resolution, cut to whole patches
     ),
     "promerge": MethodInfo(
         "promerge",
@@ -345,10 +398,12 @@ METHODS: dict[str, MethodInfo] = {
         default_max_side=480,  # the authors' 480 px input, aspect preserved
         summary="several objects from seed prompts, filtered and merged (Li & Shin, 2024)",
         refine_default=True,  # the authors refine every merged mask with MaskCut's CRF
+        paper_input=InputSetting(square=480),  # 480 x 480, resized with LANCZOS
     ),
 }
-"""Every method a spec may name, by name. LOST and TokenCut run at (capped) full resolution as
-in their papers; the detector sees the full image unless the spec caps it."""
+"""Every method a spec may name, by name. By default LOST and TokenCut run at capped full
+resolution, their papers' setting below the cap; the detector sees the full image unless the
+spec caps it. Preset ``paper`` gives each method its authors' input (``paper_input``)."""
 
 METHOD_NAMES: tuple[str, ...] = tuple(METHODS)
 FEATURE_METHODS: tuple[str, ...] = tuple(

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -56,8 +56,10 @@ class Discoverer:
     """Runs a feature method with one loaded ViT backbone (and its fitted file, if it uses one).
 
     The method gets the patch keys, the inputs its registry entry asks for (``attention``: the
-    CLS-to-patch attention per head) and the fitted file's tensors, as keyword arguments. A
-    region's score is :func:`zerolabel.quality.region_score` of its patch mask. When the spec
+    CLS-to-patch attention per head; ``tokens``: the last block's output patch tokens) and the
+    fitted file's tensors and arguments, as keyword arguments. A mask may come on a finer grid
+    of whole cells per patch (rps's paper rule), and a class label with it. A region's score
+    is :func:`zerolabel.quality.region_score` of its patch mask. When the spec
     refines masks, each mask is refined on the resized image the network saw and its box is
     the refined mask's (:mod:`zerolabel.refine`).
     """
@@ -76,10 +78,7 @@ class Discoverer:
         self.spec = spec
         self.method = FUNCTIONS[spec.method]
         self.inputs = methods.get(spec.method).inputs
-        self.fitted = {
-            name: tensor.to(backbone.device)
-            for name, tensor in (fitted.tensors if fitted else {}).items()
-        }
+        self.fitted = fitted.method_arguments(backbone.device) if fitted else {}
         self.max_side = spec.effective_max_side()
         self.refine = spec.effective_refine()
         self.model_version = spec.model_version()
@@ -87,7 +86,8 @@ class Discoverer:
 
     def frame(self, image: LoadedImage) -> geometry.Frame:
         content = preprocess.content_size(image.original_hw, self.max_side, self.spec.square)
-        return geometry.Frame(image.original_hw, content, self.backbone.patch_size)
+        patch, crop = self.backbone.patch_size, self.spec.effective_crop()
+        return geometry.Frame(image.original_hw, content, patch, crop=crop)
 
     def run(self, images: Sequence[LoadedImage], batch_size: int = 8) -> list[list[Region]]:
         """Regions for each image; images with the same padded size share a forward pass."""
@@ -129,9 +129,11 @@ class Discoverer:
         self, feat: features.PatchFeatures, frame: geometry.Frame, image: LoadedImage
     ) -> list[Region]:
         start, refined_before = time.perf_counter(), self.timings.refine_s
-        extra: dict[str, torch.Tensor] = dict(self.fitted)
+        extra: dict[str, Any] = dict(self.fitted)
         if "attention" in self.inputs:
             extra["attention"] = feat.cls_attention
+        if "tokens" in self.inputs:
+            extra["tokens"] = feat.tokens
         objects = self.method(feat.k, feat.grid_hw, **extra, **self.spec.params)
         content = self._content(image, frame) if self.refine and objects else None
         regions = []
@@ -139,19 +141,20 @@ class Discoverer:
             if obj.score <= 0.0:
                 continue  # no structure (a constant image): the mask is arbitrary, not an object
             patch_mask = obj.mask.cpu().numpy().astype(bool)
+            cells = _cell_frame(frame, patch_mask.shape)
             if content is None:
-                pixel_mask, box = None, geometry.patch_mask_to_box(patch_mask, frame)
+                pixel_mask, box = None, geometry.patch_mask_to_box(patch_mask, cells)
             else:
-                pixel_mask, box = self._refined(content, patch_mask, frame)
+                pixel_mask, box = self._refined(content, patch_mask, cells)
             if box is None or box.width <= 0 or box.height <= 0:
                 continue
             rle = None
             if self.spec.masks:
                 if pixel_mask is None:
-                    pixel_mask = geometry.patch_mask_to_pixel_mask(patch_mask, frame)
+                    pixel_mask = geometry.patch_mask_to_pixel_mask(patch_mask, cells)
                 rle = geometry.rle_encode(pixel_mask)
             score = quality.region_score(patch_mask, float(np.clip(obj.score, 0.0, 1.0)))
-            regions.append(Region(box, score, self.spec.method, rle))
+            regions.append(Region(box, score, self.spec.method, rle, obj.label))
         refine_s = self.timings.refine_s - refined_before
         self.timings.method_s += time.perf_counter() - start - refine_s
         return regions
@@ -180,6 +183,27 @@ class Discoverer:
     def _sync(self) -> None:
         if self.backbone.device.type == "cuda":
             torch.cuda.synchronize(self.backbone.device)
+
+
+def _cell_frame(frame: geometry.Frame, mask_hw: tuple[int, ...]) -> geometry.Frame:
+    """``frame`` for a mask on the patch grid; for a mask of ``c x c`` cells per patch, the same
+    frame with cells of ``patch_size / c`` pixels.
+
+    Raises:
+        ConfigError: a mask of another shape (a method's fault, named with the shapes).
+    """
+    gh, gw = frame.grid_hw
+    cells = mask_hw[0] // gh
+    if tuple(mask_hw) == (gh, gw):
+        return frame
+    if cells < 2 or tuple(mask_hw) != (gh * cells, gw * cells) or frame.patch_size % cells:
+        raise ConfigError(
+            f"a method returned a {tuple(mask_hw)} mask for a {gh} x {gw} patch grid of "
+            f"{frame.patch_size} px patches: masks are on the grid or whole cells per patch"
+        )
+    if frame.crop:
+        raise ConfigError("masks finer than the patch grid need a padded input, not a cropped one")
+    return geometry.Frame(frame.original_hw, frame.content_hw, frame.patch_size // cells)
 
 
 class DetectorRunner:

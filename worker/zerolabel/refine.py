@@ -125,12 +125,13 @@ def patch_to_content(patch_mask: BoolArray, frame: geometry.Frame) -> BoolArray:
 
     Returns:
         [ch, cw] bool: patch ``(r, c)`` covers content pixels ``[r p, (r + 1) p)`` etc.; the
-        zero padding is left out.
+        zero padding is left out, and a cropped frame's remainder (no patch) is False.
     """
-    (ch, cw), p = frame.content_hw, frame.patch_size
+    (ch, cw), p, (gh, gw) = frame.content_hw, frame.patch_size, frame.grid_hw
     rows, cols = np.arange(ch) // p, np.arange(cw) // p
-    content: BoolArray = np.asarray(patch_mask, dtype=bool)[rows[:, None], cols[None, :]]
-    return content
+    cells = np.asarray(patch_mask, dtype=bool)
+    content: BoolArray = cells[np.minimum(rows, gh - 1)[:, None], np.minimum(cols, gw - 1)]
+    return content & (rows < gh)[:, None] & (cols < gw)[None, :]
 
 
 def content_to_original(mask: BoolArray, frame: geometry.Frame) -> BoolArray:

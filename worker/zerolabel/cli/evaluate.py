@@ -52,6 +52,15 @@ from zerolabel import methods
 )
 @click.option("--device", default=None, help="With --method: auto, cpu, cuda ... [auto].")
 @click.option(
+    "--preset",
+    type=click.Choice(methods.PRESETS),
+    default="default",
+    show_default=True,
+    help="With --method: input sizing of every method, default or paper (each method's "
+    "authors' input: full resolution, DSS cut to whole patches, MaskCut and ProMerge "
+    "480x480).",
+)
+@click.option(
     "--project",
     type=int,
     default=None,
@@ -84,6 +93,7 @@ def eval_(
     method_names: tuple[str, ...],
     fitted: str | None,
     device: str | None,
+    preset: str,
     project: int | None,
     from_file: str | None,
     model_version: str | None,
@@ -106,8 +116,10 @@ def eval_(
             "give PREDICTIONS with --gt, or --method with --gt and --images, or --project, "
             "or --from-file"
         )
+    if preset != "default" and not method_names:
+        raise click.UsageError("--preset sets the input of --method runs: give --method with it")
     if method_names:
-        _eval_methods(method_names, str(gt_path), gt_format, images_dir, fitted, device)
+        _eval_methods(method_names, str(gt_path), gt_format, images_dir, fitted, device, preset)
         return
     if predictions is not None and gt_path is not None:
         report = evaluate(
@@ -125,6 +137,7 @@ def _eval_methods(
     images_dir: str | None,
     fitted: str | None,
     device: str | None,
+    preset: str = "default",
 ) -> None:
     from zerolabel.cli.common import expand_inputs
     from zerolabel.evaluation.ground_truth import read_ground_truth
@@ -141,7 +154,7 @@ def _eval_methods(
     settings = with_overrides(WorkerSettings.from_env(), {"fitted": fitted, "device": device})
     gt = read_ground_truth(gt_path, gt_format, images_dir)
     files = images_with_ground_truth(expand_inputs((images_dir,)), gt)
-    rows = evaluate_methods(settings, list(dict.fromkeys(names)), files, gt)
+    rows = evaluate_methods(settings, list(dict.fromkeys(names)), files, gt, preset)
     click.echo(format_rows(rows))
 
 

@@ -15,6 +15,7 @@ import click
 from zerolabel import methods
 from zerolabel.cli.common import ls_client
 from zerolabel.cli.errors import remember_url
+from zerolabel.cli.options import preset_option
 from zerolabel.methods import MethodKind
 
 
@@ -53,6 +54,7 @@ from zerolabel.methods import MethodKind
     default=None,
     help="Cap on the longer side in pixels, 64 to 2048 [default: the method's].",
 )
+@preset_option
 @click.option(
     "--prelabel",
     "run_prelabel",
@@ -82,6 +84,7 @@ def use(
     params: tuple[str, ...],
     backbone: str | None,
     max_side: int | None,
+    preset: str,
     run_prelabel: bool,
     batch_size: int,
     wait_s: float,
@@ -105,6 +108,8 @@ def use(
         model["backbone"] = backbone
     if max_side is not None:
         model["max_side"] = max_side
+    if preset != "default":
+        model["preset"] = preset
     _check_files(method, detector, fitted, settings.discovery.models_dir)
     service = PredictionService(settings)
     with ls_client(settings.discovery) as client:

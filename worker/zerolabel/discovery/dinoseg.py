@@ -3,6 +3,11 @@
 The CLS token of a DINO ViT attends to the salient object. One last-block head's CLS-to-patch
 attention, thresholded to the patches that hold a given share of its mass, outlines it; the
 largest connected piece is the object.
+
+As in LOST's DINO-seg baseline (the published numbers): the piece is 4-connected, labelled with
+``scipy.ndimage.label``'s default structure, on the full-resolution image zero-padded to whole
+patches (preset ``paper``). Two slips of that code are not reproduced: its loop over component
+sizes leaves out the last label, and its boxes are not clipped to the image.
 """
 
 from __future__ import annotations

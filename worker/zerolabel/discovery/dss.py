@@ -2,6 +2,13 @@
 
 The Fiedler vector of the patch graph whose edges are the positive cosine similarities of the
 keys splits the image in two; the smaller side is the object.
+
+Components: the object is the largest 8-connected component of that side (diagonal neighbours
+join), as the authors take it with ``skimage.measure.label``, whose default for a 2-D mask is
+full connectivity; the other methods here label 4-connected, as their authors do with
+``scipy.ndimage.label``. The authors' input is the full-resolution image cropped on the bottom
+and right to a whole number of patches (preset ``paper``, :mod:`zerolabel.methods`), where the
+other methods pad.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ def dss(keys: torch.Tensor, grid_hw: tuple[int, int]) -> list[ObjectMask]:
        solver of :mod:`zerolabel.discovery.graph`).
     3. Foreground ``v > 0``, replaced by its complement when it holds more than half of the
        patches (the object is the smaller side).
-    4. The largest 4-connected component of the foreground.
+    4. The largest 8-connected component of the foreground (ties: the first in row-major
+       order), the authors' rule.
 
     Score: ``clamp(1 - lambda, 0, 1)`` (:func:`~zerolabel.discovery.graph.cut_score`), near 1
     for a clean cut and 0 for a graph without structure, where no object is returned.
@@ -55,7 +63,7 @@ def dss(keys: torch.Tensor, grid_hw: tuple[int, int]) -> list[ObjectMask]:
     foreground = v > 0
     if int(foreground.sum()) * 2 > foreground.numel():
         foreground = ~foreground
-    mask = largest_component(foreground.reshape(grid_hw))
+    mask = largest_component(foreground.reshape(grid_hw), connectivity=8)
     if not mask.any():
         return []
     return [ObjectMask(mask=mask, score=score)]

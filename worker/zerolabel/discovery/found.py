@@ -13,7 +13,8 @@ Coarse mask, as the authors' code computes it from the last block's CLS attentio
    whole vector L2-normalised; background = cosine with the seed's weighted key ``> tau``
    (0.3). The seed itself always counts as background.
 4. Object mask = the complement; the box comes from its largest 4-connected component, as the
-   authors' CorLoc evaluation takes it.
+   authors' CorLoc evaluation takes it (``scipy.ndimage.label``'s default structure), on the
+   full-resolution image zero-padded to whole patches (preset ``paper``).
 
 Optional head (what the paper trains, 72.5 / 76.1 / 62.9 CorLoc): a 1x1 convolution ``D -> 1``
 on the raw keys; when a fitted ``found-head`` file gives ``head_weight`` [D] and ``head_bias``

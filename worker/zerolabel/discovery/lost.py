@@ -3,6 +3,10 @@
 Patches of an object correlate positively with fewer patches than background patches do, so
 the patch with the fewest positive correlations seeds the object, and the low-degree patches
 that agree with it vote for the mask.
+
+The component holding the seed is 4-connected (edge neighbours only), as the authors label it
+with ``scipy.ndimage.label``'s default structure. Their input is the full-resolution image
+zero-padded to whole patches (preset ``paper``, :mod:`zerolabel.methods`).
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ Faithful details worth knowing:
   four grid corners.
 - Earlier objects are subtracted on the patch grid. The authors subtract after nearest
   upsampling to pixels; every pixel of a patch shares its value, so the result is the same.
+- The component around the peak is 4-connected (edge neighbours only): the authors label it
+  with ``scipy.ndimage.label``'s default structure, as TokenCut does.
+- The authors' input is a 480 x 480 square resized with PIL's LANCZOS filter (preset
+  ``paper``, :mod:`zerolabel.methods`); by default the aspect ratio is kept.
 """
 
 from __future__ import annotations

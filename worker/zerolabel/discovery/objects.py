@@ -10,10 +10,11 @@ import torch
 
 @dataclass(frozen=True, eq=False)  # identity equality: tensors have no single truth value
 class ObjectMask:
-    """One discovered object on the patch grid."""
+    """One discovered object on the patch grid (or on a finer grid of whole cells per patch)."""
 
-    mask: torch.Tensor  # [h, w] bool patch mask, on the device of the keys
+    mask: torch.Tensor  # [h, w] bool patch mask, on the device of the keys; or [h c, w c]
     score: float  # method confidence in [0, 1]; each method documents its definition
+    label: str | None = None  # the class a method tells it apart as (rps class-wise), if any
 
     def __post_init__(self) -> None:
         if self.mask.ndim != 2 or self.mask.dtype != torch.bool:

@@ -13,8 +13,9 @@ pipeline refines masks); the steps keep the paper's order:
    counts when more than half of its cells are: the authors round the fraction, and 0.5 rounds
    to 0). Background: the cells that more than half of the candidates hold. No candidate, or a
    background under ``min_background_frac`` of the grid: no objects.
-3. Proposals: each connected component of a non-candidate seed's mask whose area is at least
-   ``min_component_ratio`` times the area of the component holding the seed.
+3. Proposals: each 4-connected component (``scipy.ndimage.label``'s default, as the authors
+   split) of a non-candidate seed's mask whose area is at least ``min_component_ratio`` times
+   the area of the component holding the seed.
 4. Cascade filter, proposals by ascending area: a proposal is kept when, of its cells no kept
    proposal covers yet, fewer than ``max_background_overlap`` lie in the background (one with
    no new cell is a repeat and dropped), and the dot product of its mean L2-normalised key
@@ -23,6 +24,10 @@ pipeline refines masks); the steps keep the paper's order:
    than ``merge_overlap`` of its own area, or by more than ``merge_min_overlap`` when the dot
    product of the two mean normalised keys is at least ``merge_similarity``; the groups it
    joins become one. Each group is one object.
+
+The background test of step 4 applies to single proposals only, as the authors apply it: a
+merged group is kept whatever its own mean key (the union of two kept proposals can lean
+towards the background more than either does), and its score comes from its proposals.
 
 Ties of area keep the order of the seeds (row-major) and of the components within a seed
 (row-major order of their first cell). Steps 1, 2 and the feature statistics of step 4 run on
@@ -45,10 +50,12 @@ from zerolabel.methods import checked
 
 @dataclass(frozen=True, eq=False)  # identity equality: tensors have no single truth value
 class _Group:
-    """A merged object: its cells and the mean of their normalised keys (CPU)."""
+    """A merged object: its cells, the mean of their normalised keys (CPU) and the proposals
+    merged into it (their positions in the list :func:`merge` was given)."""
 
     cells: torch.Tensor  # [N] bool
     mean: torch.Tensor  # [D]
+    members: tuple[int, ...] = ()
 
 
 @checked("promerge")
@@ -68,11 +75,13 @@ def promerge(
 ) -> list[ObjectMask]:
     """Objects as ProMerge finds them on the patch grid (see the module for the steps).
 
-    Score per object: ``contrast * (1 - background overlap)``, in [0, 1], where ``contrast =
-    (max_background_similarity - m . b) / (1 + max_background_similarity)`` clamped to [0, 1]
-    (``m``, ``b``: mean normalised key of the object and of the background; 0 at the filter's
-    limit, 1 for an object pointing against the background) and ``background overlap`` is the
-    fraction of the object's cells inside the voted background. Objects of score 0 are left out.
+    Score per object: ``contrast * (1 - background overlap)``, in (0, 1], where ``contrast``
+    is the largest ``(max_background_similarity - m . b) / (1 + max_background_similarity)``
+    over the proposals merged into the object (``m``, ``b``: mean normalised key of a proposal
+    and of the background; 0 at the filter's limit, 1 for a proposal pointing against the
+    background; every kept proposal is below the limit) and ``background overlap`` is the
+    fraction of the object's cells inside the voted background (below 1: every kept proposal
+    has a cell outside it). An object is the proposal itself when nothing merged into it.
 
     Args:
         keys: [N, D] last-block attention keys, N = h * w, row-major.
@@ -127,17 +136,14 @@ def promerge(
         min_overlap=merge_min_overlap,
         similarity=merge_similarity,
     )
-    scored = []
-    background_mean = background_mean.cpu()
+    contrasts = (max_background_similarity - similarity[kept]) / (1.0 + max_background_similarity)
+    objects = []
     for group in groups:
-        contrast = (max_background_similarity - float(group.mean @ background_mean)) / (
-            1.0 + max_background_similarity
-        )
+        contrast = float(contrasts[list(group.members)].max().clamp(0.0, 1.0))
         inside = float((group.cells & background_cpu).sum()) / float(group.cells.sum())
-        score = min(max(contrast, 0.0), 1.0) * (1.0 - inside)
-        if score > 0.0:
-            scored.append(ObjectMask(group.cells.reshape(grid_hw).to(keys.device), score))
-    return sorted(scored, key=lambda o: -o.score)
+        score = contrast * (1.0 - inside)
+        objects.append(ObjectMask(group.cells.reshape(grid_hw).to(keys.device), score))
+    return sorted(objects, key=lambda o: -o.score)
 
 
 def seed_indices(grid_hw: tuple[int, int], stride: int, device: torch.device) -> torch.Tensor:
@@ -262,10 +268,11 @@ def merge(
         similarity: dot product of mean keys from which ``min_overlap`` suffices.
 
     Returns:
-        The groups, in order of creation.
+        The groups, in order of creation, each with the positions in ``masks`` of the
+        proposals it holds.
     """
     groups: list[_Group] = []
-    for cells, mean in sorted(masks, key=lambda m: -int(m[0].sum())):
+    for index, (cells, mean) in sorted(enumerate(masks), key=lambda m: -int(m[1][0].sum())):
         area = int(cells.sum())
         joined = []
         for group in groups:
@@ -275,11 +282,12 @@ def merge(
             ):
                 joined.append(group)
         if not joined:
-            groups.append(_Group(cells, mean))
+            groups.append(_Group(cells, mean, (index,)))
             continue
-        union = cells.clone()
+        union, members = cells.clone(), [index]
         for group in joined:
             union |= group.cells
+            members.extend(group.members)
             groups.remove(group)
-        groups.append(_Group(union, unit[union].mean(dim=0)))
+        groups.append(_Group(union, unit[union].mean(dim=0), tuple(sorted(members))))
     return groups

@@ -1,4 +1,10 @@
-"""TokenCut (Wang et al., CVPR 2022): one object from a normalized cut of the patch graph."""
+"""TokenCut (Wang et al., CVPR 2022): one object from a normalized cut of the patch graph.
+
+The component holding the seed is 4-connected (edge neighbours only), as the authors label it
+with ``scipy.ndimage.label``'s default structure. Their input, from LOST's evaluation code, is
+the full-resolution image zero-padded to whole patches (preset ``paper``,
+:mod:`zerolabel.methods`).
+"""
 
 from __future__ import annotations
 

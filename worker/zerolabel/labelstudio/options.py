@@ -18,13 +18,14 @@ from zerolabel.settings import BackendSettings, WorkerSettings
 #: Method parameters a project may set at the top level of its extra params (any method's; the
 #: spec then checks them against the method it runs).
 METHOD_PARAMS = methods.param_names()
-_SPEC_OPTIONS = frozenset({"method", "backbone", "max_side", "square", "masks", "refine"})
+_SPEC_OPTIONS = frozenset({"method", "backbone", "max_side", "square", "masks", "refine", "preset"})
 _MODEL_FILES = {"detector": "detector", "fitted": "fitted file"}
 """Extra params naming a file of ``ZEROLABEL_MODELS_DIR`` (:mod:`zerolabel.model_files`): the
 detector of method ``cad``, the fitted file of a method that reads one; how messages call it."""
 
 MODEL_KEYS = frozenset(
-    {"method", "backbone", "max_side", "square", "refine", "params", *_MODEL_FILES} | METHOD_PARAMS
+    {"method", "backbone", "max_side", "square", "refine", "preset", "params", *_MODEL_FILES}
+    | METHOD_PARAMS
 )
 """The extra params that choose the model (``zerolabel use`` replaces them, and keeps the others:
 ``label``, ``masks``...)."""
@@ -49,7 +50,9 @@ any other timm name only through the workers' own ``ZEROLABEL_BACKBONE``."""
 PROJECT_SIDE_RANGE = (64, 2048)
 """Bounds of a project's ``max_side`` and ``square`` in pixels. A request decides them, so they
 stay where one image fits a worker's memory; full resolution (``max_side`` 0) and larger inputs
-are the operator's choice, through ``ZEROLABEL_MAX_SIDE``."""
+are the operator's choice, through ``ZEROLABEL_MAX_SIDE``. A project's ``"preset": "paper"``
+whose authors ran at full resolution gets its longer side capped at the upper bound, unless
+``ZEROLABEL_MAX_SIDE`` is set."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ class ProjectOptions:
             overrides["params"] = self.params
         method = str(overrides.get("method") or settings.discovery.method)
         overrides |= _named_files(self.files, method, settings.discovery)
+        if _unbounded_paper_input(overrides, method, settings.discovery):
+            overrides["max_side"] = PROJECT_SIDE_RANGE[1]
         return settings.discovery.spec(**overrides)
 
 
@@ -162,6 +167,27 @@ def _check_spec_options(spec: Mapping[str, Any]) -> None:
     for name in ("masks", "refine"):
         if name in spec and not isinstance(spec[name], bool):
             raise ConfigError(f'extra param "{name}" must be true or false, got {spec[name]!r}')
+    if "preset" in spec and spec["preset"] not in methods.PRESETS:
+        raise ConfigError(
+            f'extra param "preset" must be one of {", ".join(map(json.dumps, methods.PRESETS))}, '
+            f"got {spec['preset']!r}"
+        )
+
+
+def _unbounded_paper_input(
+    overrides: Mapping[str, Any], method: str, settings: WorkerSettings
+) -> bool:
+    """Whether a project's preset ``paper`` would run its ViT method at full resolution with
+    no size the project or the operator set (:data:`PROJECT_SIDE_RANGE` bounds it instead)."""
+    info = methods.get(method)
+    if overrides.get("preset") != "paper" or info.kind is not MethodKind.FEATURES:
+        return False
+    if any(overrides.get(name) is not None for name in ("max_side", "square")):
+        return False
+    paper = info.paper_input
+    if settings.max_side is not None or paper is None or paper.square is not None:
+        return False
+    return paper.max_side is None or paper.max_side > PROJECT_SIDE_RANGE[1]
 
 
 def _model_files(data: Mapping[str, Any]) -> dict[str, str]:

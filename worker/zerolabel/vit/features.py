@@ -3,7 +3,8 @@
 The forward mirrors timm's ``forward_features`` except for the positional embeddings, which
 follow DINO's interpolation rule by default so that features equal the official implementation's
 at any input size. A forward hook on the last block's ``qkv`` linear captures queries, keys and
-values; it is removed before the call returns.
+values; it is removed before the call returns. The same pass gives the output tokens after the
+final norm (the CLS token and the patch tokens), so no method needs a second forward pass.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ class PatchFeatures:
 
     q, k, v: [N, D] with N = gh * gw patches in row-major order and D = heads * head_dim
     (heads concatenated). cls_output: [E] final-norm CLS token. cls_attention: [heads, N]
-    CLS-to-patch attention (softmax over all tokens, patch part).
+    CLS-to-patch attention (softmax over all tokens, patch part). tokens: [N, E] the patch
+    tokens the last block outputs, after the final norm (what representer point selection's
+    authors read, before their ReLU).
     """
 
     q: torch.Tensor
@@ -34,6 +37,7 @@ class PatchFeatures:
     cls_output: torch.Tensor
     cls_attention: torch.Tensor
     grid_hw: tuple[int, int]
+    tokens: torch.Tensor
 
 
 def dino_interpolate_pos_embed(
@@ -149,6 +153,7 @@ def _split(
             cls_output=tokens[i, 0].float(),
             cls_attention=cls_attention[i],
             grid_hw=grid_hw,
+            tokens=tokens[i, prefix:].float(),
         )
         for i in range(batch)
     ]

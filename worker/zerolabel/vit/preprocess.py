@@ -1,4 +1,5 @@
-"""Pixels -> normalised, padded network input, and the Frame that maps results back."""
+"""Pixels -> normalised network input (padded, or cropped to whole patches), and the Frame that
+maps results back."""
 
 from __future__ import annotations
 
@@ -62,7 +63,9 @@ def to_input(
     *,
     square: bool = False,
 ) -> torch.Tensor:
-    """Resize to ``frame.content_hw`` (:func:`resized`), normalise, zero-pad bottom/right.
+    """Resize to ``frame.content_hw`` (:func:`resized`), normalise, then fit to
+    ``frame.padded_hw``: zero-padded on the bottom/right, or, for a cropping frame, cut there to
+    whole patches (DSS's authors keep ``[:H // p * p, :W // p * p]`` of the image).
 
     Padding comes after normalisation, as in LOST/TokenCut, so padded cells are exactly zero.
 
@@ -82,6 +85,7 @@ def to_input(
     image = torch.from_numpy(writable).permute(2, 0, 1).float().div_(255.0)
     image = (image - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
     ph, pw = frame.padded_hw
+    kept_h, kept_w = min(ch, ph), min(cw, pw)  # all of the content unless the frame crops
     padded = torch.zeros((3, ph, pw), dtype=torch.float32)
-    padded[:, :ch, :cw] = image
+    padded[:, :kept_h, :kept_w] = image[:, :kept_h, :kept_w]
     return padded
