@@ -105,13 +105,17 @@ def redis_server(tmp: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
 
 
 def start_worker(
-    env: dict[str, str], log: Path, name: str | None = None
+    env: dict[str, str], log: Path, name: str | None = None, *, module: str = "zerolabel.cli.main"
 ) -> subprocess.Popen[bytes]:
-    """``zerolabel worker`` (``--name`` when given) in its own process, output to ``log``."""
+    """``zerolabel worker`` (``--name`` when given) in its own process, output to ``log``.
+
+    ``module`` runs another entry point (``tests.fault_worker``: a worker that also runs the
+    functions of :mod:`tests.fault_jobs`).
+    """
     named = ["--name", name] if name else []
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "zerolabel.cli.main", "worker", *named],
+            [sys.executable, "-m", module, "worker", *named],
             cwd=ROOT,
             env={**os.environ, **env},
             stdout=out,

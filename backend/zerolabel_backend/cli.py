@@ -35,9 +35,10 @@ CONNECTION_LIMIT = 500
 def serve(host: str, port: int, env_file: str | None) -> None:
     """Run the Label Studio ML backend (HTTP, for Label Studio's Connect Model)."""
     import waitress
+    from zerolabel.envfile import load_env_file
     from zerolabel.errors import DiscoveryError
     from zerolabel.queue.service import PredictionService
-    from zerolabel.settings import BackendSettings, load_env_file
+    from zerolabel.settings import BackendSettings
 
     from zerolabel_backend.app import create_app
 
@@ -63,12 +64,12 @@ def serve(host: str, port: int, env_file: str | None) -> None:
 
 
 def _setup_logging(level: str) -> None:
-    from zerolabel.transport import redact_library_logs
+    from zerolabel.transport import redact_logs
 
     if not logging.getLogger().handlers:  # the zerolabel group may have set it up already
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)
-    redact_library_logs()
+    redact_logs()
 
 
 def warn_if_open(host: str, authenticated: bool) -> bool:

@@ -20,13 +20,14 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from zerolabel.sites import redact_user_info
+
 MAX_TASKS = 1000
 """Tasks accepted in one /predict (Label Studio sends batches of tens)."""
 
 MAX_REASON_CHARS = 300
 """Longest reason phrase of a refusal: a status line, and what Label Studio keeps of it."""
 
-_URL_USER_INFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#]*@")
 _URL_QUERY = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^\s?#]*)[?#][^\s)\]'\"]*")
 _NOT_LATIN1_PRINTABLE = re.compile(r"[^\x20-\x7e\xa0-\xff]")
 
@@ -128,7 +129,7 @@ def reason_phrase(message: str, fallback: str = "BAD REQUEST") -> str:
     the phrase is cut to :data:`MAX_REASON_CHARS` (ending in ``...``). An empty result gives
     ``fallback``.
     """
-    text = _URL_USER_INFO.sub(r"\1", " ".join(message.split()))
+    text = redact_user_info(" ".join(message.split()))
     text = _URL_QUERY.sub(r"\1", text)
     text = _NOT_LATIN1_PRINTABLE.sub("?", unicodedata.normalize("NFKC", text)).strip()
     if len(text) > MAX_REASON_CHARS:

@@ -117,7 +117,11 @@ def test_bad_jobs_fail_alone_and_workers_come_back_under_their_names(tmp_path, t
         with image_server(tmp_path / "photos") as (images_url, _):
             env = _env(redis.url, images_url, tiny_env)
             dispatcher = _dispatcher(env)
-            workers = [start_worker(env, log, name="w-a"), start_worker(env, log, name="w-b")]
+            faults = "tests.fault_worker"  # workers that also run tests.fault_jobs
+            workers = [
+                start_worker(env, log, name="w-a", module=faults),
+                start_worker(env, log, name="w-b", module=faults),
+            ]
             wait_for(lambda: _live(dispatcher) == 2, 120, "two workers")
             hopeless, killer, healthy = _requests(
                 env, ["/never.jpg", "/kills.jpg", f"{images_url}/{names[0]}"]
@@ -142,7 +146,7 @@ def test_bad_jobs_fail_alone_and_workers_come_back_under_their_names(tmp_path, t
             wait_for(lambda: _live(dispatcher) == 0, 10, "dead workers leaving health")
 
             # a worker restarted under a dead worker's name starts and serves at once
-            workers.append(start_worker(env, log, name="w-a"))
+            workers.append(start_worker(env, log, name="w-a", module=faults))
             wait_for(lambda: _live(dispatcher) == 1, 120, "w-a again")
             dispatcher.job_function = "zerolabel.queue.jobs.discover"
             quarantine, result = _ask(dispatcher, [killer, healthy], wait_s=60)

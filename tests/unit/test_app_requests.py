@@ -266,3 +266,19 @@ def test_the_project_registry_is_bounded():
         registry.remember(f"{project}.1", ProjectContext(hostname=f"http://h{project}"))
     assert registry.get("9").hostname == "http://h9"
     assert registry.get("0").hostname is None  # forgotten: the defaults answer
+
+
+def test_with_redis_down_answers_and_logs_name_redis_without_its_password(caplog):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on: refused at once
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = BackendSettings.from_env({**ENV, "REDIS_URL": f"redis://:s3cret@127.0.0.1:{port}/0"})
+    client = create_app(PredictionService(settings), settings).test_client()
+    reply = _post(client, "/predict", {"tasks": [TASK], "label_config": CONFIG})
+    (skipped,) = reply.get_json()["skipped"]
+    assert skipped["reason"].startswith(f"Redis unreachable at redis://127.0.0.1:{port}/0: ")
+    assert "s3cret" not in reply.get_data(as_text=True) and "s3cret" not in caplog.text
+    health = client.get("/health")
+    assert "s3cret" not in health.get_data(as_text=True)

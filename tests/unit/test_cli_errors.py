@@ -152,6 +152,13 @@ def test_worker_without_redis_names_the_url_before_loading_a_model(fresh_runtime
     _error_line(result, f"Redis unreachable at {url}")
 
 
+def test_cli_errors_name_redis_without_its_password(fresh_runtime, closed_port):
+    url = f"redis://:s3cret@127.0.0.1:{closed_port}/0"
+    result = _run(["worker", "--burst"], {"REDIS_URL": url, "ZEROLABEL_CHECKPOINT": "/none.pth"})
+    _error_line(result, f"Redis unreachable at redis://127.0.0.1:{closed_port}/0")
+    assert "s3cret" not in result.output
+
+
 def test_worker_message_names_only_settings_it_has(fresh_runtime):
     line = _error_line(_run(["worker"], {"ZEROLABEL_METHOD": "cad"}), "ZEROLABEL_CAD_CHECKPOINT")
     assert "--cad-checkpoint" not in line  # the option of predict, not of worker

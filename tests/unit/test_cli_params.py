@@ -39,7 +39,9 @@ def no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     ("args", "names"),
     [
         pytest.param(["-m", "tokencut", "-p", "tua=0.2"], ["tau (float", "eps (float"], id="typo"),
-        pytest.param(["-m", "lost", "-p", "k_patches=0"], ["k_patches (int >= 1"], id="range"),
+        pytest.param(
+            ["-m", "lost", "-p", "k_patches=0"], ["k_patches (int in [1, 4096]"], id="range"
+        ),
         pytest.param(
             ["-m", "cad", "--cad-checkpoint", "cad.pt", "-p", "max_detections=many"],
             ["score_threshold (float", "max_detections (int"],

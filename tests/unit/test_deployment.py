@@ -89,7 +89,8 @@ def test_workers_read_label_studio_files_from_the_volumes_label_studio_writes():
 
 
 def test_the_env_file_serves_processes_outside_compose_as_it_is():
-    from zerolabel.settings import BackendSettings, load_env_file
+    from zerolabel.envfile import load_env_file
+    from zerolabel.settings import BackendSettings
 
     env: dict[str, str] = {}
     load_env_file(ENV_EXAMPLE, env)

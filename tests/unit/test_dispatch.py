@@ -9,13 +9,13 @@ import fakeredis
 import pytest
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from rq import Queue, Retry
+from rq import Callback, Queue, Retry
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import utcformat
 from zerolabel.contract import DiscoveryRequest, DiscoverySpec
 from zerolabel.errors import QuarantinedJobError, TransientFetchError, WorkerNameInUse
-from zerolabel.queue.dispatch import Dispatcher
+from zerolabel.queue.dispatch import JOB_FUNCTION, Dispatcher
 from zerolabel.queue.heartbeat import (
     Beat,
     Heartbeat,
@@ -58,8 +58,12 @@ def _queue(redis: fakeredis.FakeRedis) -> Queue:
     return Queue(SETTINGS.queue, connection=redis, serializer=JSONSerializer)
 
 
+TEST_FUNCTIONS = [f"{__name__}.{name}" for name in ("never_succeeds", "network_down", "fine")]
+
+
 def _work(redis: fakeredis.FakeRedis, name: str = "w1") -> None:
-    run_worker(redis, SETTINGS, name=name, burst=True, with_scheduler=False)
+    functions = [JOB_FUNCTION, *TEST_FUNCTIONS]  # the worker runs only the functions it is given
+    run_worker(redis, SETTINGS, name=name, burst=True, with_scheduler=False, functions=functions)
 
 
 # --- heartbeats --------------------------------------------------------------------------------
@@ -220,6 +224,43 @@ def test_errors_that_cannot_succeed_run_once_transient_ones_use_the_retries(redi
     assert "ValueError: k_patches must be positive (bad)" in bad.latest_result().exc_string
     assert good.get_status(refresh=True) == JobStatus.FINISHED and good.return_value() == "good"
     assert not redis.keys("zerolabel:run:*")  # every run's record is gone with it
+
+
+def test_a_job_naming_another_function_fails_without_anything_it_names_being_run(
+    redis, tmp_path, caplog
+):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("still here")
+    queue = _queue(redis)
+    removal = queue.enqueue("os.remove", str(victim))  # written by whoever reaches Redis
+    unlisted = queue.enqueue(f"{__name__}.record", "unlisted")  # importable, but not served
+    with caplog.at_level(logging.WARNING, logger="zerolabel.queue.worker"):
+        _work(redis)
+    assert victim.read_text() == "still here" and CALLS == []
+    for job, name in ((removal, "os.remove"), (unlisted, f"{__name__}.record")):
+        assert job.get_status(refresh=True) == JobStatus.FAILED
+        assert f"ForeignJobError: job {job.id} refused: it names the function {name!r}" in (
+            job.latest_result().exc_string
+        )
+        assert f"job {job.id} refused without running" in caplog.text
+
+
+def test_a_discovery_job_that_names_callbacks_runs_neither_the_job_nor_its_callbacks(redis):
+    queue = _queue(redis)
+    hooked = queue.enqueue(
+        JOB_FUNCTION,
+        _request().to_dict(),
+        on_success=Callback(f"{__name__}.record"),
+        on_failure=Callback(f"{__name__}.record"),
+    )
+    _work(redis)
+    assert CALLS == [] and hooked.get_status(refresh=True) == JobStatus.FAILED
+    assert "which this worker does not run" in hooked.latest_result().exc_string
+
+
+def record(*args: object) -> None:
+    """A function the test worker does not serve; it would note that it ran."""
+    CALLS.append("record")
 
 
 def test_a_quarantined_job_is_failed_at_pick_up_without_running(redis):

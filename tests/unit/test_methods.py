@@ -94,7 +94,7 @@ def test_an_unknown_parameter_is_refused_with_the_allowed_ones_and_their_types()
         DiscoverySpec(method="tokencut", params={"tua": 0.2})
     message = str(caught.value)
     assert "no parameter 'tua'" in message
-    assert "tau (float in [-1, 1], default 0.2)" in message and "eps (float > 0" in message
+    assert "tau (float in [-1, 1], default 0.2)" in message and "eps (float in (0, 1]" in message
     with pytest.raises(ValueError, match=r"method 'lost' has no parameter 'tau'.*k_patches \(int"):
         DiscoverySpec(method="lost", params={"tau": 0.2})
 
@@ -105,9 +105,9 @@ def test_an_unknown_parameter_is_refused_with_the_allowed_ones_and_their_types()
         pytest.param("lost", {"k_patches": "many"}, "must be an int", id="string-for-int"),
         pytest.param("lost", {"k_patches": 2.5}, "must be an int", id="float-for-int"),
         pytest.param("lost", {"k_patches": True}, "must be an int", id="bool-for-int"),
-        pytest.param("lost", {"k_patches": 0}, "must be >= 1", id="below-minimum"),
-        pytest.param("tokencut", {"eps": 0}, "must be > 0", id="zero-eps"),
-        pytest.param("maskcut", {"max_objects": -1}, "must be >= 0", id="negative-count"),
+        pytest.param("lost", {"k_patches": 0}, r"must be in \[1, 4096\]", id="below-minimum"),
+        pytest.param("tokencut", {"eps": 0}, r"must be in \(0, 1\]", id="zero-eps"),
+        pytest.param("maskcut", {"max_objects": -1}, r"must be in \[0, 20\]", id="negative-count"),
         pytest.param("maskcut", {"min_area_frac": 1.5}, r"must be in \[0, 1\]", id="above-max"),
         pytest.param("tokencut", {"tau": float("nan")}, "finite", id="nan"),
         pytest.param("cad", {"score_threshold": "high"}, "must be a float", id="string-for-float"),
@@ -170,3 +170,26 @@ def test_default_sizes_and_the_parameter_names_options_accept():
         480,
     ]
     assert "k_patches" in methods.param_names() and "score_threshold" in methods.param_names()
+
+
+@pytest.mark.parametrize("method", sorted(methods.METHODS))
+def test_every_numeric_parameter_has_a_maximum_so_the_worst_job_is_bounded(method):
+    for param in methods.get(method).params:
+        if param.type in ("int", "float"):
+            assert param.maximum is not None, f"{method}.{param.name} has no maximum"
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "message"),
+    [
+        pytest.param(
+            "maskcut", {"max_objects": 1000, "min_area_frac": 1.0}, r"\[0, 20\]", id="cuts"
+        ),
+        pytest.param("lost", {"k_patches": 10**9}, r"\[1, 4096\]", id="seeds"),
+        pytest.param("promerge", {"stride": 10**6}, r"\[4, 64\]", id="stride"),
+        pytest.param("tokencut", {"eps": 1e300}, r"\(0, 1\]", id="eps"),
+    ],
+)
+def test_values_that_would_hold_a_worker_are_refused(method, params, message):
+    with pytest.raises(ConfigError, match=message):
+        methods.get(method).check_params(params)

@@ -459,3 +459,19 @@ def test_a_refused_project_version_is_a_warning_not_a_failed_run(service, caplog
     assert report.written == 1 and report.complete
     assert "Prediction score column stays empty" in caplog.text
     assert "no such version" in caplog.text
+
+
+@pytest.mark.parametrize("down", ["redis", "workers"])
+def test_the_redis_password_stays_out_of_prelabel_errors(down):
+    from zerolabel.settings import QueueSettings, WorkerSettings
+
+    queue = QueueSettings(redis_url="redis://:s3cret@queue.internal:6379/0")
+    settings = BackendSettings(discovery=WorkerSettings(queue=queue))
+    service = PredictionService(settings, redis=fakeredis.FakeRedis())
+    service.dispatcher = FakeDispatcher()  # type: ignore[assignment]
+    service.dispatcher.down = down == "redis"
+    service.dispatcher.workers = [0]
+    with pytest.raises(DiscoveryError) as raised:
+        _prelabel(FakeClient(_tasks(2)), service)
+    assert "s3cret" not in str(raised.value)
+    assert "at redis://queue.internal:6379/0" in str(raised.value)

@@ -20,7 +20,7 @@ from zerolabel.geometry import (
     patch_mask_to_pixel_mask,
 )
 from zerolabel.io.images import LoadedImage
-from zerolabel.labelstudio.options import PROJECT_SIDE_RANGE, ProjectOptions
+from zerolabel.labelstudio.options import ProjectOptions, project_side_limit
 from zerolabel.pipeline import Discoverer
 from zerolabel.settings import BackendSettings
 from zerolabel.vit import preprocess
@@ -126,9 +126,10 @@ def test_a_project_preset_is_refused_unless_it_is_known(preset):
 
 
 def test_a_project_paper_preset_stays_within_the_project_bounds():
-    # Full resolution is the operator's choice: a project's paper preset is capped...
+    # Full resolution is the operator's choice: a project's paper preset is capped to the
+    # project's patch bound of its backbone...
     dss = project_spec({"method": "dss", "preset": "paper"})
-    assert dss.effective_max_side() == PROJECT_SIDE_RANGE[1] and dss.effective_crop()
+    assert dss.effective_max_side() == project_side_limit("dino_vits16") and dss.effective_crop()
     # ...unless the operator set the size, or the project gave one in bounds...
     assert project_spec({"method": "dss", "preset": "paper"}, ZEROLABEL_MAX_SIDE="0").max_side == 0
     assert project_spec({"method": "lost", "preset": "paper", "max_side": 640}).max_side == 640

@@ -171,3 +171,18 @@ def test_rqs_cleanup_of_abandoned_jobs_strikes_each_death_then_fails_the_job():
     # RQ queues it again after the first death; the second fails it, retries left or not
     assert states == [(JobStatus.QUEUED, 1), (JobStatus.FAILED, 2)]
     assert job.retries_left == 0 and queue.job_ids == []
+
+
+def test_the_callback_names_a_refused_job_is_read_and_disarmed_by_are_rqs():
+    from rq import Callback
+    from zerolabel.queue.claims import _CALLBACK_NAMES, disarm, foreign
+
+    redis = fakeredis.FakeRedis()
+    queue = Queue("q", connection=redis)
+    named = {"on_success": "a.b", "on_failure": "c.d", "on_stopped": "e.f"}
+    job = queue.enqueue(f"{__name__}.noop", **{k: Callback(v) for k, v in named.items()})
+    job = Job.fetch(job.id, connection=redis)  # as a worker reads it from Redis
+    assert [getattr(job, attribute) for attribute in _CALLBACK_NAMES] == list(named.values())
+    assert foreign(job, {f"{__name__}.noop"}) is not None
+    disarm(job)
+    assert job.success_callback is job.failure_callback is job.stopped_callback is None

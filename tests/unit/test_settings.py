@@ -91,47 +91,6 @@ def test_parse_bool_is_strict():
         parse_bool("X", "maybe")
 
 
-def test_env_file_lines_are_read_and_the_environment_wins(tmp_path):
-    from zerolabel.settings import load_env_file
-
-    path = tmp_path / "zerolabel.env"
-    path.write_text(
-        "# comment\n\nREDIS_URL=redis://db:6379/0\nexport ZEROLABEL_METHOD='maskcut'\n"
-        'LABEL_STUDIO_URL="http://ls:8080"\nZEROLABEL_QUEUE=from-file\n'
-    )
-    env = {"ZEROLABEL_QUEUE": "from-environment"}
-    load_env_file(path, env)
-    assert env == {
-        "REDIS_URL": "redis://db:6379/0",
-        "ZEROLABEL_METHOD": "maskcut",
-        "LABEL_STUDIO_URL": "http://ls:8080",
-        "ZEROLABEL_QUEUE": "from-environment",
-    }
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        pytest.param("JUST_A_NAME\n", "line 1: expected NAME=value", id="no-equals"),
-        pytest.param("OK=1\n2BAD=x\n", "line 2: expected NAME=value", id="bad-name"),
-    ],
-)
-def test_a_malformed_env_file_names_the_line(tmp_path, text, message):
-    from zerolabel.settings import load_env_file
-
-    path = tmp_path / "bad.env"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match=message):
-        load_env_file(path, {})
-
-
-def test_a_missing_env_file_is_a_config_error(tmp_path):
-    from zerolabel.settings import load_env_file
-
-    with pytest.raises(ConfigError, match="env file"):
-        load_env_file(tmp_path / "missing.env", {})
-
-
 def test_precision_and_compile_are_read_and_checked():
     settings = WorkerSettings.from_env(
         {"ZEROLABEL_PRECISION": "bf16", "ZEROLABEL_COMPILE": "max-autotune"}

@@ -137,10 +137,10 @@ def test_retries_validation(server):
 
 
 def test_urllib3_retry_lines_lose_their_query_strings(caplog):
-    from zerolabel.transport import redact_library_logs
+    from zerolabel.transport import redact_logs
 
-    redact_library_logs()
-    redact_library_logs()  # once is enough: no second filter
+    redact_logs()
+    redact_logs()  # once is enough: no second filter
     library = logging.getLogger("urllib3.connectionpool")
     with caplog.at_level(logging.WARNING, "urllib3"):
         library.warning(
@@ -152,3 +152,27 @@ def test_urllib3_retry_lines_lose_their_query_strings(caplog):
     assert "s3cret" not in caplog.text and "k3y" not in caplog.text
     assert "/bucket/a.jpg?<redacted>" in caplog.text
     assert len(library.filters) == 1
+
+
+def test_log_lines_and_tracebacks_lose_the_user_info_of_urls():
+    import io
+
+    from zerolabel.transport import UserInfoRedaction
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(UserInfoRedaction())
+    logger = logging.getLogger("zerolabel.test_redaction")
+    logger.addHandler(handler)
+    try:
+        logger.warning("cannot reach %s", "redis://:s3cret@queue:6379/0")
+        try:
+            raise ConnectionError("redis://user:pa55@queue:6379/0 refused")
+        except ConnectionError:
+            logger.exception("worker stopped")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "s3cret" not in text and "pa55" not in text and "user:" not in text
+    assert "cannot reach redis://queue:6379/0" in text
+    assert "ConnectionError: redis://queue:6379/0 refused" in text

@@ -106,6 +106,14 @@ class QuarantinedJobError(DiscoveryError):
     """The job stopped its worker too often to be run again."""
 
 
+class ForeignJobError(DiscoveryError):
+    """A job in the queue that names a function or callback the worker does not serve.
+
+    Whoever reaches Redis can write jobs; a worker runs only its own job function and fails any
+    other job without importing what it names.
+    """
+
+
 class UnsafeURLError(ValueError):
     """An http(s) URL refused by :func:`parse_http_url`; the message says why (never the URL)."""
 

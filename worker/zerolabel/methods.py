@@ -269,32 +269,34 @@ def _article(type_name: ParamType) -> str:
 
 
 _PARAMS: dict[str, tuple[Param, ...]] = {
-    "lost": (Param("k_patches", "int", 100, minimum=1),),
+    # Every parameter is bounded: the worst job a request may ask for is the one
+    # bench/bench_bounds.py measures (README: worst-case job time and worker memory).
+    "lost": (Param("k_patches", "int", 100, minimum=1, maximum=4096),),
     "tokencut": (
         Param("tau", "float", 0.2, minimum=-1.0, maximum=1.0),
-        Param("eps", "float", 1e-5, minimum=0.0, exclusive_minimum=True),
+        Param("eps", "float", 1e-5, minimum=0.0, maximum=1.0, exclusive_minimum=True),
     ),
     "maskcut": (
         Param("tau", "float", 0.15, minimum=-1.0, maximum=1.0),
-        Param("eps", "float", 1e-5, minimum=0.0, exclusive_minimum=True),
-        Param("max_objects", "int", 3, minimum=0),
+        Param("eps", "float", 1e-5, minimum=0.0, maximum=1.0, exclusive_minimum=True),
+        Param("max_objects", "int", 3, minimum=0, maximum=20),
         Param("min_area_frac", "float", 0.01, minimum=0.0, maximum=1.0),
         Param("max_iou_with_previous", "float", 0.5, minimum=0.0, maximum=1.0),
     ),
     "cad": (
         Param("score_threshold", "float", 0.5, minimum=0.0, maximum=1.0),
-        Param("max_detections", "int", 100, minimum=1),
+        Param("max_detections", "int", 100, minimum=1, maximum=1000),
     ),
     "found": (Param("tau", "float", 0.3, minimum=-1.0, maximum=1.0),),
     # negative: the threshold rps-fit picked from accepted boxes (fitted file), else 0.5
     "rps": (Param("threshold", "float", -1.0, minimum=-1.0, maximum=1.0),),
     "dinoseg": (
-        Param("head", "int", 4, minimum=0),
+        Param("head", "int", 4, minimum=0, maximum=15),
         Param("mass", "float", 0.6, minimum=0.0, maximum=1.0, exclusive_minimum=True),
     ),
     "dss": (),
     "promerge": (
-        Param("stride", "int", 4, minimum=1),
+        Param("stride", "int", 4, minimum=4, maximum=64),
         Param("tau", "float", 0.2, minimum=-1.0, maximum=1.0),
         Param("min_background_frac", "float", 0.1, minimum=0.0, maximum=1.0),
         Param("min_component_ratio", "float", 0.5, minimum=0.0, maximum=1.0),

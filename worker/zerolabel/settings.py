@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,43 +102,15 @@ class EnvReader:
         return parsed
 
 
-def load_env_file(
-    path: str | os.PathLike[str], env: MutableMapping[str, str] | None = None
-) -> None:
-    """Add the ``NAME=value`` lines of an env file to ``env`` (default ``os.environ``).
-
-    The format is docker compose's: ``#`` comments, blank lines, optional ``export``, values
-    optionally in single or double quotes. A variable already set in ``env`` keeps its value, so
-    the process environment overrides the file. Called once, by entry points (``--env-file``).
-
-    Raises:
-        ConfigError: a line that is not ``NAME=value``; the file cannot be read.
-    """
-    target = os.environ if env is None else env
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"env file {path}: {exc.strerror or exc}") from None
-    for number, line in enumerate(lines, start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        name, sep, value = stripped.removeprefix("export ").partition("=")
-        name = name.strip()
-        if not sep or not _ENV_NAME.fullmatch(name):
-            raise ConfigError(f"env file {path}, line {number}: expected NAME=value")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        target.setdefault(name, value)
-
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
 def _present(**values: Any) -> dict[str, Any]:
     """The keyword arguments that were read (not None)."""
     return {key: value for key, value in values.items() if value is not None}
+
+
+MIN_RETENTION_S = 86_400
+"""The shortest retention: a task's job and bookkeeping must outlive the queue's longest wait
+(a large pre-labeling run on few workers) and the write-back."""
+_RETENTION_NOTE = " (a day at least: jobs wait in the queue and for their write-back that long)"
 
 
 @dataclass(frozen=True)
@@ -147,9 +118,12 @@ class QueueSettings:
     """Where the queue lives and how long things are kept (shared by backend and workers)."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"  # REDIS_URL
+    # REDIS_PASSWORD: Redis's password, when REDIS_URL does not carry one (compose's Redis needs it)
+    redis_password: str | None = field(default=None, repr=False)
     queue: str = "zerolabel"  # ZEROLABEL_QUEUE
     job_timeout_s: int = 600  # ZEROLABEL_JOB_TIMEOUT_S: a job running longer is killed
-    result_ttl_s: int = 30 * 86400  # ZEROLABEL_RESULT_TTL_S: how long results are kept
+    # ZEROLABEL_RESULT_TTL_S: the retention: no key a request writes to Redis lives longer
+    result_ttl_s: int = 30 * 86400
     lease_s: int = 15  # ZEROLABEL_LEASE_S: a started job whose worker stopped renewing is re-run
     retries: int = 2  # ZEROLABEL_JOB_RETRIES: re-runs after a transient failure (fetch timeout)
 
@@ -160,9 +134,12 @@ class QueueSettings:
         return cls(
             **_present(
                 redis_url=read.text("REDIS_URL"),
+                redis_password=read.text("REDIS_PASSWORD"),
                 queue=read.text("ZEROLABEL_QUEUE"),
                 job_timeout_s=read.integer("ZEROLABEL_JOB_TIMEOUT_S", minimum=1),
-                result_ttl_s=read.integer("ZEROLABEL_RESULT_TTL_S", minimum=1),
+                result_ttl_s=read.integer(
+                    "ZEROLABEL_RESULT_TTL_S", minimum=MIN_RETENTION_S, note=_RETENTION_NOTE
+                ),
                 lease_s=read.integer("ZEROLABEL_LEASE_S", minimum=1),
                 retries=read.integer("ZEROLABEL_JOB_RETRIES", minimum=0),
             )

@@ -354,6 +354,14 @@ def without_user_info(url: str) -> str:
     return parts._replace(netloc=netloc, query="", fragment="").geturl()
 
 
+def redact_user_info(text: str) -> str:
+    """``text`` with the user info of every URL in it (``redis://:PW@host``) left out."""
+    return _USER_INFO.sub("", text)
+
+
+_USER_INFO = re.compile(r"(?<=://)[^/\s@'\"]*@")
+
+
 def _has_query(url: str) -> bool:
     parts = urlsplit(url.strip())
     return bool(parts.query or parts.fragment or "?" in url or "#" in url)

@@ -29,6 +29,7 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
 from zerolabel.errors import ConfigError
+from zerolabel.sites import redact_user_info
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class QueryRedaction(logging.Filter):
     """Removes query strings from the URLs and paths of a log record's message.
 
     urllib3 logs its retries with the request's path and query; a signed storage URL carries its
-    credential there. Entry points attach it to urllib3's loggers (:func:`redact_library_logs`).
+    credential there. Entry points attach it to urllib3's loggers (:func:`redact_logs`).
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -201,13 +202,35 @@ class QueryRedaction(logging.Filter):
 _QUERY = re.compile(r"\?[^\s'\")]+")
 
 
+class UserInfoRedaction(logging.Filter):
+    """Removes the user info of URLs (``redis://:PW@host``) from a log record's message and
+    traceback text; entry points attach it to the root logger's handlers, which every record
+    reaches."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_user_info(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_user_info(record.exc_text)
+        return True
+
+
 _URLLIB3_LOGGERS = ("urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry")
 """The loggers urllib3 writes URLs to (a logger's filters see only its own records)."""
 
 
-def redact_library_logs() -> None:
-    """Attach :class:`QueryRedaction` to urllib3's loggers (once); entry points call it."""
+def redact_logs() -> None:
+    """Keep credentials out of the logs (once per process; entry points call it after setting
+    up logging): :class:`QueryRedaction` on urllib3's loggers, :class:`UserInfoRedaction` on the
+    root logger's handlers."""
     for name in _URLLIB3_LOGGERS:
         library = logging.getLogger(name)
         if not any(isinstance(f, QueryRedaction) for f in library.filters):
             library.addFilter(QueryRedaction())
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, UserInfoRedaction) for f in handler.filters):
+            handler.addFilter(UserInfoRedaction())

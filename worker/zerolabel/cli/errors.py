@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 import click
 
 from zerolabel.errors import DiscoveryError
+from zerolabel.sites import without_user_info
 
 logger = logging.getLogger("zerolabel")
 
@@ -64,10 +65,11 @@ _OPTION_MENTIONS: dict[str, tuple[str, ...]] = {
 
 
 def remember_url(service: Service, url: str | None) -> None:
-    """Note the server the running command talks to, for the message if it cannot be reached."""
+    """Note the server the running command talks to, for the message if it cannot be reached
+    (without the URL's user info: a Redis URL can carry the password)."""
     ctx = click.get_current_context(silent=True)
     if ctx is not None and url:
-        ctx.meta.setdefault(_META_KEY, {})[service] = url
+        ctx.meta.setdefault(_META_KEY, {})[service] = without_user_info(url)
 
 
 def _remembered(ctx: click.Context | None, service: Service) -> str | None:

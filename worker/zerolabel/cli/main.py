@@ -33,14 +33,14 @@ logger = logging.getLogger("zerolabel")
 
 
 def _setup_logging(verbose: bool) -> None:
-    from zerolabel.transport import redact_library_logs
+    from zerolabel.transport import redact_logs
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    redact_library_logs()
+    redact_logs()
 
 
 @click.group(cls=ZerolabelGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,7 +58,7 @@ def main(verbose: bool, env_file: str | None) -> None:
     """Zero-label object pre-labeling for Label Studio."""
     _setup_logging(verbose)
     if env_file is not None:
-        from zerolabel.settings import load_env_file
+        from zerolabel.envfile import load_env_file
 
         load_env_file(env_file)
 

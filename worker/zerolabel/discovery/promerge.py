@@ -271,23 +271,34 @@ def merge(
         The groups, in order of creation, each with the positions in ``masks`` of the
         proposals it holds.
     """
-    groups: list[_Group] = []
+    # Groups as rows of two matrices, so each proposal meets every group in one product.
+    n, d = unit.shape
+    cells_of = torch.zeros((0, n), dtype=torch.float32)
+    means_of = torch.zeros((0, d), dtype=unit.dtype)
+    members_of: list[tuple[int, ...]] = []
     for index, (cells, mean) in sorted(enumerate(masks), key=lambda m: -int(m[1][0].sum())):
-        area = int(cells.sum())
-        joined = []
-        for group in groups:
-            shared = int((group.cells & cells).sum()) / area
-            if shared > overlap or (
-                shared > min_overlap and float(mean @ group.mean) >= similarity
-            ):
-                joined.append(group)
-        if not joined:
-            groups.append(_Group(cells, mean, (index,)))
+        area = float(cells.sum())
+        shared = (cells_of @ cells.to(torch.float32)) / area
+        similar = means_of @ mean
+        joined = (shared > overlap) | ((shared > min_overlap) & (similar >= similarity))
+        if not bool(joined.any()):
+            cells_of = torch.cat([cells_of, cells.to(torch.float32)[None]])
+            means_of = torch.cat([means_of, mean[None]])
+            members_of.append((index,))
             continue
-        union, members = cells.clone(), [index]
-        for group in joined:
-            union |= group.cells
-            members.extend(group.members)
-            groups.remove(group)
-        groups.append(_Group(union, unit[union].mean(dim=0), tuple(sorted(members))))
+        union = cells | cells_of[joined].bool().any(dim=0)
+        flags = joined.tolist()
+        members = [index]
+        for held, join in zip(members_of, flags, strict=True):
+            if join:
+                members.extend(held)
+        kept = ~joined
+        cells_of = torch.cat([cells_of[kept], union.to(torch.float32)[None]])
+        means_of = torch.cat([means_of[kept], unit[union].mean(dim=0)[None]])
+        members_of = [held for held, join in zip(members_of, flags, strict=True) if not join]
+        members_of.append(tuple(sorted(members)))
+    groups = [
+        _Group(row.bool(), mean, members)
+        for row, mean, members in zip(cells_of, means_of, members_of, strict=True)
+    ]
     return groups

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,11 +50,31 @@ PROJECT_BACKBONES = (
 any other timm name only through the workers' own ``ZEROLABEL_BACKBONE``."""
 
 PROJECT_SIDE_RANGE = (64, 2048)
-"""Bounds of a project's ``max_side`` and ``square`` in pixels. A request decides them, so they
-stay where one image fits a worker's memory; full resolution (``max_side`` 0) and larger inputs
-are the operator's choice, through ``ZEROLABEL_MAX_SIDE``. A project's ``"preset": "paper"``
-whose authors ran at full resolution gets its longer side capped at the upper bound, unless
-``ZEROLABEL_MAX_SIDE`` is set."""
+"""Bounds of a project's ``max_side`` and ``square`` in pixels, before its backbone is known;
+:data:`PROJECT_MAX_PATCHES` then bounds the input by the backbone's patches. Full resolution
+(``max_side`` 0) and larger inputs are the operator's choice, through ``ZEROLABEL_MAX_SIDE``."""
+
+PROJECT_MAX_PATCHES = 4096
+"""The most patches a project's input may give its backbone (a 64 x 64 grid: 1024 px at
+ViT-S/16, 512 px at ViT-S/8, 896 px at ViT-S/14). Memory and time grow with the square of the
+patch count (attention, and the patch affinity matrices of the methods); the README's worker
+memory table is measured at this bound. A project's preset or method default beyond it is
+capped to it; a ``max_side`` or ``square`` the project gives beyond it is refused."""
+
+
+def patch_size_of(backbone: str) -> int:
+    """The patch size in pixels a backbone name states (``dino_vits16``: 16,
+    ``vit_small_patch14_dinov2``: 14); 8, the smallest in use, when the name states none."""
+    found = _PATCH_IN_NAME.search(backbone)
+    return int(found.group(1)) if found else 8
+
+
+_PATCH_IN_NAME = re.compile(r"(?:patch|vit[a-z])(\d+)")
+
+
+def project_side_limit(backbone: str) -> int:
+    """The longest side, in pixels, of a square input within :data:`PROJECT_MAX_PATCHES`."""
+    return patch_size_of(backbone) * math.isqrt(PROJECT_MAX_PATCHES)
 
 
 @dataclass(frozen=True)
@@ -144,9 +166,25 @@ class ProjectOptions:
             overrides["params"] = self.params
         method = str(overrides.get("method") or settings.discovery.method)
         overrides |= _named_files(self.files, method, settings.discovery)
+        limit = project_side_limit(str(overrides.get("backbone") or settings.discovery.backbone))
         if _unbounded_paper_input(overrides, method, settings.discovery):
-            overrides["max_side"] = PROJECT_SIDE_RANGE[1]
-        return settings.discovery.spec(**overrides)
+            overrides["max_side"] = limit
+        spec = settings.discovery.spec(**overrides)
+        side = _input_side(spec)
+        if side is None or side <= limit:
+            return spec
+        given = next((n for n in ("square", "max_side") if self.spec_overrides.get(n)), None)
+        if given is not None:
+            patch = patch_size_of(spec.backbone)
+            raise ConfigError(
+                f'extra param "{given}" {side} px gives up to {(side // patch) ** 2} patches of '
+                f"{spec.backbone} ({patch} px each), more than the {PROJECT_MAX_PATCHES} a "
+                f"project may ask for: use at most {limit} px (larger inputs: the workers' "
+                "ZEROLABEL_MAX_SIDE)"
+            )
+        if settings.discovery.max_side is not None:
+            return spec  # the operator's size
+        return settings.discovery.spec(**{**overrides, "max_side": limit})
 
 
 def _check_spec_options(spec: Mapping[str, Any]) -> None:
@@ -174,11 +212,19 @@ def _check_spec_options(spec: Mapping[str, Any]) -> None:
         )
 
 
+def _input_side(spec: DiscoverySpec) -> int | None:
+    """The longest side a ViT method's input can have under ``spec``; None: full resolution,
+    or a detector (which sizes its input itself)."""
+    if methods.get(spec.method).kind is not MethodKind.FEATURES:
+        return None
+    return spec.square or spec.effective_max_side()
+
+
 def _unbounded_paper_input(
     overrides: Mapping[str, Any], method: str, settings: WorkerSettings
 ) -> bool:
     """Whether a project's preset ``paper`` would run its ViT method at full resolution with
-    no size the project or the operator set (:data:`PROJECT_SIDE_RANGE` bounds it instead)."""
+    no size the project or the operator set (:data:`PROJECT_MAX_PATCHES` bounds it instead)."""
     info = methods.get(method)
     if overrides.get("preset") != "paper" or info.kind is not MethodKind.FEATURES:
         return False

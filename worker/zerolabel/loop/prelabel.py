@@ -44,6 +44,7 @@ from zerolabel.loop.waiting import BatchWaiter
 from zerolabel.progress import Progress, track
 from zerolabel.queue.dispatch import Outcome
 from zerolabel.queue.service import PredictionService
+from zerolabel.sites import without_user_info
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +270,7 @@ class _Run:
         return any(p.get("model_version") == self.version for p in predictions)
 
     def _redis_url(self) -> str:
-        return self.service.settings.discovery.queue.redis_url
+        return without_user_info(self.service.settings.discovery.queue.redis_url)  # no password
 
 
 def _model_versions(task: dict[str, Any]) -> set[str]:

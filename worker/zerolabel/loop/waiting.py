@@ -16,6 +16,7 @@ from rq.job import Job
 from zerolabel.errors import DiscoveryError
 from zerolabel.queue.dispatch import LATE, Ending, Outcome
 from zerolabel.queue.service import PredictionService
+from zerolabel.sites import without_user_info
 
 WORKER_CHECK_S = 5.0
 """While a batch is waited for, the live workers are counted this often."""
@@ -33,7 +34,7 @@ class BatchWaiter:
 
     @property
     def redis_url(self) -> str:
-        return self.service.settings.discovery.queue.redis_url
+        return without_user_info(self.service.settings.discovery.queue.redis_url)  # no password
 
     def live_workers(self) -> int:
         """Workers with a live heartbeat on the queue; DiscoveryError when Redis is away."""

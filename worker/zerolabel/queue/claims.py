@@ -19,6 +19,7 @@ that job is quarantined (:mod:`zerolabel.queue.runs`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from redis.exceptions import WatchError
@@ -36,12 +37,42 @@ from zerolabel.queue.runs import Runs
 logger = logging.getLogger(__name__)
 
 
-def is_discovery(job: Job) -> bool:
-    """Whether the job runs :data:`~zerolabel.queue.dispatch.JOB_FUNCTION`."""
+def foreign(job: Job, functions: Collection[str] = (JOB_FUNCTION,)) -> str | None:
+    """Why a worker serving ``functions`` must not run this job; None when it may.
+
+    A job is only data in Redis, and whoever reaches Redis can write one naming any importable
+    function, a method of an object, or success/failure/stopped callbacks that RQ would import
+    and call. A worker runs the functions it serves, with no object and no callbacks, and nothing
+    else; this reads the job's names without importing any of them.
+    """
     try:
-        return job.func_name == JOB_FUNCTION
+        name, instance = job.func_name, job.instance
     except DeserializationError:
-        return False
+        return "its data does not parse"
+    if name not in functions:
+        return f"it names the function {name!r}, which this worker does not run"
+    if instance is not None:
+        return f"it names {name!r} as a method of an object"
+    callbacks = [getattr(job, attribute, None) for attribute in _CALLBACK_NAMES]
+    named = [callback for callback in callbacks if callback]
+    if named:
+        return f"it names callbacks ({', '.join(map(repr, named))}), which this worker does not run"
+    return None
+
+
+_CALLBACK_NAMES = ("_success_callback_name", "_failure_callback_name", "_stopped_callback_name")
+"""Where RQ's job keeps the import paths of its callbacks (tests/unit/test_rq_api.py pins them)."""
+
+
+def disarm(job: Job) -> None:
+    """Forget, in this process, the callbacks a refused job names, so failing it calls none."""
+    for attribute in _CALLBACK_NAMES:
+        setattr(job, attribute, None)
+
+
+def is_discovery(job: Job) -> bool:
+    """Whether the job runs :data:`~zerolabel.queue.dispatch.JOB_FUNCTION` and nothing else."""
+    return foreign(job) is None
 
 
 def request_of(job: Job) -> DiscoveryRequest | None:

@@ -59,9 +59,15 @@ _WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 
 
 def connect(settings: QueueSettings) -> Redis:
-    """A Redis client that fails fast when the server is down."""
+    """A Redis client that fails fast when the server is down; ``REDIS_PASSWORD`` is its
+    password unless the URL carries one."""
+    password = {"password": settings.redis_password} if settings.redis_password else {}
     return Redis.from_url(
-        settings.redis_url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30
+        settings.redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=30,
+        **password,
     )
 
 
@@ -135,6 +141,7 @@ class Dispatcher:
             job_id=request.job_id,
             description=f"discover task {request.task_id} ({request.spec.model_version()})",
             job_timeout=self.settings.job_timeout_s,
+            ttl=self.settings.result_ttl_s,  # a job still queued after the retention is dropped
             result_ttl=self.settings.result_ttl_s,
             failure_ttl=self.settings.result_ttl_s,
             retry=Retry(max=self.settings.retries, interval=[2, 10])

@@ -34,6 +34,7 @@ from zerolabel.labelstudio.options import ProjectOptions
 from zerolabel.queue.dispatch import Dispatcher, Ending, Outcome, connect
 from zerolabel.queue.writeback import Ledger, Waiting, hold_s
 from zerolabel.settings import BackendSettings
+from zerolabel.sites import without_user_info
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class PredictionService:
         self.dispatcher = Dispatcher(
             redis or connect(settings.discovery.queue), settings.discovery.queue
         )
-        self.ledger = Ledger(self.dispatcher.redis)
+        self.ledger = Ledger(self.dispatcher.redis, settings.discovery.queue.result_ttl_s)
 
     def plan(
         self, label_config: str, options: ProjectOptions
@@ -235,7 +236,8 @@ class PredictionService:
         return Answer(ls_format.prediction(replace(result, model_version=version), target))
 
     def _redis_down(self, exc: BaseException) -> str:
-        return f"Redis unreachable at {self.settings.discovery.queue.redis_url}: {exc}"
+        url = without_user_info(self.settings.discovery.queue.redis_url)  # no password
+        return f"Redis unreachable at {url}: {exc}"
 
     def health(self) -> dict[str, Any]:
         return self.dispatcher.health()

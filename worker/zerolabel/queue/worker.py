@@ -16,11 +16,13 @@ through RQ's hooks (a worker class, its job and queue classes, exception handler
 - Only transient failures (fetch timeouts, connection errors, HTTP 5xx/429, Redis hiccups) use
   the job's RQ retries; anything else fails the job at once with its message
   (:mod:`zerolabel.queue.failures`).
+- Only its own job function runs: a job naming another function, a method or callbacks (anyone
+  who reaches Redis can write one) fails before anything it names is imported, with a log line
+  (:func:`zerolabel.queue.claims.foreign`).
 - ``execute_job`` serves discovery jobs in batches of waiting jobs of the same spec, with the
   downloads of the next batch overlapping the forward pass of this one
-  (:mod:`zerolabel.queue.batch`); a job with a strike is served alone, jobs of other functions
-  run as RQ runs them. ``prepare_job_execution`` skips the jobs a batch already put in RQ's
-  started state.
+  (:mod:`zerolabel.queue.batch`); a job with a strike is served alone.
+  ``prepare_job_execution`` skips the jobs a batch already put in RQ's started state.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis import Redis
@@ -42,9 +44,11 @@ from rq.timeouts import BaseDeathPenalty
 from rq.worker import WorkerStatus
 
 from zerolabel.contract import DiscoveryRequest
-from zerolabel.errors import QuarantinedJobError, RedisUnavailable
+from zerolabel.errors import ForeignJobError, QuarantinedJobError, RedisUnavailable
 from zerolabel.queue.batch import BatchedJob, Batches, admit
 from zerolabel.queue.batch_report import BatchObserver
+from zerolabel.queue.claims import disarm, foreign
+from zerolabel.queue.dispatch import JOB_FUNCTION
 from zerolabel.queue.failures import AWAY as _AWAY
 from zerolabel.queue.failures import is_transient, retry_only_transient, strike_abandoned
 from zerolabel.queue.heartbeat import Heartbeat, heartbeat_ttl
@@ -104,11 +108,15 @@ class ZerolabelWorker(SimpleWorker):
         runtime: the process's runtime for discovery jobs, built on first use
             (default: :func:`zerolabel.queue.jobs.get_runtime`).
         batch_size: discovery jobs per batch; None: ``ZEROLABEL_WORKER_BATCH`` or by device.
+        functions: the import paths of the functions this worker runs; None: the class's
+            :attr:`functions` (the discovery job). A job naming any other is failed unrun.
         **kwargs: passed to :class:`rq.SimpleWorker`.
     """
 
     job_class = BatchedJob
     queue_class = OutageAwareQueue
+    functions: frozenset[str] = frozenset({JOB_FUNCTION})
+    """The functions workers run (tests that run functions of their own extend it)."""
 
     def __init__(
         self,
@@ -119,12 +127,15 @@ class ZerolabelWorker(SimpleWorker):
         backoff: AbstractBackoff = PAUSES,
         runtime: Callable[[], WorkerRuntime] | None = None,
         batch_size: int | None = None,
+        functions: Collection[str] | None = None,
         **kwargs: Any,
     ) -> None:
         handlers = [strike_abandoned(runs), retry_only_transient]
         super().__init__(queues, name=heartbeat.name, exception_handlers=handlers, **kwargs)
         self.beat = heartbeat
         self.runs = runs
+        if functions is not None:
+            self.functions = frozenset(functions)
         self.backoff = backoff
         self.stopping = False  # a warm stop was asked for: no further batch is claimed
         make_runtime = runtime or _process_runtime
@@ -218,7 +229,14 @@ class ZerolabelWorker(SimpleWorker):
 
     def _admit(self, job: BatchedJob) -> DiscoveryRequest | None:
         """The job's request when a batch serves it; None when RQ runs it as it is (another
-        function, or a job answered at once: quarantined, or a request this worker refuses)."""
+        function, or a job answered at once: foreign, quarantined, or a request this worker
+        refuses)."""
+        why = foreign(job, self.functions)
+        if why is not None:
+            logger.warning("job %s refused without running: %s", job.id, why)
+            disarm(job)
+            job.computed = ForeignJobError(f"job {job.id} refused: {why}")
+            return None
         try:
             self.runs.check(job.id)
         except QuarantinedJobError as exc:
@@ -265,6 +283,7 @@ def run_worker(
     with_scheduler: bool = True,
     runtime: WorkerRuntime | None = None,
     observers: Sequence[BatchObserver] = (),
+    functions: Collection[str] | None = None,
 ) -> ZerolabelWorker:
     """Serve jobs in this process until stopped; returns the worker (its batch stats).
 
@@ -272,6 +291,7 @@ def run_worker(
         runtime: what serves discovery jobs; default :func:`zerolabel.queue.jobs.get_runtime`.
         observers: called with every batch's :class:`~zerolabel.queue.batch_report.BatchReport`
             (metrics); an observer that raises is logged and changes nothing else.
+        functions: the functions the worker runs, by import path (see :class:`ZerolabelWorker`).
 
     Raises:
         WorkerNameInUse: a live worker process already serves under ``name``.
@@ -286,6 +306,7 @@ def run_worker(
             runtime=(lambda: runtime) if runtime is not None else None,
             connection=redis,
             serializer=JSONSerializer,
+            functions=functions,
         )
         worker.batches.observers.extend(observers)
         worker.release_stale_registration()

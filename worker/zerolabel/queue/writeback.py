@@ -70,9 +70,11 @@ from zerolabel.sites import LS_TOKEN_SETTING, LS_URL_SETTING, LabelStudioSites
 logger = logging.getLogger(__name__)
 
 WAITING_TTL_S = 86_400
-"""How long a waiting task is remembered while its job is queued or running."""
+"""How long a waiting task is remembered while its job is queued or running (at most the
+retention, ``ZEROLABEL_RESULT_TTL_S``, like every key here)."""
 FINISHED_TTL_S = 3_600
-"""How long a finished job's result is kept for deliveries that are tried again."""
+"""How long a finished job's result is kept for deliveries that are tried again (at most the
+retention)."""
 HOLD_MARGIN_S = 60
 """Added to the backend's wait to get how long a delivery claim holds."""
 MIN_HOLD_S = 120
@@ -147,8 +149,9 @@ class Waiting:
 class Ledger:
     """The backend's side: records waiting tasks and claims the tasks it answers."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, keep_s: int = WAITING_TTL_S) -> None:
         self.redis = redis
+        self.keep_s = keep_s
 
     def wait(self, job_id: str, waiting: Waiting) -> DiscoveryResult | None:
         """Record that ``waiting`` waits for the job; the job's result if it just finished.
@@ -159,7 +162,7 @@ class Ledger:
         key = _waiting_key(job_id)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, waiting.field, waiting.to_json())
-            pipe.expire(key, WAITING_TTL_S)
+            pipe.expire(key, min(WAITING_TTL_S, self.keep_s))
             pipe.get(_finished_key(job_id))
             raw = pipe.execute()[-1]
         return DiscoveryResult.from_dict(json.loads(raw)) if raw else None
@@ -177,7 +180,8 @@ class Ledger:
             waited, claimed = pipe.execute()
         if not waited:
             return not claimed
-        if not self.redis.set(waiting.claim_key, "answer", nx=True, ex=waiting.hold_s):
+        hold_s = min(waiting.hold_s, self.keep_s)
+        if not self.redis.set(waiting.claim_key, "answer", nx=True, ex=hold_s):
             return False
         self.redis.hdel(key, waiting.field)
         return True
@@ -195,6 +199,7 @@ class WriteBack:
         token: ``LABEL_STUDIO_API_KEY``; None: nothing is written.
         connect: builds the Label Studio client (tests pass a fake).
         clock: wall clock for retries.
+        keep_s: the retention (``ZEROLABEL_RESULT_TTL_S``): no key lives longer.
     """
 
     def __init__(
@@ -205,8 +210,10 @@ class WriteBack:
         *,
         connect: Callable[[str, str], LabelStudioClient] = LabelStudioClient,
         clock: Callable[[], float] = time.time,
+        keep_s: int = WAITING_TTL_S,
     ) -> None:
         self.redis = redis
+        self.keep_s = keep_s
         self.sites = sites
         self._token = token
         self._connect = connect
@@ -217,7 +224,8 @@ class WriteBack:
     def job_finished(self, job_id: str, result: DiscoveryResult) -> int:
         """Publish the job's result and deliver it to its waiting tasks; how many were written."""
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(_finished_key(job_id), json.dumps(result.to_dict()), ex=FINISHED_TTL_S)
+            keep_s = min(FINISHED_TTL_S, self.keep_s)
+            pipe.set(_finished_key(job_id), json.dumps(result.to_dict()), ex=keep_s)
             pipe.hgetall(_waiting_key(job_id))
             entries = pipe.execute()[-1]
         if not entries:
@@ -262,7 +270,7 @@ class WriteBack:
             self._done(job_id, waiting)
             metrics.observe_writeback("failed")
             return 0
-        claim_s = max(waiting.hold_s, MIN_HOLD_S)
+        claim_s = min(max(waiting.hold_s, MIN_HOLD_S), self.keep_s)
         if not self.redis.set(waiting.claim_key, self.owner, nx=True, ex=claim_s):
             return 0  # answered by /predict, or another worker delivers it
         try:
@@ -380,6 +388,7 @@ def _writer(redis: Redis, settings: WorkerSettings) -> WriteBack:
     cached: tuple[Redis, WorkerSettings, WriteBack] | None = getattr(_local, "writer", None)
     if cached is not None and cached[0] is redis and cached[1] is settings:
         return cached[2]
-    writer = WriteBack(redis, settings.ls_sites(), settings.ls_token)
+    keep_s = settings.queue.result_ttl_s
+    writer = WriteBack(redis, settings.ls_sites(), settings.ls_token, keep_s=keep_s)
     _local.writer = (redis, settings, writer)
     return writer
