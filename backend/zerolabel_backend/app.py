@@ -30,6 +30,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from zerolabel.errors import ConfigError
+from zerolabel.labelstudio.interactive import Interaction, read_context
 from zerolabel.labelstudio.options import ProjectOptions
 from zerolabel.queue.service import Answer, PredictionService, ProjectContext
 from zerolabel.settings import BackendSettings
@@ -37,6 +38,7 @@ from zerolabel.settings import BackendSettings
 from zerolabel_backend.metrics import install as install_metrics
 from zerolabel_backend.protocol import (
     BadRequest,
+    PredictRequest,
     parse_body,
     predict_request,
     reason_phrase,
@@ -173,10 +175,14 @@ def create_app(service: PredictionService, settings: BackendSettings | None = No
         context = projects.get(asked.project)
         try:
             version = service.model_version(asked.label_config, context.options)
+            interaction = _interaction(asked)
+            if interaction is not None:
+                answers = [service.prompt(asked.tasks[0], asked.label_config, context, interaction)]
         except ConfigError as exc:
             logger.warning("predict for project %s refused: %s", asked.project, exc)
             return _refusal(str(exc))
-        answers = _predict(service, asked.tasks, asked.label_config, context)
+        if interaction is None:
+            answers = _predict(service, asked.tasks, asked.label_config, context)
         return jsonify(
             {
                 "results": [answer.entry for answer in answers],
@@ -204,6 +210,28 @@ def _refusal(message: str) -> Response:
     answer = jsonify({"status": "ERROR", "error": message})
     answer.status = f"400 {reason_phrase(message)}"
     return answer
+
+
+def _interaction(asked: PredictRequest) -> Interaction | None:
+    """The smart-tool regions of an interactive request (one task); None for a plain predict.
+
+    Raises:
+        ConfigError: the context does not fit the labeling config, or comes with other than one
+            well-formed task (the message names the cause).
+    """
+    if asked.context is None:
+        return None
+    first = asked.tasks[0] if len(asked.tasks) == 1 else None
+    task_id = first.get("id") if isinstance(first, dict) else None
+    interaction = read_context(asked.context, asked.label_config, task_id)
+    if interaction is None:
+        return None
+    if first is None:
+        raise ConfigError(f"an interactive request takes one task, got {len(asked.tasks)}")
+    problem = task_problem(first)
+    if problem:
+        raise ConfigError(problem)
+    return interaction
 
 
 def _predict(

@@ -2,9 +2,11 @@
 
 Label Studio 1.23 calls ``POST /setup`` with ``{"project", "schema", "hostname", "access_token",
 "extra_params"}`` and ``POST /predict`` with ``{"tasks": [...], "project", "label_config",
-"params"}``. Whatever arrives is checked here: a body that is not a JSON object, a field of the
-wrong type or a labeling config that cannot be served is a :class:`BadRequest` (a JSON 400 with
-the reason); a single malformed task is a per-task error, never the batch's.
+"params"}``; an interactive request (a smart tool's regions) has one task and
+``params.context`` (read by :mod:`zerolabel.labelstudio.interactive`). Whatever arrives is
+checked here: a body that is not a JSON object, a field of the wrong type or a labeling config
+that cannot be served is a :class:`BadRequest` (a JSON 400 with the reason); a single malformed
+task is a per-task error, never the batch's.
 
 A refusal's reason also travels in the HTTP status line (:func:`reason_phrase`): Label Studio
 1.23 raises on any status >= 400 and shows its users ``str(HTTPError)``, "400 Client Error:
@@ -49,6 +51,7 @@ class PredictRequest:
     project: str
     label_config: str
     tasks: list[Any]  # each checked by :func:`task_problem`
+    context: Any = None  # params.context: the regions of an interactive request, if any
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -87,7 +90,8 @@ def predict_request(body: dict[str, Any]) -> PredictRequest:
     params = body.get("params")
     if params is not None and not isinstance(params, dict):
         raise BadRequest(f"'params' must be a JSON object, got {_kind(params)}")
-    return PredictRequest(_project(body), _text(body, "label_config"), tasks)
+    context = params.get("context") if params is not None else None
+    return PredictRequest(_project(body), _text(body, "label_config"), tasks, context)
 
 
 def task_problem(task: Any) -> str | None:

@@ -332,3 +332,34 @@ def test_worker_batch_size_by_setting_and_device():
     assert WorkerSettings.from_env({"ZEROLABEL_WORKER_BATCH": "12"}).worker_batch == 12
     with pytest.raises(Exception, match="ZEROLABEL_WORKER_BATCH='0' must be >= 1"):
         WorkerSettings.from_env({"ZEROLABEL_WORKER_BATCH": "0"})
+
+
+def test_a_prompt_queued_during_a_batch_is_answered_before_the_next_batch_step(stack):
+    from zerolabel.contract import Click, DiscoveryResult, Prompt, PromptRequest
+    from zerolabel.queue.interactive import make_interactive_queue, submit
+
+    requests = stack.requests(8)
+    for request in requests:
+        stack.dispatcher.submit(request)
+    order: list[str] = []
+    prompts = make_interactive_queue(stack.redis, QUEUE)
+    clicked = PromptRequest(requests[0], Prompt((Click(0.5, 0.5),)))
+
+    class Clicking(SizeRunner):
+        def run(self, images, batch_size=8):
+            order.append("batch")
+            if len(order) == 1:  # an annotator clicks while the first batch runs
+                submit(prompts, clicked, 30)
+            return super().run(images, batch_size)
+
+    stack.runtime.runner = lambda spec: Clicking(spec, stack.calls)  # type: ignore[method-assign]
+
+    def prompt(asked: PromptRequest) -> DiscoveryResult:
+        order.append("prompt")
+        return DiscoveryResult(asked.request.image, (6, 8), [], "v", asked.request.task_id)
+
+    stack.runtime.prompt = prompt  # type: ignore[method-assign]
+    stack.work()
+    assert order == ["batch", "prompt", "batch"]  # batches of 4: the click waited one step
+    job = Job.fetch(clicked.job_id, connection=stack.redis, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FINISHED and job.return_value()["task_id"] == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -341,6 +342,100 @@ class DiscoveryRequest:
         """
         key = f"{self.spec.model_version()}|{self.absolute_image}"
         return "zl-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+MAX_CLICKS = 32
+"""Clicks one prompt may hold (an annotator's clicks on one object)."""
+
+
+@dataclass(frozen=True)
+class Click:
+    """A point an annotator placed: ``x``, ``y`` in fractions of the original image's width and
+    height ([0, 1], x to the right, y down); ``positive`` False for a background click."""
+
+    x: float
+    y: float
+    positive: bool = True
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What an annotator asked for on one image: clicks on an object, and/or a rectangle
+    (``box`` in fractions of the original image: x0, y0, x1, y1 with x0 < x1 and y0 < y1).
+
+    Raises:
+        ValueError: no click and no box, too many clicks, a coordinate outside [0, 1] or not a
+            number, an empty box.
+    """
+
+    clicks: tuple[Click, ...] = ()
+    box: Box | None = None
+
+    def __post_init__(self) -> None:
+        if not self.clicks and self.box is None:
+            raise ValueError("a prompt needs a click or a rectangle")
+        if len(self.clicks) > MAX_CLICKS:
+            raise ValueError(f"{len(self.clicks)} clicks on one object; at most {MAX_CLICKS}")
+        for click in self.clicks:
+            _fraction(click.x, "click x")
+            _fraction(click.y, "click y")
+            if not isinstance(click.positive, bool):
+                raise ValueError(f"a click's positive flag must be true or false: {click!r}")
+        if self.box is not None:
+            for value, name in zip(self.box.to_list(), ("x0", "y0", "x1", "y1"), strict=True):
+                _fraction(value, f"rectangle {name}")
+            if self.box.width <= 0 or self.box.height <= 0:
+                raise ValueError(f"the rectangle is empty: {self.box.to_list()}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "clicks": [[c.x, c.y, c.positive] for c in self.clicks],
+            "box": self.box.to_list() if self.box is not None else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Prompt:
+        try:
+            clicks = tuple(Click(float(x), float(y), positive) for x, y, positive in data["clicks"])
+            box = Box.from_list(data["box"]) if data.get("box") is not None else None
+        except (KeyError, TypeError, ValueError) as exc:
+            shape = "{'clicks': [[x, y, positive], ...], 'box': [x0, y0, x1, y1] or null}"
+            raise ValueError(f"a prompt must be {shape}: {exc}") from None
+        return cls(clicks, box)
+
+
+def _fraction(value: float, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} {value:g} lies outside the image")
+
+
+@dataclass(frozen=True)
+class PromptRequest:
+    """One interactive prompt: the image and spec of a discovery request, and what the
+    annotator clicked. Each prompt is its own job (never shared or cached as a job)."""
+
+    request: DiscoveryRequest
+    prompt: Prompt
+    job_id: str = field(default_factory=lambda: "zp-" + uuid.uuid4().hex)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_VERSION,
+            "request": self.request.to_dict(),
+            "prompt": self.prompt.to_dict(),
+            "job_id": self.job_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PromptRequest:
+        _check_schema(data, "prompt request")
+        return cls(
+            DiscoveryRequest.from_dict(data["request"]),
+            Prompt.from_dict(data["prompt"]),
+            str(data["job_id"]),
+        )
 
 
 def _check_schema(data: dict[str, Any], what: str) -> None:

@@ -32,6 +32,7 @@ class MethodKind(enum.Enum):
 
     FEATURES = "features"  # a pure function of ViT patch keys (zerolabel.discovery)
     DETECTOR = "detector"  # a trained detector served like a method (zerolabel.cad)
+    PROMPT = "prompt"  # keys and an annotator's clicks (zerolabel.discovery.prompts)
 
 
 @dataclass(frozen=True)
@@ -413,6 +414,46 @@ FEATURE_METHODS: tuple[str, ...] = tuple(
 )
 
 
+_PROMPT_PARAMS: dict[str, tuple[Param, ...]] = {
+    "points": (Param("tau", "float", 0.2, minimum=-1.0, maximum=1.0),),
+    "box": _PARAMS["tokencut"],  # the rectangle's graph is TokenCut's
+    "prompt": _PARAMS["tokencut"],
+}
+
+PROMPT_METHODS: dict[str, MethodInfo] = {
+    name: MethodInfo(
+        name,
+        MethodKind.PROMPT,
+        _PROMPT_PARAMS[name],
+        default_max_side=480,  # the interactive input when the project's spec sets none
+        summary=summary,
+        refine_default=True,  # refined at click time by the guided filter (zerolabel.refine)
+    )
+    for name, summary in (
+        ("points", "the object under positive clicks, less what negative clicks carve out"),
+        ("box", "the main object inside a rectangle, TokenCut's cut of its patches"),
+        ("prompt", "the object of clicks and a rectangle together"),
+    )
+}
+"""The prompt methods (:mod:`zerolabel.discovery.prompts`): one object from an annotator's
+clicks or rectangle, for interactive pre-annotation. Apart from :data:`METHODS`: a spec never
+names them and they are no choice of a project's ``method``."""
+
+
+def get_prompt(name: str) -> MethodInfo:
+    """The registered prompt method called ``name``.
+
+    Raises:
+        ConfigError: no such prompt method (the message lists the registered ones).
+    """
+    try:
+        return PROMPT_METHODS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(
+            f"unknown prompt method {name!r}: use one of {', '.join(PROMPT_METHODS)}"
+        ) from None
+
+
 def get(name: str) -> MethodInfo:
     """The registered method called ``name``.
 
@@ -436,14 +477,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def checked(name: str) -> Callable[[F], F]:
-    """Decorate a feature method's function: its registered parameters are checked against
-    :data:`METHODS` (type and range) before it runs, so their rules are written once, here.
+    """Decorate a feature or prompt method's function: its registered parameters are checked
+    against :data:`METHODS` or :data:`PROMPT_METHODS` (type and range) before it runs, so their
+    rules are written once, here.
 
     Example: ``@checked("lost")`` above ``def lost(keys, grid_hw, *, k_patches=100)``; a call
     with ``k_patches=0`` raises the registry's :class:`~zerolabel.errors.ConfigError` (a
     ``ValueError``) naming the parameter and its range.
     """
-    info = get(name)
+    info = PROMPT_METHODS[name] if name in PROMPT_METHODS else get(name)
     registered = {param.name for param in info.params}
 
     def decorate(function: F) -> F:

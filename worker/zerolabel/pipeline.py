@@ -83,6 +83,8 @@ class Discoverer:
         self.refine = spec.effective_refine()
         self.model_version = spec.model_version()
         self.timings = Timings()
+        self.seen: Callable[[LoadedImage, geometry.Frame, features.PatchFeatures], object] | None
+        self.seen = None  # told every image's features (the worker's cache for prompts)
 
     def frame(self, image: LoadedImage) -> geometry.Frame:
         content = preprocess.content_size(image.original_hw, self.max_side, self.spec.square)
@@ -101,9 +103,16 @@ class Discoverer:
                 chunk = indices[start : start + batch_size]
                 feats = self._forward([images[i] for i in chunk], [frames[i] for i in chunk])
                 for i, feat in zip(chunk, feats, strict=True):
+                    if self.seen is not None:
+                        self.seen(images[i], frames[i], feat)
                     results[i] = self._regions(feat, frames[i], images[i])
         self.timings.images += len(images)
         return results
+
+    def extract(self, image: LoadedImage) -> tuple[geometry.Frame, features.PatchFeatures]:
+        """One image's frame and patch features (a forward pass, no method)."""
+        frame = self.frame(image)
+        return frame, self._forward([image], [frame])[0]
 
     def _forward(
         self, images: Sequence[LoadedImage], frames: Sequence[geometry.Frame]

@@ -168,6 +168,8 @@ class WorkerSettings:
     max_side: int | None = None  # ZEROLABEL_MAX_SIDE: None: method default, 0: full size
     batch_size: int = 8  # ZEROLABEL_BATCH_SIZE: images per forward pass (same-size images)
     worker_batch: int | None = None  # ZEROLABEL_WORKER_BATCH: jobs a worker takes at once
+    # ZEROLABEL_FEATURE_CACHE_MB: patch features of recent images kept for interactive prompts
+    feature_cache_mb: int = 256
     max_image_bytes: int = 64 * 2**20  # ZEROLABEL_MAX_IMAGE_BYTES
     max_image_pixels: int = 100_000_000  # ZEROLABEL_MAX_IMAGE_PIXELS
     ls_url: str | None = None  # LABEL_STUDIO_URL: for task URLs like /data/upload/...
@@ -210,6 +212,7 @@ class WorkerSettings:
                 ),
                 batch_size=read.integer("ZEROLABEL_BATCH_SIZE"),  # checked by validate()
                 worker_batch=read.integer("ZEROLABEL_WORKER_BATCH", minimum=1),
+                feature_cache_mb=read.integer("ZEROLABEL_FEATURE_CACHE_MB", minimum=0),
                 max_image_bytes=read.integer("ZEROLABEL_MAX_IMAGE_BYTES", minimum=1),
                 max_image_pixels=read.integer("ZEROLABEL_MAX_IMAGE_PIXELS", minimum=1),
                 fetch_timeout_s=read.number(

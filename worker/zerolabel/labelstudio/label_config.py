@@ -233,15 +233,22 @@ def parse_config(label_config: str, *, keep_comments: bool = False) -> ET.Elemen
 
 
 def _controls(root: ET.Element) -> list[_Control]:
-    """Every box and brush control, in document order."""
+    """Every box and brush control, in document order; smart tools (``smart="true"`` on the
+    tag or a label: an annotator's prompts for interactive pre-annotation) are inputs, not
+    where regions go, and are left out."""
     controls = []
     for element in root.iter():
-        if element.tag not in (BOX_TAG, BRUSH_TAG):
+        if element.tag not in (BOX_TAG, BRUSH_TAG) or _smart(element):
             continue
         to_names = tuple(n.strip() for n in element.get("toName", "").split(",") if n.strip())
         labels = tuple(v for v in (e.get("value") for e in element.iter("Label")) if v)
         controls.append(_Control(str(element.tag), element.get("name", ""), to_names, labels))
     return controls
+
+
+def _smart(element: ET.Element) -> bool:
+    marks = [element.get("smart"), *(label.get("smart") for label in element.iter("Label"))]
+    return any((mark or "").strip().lower() == "true" for mark in marks)
 
 
 def _pick_image(

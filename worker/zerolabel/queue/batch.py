@@ -16,7 +16,9 @@ it dequeued like this, the only way a discovery job runs:
    spec (only when a job of that spec is next in the queue, so another spec at the head is not
    kept waiting) and starts loading it, then runs the current batch: the downloads of batch n+1
    overlap the forward pass of batch n.
-4. **Run.** The images still to compute go through one batched run
+4. **Run.** Interactive prompts waiting on the interactive queue are answered first
+   (:mod:`zerolabel.queue.interactive`), so a click waits for at most one batch step. Then the
+   images still to compute go through one batched run
    (:meth:`WorkerRuntime.compute`: images of the same padded size share forward passes of up to
    ``ZEROLABEL_BATCH_SIZE``), under RQ's job timeout.
 5. **Finish.** Each job then goes through RQ's own ``perform_job``, where the job (a
@@ -159,6 +161,8 @@ class Batches:
         self.stats = BatchStats()
         self.observers: list[BatchObserver] = [self.stats, record_queue_stages]
         self._pool: ThreadPoolExecutor | None = None
+        self.between_steps: Callable[[], object] | None = None
+        """Called before each batch step (the worker answers waiting prompts there)."""
 
     @property
     def runtime(self) -> WorkerRuntime:
@@ -194,8 +198,13 @@ class Batches:
                 start = time.perf_counter()
                 more = claimer.claim(queue, spec, self.size, only_if_next=True)
                 following = self._start(more, start)
+            self._step_aside()
             self._run(*ready, queue)
             batch = following
+
+    def _step_aside(self) -> None:
+        if self.between_steps is not None:
+            self.between_steps()
 
     def close(self) -> None:
         """Stop the download threads."""
@@ -228,7 +237,8 @@ class Batches:
     def _begin(self, job: BatchedJob) -> Execution:
         """Put a claimed job in RQ's started state, as RQ does the one it dequeues."""
         execution = self.worker.prepare_execution(job)
-        self.worker.prepare_job_execution(job, len(self.worker.queues) == 1)
+        # claims put the job in the intermediate queue whatever queues RQ's own dequeue serves
+        self.worker.prepare_job_execution(job, remove_from_intermediate_queue=True)
         job.started = True
         return execution
 

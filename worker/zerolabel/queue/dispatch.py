@@ -43,18 +43,22 @@ from zerolabel.settings import QueueSettings
 
 __all__ = [
     "JOB_FUNCTION",
+    "PROMPT_FUNCTION",
     "LATE",
     "Dispatcher",
     "Ending",
     "Outcome",
     "ResultCache",
     "connect",
+    "interactive_queue_name",
     "make_queue",
 ]
 
 logger = logging.getLogger(__name__)
 
 JOB_FUNCTION = "zerolabel.queue.jobs.discover"
+PROMPT_FUNCTION = "zerolabel.queue.jobs.prompt"
+"""The function interactive prompts are enqueued under (:mod:`zerolabel.queue.interactive`)."""
 _WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 
 
@@ -73,6 +77,14 @@ def connect(settings: QueueSettings) -> Redis:
 
 def make_queue(redis: Redis, settings: QueueSettings) -> Queue:
     return Queue(settings.queue, connection=redis, serializer=JSONSerializer)
+
+
+INTERACTIVE_SUFFIX = "-interactive"
+
+
+def interactive_queue_name(settings: QueueSettings) -> str:
+    """The queue of interactive prompts, which every worker of ``settings.queue`` serves first."""
+    return settings.queue + INTERACTIVE_SUFFIX
 
 
 class Ending(Enum):

@@ -39,3 +39,15 @@ def discover(request: dict[str, Any]) -> dict[str, Any]:
         "ZEROLABEL_QUEUE), which keeps the liveness record the backend relies on; stop the "
         "other worker on this queue"
     )
+
+
+def prompt(request: dict[str, Any]) -> dict[str, Any]:
+    """Refuses to run: interactive prompts are served by ``zerolabel worker`` too.
+
+    Raises:
+        DiscoveryError: always, naming the command that serves these jobs.
+    """
+    raise DiscoveryError(
+        "an interactive prompt reached a worker that is not `zerolabel worker`: prompts are "
+        "served from the features `zerolabel worker` keeps; stop the other worker on this queue"
+    )

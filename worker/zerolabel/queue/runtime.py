@@ -11,21 +11,31 @@ in this process (no queue).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 from redis import Redis
 from redis.exceptions import RedisError
 from rq.timeouts import BaseTimeoutException
 
-from zerolabel import metrics
-from zerolabel.contract import DiscoveryRequest, DiscoveryResult, DiscoverySpec, Region
+from zerolabel import geometry, metrics
+from zerolabel.contract import (
+    DiscoveryRequest,
+    DiscoveryResult,
+    DiscoverySpec,
+    PromptRequest,
+    Region,
+)
 from zerolabel.errors import ConfigError, ImageLoadError, TransientFetchError, WeightsError
 from zerolabel.io.fetch import Fetcher, FetchPolicy
 from zerolabel.io.images import ImageLimits, LoadedImage
-from zerolabel.pipeline import ModelStore, Runner
+from zerolabel.pipeline import Discoverer, ModelStore, Runner
+from zerolabel.prompting import FeatureCache, Seen, answer, feature_key
 from zerolabel.queue.cache import ResultCache
 from zerolabel.settings import WorkerSettings
 from zerolabel.sites import LS_ALIASES_SETTING, LS_URL_SETTING, LabelStudioSite, parse_origin
@@ -79,6 +89,8 @@ class WorkerRuntime:
         self._local = threading.local()  # fetchers are not thread-safe: a set per thread
         self._all_fetchers: list[Fetcher] = []
         self._lock = threading.Lock()
+        self.features = FeatureCache(settings.feature_cache_mb * 2**20)
+        self._contents: dict[str, str] = {}  # image URL -> sha256 of what it served last
 
     def worker_batch(self) -> int:
         """Jobs a worker takes at once: ``ZEROLABEL_WORKER_BATCH``, else 16 on CUDA, 1 on CPU.
@@ -216,6 +228,8 @@ class WorkerRuntime:
         try:
             with metrics.failures():
                 runner = self.runner(spec)
+                if isinstance(runner, Discoverer):  # keep features for the clicks to come
+                    runner.seen = functools.partial(self._seen, spec)
                 with metrics.running(runner, images=len(images)):
                     regions = runner.run(images, self.settings.batch_size)
         except (WeightsError, ConfigError) as exc:
@@ -238,6 +252,61 @@ class WorkerRuntime:
             self._store(result, item.origin, item.image.sha256 if item.image else "")
             results.append(result)
         return results
+
+    def prompt(self, asked: PromptRequest) -> DiscoveryResult:
+        """The object an annotator's prompt points at, from the image's cached features (one
+        forward pass when the image is not in the cache).
+
+        Returns:
+            The result: one region, none when nothing was found, or the error (an image that
+            cannot be read, a project served by a detector, a prompt with no object to find).
+
+        Raises:
+            TransientFetchError: the image may be fetchable later.
+        """
+        request, spec = asked.request, asked.request.spec
+        version = spec.model_version()
+        try:
+            runner = self.runner(spec)
+            if not isinstance(runner, Discoverer):
+                raise ConfigError(f"prompts need a ViT method, not {spec.method!r}")
+            seen = self._features(request, runner)
+            region = answer(seen, asked.prompt, refined=spec.masks and spec.refine is not False)
+        except (ImageLoadError, ConfigError, WeightsError, ValueError) as exc:
+            logger.warning("task %s: prompt not answered: %s", request.task_id, exc)
+            return DiscoveryResult(request.image, (0, 0), [], version, request.task_id, str(exc))
+        regions = [region] if region is not None else []
+        hw = seen.frame.original_hw
+        return DiscoveryResult(request.image, hw, regions, version, request.task_id)
+
+    def _features(self, request: DiscoveryRequest, runner: Discoverer) -> Seen:
+        """The image's features: from the cache (by the content its URL served last), else a
+        download and a forward pass."""
+        spec = request.spec
+        known = self._contents.get(request.absolute_image)
+        seen = self.features.get(feature_key(spec, known)) if known else None
+        if seen is not None:
+            return seen
+        image = self.fetcher(request).fetch(
+            request.image, self.limits, max_side=spec.effective_max_side()
+        )
+        self._contents[request.absolute_image] = image.sha256
+        if len(self._contents) > _MAX_URLS:
+            self._contents.pop(next(iter(self._contents)))
+        seen = self.features.get(feature_key(spec, image.sha256))
+        if seen is None:
+            frame, feat = runner.extract(image)
+            seen = self._seen(spec, image, frame, feat)
+        return seen
+
+    def _seen(
+        self, spec: DiscoverySpec, image: LoadedImage, frame: geometry.Frame, feat: Any
+    ) -> Seen:
+        """Keep an image's patch keys (on the CPU) for prompts."""
+        keys = feat.k.detach().to("cpu", torch.float32)
+        seen = Seen(frame, keys, image, bool(spec.square))
+        self.features.put(feature_key(spec, image.sha256), seen)
+        return seen
 
     def _result(
         self, item: Loaded, regions: list[Region], error: str | None = None
@@ -263,6 +332,9 @@ class WorkerRuntime:
             except RedisError as exc:
                 logger.warning("result cache unavailable: %s", exc)
 
+
+_MAX_URLS = 10_000
+"""Image URLs whose content a worker remembers for prompts (the oldest forgotten first)."""
 
 _TIMEOUTS = (BaseTimeoutException,)
 """RQ's job timeout: it ends the whole run, never a reason to run images one by one."""

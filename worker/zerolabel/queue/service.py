@@ -27,11 +27,14 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import RedisError
 
-from zerolabel.contract import DiscoveryRequest, DiscoverySpec
+from zerolabel import methods
+from zerolabel.contract import DiscoveryRequest, DiscoverySpec, PromptRequest
 from zerolabel.labelstudio import tasks as ls_format
+from zerolabel.labelstudio.interactive import Interaction
 from zerolabel.labelstudio.label_config import find_target
 from zerolabel.labelstudio.options import ProjectOptions
 from zerolabel.queue.dispatch import Dispatcher, Ending, Outcome, connect
+from zerolabel.queue.interactive import make_interactive_queue, submit
 from zerolabel.queue.writeback import Ledger, Waiting, hold_s
 from zerolabel.settings import BackendSettings
 from zerolabel.sites import without_user_info
@@ -59,6 +62,10 @@ class ProjectContext:
     options: ProjectOptions = field(default_factory=ProjectOptions)
     project_id: int | None = None
 
+
+PROMPT_SPEC_METHOD = "lost"
+"""The method a prompt's spec names: prompts run their own functions; the spec only carries the
+backbone, weights and input size (its model_version names the answer)."""
 
 PENDING = "late: still running; its prediction is written to the task when ready"
 WRITTEN = "its prediction was written to the task by a worker"
@@ -95,6 +102,7 @@ class PredictionService:
             redis or connect(settings.discovery.queue), settings.discovery.queue
         )
         self.ledger = Ledger(self.dispatcher.redis, settings.discovery.queue.result_ttl_s)
+        self.prompts = make_interactive_queue(self.dispatcher.redis, settings.discovery.queue)
 
     def plan(
         self, label_config: str, options: ProjectOptions
@@ -167,6 +175,65 @@ class PredictionService:
             waiting = self._waiting(task, target, version, context)
             answers[index] = self._answer(task, job_id, outcome, target, version, waiting)
         return [answer or Answer(reason="no answer") for answer in answers]
+
+    def prompt(
+        self,
+        task: dict[str, Any],
+        label_config: str,
+        context: ProjectContext,
+        interaction: Interaction,
+    ) -> Answer:
+        """The object an annotator's clicks (or rectangle) point at, as the answer of an
+        interactive ``/predict``: one object, its refined brush mask and its box (linked, one
+        object to export), labelled with the smart tool's label where the outputs have it.
+
+        Label Studio sends every click on the object so far; the prompt runs as one job on the
+        interactive queue, served by workers before any batch. A request with no smart-tool
+        region (an ordinary region drawn with Auto-Annotation on) gets an empty answer.
+
+        Raises:
+            ConfigError: the labeling config has no output for the image, or neither output
+                has the chosen label.
+        """
+        if interaction.prompt is None:
+            return _skipped(task, "no smart-tool region in the interactive request")
+        options = context.options
+        label = interaction.label or options.label or self.settings.label
+        target = find_target(
+            label_config, label=label, image_name=interaction.to_name, shapes="both"
+        )
+        spec = self._prompt_spec(options, target)
+        task_id = task.get("id")
+        image = (task.get("data") or {}).get(target.data_key)
+        if not isinstance(image, str) or not image:
+            return _skipped(task, f"task data has no '{target.data_key}' image URL to click on")
+        request = DiscoveryRequest(spec, image, task_id, self._ls_url(context))
+        timeout_s = self.settings.wait_timeout_s
+        try:
+            asked = PromptRequest(request, interaction.prompt)
+            job = submit(self.prompts, asked, max(1, int(timeout_s)))
+            (outcome,) = self.dispatcher.collect([job], timeout_s, poll_s=0.005, max_poll_s=0.02)
+        except (RedisError, OSError) as exc:
+            return _skipped(task, self._redis_down(exc))
+        result = outcome.result
+        if result is None:
+            return _skipped(task, outcome.reason or "no result")
+        if result.error:
+            return _skipped(task, result.error)
+        version = spec.model_version()
+        return Answer(ls_format.prediction(replace(result, model_version=version), target))
+
+    def _prompt_spec(self, options: ProjectOptions, target: ls_format.Target) -> DiscoverySpec:
+        """The project's spec for prompts: its backbone, weights and input size (so a click
+        finds the features its batch pass left in the worker's cache), with masks. A project
+        served by a detector clicks on the ViT the workers load for their default method."""
+        spec = options.spec(self.settings, masks=True, shapes="both")
+        size = spec.max_side if spec.max_side is not None else spec.effective_max_side() or 0
+        fields: dict[str, Any] = {"params": {}, "fitted": None, "max_side": size}
+        if methods.get(spec.method).kind is not methods.MethodKind.FEATURES:
+            worker = self.settings.discovery
+            fields |= {"backbone": worker.backbone, "weights": worker.weights}
+        return replace(spec, method=PROMPT_SPEC_METHOD, **fields)
 
     def _waiting(
         self, task: dict[str, Any], target: ls_format.Target, version: str, context: ProjectContext

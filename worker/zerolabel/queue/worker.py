@@ -43,12 +43,17 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import BaseDeathPenalty
 from rq.worker import WorkerStatus
 
-from zerolabel.contract import DiscoveryRequest
+from zerolabel.contract import DiscoveryRequest, PromptRequest
 from zerolabel.errors import ForeignJobError, QuarantinedJobError, RedisUnavailable
 from zerolabel.queue.batch import BatchedJob, Batches, admit
 from zerolabel.queue.batch_report import BatchObserver
 from zerolabel.queue.claims import disarm, foreign
-from zerolabel.queue.dispatch import JOB_FUNCTION
+from zerolabel.queue.dispatch import (
+    INTERACTIVE_SUFFIX,
+    JOB_FUNCTION,
+    PROMPT_FUNCTION,
+    interactive_queue_name,
+)
 from zerolabel.queue.failures import AWAY as _AWAY
 from zerolabel.queue.failures import is_transient, retry_only_transient, strike_abandoned
 from zerolabel.queue.heartbeat import Heartbeat, heartbeat_ttl
@@ -115,7 +120,7 @@ class ZerolabelWorker(SimpleWorker):
 
     job_class = BatchedJob
     queue_class = OutageAwareQueue
-    functions: frozenset[str] = frozenset({JOB_FUNCTION})
+    functions: frozenset[str] = frozenset({JOB_FUNCTION, PROMPT_FUNCTION})
     """The functions workers run (tests that run functions of their own extend it)."""
 
     def __init__(
@@ -142,6 +147,7 @@ class ZerolabelWorker(SimpleWorker):
         self.batches = Batches(
             self, heartbeat, runs, make_runtime, batch_size, lambda: self.stopping
         )
+        self.batches.between_steps = self.serve_prompts
 
     def handle_warm_shutdown_request(self) -> None:
         self.stopping = True
@@ -237,12 +243,56 @@ class ZerolabelWorker(SimpleWorker):
             disarm(job)
             job.computed = ForeignJobError(f"job {job.id} refused: {why}")
             return None
+        if job.func_name == PROMPT_FUNCTION:
+            self._answer_prompt(job)
+            return None
         try:
             self.runs.check(job.id)
         except QuarantinedJobError as exc:
             job.computed = exc
             return None
         return admit(job)
+
+    # --- interactive prompts -------------------------------------------------------------------
+
+    def _answer_prompt(self, job: BatchedJob) -> None:
+        """Compute a prompt job's answer, which RQ then performs (never retried: a click not
+        answered now is worth nothing later)."""
+        argument: Any = job.args[0] if len(job.args) == 1 else None
+        try:
+            asked = PromptRequest.from_dict(argument)
+        except (LookupError, TypeError, ValueError) as exc:
+            job.computed = ValueError(f"prompt job {job.id}: {exc}")
+            return
+        try:
+            job.computed = self.batches.runtime.prompt(asked)
+        except Exception as exc:  # its own failure only: RQ records it for this job
+            job.computed = exc
+
+    def serve_prompts(self) -> int:
+        """Answer the prompts waiting on the interactive queue now (between two batch steps of
+        a pre-labeling run, so a click waits at most one step); how many were served."""
+        served = 0
+        for queue in self.queues:
+            if not queue.name.endswith(INTERACTIVE_SUFFIX):
+                continue
+            while (raw := self.connection.lpop(queue.key)) is not None:
+                job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+                try:
+                    job = self.job_class.fetch(job_id, self.connection, self.serializer)
+                except NoSuchJobError:
+                    continue  # expired while it waited
+                assert isinstance(job, BatchedJob), "the worker's job class is BatchedJob"
+                self.beat.hold([job.id])
+                try:
+                    execution = self.prepare_execution(job)
+                    if self._admit(job) is not None:  # a discovery job on the wrong queue
+                        job.computed = ValueError("a discovery job on the interactive queue")
+                    self.perform_job(job, queue, execution)
+                finally:
+                    self.beat.release(job.id)
+                served += 1
+        return served
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         if isinstance(job, BatchedJob) and job.started:
@@ -274,6 +324,14 @@ def make_worker_queue(redis: Redis, settings: QueueSettings) -> OutageAwareQueue
     return OutageAwareQueue(settings.queue, connection=redis, serializer=JSONSerializer)
 
 
+def make_worker_queues(redis: Redis, settings: QueueSettings) -> list[Queue]:
+    """The queues a worker serves, in the order RQ dequeues them: prompts first."""
+    interactive = OutageAwareQueue(
+        interactive_queue_name(settings), connection=redis, serializer=JSONSerializer
+    )
+    return [interactive, make_worker_queue(redis, settings)]
+
+
 def run_worker(
     redis: Redis,
     settings: QueueSettings,
@@ -300,7 +358,7 @@ def run_worker(
     name = name or uuid.uuid4().hex
     with Heartbeat(redis, name, settings.queue, ttl, lease_s=settings.lease_s) as beat:
         worker = ZerolabelWorker(
-            [make_worker_queue(redis, settings)],
+            make_worker_queues(redis, settings),
             heartbeat=beat,
             runs=Runs(redis, settings.result_ttl_s),
             runtime=(lambda: runtime) if runtime is not None else None,
