@@ -28,8 +28,10 @@ pytestmark = pytest.mark.integration
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>
-  <BrushLabels name="mask" toName="image"><Label value="object"/></BrushLabels>
-  <RectangleLabels name="label" toName="image"><Label value="object"/></RectangleLabels>
+  <BrushLabels name="mask" toName="image" smart="false"><Label value="object"/></BrushLabels>
+  <RectangleLabels name="label" toName="image" smart="false">
+    <Label value="object"/>
+  </RectangleLabels>
   <KeyPointLabels name="click" toName="image" smart="true">
     <Label value="object" smart="true"/>
   </KeyPointLabels>

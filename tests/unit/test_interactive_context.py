@@ -15,7 +15,7 @@ from zerolabel.labelstudio.interactive import read_context, smart_tools
 CONFIG = """<View>
   <Image name="image" value="$image"/>
   <BrushLabels name="mask" toName="image"><Label value="object"/></BrushLabels>
-  <RectangleLabels name="box" toName="image"><Label value="object"/></RectangleLabels>
+  <RectangleLabels name="box" toName="image" smart="false"><Label value="object"/></RectangleLabels>
   <KeyPointLabels name="click" toName="image" smart="true">
     <Label value="object" smart="true"/>
   </KeyPointLabels>
@@ -62,9 +62,11 @@ def _with(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return item
 
 
-def test_smart_tools_are_the_tools_marked_smart_on_the_tag_or_a_label():
+def test_smart_tools_are_keypoints_and_rectangles_not_marked_smart_false_as_in_label_studio():
     tools = smart_tools(CONFIG)
     assert set(tools) == {"click", "drag"}
+    plain = CONFIG.replace(' smart="false"', "")  # Label Studio's default: smart
+    assert set(smart_tools(plain)) == {"click", "drag", "box"}
     assert tools["click"].labels == ("object",) and tools["click"].to_names == ("image",)
 
 
@@ -134,7 +136,7 @@ def test_a_region_label_studio_would_not_send_is_refused_naming_task_region_and_
 
 
 def test_a_config_without_smart_tools_is_refused_with_what_to_add():
-    plain = CONFIG.replace('smart="true"', "")
+    plain = CONFIG.replace('smart="true"', 'smart="false"')
     with pytest.raises(ConfigError, match='has no smart tool: add a <KeyPointLabels smart="true">'):
         read_context({"result": [KEYPOINT]}, plain, 7)
 

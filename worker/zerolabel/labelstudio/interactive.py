@@ -22,8 +22,10 @@ regions), and regions of other controls of the same type and label (a box accept
 So the clicks on one object need no memory here; regions of controls that are not smart tools
 are left out, and a context with no smart region asks for nothing.
 
-Smart tools are ``<KeyPointLabels>`` or ``<RectangleLabels>`` with ``smart="true"`` (on the tag
-or on one of its labels)::
+Smart tools are ``<KeyPointLabels>`` and ``<RectangleLabels>``: Label Studio gives every
+control a smart variant (with Auto-Annotation on) unless it says ``smart="false"``, so a config
+whose outputs should never be taken for prompts marks them so (``examples/
+label_config_interactive.xml``)::
 
     <KeyPointLabels name="click" toName="image" smart="true">
       <Label value="object" smart="true"/>
@@ -78,7 +80,8 @@ class Interaction:
 
 
 def smart_tools(label_config: str) -> dict[str, SmartTool]:
-    """The smart tools of a labeling config, by ``name``.
+    """The smart tools of a labeling config, by ``name``: its ``<KeyPointLabels>`` and
+    ``<RectangleLabels>`` but those marked ``smart="false"`` (Label Studio's default).
 
     Raises:
         ConfigError: the config does not parse.
@@ -88,7 +91,7 @@ def smart_tools(label_config: str) -> dict[str, SmartTool]:
         if element.tag not in SMART_TAGS:
             continue
         labels = [child for child in element if child.tag == "Label"]
-        smart = _true(element.get("smart")) or any(_true(c.get("smart")) for c in labels)
+        smart = not _false(element.get("smart")) or any(_true(c.get("smart")) for c in labels)
         name = element.get("name")
         if not smart or not name:
             continue
@@ -245,3 +248,7 @@ def _number(raw: Any, name: str, field: str) -> float:
 
 def _true(value: str | None) -> bool:
     return (value or "").strip().lower() == "true"
+
+
+def _false(value: str | None) -> bool:
+    return (value or "").strip().lower() == "false"
