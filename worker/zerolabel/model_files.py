@@ -5,11 +5,15 @@ project's Extra params name a file of it (``{"method": "cad", "detector": "cad-<
 ``{"method": "rps", "fitted": "rps-<digest>.pt"}``); the name goes into the spec, so each file
 is a model_version of its own, and workers load the file when a job first asks for it.
 
+A project may also name backbone weights ``zerolabel adapt`` wrote
+(``{"checkpoint": "adapted-<digest>.pth"}``), served instead of ``ZEROLABEL_CHECKPOINT``.
+
 A name comes from a request, so it is checked where it enters: a bare file name of the form the
 commands write (``cad-`` and the first 10 hex digits of the file's SHA-256 for a detector,
-``<kind>-`` and a 12-digit digest of its content for a fitted file, see :mod:`zerolabel.fitted`),
-and the file must be a regular file inside the folder once links are resolved. Standard library
-only: the backend checks names too.
+``<kind>-`` and a 12-digit digest of its content for a fitted file, see :mod:`zerolabel.fitted`,
+``adapted-`` and the first 12 hex digits of the file's SHA-256 for adapted weights), and the
+file must be a regular file inside the folder once links are resolved. Standard library only:
+the backend checks names too.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ FITTED_NAME = re.compile(
     r"(?P<kind>[a-z][a-z0-9]*(?:-[a-z][a-z0-9]*)*)-(?P<digest>[0-9a-f]{12})\.pt"
 )
 """What ``zerolabel rps-fit`` and ``train-found`` call their files: ``<kind>-<digest>.pt``."""
+
+CHECKPOINT_NAME = re.compile(r"adapted-(?P<digest>[0-9a-f]{12})\.pth")
+"""What ``zerolabel adapt`` calls the backbone weights it writes."""
 
 _LISTED = 20  # files named in a message, at most
 _CHUNK = 1 << 20
@@ -76,6 +83,21 @@ def check_fitted_name(name: object, kind: str | None = None) -> str:
     return str(name)
 
 
+def check_checkpoint_name(name: object) -> str:
+    """``name`` when it is the name of adapted weights (``adapted-<12 hex digits>.pth``).
+
+    Raises:
+        ConfigError: anything else (a path, another form, not a string).
+    """
+    if not isinstance(name, str) or CHECKPOINT_NAME.fullmatch(name) is None:
+        raise ConfigError(
+            f"checkpoint {name!r} is not the name of adapted weights: give the bare name "
+            "adapted-<12 hex digits>.pth that zerolabel adapt wrote (no folder), of a file in "
+            f"{MODELS_DIR_SETTING}"
+        )
+    return name
+
+
 def locate(folder: str | Path, name: str, what: str) -> Path:
     """The file ``name`` in ``folder``: a regular file inside it once links are resolved.
 
@@ -116,16 +138,23 @@ def missing(folder: str | Path, name: str, what: str) -> str:
     listed = ", ".join(held[:_LISTED])
     if len(held) > _LISTED:
         listed += f" and {len(held) - _LISTED} more"
+    install = (
+        "copy the file zerolabel adapt wrote into it"
+        if what == "checkpoint"
+        else f"install it with zerolabel use --project ID METHOD --{what.split()[0]} FILE"
+    )
     return (
         f"{what} {name!r} is not in {MODELS_DIR_SETTING} ({folder}), which holds "
-        f"{listed or f'no {what}'}: install it with zerolabel use --project ID METHOD "
-        f"--{what.split()[0]} FILE, or give backend and workers the same {MODELS_DIR_SETTING}"
+        f"{listed or f'no {what}'}: {install}, or give backend and workers the same "
+        f"{MODELS_DIR_SETTING}"
     )
 
 
 def available(folder: str | Path, what: str) -> list[str]:
-    """The names of the detectors (``what`` "detector") or fitted files in ``folder``, sorted."""
-    pattern = DETECTOR_NAME if what == "detector" else FITTED_NAME
+    """The names of the detectors (``what`` "detector"), adapted weights ("checkpoint") or
+    fitted files in ``folder``, sorted."""
+    patterns = {"detector": DETECTOR_NAME, "checkpoint": CHECKPOINT_NAME}
+    pattern = patterns.get(what, FITTED_NAME)
     try:
         names = os.listdir(folder)
     except OSError:
@@ -156,4 +185,21 @@ def check_detector_bytes(path: Path) -> None:
             f"detector {path.name} in {path.parent} is not the file its name names (its bytes "
             f"give cad-{digest[:10]}.pt): it was renamed or changed; install the detector again "
             "with zerolabel use"
+        )
+
+
+def check_checkpoint_bytes(path: Path) -> None:
+    """Adapted weights of the models folder hold the bytes their name names (a renamed or
+    changed file would serve other weights under the name's model_version).
+
+    Raises:
+        WeightsError: the digest of its bytes is not the one in its name.
+    """
+    match = CHECKPOINT_NAME.fullmatch(path.name)
+    digest = file_digest(path)
+    if match is None or not digest.startswith(match.group("digest")):
+        raise WeightsError(
+            f"checkpoint {path.name} in {path.parent} is not the file its name names (its bytes "
+            f"give adapted-{digest[:12]}.pth): it was renamed or changed; copy the file "
+            "zerolabel adapt wrote again"
         )

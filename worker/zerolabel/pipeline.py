@@ -7,6 +7,7 @@ spec's method kind needs (see :mod:`zerolabel.methods`), so no caller names a me
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -294,8 +295,9 @@ class ModelStore:
     ``ZEROLABEL_FITTED`` by their base name, any other in ``ZEROLABEL_MODELS_DIR``
     (:mod:`zerolabel.model_files`), so one worker serves projects of different detectors at
     once. The last ``ZEROLABEL_WORKER_MODELS`` detectors (and as many fitted files) stay loaded.
-    A spec asking for other weights than these settings serve is refused, so a result is never
-    labelled with weights that did not make it.
+    Backbone weights ``zerolabel adapt`` wrote are found the same way when a spec names them
+    (``adapted-<digest>.pth``) and kept likewise. A spec asking for other weights than these
+    settings serve is refused, so a result is never labelled with weights that did not make it.
     """
 
     def __init__(self, settings: WorkerSettings) -> None:
@@ -303,6 +305,7 @@ class ModelStore:
         self._backbones: dict[tuple[str, str], Backbone] = {}
         self.detectors: _Kept[str, torch.nn.Module] = _Kept(settings.worker_models)
         self.fitted_files: _Kept[tuple[str, str, str, str], Fitted] = _Kept(settings.worker_models)
+        self.checkpoints: _Kept[tuple[str, str, str], Backbone] = _Kept(settings.worker_models)
 
     def runner(self, spec: DiscoverySpec) -> Runner:
         """The runner for ``spec``, as its method's kind needs.
@@ -318,6 +321,9 @@ class ModelStore:
 
     def backbone(self, spec: DiscoverySpec) -> Backbone:
         """The loaded ViT backbone of a feature-method spec."""
+        served = self.settings.weights if spec.backbone == self.settings.backbone else "hub"
+        if spec.weights != served and model_files.CHECKPOINT_NAME.fullmatch(spec.weights):
+            return self.adapted(spec)
         key = (spec.backbone, spec.pos_embed)
         if key not in self._backbones:
             own = spec.backbone == self.settings.backbone
@@ -330,6 +336,34 @@ class ModelStore:
                 )
             self._backbones[key] = settings_backbone(self.settings, spec.backbone, spec.pos_embed)
         return self._backbones[key]
+
+    def adapted(self, spec: DiscoverySpec) -> Backbone:
+        """The backbone with the adapted weights a spec names, from the models folder.
+
+        Raises:
+            WeightsError: no models folder, the file is not the one its name names, or its
+                weights do not fit the spec's backbone.
+            ConfigError: the file is not in the models folder (the message lists those it is).
+        """
+        folder = self.settings.models_dir
+        if folder is None:
+            raise WeightsError(
+                f"the request asks for checkpoint {spec.weights!r} but this worker has no "
+                "ZEROLABEL_MODELS_DIR: give backend and workers the same one, holding it"
+            )
+        path = model_files.locate(folder, spec.weights, "checkpoint")
+        own = spec.backbone == self.settings.backbone
+
+        def load() -> Backbone:
+            model_files.check_checkpoint_bytes(path)
+            kwargs = self.settings.backbone_kwargs if own else {}
+            chosen = dataclasses.replace(
+                self.settings, backbone=spec.backbone, checkpoint=str(path), backbone_kwargs=kwargs
+            )
+            logger.info("loading %s with checkpoint %s", spec.backbone, path.name)
+            return settings_backbone(chosen, spec.backbone, spec.pos_embed)
+
+        return self.checkpoints.get((str(path), spec.backbone, spec.pos_embed), load)
 
     def fitted(self, spec: DiscoverySpec) -> Fitted | None:
         """The loaded fitted file a spec names (None when it names none).

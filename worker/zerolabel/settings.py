@@ -248,9 +248,11 @@ class WorkerSettings:
 
         ``detector`` (a file name of ``ZEROLABEL_MODELS_DIR``, checked by the caller) is the
         detector of method ``cad`` instead of ``ZEROLABEL_CAD_CHECKPOINT``; ``fitted`` likewise
-        replaces ``ZEROLABEL_FITTED``.
+        replaces ``ZEROLABEL_FITTED``, and ``checkpoint`` (adapted weights) the backbone's
+        ``ZEROLABEL_CHECKPOINT``: the spec's weights are its name.
         """
         detector = overrides.pop("detector", None)
+        checkpoint = overrides.pop("checkpoint", None)
         fields: dict[str, Any] = {
             "method": self.method,
             "backbone": self.backbone,
@@ -260,6 +262,10 @@ class WorkerSettings:
         }
         fields.update({k: v for k, v in overrides.items() if v is not None})
         info = methods.get(str(fields["method"]))
+        if checkpoint:
+            if info.kind is not MethodKind.FEATURES:
+                raise ConfigError(f'method {info.name!r} runs no backbone: drop "checkpoint"')
+            fields["weights"] = checkpoint
         if info.kind is MethodKind.DETECTOR:
             # A detector stands in for the backbone: the spec names it and its checkpoint.
             if not detector and not self.cad_checkpoint:

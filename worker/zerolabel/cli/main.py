@@ -243,10 +243,12 @@ def _register_commands() -> None:
     with zerolabel-backend) through the ``zerolabel.commands`` entry-point group."""
     from importlib.metadata import entry_points
 
+    from zerolabel.cli.adapt import adapt
     from zerolabel.cli.evaluate import eval_
     from zerolabel.cli.loop import COMMANDS
     from zerolabel.cli.use import use
 
+    main.add_command(adapt)
     main.add_command(eval_)
     main.add_command(use)
     for command in COMMANDS:

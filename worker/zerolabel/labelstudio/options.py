@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from zerolabel import methods, model_files
@@ -21,9 +22,10 @@ from zerolabel.settings import BackendSettings, WorkerSettings
 #: spec then checks them against the method it runs).
 METHOD_PARAMS = methods.param_names()
 _SPEC_OPTIONS = frozenset({"method", "backbone", "max_side", "square", "masks", "refine", "preset"})
-_MODEL_FILES = {"detector": "detector", "fitted": "fitted file"}
+_MODEL_FILES = {"detector": "detector", "fitted": "fitted file", "checkpoint": "checkpoint"}
 """Extra params naming a file of ``ZEROLABEL_MODELS_DIR`` (:mod:`zerolabel.model_files`): the
-detector of method ``cad``, the fitted file of a method that reads one; how messages call it."""
+detector of method ``cad``, the fitted file of a method that reads one, the backbone weights
+``zerolabel adapt`` wrote; how messages call it."""
 
 MODEL_KEYS = frozenset(
     {"method", "backbone", "max_side", "square", "refine", "preset", "params", *_MODEL_FILES}
@@ -165,7 +167,8 @@ class ProjectOptions:
         if self.params:
             overrides["params"] = self.params
         method = str(overrides.get("method") or settings.discovery.method)
-        overrides |= _named_files(self.files, method, settings.discovery)
+        backbone_name = str(overrides.get("backbone") or settings.discovery.backbone)
+        overrides |= _named_files(self.files, method, settings.discovery, backbone_name)
         limit = project_side_limit(str(overrides.get("backbone") or settings.discovery.backbone))
         if _unbounded_paper_input(overrides, method, settings.discovery):
             overrides["max_side"] = limit
@@ -244,20 +247,30 @@ def _model_files(data: Mapping[str, Any]) -> dict[str, str]:
             files["detector"] = model_files.check_detector_name(data["detector"])
         if "fitted" in data:
             files["fitted"] = model_files.check_fitted_name(data["fitted"])
+        if "checkpoint" in data:
+            files["checkpoint"] = model_files.check_checkpoint_name(data["checkpoint"])
     except ConfigError as exc:
         raise ConfigError(f"extra params: {exc}") from None
     return files
 
 
-def _named_files(files: Mapping[str, str], method: str, settings: WorkerSettings) -> dict[str, str]:
+def _named_files(
+    files: Mapping[str, str], method: str, settings: WorkerSettings, backbone: str
+) -> dict[str, str]:
     """The spec overrides of the files a project names, once they fit its method and are in the
     models folder (when this process sees it; else the workers say so per task).
 
     Raises:
-        ConfigError: a fitted file for a method that reads none or another kind, no models
-            folder, or a file it does not hold (the message lists those it holds).
+        ConfigError: a fitted file for a method that reads none or another kind, adapted
+            weights for a detector or of another backbone, no models folder, or a file it does
+            not hold (the message lists those it holds).
     """
     info = methods.get(method)
+    if "checkpoint" in files and info.kind is not MethodKind.FEATURES:
+        raise ConfigError(
+            f'extra param "checkpoint" holds backbone weights, and method {method!r} runs no '
+            "backbone: drop it, or choose a ViT method"
+        )
     if "fitted" in files:
         if info.fitted is None:
             raise ConfigError(
@@ -270,8 +283,13 @@ def _named_files(files: Mapping[str, str], method: str, settings: WorkerSettings
             f'extra param "detector" is the detector of method "cad", not of {method!r}: drop '
             'it, or set "method": "cad"'
         )
+    defaults = {
+        "detector": settings.cad_checkpoint,
+        "fitted": settings.fitted,
+        "checkpoint": settings.checkpoint,
+    }
     for key, name in files.items():
-        default = settings.cad_checkpoint if key == "detector" else settings.fitted
+        default = defaults[key]
         if default is not None and os.path.basename(default) == name:
             continue  # the workers' own default file
         folder = settings.models_dir
@@ -281,8 +299,24 @@ def _named_files(files: Mapping[str, str], method: str, settings: WorkerSettings
                 "folder backend and workers load the files projects name from"
             )
         if os.path.isdir(folder):
-            model_files.locate(folder, name, _MODEL_FILES[key])
+            found = model_files.locate(folder, name, _MODEL_FILES[key])
+            if key == "checkpoint":
+                _check_adapted_backbone(found, backbone)
     return dict(files)
+
+
+def _check_adapted_backbone(path: Path, backbone: str) -> None:
+    """Adapted weights whose metadata (``adapted-<digest>.json`` beside them) names another
+    backbone than the project's are refused; without metadata the workers check the weights."""
+    try:
+        trained = json.loads(path.with_suffix(".json").read_text()).get("backbone")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(trained, str) and trained != backbone:
+        raise ConfigError(
+            f'extra param "checkpoint" {path.name!r} holds weights of backbone {trained!r}, '
+            f'and the project runs {backbone!r}: set "backbone": "{trained}"'
+        )
 
 
 def extra_params_object(raw: str | Mapping[str, Any] | None) -> dict[str, Any]:

@@ -7,6 +7,11 @@ Weights come from, in order of preference:
 A checkpoint that does not fit the architecture fails with the missing/unexpected keys named.
 Offline intent stays local to the call: cached hub weights are looked up in the local cache and
 handed to timm as a file, and nothing process-wide (environment, huggingface_hub flags) changes.
+
+The named DINO backbones load from a checkpoint without timm (:mod:`zerolabel.vit.model`):
+importing timm costs about two seconds of start-up. timm is imported only for what it alone
+does: hub downloads, random initialisation, other ViT names and checkpoints that need its
+conversions.
 """
 
 from __future__ import annotations
@@ -15,18 +20,19 @@ import hashlib
 import logging
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import nn
 
 from zerolabel.checkpoints import load_fitting as load_fitting  # re-exported for callers
 from zerolabel.checkpoints import read_checkpoint_file
 from zerolabel.checkpoints import unwrap_state_dict as unwrap_state_dict
 from zerolabel.errors import ConfigError, WeightsError
+from zerolabel.vit import model as native
+from zerolabel.vit import precision as precisions
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +49,11 @@ BACKBONES: dict[str, str] = {
 PRECISIONS: dict[str, torch.dtype | None] = {
     "fp32": None,  # no autocast
     "fp16": torch.float16,  # CUDA only
-    "bf16": torch.bfloat16,  # CUDA, and CPUs with bf16 kernels
+    "bf16": torch.bfloat16,  # CUDA, and CPUs with bf16 instructions (else fp32)
 }
-"""Forward-pass precisions: the weights stay fp32 and matmuls run under ``torch.autocast``."""
+"""Forward-pass precisions: matmuls run under ``torch.autocast``. The weights stay fp32 except
+the linear layers' in a bf16 pass on the CPU, which are stored in bf16 once; there, a CPU
+without bf16 instructions runs fp32 instead (:mod:`zerolabel.vit.precision`)."""
 
 _HUB_HOST = ("huggingface.co", 443)
 _HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm looks for, in its order
@@ -62,14 +70,17 @@ HOW_TO_PROVIDE_WEIGHTS = (
 class Backbone:
     """A ViT ready for feature extraction, with the facts the pipeline needs about it."""
 
-    model: VisionTransformer
+    model: nn.Module  # zerolabel.vit.model.VisionTransformer, or timm's for other names
     name: str  # timm name
     weights_id: str  # hub tag or checkpoint digest: part of the model_version
     device: torch.device
-    dtype: torch.dtype  # of the weights and of the input batch
+    dtype: torch.dtype  # of the input batch and the weights (CPU bf16: linear ones in bf16)
     pos_embed: str  # "dino" or "timm" interpolation of positional embeddings
     autocast: torch.dtype | None = None  # run the forward pass under torch.autocast
     trunk: Callable[[torch.Tensor], torch.Tensor] | None = None  # compiled blocks[:-1]
+    positions: dict[tuple[object, ...], torch.Tensor] = field(
+        default_factory=dict, repr=False, compare=False
+    )  # interpolated positional embeddings per grid (zerolabel.vit.features)
 
     def blocks(self, tokens: torch.Tensor) -> torch.Tensor:
         """All transformer blocks; the last one always runs eagerly (its qkv is hooked)."""
@@ -82,8 +93,15 @@ class Backbone:
 
     @property
     def patch_size(self) -> int:
-        size = self.model.patch_embed.patch_size
+        model: Any = self.model
+        size = model.patch_embed.patch_size
         return int(size[0] if isinstance(size, tuple | list) else size)
+
+    @property
+    def num_features(self) -> int:
+        """Channels of the output tokens (the CLS descriptor's length)."""
+        model: Any = self.model
+        return int(model.num_features)
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -134,6 +152,8 @@ def load_backbone(
         offline: never try the network; only a checkpoint or the local hub cache.
         random_weights: seeded-by-caller random init, for benchmarks and tests.
         precision: a key of :data:`PRECISIONS`: ``fp16``/``bf16`` autocast the forward pass.
+            bf16 on a CPU without bf16 instructions runs fp32 instead, with one log line
+            (:mod:`zerolabel.vit.precision`).
         compile_mode: ``torch.compile`` all blocks but the last with this mode (``default``,
             ``reduce-overhead``, ``max-autotune``); None runs eagerly.
     """
@@ -148,16 +168,18 @@ def load_backbone(
     if pos_embed not in ("dino", "timm"):
         raise ConfigError(f"pos_embed must be 'dino' or 'timm', not {pos_embed!r}")
     kwargs = {"num_classes": 0, "dynamic_img_size": True, **(model_kwargs or {})}
+    model: nn.Module
     if random_weights:
-        model, weights_id = _create(name, False, kwargs), "random"
+        model, weights_id = _random(name, kwargs), "random"
     elif checkpoint is not None:
-        model = _create(name, False, kwargs)
-        weights_id = load_checkpoint(model, checkpoint)
+        model, weights_id = _from_checkpoint(name, kwargs, checkpoint)
     else:
         model, weights_id = _from_hub(name, kwargs, offline=offline), f"hub:{name}"
     dtype = torch.float16 if half else torch.float32
     model = model.to(device=torch_device, dtype=dtype).eval().requires_grad_(False)
-    autocast = None if half else PRECISIONS[precision]
+    autocast = None if half else precisions.autocast_dtype(PRECISIONS[precision], torch_device)
+    if autocast is torch.bfloat16 and torch_device.type == "cpu":
+        precisions.store_linear_weights(model, autocast)
     loaded = Backbone(model, name, weights_id, torch_device, dtype, pos_embed, autocast)
     if compile_mode is not None:
         loaded.trunk = compile_trunk(model, compile_mode)
@@ -179,9 +201,47 @@ def compile_trunk(
     return compiled
 
 
+def _random(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
+    """timm's random initialisation (seeded by the caller), in the timm-free module when the
+    architecture is one of :data:`zerolabel.vit.model.ARCHITECTURES`."""
+    model = _create(name, False, kwargs)
+    arch = native.architecture(name, kwargs)
+    built = native.build(arch, model.state_dict()) if arch is not None else None
+    return model if built is None else built
+
+
+def _from_checkpoint(
+    name: str, kwargs: Mapping[str, Any], path: str | Path
+) -> tuple[nn.Module, str]:
+    """The model with a checkpoint's weights, and the weights id: the file's digest.
+
+    A named DINO architecture whose keys and shapes the file fits exactly is built without
+    timm; anything else goes through timm's conversions (and its messages when it fails).
+    """
+    path = Path(path)
+    arch = native.architecture(name, kwargs)
+    timm_model = _create(name, False, kwargs) if arch is None else None  # a bad name first
+    loaded = read_checkpoint_file(path, what="checkpoint", hint=HOW_TO_PROVIDE_WEIGHTS)
+    state = unwrap_state_dict(loaded)
+    built = native.build(arch, state) if arch is not None else None
+    model: nn.Module
+    if built is not None:
+        model = built
+    else:
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        model = _create(name, False, kwargs) if timm_model is None else timm_model
+        fitted = checkpoint_filter_fn(state, model)  # type: ignore[arg-type]  # timm conversions
+        load_fitting(model, fitted, f"checkpoint {path.name} does not fit {_arch(model)}")
+    return model, "file:" + _file_digest(path)
+
+
 def _create(
     name: str, pretrained: bool, kwargs: Mapping[str, Any], *, weights_file: str | None = None
-) -> VisionTransformer:
+) -> nn.Module:
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
     if not timm.is_model(name.split(".")[0]):
         known = ", ".join(BACKBONES)
         raise ConfigError(f"unknown backbone {name!r}: use one of {known} or a timm ViT name")
@@ -196,7 +256,7 @@ def _create(
     return model
 
 
-def _from_hub(name: str, kwargs: Mapping[str, Any], *, offline: bool) -> VisionTransformer:
+def _from_hub(name: str, kwargs: Mapping[str, Any], *, offline: bool) -> nn.Module:
     """Pretrained weights from the local hub cache, else a download when the hub answers."""
     if "." not in name:
         raise WeightsError(f"{name!r} has no pretrained tag to download. {HOW_TO_PROVIDE_WEIGHTS}")
@@ -224,6 +284,7 @@ def cached_hub_weights(name: str) -> str | None:
 
     A lookup in the cache folder only: it never touches the network and changes no setting.
     """
+    import timm
     from huggingface_hub import try_to_load_from_cache
 
     try:
@@ -250,19 +311,6 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
     return True
 
 
-def load_checkpoint(model: VisionTransformer, path: str | Path) -> str:
-    """Load a local checkpoint into ``model`` strictly; returns a digest of the file.
-
-    Raises:
-        WeightsError: missing or unreadable file, or keys/shapes that do not fit the architecture.
-    """
-    path = Path(path)
-    loaded = read_checkpoint_file(path, what="checkpoint", hint=HOW_TO_PROVIDE_WEIGHTS)
-    state = checkpoint_filter_fn(unwrap_state_dict(loaded), model)  # timm conversions
-    load_fitting(model, state, f"checkpoint {path.name} does not fit {_arch(model)}")
-    return "file:" + _file_digest(path)
-
-
 def _file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -271,13 +319,13 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _arch(model: VisionTransformer) -> str:
+def _arch(model: Any) -> str:
     cfg: dict[str, Any] = dict(getattr(model, "default_cfg", {}))
     name = cfg.get("architecture", type(model).__name__)
     return f"{name} (depth {len(model.blocks)}, dim {model.embed_dim})"
 
 
-def set_fused_attention(model: VisionTransformer, enabled: bool) -> None:
+def set_fused_attention(model: nn.Module, enabled: bool) -> None:
     """Switch every block between fused SDPA and explicit softmax(q kᵀ) v attention."""
     blocks: Any = model.blocks
     for block in blocks:

@@ -72,7 +72,7 @@ def crop_descriptor(
     if short_side < 1 or (max_side is not None and max_side < 1):
         raise ValueError(f"short_side {short_side} and max_side {max_side} must be positive")
     crops = [image.pixels[_pixel_slices(box, image)] for box in boxes]  # all checked first
-    rows = np.zeros((len(boxes), int(backbone.model.num_features)), dtype=np.float32)
+    rows = np.zeros((len(boxes), backbone.num_features), dtype=np.float32)
     mean, std = backbone.mean_std
     for i, crop in enumerate(crops):
         crop_hw = (int(crop.shape[0]), int(crop.shape[1]))
@@ -152,7 +152,7 @@ class DescriptorCache:
             [len(boxes), E] float32, as :func:`crop_descriptor` on the rounded boxes.
         """
         rounded = [Box(*(float(_nearest(v)) for v in box.to_list())) for box in boxes]
-        dim = int(backbone.model.num_features)
+        dim = backbone.num_features
         paths = [self.path(backbone, image, box, short_side, max_side) for box in rounded]
         rows = np.zeros((len(boxes), dim), dtype=np.float32)
         missing = []

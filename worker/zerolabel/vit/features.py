@@ -5,6 +5,10 @@ follow DINO's interpolation rule by default so that features equal the official 
 at any input size. A forward hook on the last block's ``qkv`` linear captures queries, keys and
 values; it is removed before the call returns. The same pass gives the output tokens after the
 final norm (the CLS token and the patch tokens), so no method needs a second forward pass.
+
+The interpolated positional embeddings of a grid size are computed once, in fp32, and kept on
+the backbone. Whatever the forward pass's precision, the features come back in fp32, cast once
+at the end.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers.pos_embed import resample_abs_pos_embed
 
 from zerolabel.vit.backbone import Backbone
+
+POSITIONS_KEPT = 16
+"""Grid sizes whose interpolated positional embeddings a backbone keeps (a few MiB at most)."""
 
 
 @dataclass(frozen=True)
@@ -70,22 +76,64 @@ def dino_interpolate_pos_embed(
     return torch.cat([prefix, grid], dim=1)
 
 
-def _embed(model: Any, images: torch.Tensor, rule: str) -> torch.Tensor:
+def timm_resample_pos_embed(
+    pos_embed: torch.Tensor, grid_hw: tuple[int, int], base_hw: tuple[int, int], num_prefix: int
+) -> torch.Tensor:
+    """timm's rule: an exact bicubic resize to the grid, antialiased (when shrinking).
+
+    Args:
+        pos_embed: [1, num_prefix + bh * bw, C] learned embeddings.
+        grid_hw: target patch grid (gh, gw).
+        base_hw: the grid the embeddings were trained for (bh, bw).
+        num_prefix: leading tokens without a grid position, passed through unchanged.
+
+    Returns:
+        [1, num_prefix + gh * gw, C].
+    """
+    if tuple(grid_hw) == tuple(base_hw):
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    channels = grid.shape[-1]
+    grid = grid.float().reshape(1, base_hw[0], base_hw[1], channels).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=grid_hw, mode="bicubic", antialias=True)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, channels).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def positions(backbone: Backbone, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """The positional embeddings of a patch grid under the backbone's rule, computed once.
+
+    Kept per grid size (the last :data:`POSITIONS_KEPT`) and per version of the embedding
+    parameter, so weights loaded later are never paired with stale positions. Interpolated in
+    fp32 outside any autocast.
+    """
+    model: Any = backbone.model
+    param: torch.Tensor = model.pos_embed
+    key = (backbone.pos_embed, tuple(grid_hw), param.data_ptr(), param._version)
+    kept = backbone.positions.pop(key, None)
+    if kept is None:
+        n_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+        base_hw = tuple(model.patch_embed.grid_size)
+        dino = backbone.pos_embed == "dino"
+        resample = dino_interpolate_pos_embed if dino else timm_resample_pos_embed
+        with torch.autocast(backbone.device.type, enabled=False):
+            kept = resample(param, grid_hw, base_hw, n_prefix)
+    backbone.positions[key] = kept  # most recently used last
+    while len(backbone.positions) > POSITIONS_KEPT:
+        backbone.positions.pop(next(iter(backbone.positions)))
+    return kept
+
+
+def _embed(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
     """Patch embedding + prefix tokens + positional embeddings: [B, prefix + N, C]."""
+    model: Any = backbone.model
     x = model.patch_embed(images)  # [B, gh, gw, C] (dynamic_img_size)
     batch, gh, gw, channels = x.shape
     x = x.reshape(batch, gh * gw, channels)
     prefix_tokens = [
         t.expand(batch, -1, -1) for t in (model.cls_token, model.reg_token) if t is not None
     ]
-    n_pos_prefix = 0 if model.no_embed_class else model.num_prefix_tokens
-    base_hw = tuple(model.patch_embed.grid_size)
-    if rule == "dino":
-        pos = dino_interpolate_pos_embed(model.pos_embed, (gh, gw), base_hw, n_pos_prefix)
-    else:
-        pos = resample_abs_pos_embed(
-            model.pos_embed, new_size=(gh, gw), old_size=base_hw, num_prefix_tokens=n_pos_prefix
-        )
+    pos = positions(backbone, (gh, gw))
     if model.no_embed_class:
         x = torch.cat([*prefix_tokens, x + pos], dim=1)
     else:
@@ -116,7 +164,7 @@ def extract(backbone: Backbone, images: torch.Tensor) -> list[PatchFeatures]:
     images = images.to(backbone.device, backbone.dtype, non_blocking=True)
     try:
         with _autocast(backbone):
-            x = _embed(model, images, backbone.pos_embed)
+            x = _embed(backbone, images)
             x = model.norm(backbone.blocks(model.norm_pre(x)))
     finally:
         handle.remove()
