@@ -156,7 +156,7 @@ def test_a_project_sets_the_methods_own_parameters(tiny_env):
         for options in (
             {"method": "promerge"},
             {"method": "promerge", "tau": 0.3},
-            {"method": "promerge", "params": {"stride": 2}},
+            {"method": "promerge", "params": {"stride": 8}},
             {"method": "dinoseg", "head": 0},
         )
     }
