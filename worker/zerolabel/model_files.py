@@ -49,13 +49,12 @@ def check_detector_name(name: object) -> str:
     Raises:
         ConfigError: anything else (a path, another form, not a string).
     """
-    if not isinstance(name, str) or DETECTOR_NAME.fullmatch(name) is None:
-        raise ConfigError(
-            f"detector {name!r} is not a detector's file name: give the bare name "
-            "cad-<10 hex digits>.pt that zerolabel train-cad wrote (no folder), of a file in "
-            f"{MODELS_DIR_SETTING}"
-        )
-    return name
+    return _bare_name(
+        name,
+        DETECTOR_NAME,
+        f"detector {name!r} is not a detector's file name",
+        "cad-<10 hex digits>.pt that zerolabel train-cad wrote",
+    )
 
 
 def check_fitted_name(name: object, kind: str | None = None) -> str:
@@ -89,10 +88,19 @@ def check_checkpoint_name(name: object) -> str:
     Raises:
         ConfigError: anything else (a path, another form, not a string).
     """
-    if not isinstance(name, str) or CHECKPOINT_NAME.fullmatch(name) is None:
+    return _bare_name(
+        name,
+        CHECKPOINT_NAME,
+        f"checkpoint {name!r} is not the name of adapted weights",
+        "adapted-<12 hex digits>.pth that zerolabel adapt wrote",
+    )
+
+
+def _bare_name(name: object, form: re.Pattern[str], problem: str, expected: str) -> str:
+    """``name`` when it has ``form``; else a ConfigError: ``problem``, then what to give."""
+    if not isinstance(name, str) or form.fullmatch(name) is None:
         raise ConfigError(
-            f"checkpoint {name!r} is not the name of adapted weights: give the bare name "
-            "adapted-<12 hex digits>.pth that zerolabel adapt wrote (no folder), of a file in "
+            f"{problem}: give the bare name {expected} (no folder), of a file in "
             f"{MODELS_DIR_SETTING}"
         )
     return name
