@@ -185,6 +185,7 @@ def authors_box(cosine: np.ndarray, grid_hw, cells: int, threshold: float):
     """The authors' box, computed independently with OpenCV: ReLU, min-max, bilinear upsample
     (corners aligned), uint8, ``> int(t * max)``, the largest contour's bounding rectangle."""
     import cv2  # OpenCV comes with the dev install (label-studio-sdk): never skipped
+
     act = np.maximum(cosine.reshape(grid_hw), 0.0).astype(np.float32)
     normalised = (act - act.min()) / (act.max() - act.min())
     gray = (bilinear_corners(normalised, cells) * 255).astype(np.float32).astype(np.uint8)
@@ -274,6 +275,7 @@ def test_the_largest_contour_is_the_largest_polygon_not_the_most_pixels():
 
 def test_largest_contour_agrees_with_opencv_on_random_maps():
     import cv2
+
     rng = np.random.default_rng(3)
     compared = 0
     for _ in range(300):
