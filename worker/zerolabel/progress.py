@@ -283,14 +283,20 @@ def stage(
     try:
         yield
     except BaseException as exc:
+        _stop(beat)  # no reminder may follow the end line
         how = "failed" if isinstance(exc, Exception) else "interrupted"
         logger.info("%s ... %s after %s", message, how, format_duration(read() - start))
         raise
     else:
+        _stop(beat)
         logger.info("%s ... %s in %s", message, done, format_duration(read() - start))
     finally:
-        if beat is not None:
-            beat.stop()
+        _stop(beat)
+
+
+def _stop(beat: _Beat | None) -> None:
+    if beat is not None:
+        beat.stop()
 
 
 class _Reminder:
