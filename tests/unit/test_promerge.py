@@ -44,6 +44,16 @@ def test_promerge_finds_every_planted_object_exactly(grid_hw, blocks):
     assert [o.score for o in found] == sorted((o.score for o in found), reverse=True)
 
 
+def test_max_objects_keeps_the_best_scored_objects():
+    grid_hw, blocks = (24, 20), SCENES[2].values[1]
+    scene = planted_keys(grid_hw, blocks, seed=2)
+    every = promerge(scene.keys, grid_hw)
+    best = promerge(scene.keys, grid_hw, max_objects=2)
+    assert len(every) == 3
+    assert [o.score for o in best] == [o.score for o in every[:2]]
+    assert as_sets([o.mask for o in best]) == as_sets([o.mask for o in every[:2]])
+
+
 def contrast_scene(aways: list[float]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Background along e0; object k along e_{k+1} - aways[k] * e0 (more away: more contrast)."""
     grid_hw = (16, 16)
@@ -241,4 +251,5 @@ def test_promerge_is_registered_with_the_authors_defaults():
         "merge_overlap": 0.5,
         "merge_min_overlap": 0.1,
         "merge_similarity": 0.1,
+        "max_objects": 20,  # the authors keep every object; hundreds can each cost a CRF
     }

@@ -313,6 +313,7 @@ _PARAMS: dict[str, tuple[Param, ...]] = {
         Param("merge_overlap", "float", 0.5, minimum=0.0, maximum=1.0),
         Param("merge_min_overlap", "float", 0.1, minimum=0.0, maximum=1.0),
         Param("merge_similarity", "float", 0.1, minimum=-1.0, maximum=1.0),
+        Param("max_objects", "int", 20, minimum=1, maximum=50),
     ),
 }
 

@@ -72,6 +72,7 @@ def promerge(
     merge_overlap: float = 0.5,
     merge_min_overlap: float = 0.1,
     merge_similarity: float = 0.1,
+    max_objects: int = 20,
 ) -> list[ObjectMask]:
     """Objects as ProMerge finds them on the patch grid (see the module for the steps).
 
@@ -97,10 +98,13 @@ def promerge(
         merge_overlap: overlap (of the proposal's area) above which it joins a group.
         merge_min_overlap: smallest overlap at which similar keys also join.
         merge_similarity: dot product of mean keys from which an overlap joins.
+        max_objects: how many objects are kept, the best scored (the authors keep every one;
+            on an image of many small look-alike regions that can be hundreds, each then
+            refined to pixels).
 
     Returns:
-        Objects by descending score, each an [h, w] bool mask on ``keys``' device (they may
-        overlap); [] when no background or no proposal is found.
+        At most ``max_objects`` objects by descending score, each an [h, w] bool mask on
+        ``keys``' device (they may overlap); [] when no background or no proposal is found.
     """
     validate_keys(keys, grid_hw)
     if keys.shape[0] == 0:
@@ -143,7 +147,7 @@ def promerge(
         inside = float((group.cells & background_cpu).sum()) / float(group.cells.sum())
         score = contrast * (1.0 - inside)
         objects.append(ObjectMask(group.cells.reshape(grid_hw).to(keys.device), score))
-    return sorted(objects, key=lambda o: -o.score)
+    return sorted(objects, key=lambda o: -o.score)[:max_objects]
 
 
 def seed_indices(grid_hw: tuple[int, int], stride: int, device: torch.device) -> torch.Tensor:
