@@ -4,9 +4,10 @@ A project's input gives its backbone at most ``PROJECT_MAX_PATCHES`` patches and
 parameter has a maximum (``zerolabel.methods``). Each row runs, in a fresh process, one job at
 those bounds: a square photo of the largest side the backbone allows, the method's parameters
 at their most expensive allowed values (LOST with every patch a seed, MaskCut cutting the most
-objects with no early stop, ProMerge seeding every patch), masks refined when the method
-refines by default. It prints the job's time (preprocess, forward pass, method, refinement; not
-process start-up or model build) and the process's peak resident memory, model included.
+objects with no early stop, ProMerge seeding every 4th patch and keeping the most objects),
+masks refined when the method refines by default. It prints the job's time (preprocess,
+forward pass, method, refinement; not process start-up or model build) and the process's peak
+resident memory, model included.
 
 Weights are seeded random (time and memory do not depend on their values). Methods that need a
 fitted file are left out (their cost is one product with the features). Usage::
@@ -31,7 +32,7 @@ BACKBONES = ("dino_vits16", "dino_vits8", "dino_vitb16", "dino_vitb8")
 WORST_PARAMS: dict[str, dict[str, object]] = {
     "lost": {"k_patches": "max"},
     "maskcut": {"max_objects": "max", "min_area_frac": 1.0},
-    "promerge": {"stride": "min"},
+    "promerge": {"stride": "min", "max_objects": "max"},
     "dinoseg": {"head": "last"},
 }
 """The allowed values that cost the most ("max"/"min": the registry's bound)."""
