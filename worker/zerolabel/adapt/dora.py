@@ -15,10 +15,10 @@ the map's mean once it is L2-normalised, and :func:`masked_views` multiplies the
 copy of the frame by each object's mask, upsampled to pixels: ``k`` views of the frame, each
 showing one tracked object (multi-object masking). The teacher sees the unmasked frame.
 
-One deliberate difference: the mask threshold is the mean of each map (one image, one
-object), where the authors' code takes the mean over every map of the batch; a batch's other
-clips then leave each mask unchanged, and a step split over processes computes the masks of
-a single process.
+One deliberate difference: the mask threshold is the mean of each map (one clip, one object,
+one frame), where the authors' code takes the mean over the maps of the same object and frame
+in every clip of the process's batch; a batch's other clips then leave each mask unchanged, and
+a step split over processes computes the masks of a single process.
 """
 
 from __future__ import annotations
