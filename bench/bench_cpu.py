@@ -58,17 +58,6 @@ def image_files(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def random_checkpoint(path: Path) -> Path:
-    """Seeded random DINO ViT-S/16 weights in DINO's layout (the layout both paths load)."""
-    import torch
-    from zerolabel.vit.backbone import load_backbone
-
-    torch.manual_seed(0)
-    model = load_backbone("dino_vits16", device="cpu", random_weights=True).model
-    torch.save(model.state_dict(), path)
-    return path
-
-
 # --- the authors' way -------------------------------------------------------------------------
 
 
@@ -375,6 +364,8 @@ def main() -> None:
     if args.authors_run:
         authors_process(Path(args.authors_run), image_files(args.images))
         return
+    from bench.bench_queue import random_checkpoint  # seeded ViT-S/16, DINO's layout
+
     paths = image_files(args.images)
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
