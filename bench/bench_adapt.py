@@ -333,9 +333,10 @@ def bench_step(args: argparse.Namespace, folder: Path) -> None:
                 print(_step_line(arch, batch, checkpointing, row), flush=True)
     print(
         "\nestimated: `zerolabel.adapt.memory.step_memory(...).total`, what a step adds to the "
-        "memory in use before it (activations kept for the backward pass, gradients and AdamW's "
-        "moments, logits); measured: the peak during the steps minus the memory in use before "
-        "the first (RSS on the CPU, allocated memory on CUDA); step s: median of "
+        "memory in use before it (activations kept for the backward pass, a checkpointed block "
+        "recomputed, gradients, AdamW's moments and its step's temporary, logits); measured: "
+        "the peak during the steps minus the memory in use before the first (RSS on the CPU, "
+        "allocated memory on CUDA); step s: median of "
         f"{args.repeats} step(s) after a warm-up step; views s: drawing one step's views "
         "serially (the loop draws them in threads during the previous step); torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads."

@@ -161,6 +161,30 @@ def test_a_step_that_does_not_fit_is_refused_with_what_to_lower(vit):
     check(StepMemory(1, 1, (1, 1), 1, 1), None, items=1, checkpointing=True)  # unknown: no check
 
 
+def test_with_checkpointing_a_step_keeps_less_but_recomputes_one_block(vit):
+    needs = {}
+    for checkpointing in (False, True):
+        student = network.StudentNet(
+            vit.model, _head(vit), pos_embed="dino", checkpointing=checkpointing
+        )
+        student.requires_grad_(True)
+        needs[checkpointing] = step_memory(student, global_size=32, local_size=16,
+                                           views=(4, 8), out_dim=16,
+                                           device=torch.device("cpu"))  # fmt: skip
+        student.requires_grad_(False)
+        assert student.checkpointing is checkpointing  # measured without, then put back
+    plain, checkpointed = needs[False], needs[True]
+    assert plain.recompute == 0 and checkpointed.recompute > 0
+    assert checkpointed.activations < plain.activations
+    # twice one block of two, for the larger group of views: what the whole network keeps
+    # per view for that group without checkpointing
+    largest = max(4 * plain.per_global_view, 8 * plain.per_local_view)
+    assert checkpointed.recompute == largest
+    assert checkpointed.total < plain.total
+    params = sum(p.numel() * 4 for p in student.parameters())
+    assert plain.state == checkpointed.state == 4 * params  # grad, 2 moments, a step's sqrt
+
+
 def test_exported_weights_are_named_by_their_bytes(vit, tmp_path):
     path = saving.export(vit.model, tmp_path, {"steps": 3})
     data = path.read_bytes()

@@ -5,9 +5,14 @@ them (distinct storages, parameters left out) while the student runs one and the
 views, and one and then two local views. The difference is what each further view keeps; the
 rest is kept once per step whatever the batch (the head's normalised last layer: 65536 x 256
 floats, and its companions). A step keeps the former for every view of every item of the
-process, beside the optimizer's state (gradients and AdamW's two moments of the student) and the
-logits of every view. :func:`check` refuses a step that does not fit in the memory the
-device has free (the CPU's ``MemAvailable``, CUDA's free memory), naming what to lower.
+process, beside the optimizer's state (gradients, AdamW's two moments of the student, and the
+square root of the second moment its multi-tensor step computes, one more copy of the
+parameters while it runs) and the logits of every view. With gradient checkpointing autograd
+keeps only each block's input; the backward pass then recomputes one block at a time for all
+the views of a forward call, holding that block's activations and their gradients: twice one
+block's share of what the network keeps without checkpointing. :func:`check` refuses a step
+that does not fit in the memory the device has free (the CPU's ``MemAvailable``, CUDA's free
+memory), naming what to lower.
 """
 
 from __future__ import annotations
@@ -16,16 +21,20 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
 
+from zerolabel.adapt.network import StudentNet
 from zerolabel.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-HEADROOM = 0.9
-"""Share of the free memory a step may plan to use (allocators and the rest need some)."""
+HEADROOM = 0.6
+"""Share of the free memory a step may plan to use. The estimate counts tensors; on the CPU
+the resident set measured 1.1 to 1.6 times it (``bench/bench_adapt.py``: what the allocator
+keeps, and transients of the backward pass not modelled here)."""
 
 GIB = 2**30
 
@@ -35,9 +44,11 @@ class StepMemory:
     """Bytes a step needs on one process.
 
     per_global_view, per_local_view: kept for the backward pass per view. views: (global,
-    local) views of the process's items. state: gradients and AdamW's moments of the student
-    (its weights and the teacher's are already in memory). logits: the head's outputs and their
-    softmaxes. fixed: kept for the backward pass once per step, whatever its views.
+    local) views of the process's items. state: gradients, AdamW's moments of the student and
+    its step's temporary square root (its weights and the teacher's are already in memory).
+    logits: the head's outputs and their softmaxes. fixed: kept for the backward pass once per
+    step, whatever its views. recompute: a checkpointed block recomputed during the backward
+    pass, with its gradients (0 without checkpointing).
     """
 
     per_global_view: int
@@ -46,6 +57,7 @@ class StepMemory:
     state: int
     logits: int
     fixed: int = 0
+    recompute: int = 0
 
     @property
     def activations(self) -> int:
@@ -55,7 +67,7 @@ class StepMemory:
     @property
     def total(self) -> int:
         """What the step adds to the memory in use before it."""
-        return self.activations + self.state + self.logits
+        return self.activations + self.recompute + self.state + self.logits
 
 
 def saved_bytes(run: Callable[[], torch.Tensor], parameters: Iterable[nn.Parameter]) -> int:
@@ -77,7 +89,7 @@ def saved_bytes(run: Callable[[], torch.Tensor], parameters: Iterable[nn.Paramet
 
 
 def step_memory(
-    student: nn.Module,
+    student: StudentNet,
     *,
     global_size: int,
     local_size: int,
@@ -115,9 +127,20 @@ def step_memory(
     per_global = max(kept(global_size, 2, True) - one_global, 0)
     per_local = max(kept(local_size, 2, False) - one_local, 0)
     fixed = max(one_global - per_global, one_local - per_local, 0)
-    state = 3 * sum(p.numel() * p.element_size() for p in params)  # gradient, two moments
+    recompute = 0
+    if student.checkpointing:
+        depth = len(cast(Any, student.backbone).blocks)
+        student.checkpointing = False  # what a view keeps without it, a block's share of it
+        try:
+            whole_global = kept(global_size, 2, True) - kept(global_size, 1, True)
+            whole_local = kept(local_size, 2, False) - kept(local_size, 1, False)
+        finally:
+            student.checkpointing = True
+        recompute = 2 * max(views[0] * whole_global, views[1] * whole_local) // depth
+    # gradient, two moments, and the square root of the second moment during the step
+    state = 4 * sum(p.numel() * p.element_size() for p in params)
     logits = (views[0] + views[1]) * out_dim * 4 * 3
-    return StepMemory(per_global, per_local, views, state, logits, fixed)
+    return StepMemory(per_global, per_local, views, state, logits, fixed, recompute)
 
 
 def free_bytes(device: torch.device) -> int | None:
