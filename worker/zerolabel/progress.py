@@ -287,11 +287,8 @@ def stage(
         how = "failed" if isinstance(exc, Exception) else "interrupted"
         logger.info("%s ... %s after %s", message, how, format_duration(read() - start))
         raise
-    else:
-        _stop(beat)
-        logger.info("%s ... %s in %s", message, done, format_duration(read() - start))
-    finally:
-        _stop(beat)
+    _stop(beat)
+    logger.info("%s ... %s in %s", message, done, format_duration(read() - start))
 
 
 def _stop(beat: _Beat | None) -> None:
