@@ -14,36 +14,35 @@ Two markdown tables:
   the steps (peak minus the memory in use before the first step: resident set size on the CPU,
   CUDA's allocated memory on a GPU), the process's peak RSS, and CUDA's max allocated memory
   ("unmeasured" on the CPU).
-* ``--only domain``: on a synthetic domain built here (textured shapes of ``--classes`` kinds
-  on textured backgrounds, one object per scene, boxes and class ids known), k-NN accuracy on
-  the [CLS] features (leave-one-out, DINO's weighted vote) and LOST's CorLoc through the
-  project's pipeline, on held-out scenes, before and after ``zerolabel adapt``'s training
-  (:func:`zerolabel.adapt.training.adapt`) on the unlabeled training scenes. "Before" is
-  ``--checkpoint`` or seeded random weights of ``--arch`` saved as a checkpoint; both runs load
-  their weights by checkpoint (:func:`zerolabel.vit.backbone.load_backbone`), the adapted ones
-  from the file ``adapt`` wrote. The default ``--arch`` is ViT-Ti/16 (``vit_tiny_patch16_224``,
-  5.7 M parameters) so that the run takes minutes on 2 CPU cores; give ``--arch dino_vits16``
-  with ``--checkpoint`` for DINO's weights (and ``--adapt-global-size 224 --adapt-local-size
-  96`` for DINO's crops).
+* ``--only domain``: a synthetic domain built here: scenes of one textured object of one of
+  ``--classes`` kinds (shape and texture; colours, size, place and background drawn at random)
+  on a textured background, boxes and kinds known, and a short H.264 video (PyAV) in which
+  objects of three kinds drift across such a background. ``zerolabel adapt``'s training
+  (:func:`zerolabel.adapt.training.adapt`) runs on the unlabeled training scenes and the
+  video's clips (DoRA's tracked-object masking); before and after, on held-out scenes: view
+  retrieval (how often one of the two global views training draws of a scene finds the other
+  among all scenes' views: what self-distillation trains for), k-NN accuracy by kind on the
+  [CLS] features of the objects' crops and of the whole scenes (leave-one-out, DINO's weighted
+  vote), LOST's CorLoc through the project's pipeline, and the mean cosine similarity of two
+  scenes' [CLS] features (near 1: collapsed). "Before" is ``--checkpoint`` or seeded random
+  weights of ``--arch`` saved as a checkpoint; both load by checkpoint
+  (:func:`zerolabel.vit.backbone.load_backbone`), the adapted ones from the file ``adapt``
+  wrote. The loss curve (means over tenths of the run) is printed under the table.
 
-The short run departs from the 2000-step defaults where a few hundred steps need it (each an
-option of ``AdaptConfig``; the teacher temperature and the head's size are ``zerolabel adapt``
-options too): a constant teacher temperature of 0.04 (``--teacher-temp``, as in DoRA's published
-run; DINO's warm-up from 0.04 to 0.07 over the first 30 % of the steps softens the targets while
-the student learns, so the loss of a short run stays flat or rises whatever the features do), a
-head of 1024 outputs, a larger learning rate (``--lr``), and smaller crops (112 and 48 px) so
-that the steps fit in minutes. The loss at the start and at the end is printed under the table,
-and the mean cosine similarity between the [CLS] features of different scenes tells a collapse
-(all features alike) from features that merely changed. From random weights a few hundred steps
-teach little about the classes (DINO trains for 100 epochs): the row to read for a team is
-the one of its own starting weights (``--checkpoint``).
+The default domain is small so that a run takes minutes on 2 CPU cores: 64 px scenes and a
+ViT-Ti (``vit_tiny_patch16_224``) cut to 4 blocks with 8 px patches (an 8 x 8 grid, as LOST
+sees a 128 px image at patch 16), crops of 64 and 32 px, a head of 1024 outputs, and a
+constant teacher temperature (``--teacher-temp``; DINO warms it up from 0.04 to 0.07 over 30 %
+of the run, which keeps a short run's loss flat whatever the features do). Give ``--arch
+dino_vits16 --checkpoint dino.pth --side 224 --patch 0 --depth 0 --adapt-global-size 224
+--adapt-local-size 96`` for a team's own starting weights at DINO's sizes.
 
 Usage::
 
-    python bench/bench_adapt.py              # both tables, CPU: about 20 minutes on 2 cores
+    python bench/bench_adapt.py              # both tables, CPU: about 25 minutes on 2 cores
     python bench/bench_adapt.py --only step --device cuda --batches 32 64 --precision bf16
     python bench/bench_adapt.py --only domain --arch dino_vits16 --checkpoint dino.pth \\
-        --adapt-global-size 224 --adapt-local-size 96 --steps 2000
+        --side 224 --patch 0 --depth 0 --adapt-global-size 224 --adapt-local-size 96
     python bench/bench_adapt.py --only step --archs dino_vits16 --batches 2 --repeats 1  # smoke
     python bench/bench_adapt.py --only domain --steps 2 --batch 2 --train-images 8 \\
         --eval-images 8                                                           # smoke
@@ -66,15 +65,18 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from zerolabel.adapt.config import AdaptConfig  # noqa: E402
+from zerolabel.adapt.crops import CropSettings, image_views  # noqa: E402
 from zerolabel.adapt.data import collect  # noqa: E402
 from zerolabel.adapt.ddp import Distributed  # noqa: E402
 from zerolabel.adapt.memory import check, free_bytes, step_memory  # noqa: E402
+from zerolabel.adapt.saving import loss_curve  # noqa: E402
 from zerolabel.adapt.state import TrainingState  # noqa: E402
 from zerolabel.adapt.training import adapt  # noqa: E402
 from zerolabel.contract import Box, DiscoverySpec  # noqa: E402
@@ -84,6 +86,7 @@ from zerolabel.evaluation.metrics import corloc  # noqa: E402
 from zerolabel.io.images import ImageLimits, load_file  # noqa: E402
 from zerolabel.pipeline import Discoverer  # noqa: E402
 from zerolabel.vit.backbone import Backbone, load_backbone, pick_device  # noqa: E402
+from zerolabel.vit.features import extract  # noqa: E402
 
 MIB = 2**20
 COMMAND = "python bench/bench_adapt.py"
@@ -97,11 +100,13 @@ KNN_TEMPERATURE = 0.07  # DINO's weighted k-NN vote
 
 @dataclass(frozen=True)
 class Scene:
-    """One synthetic image: its file, its object's box (pixels) and class id."""
+    """One synthetic image: its file, its object's box (pixels) and class id, and the file of
+    the object's crop."""
 
     path: Path
     box: Box
     label: int
+    crop: Path
 
 
 def _smooth_noise(rng: np.random.Generator, side: int, cells: int) -> np.ndarray:
@@ -181,18 +186,84 @@ def make_scene(rng: np.random.Generator, side: int, label: int) -> tuple[np.ndar
     return (np.clip(pixels, 0, 1) * 255).round().astype(np.uint8), box
 
 
+def object_crop(pixels: np.ndarray, box: Box, side: int) -> Image.Image:
+    """The object's box with a margin of 10 % of its size on each side, resized to ``side``."""
+    height, width = pixels.shape[:2]
+    margin_x, margin_y = 0.1 * (box.x1 - box.x0), 0.1 * (box.y1 - box.y0)
+    left, top = max(0, round(box.x0 - margin_x)), max(0, round(box.y0 - margin_y))
+    right, bottom = min(width, round(box.x1 + margin_x)), min(height, round(box.y1 + margin_y))
+    crop = Image.fromarray(pixels[top:bottom, left:right])
+    return crop.resize((side, side), Image.Resampling.BICUBIC)
+
+
 def write_scenes(folder: Path, count: int, classes: int, side: int, seed: int) -> list[Scene]:
-    """``count`` scenes (classes in turn) saved as PNG files in ``folder``."""
+    """``count`` scenes (classes in turn) saved as PNG files in ``folder``, and their objects'
+    crops in the folder beside it named ``<folder>-crops``."""
+    crops = folder.with_name(folder.name + "-crops")
     folder.mkdir(parents=True, exist_ok=True)
+    crops.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     scenes = []
     for index in range(count):
         label = index % classes
         pixels, box = make_scene(rng, side, label)
         path = folder / f"scene_{index:04d}.png"
+        crop = crops / path.name
         Image.fromarray(pixels).save(path)
-        scenes.append(Scene(path, box, label))
+        object_crop(pixels, box, side).save(crop)
+        scenes.append(Scene(path, box, label, crop))
     return scenes
+
+
+def _object_layer(
+    rng: np.random.Generator, side: int, label: int, dark: bool, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size`` x ``size`` object of class ``label``: its pixels and its mask."""
+    mask = _shape_mask(SHAPES[label], size, (0, 0, size, size))
+    first = _colour(rng, 0.0, 0.45) if dark else _colour(rng, 0.55, 1.0)
+    second = first * rng.uniform(0.3, 0.7) if dark else first * rng.uniform(0.6, 0.8)
+    pattern = _texture(TEXTURES[label], size, rng)[..., None]
+    return first * pattern + second * (1 - pattern), mask
+
+
+def write_video(path: Path, frames: int, classes: int, side: int, seed: int) -> Path:
+    """An H.264 video of ``frames`` frames (10 per second) in which one object of each of the
+    first ``min(classes, 3)`` kinds drifts across a still background of the scenes' kind,
+    bouncing off the edges (later objects pass in front of earlier ones)."""
+    import av  # zerolabel's adapt dependency
+
+    rng = np.random.default_rng(seed)
+    dark = rng.random() < 0.5
+    background = _colour(rng, 0.45, 1.0) if dark else _colour(rng, 0.0, 0.55)
+    noise = _smooth_noise(rng, side, int(rng.integers(3, 8)))[..., None]
+    faint = _texture("stripes", side, rng)[..., None]
+    still = background * (0.7 + 0.3 * noise) * (0.9 + 0.1 * faint)
+    movers = []
+    for label in range(min(classes, 3)):
+        size = int(rng.integers(round(side * 0.3), round(side * 0.45) + 1))
+        pixels, mask = _object_layer(rng, side, label, dark, size)
+        place = rng.uniform(0, side - size, size=2)
+        speed = rng.uniform(0.5, 1.5, size=2) * rng.choice([-1.0, 1.0], size=2) * side / 64
+        movers.append((pixels, mask, size, place, speed))
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10, options={"crf": "18"})
+        stream.width = stream.height = side
+        stream.pix_fmt = "yuv420p"
+        for _ in range(frames):
+            image = still.copy()
+            for pixels, mask, size, place, speed in movers:
+                top, left = (int(round(value)) for value in place)
+                window = image[top : top + size, left : left + size]
+                window[mask] = pixels[mask]
+                place += speed
+                for axis in (0, 1):  # bounce off the edges
+                    if not 0 <= place[axis] <= side - size:
+                        speed[axis] = -speed[axis]
+                        place[axis] = np.clip(place[axis], 0, side - size)
+            rgb = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
 
 
 # --- one training step --------------------------------------------------------------------
@@ -292,7 +363,7 @@ def step_row(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def bench_step(args: argparse.Namespace, folder: Path) -> None:
-    write_scenes(folder, max(args.batches), args.classes, args.side, args.seed)
+    write_scenes(folder, max(args.batches), args.classes, args.global_size, args.seed)
     device = pick_device(args.device)
     print(
         f"\n### One training step, {device}, 2 global {args.global_size} px + "
@@ -364,19 +435,25 @@ def _step_line(arch: str, batch: int, checkpointing: bool, row: dict[str, Any]) 
 class Quality:
     """What the features of one set of weights give on the held-out scenes."""
 
-    knn: float  # leave-one-out k-NN accuracy on the [CLS] features
+    views: float  # view retrieval (:func:`view_retrieval`)
+    crop_knn: float  # leave-one-out k-NN accuracy on the [CLS] features of the objects' crops
+    knn: float  # the same on whole scenes
     corloc: float  # LOST's CorLoc
     cosine: float  # mean cosine similarity of two scenes' [CLS] features (1: collapsed)
 
 
-def evaluate(backbone: Backbone, arch: str, scenes: list[Scene], k: int) -> Quality:
-    """k-NN accuracy on the [CLS] features and LOST's CorLoc, one pipeline pass."""
+def evaluate(
+    backbone: Backbone, arch: str, scenes: list[Scene], k: int, view_size: int, seed: int
+) -> Quality:
+    """View retrieval; k-NN accuracy on the [CLS] features of the objects' crops and of the
+    scenes, and LOST's CorLoc on the scenes (the project's pipeline on crops and scenes)."""
     spec = DiscoverySpec(method="lost", backbone=arch, weights=backbone.weights_id, masks=False)
     discoverer = Discoverer(backbone, spec)
     features: dict[str, torch.Tensor] = {}
     discoverer.seen = lambda image, _frame, feat: features.__setitem__(
         image.source, feat.cls_output.float().cpu()
     )
+    discoverer.run([load_file(scene.crop, ImageLimits()) for scene in scenes])
     images = [load_file(scene.path, ImageLimits()) for scene in scenes]
     regions = discoverer.run(images)
     predictions = {
@@ -391,8 +468,58 @@ def evaluate(backbone: Backbone, arch: str, scenes: list[Scene], k: int) -> Qual
     }
     found_rate, _ = corloc(predictions, truth)
     cls = torch.stack([features[str(scene.path)] for scene in scenes])
+    crops = torch.stack([features[str(scene.crop)] for scene in scenes])
     labels = torch.tensor([scene.label for scene in scenes])
-    return Quality(knn_accuracy(cls, labels, k), found_rate, mean_cosine(cls))
+    return Quality(
+        view_retrieval(backbone, scenes, view_size, seed),
+        knn_accuracy(crops, labels, k),
+        knn_accuracy(cls, labels, k),
+        found_rate,
+        mean_cosine(cls),
+    )
+
+
+def view_retrieval(backbone: Backbone, scenes: list[Scene], size: int, seed: int) -> float:
+    """How often one of ``adapt``'s two global views of a held-out scene finds the other.
+
+    Each scene gets the two global views training draws (crop of 40-100 % of the area, flip,
+    colour jitter, grayscale, blur, solarization; :func:`zerolabel.adapt.crops.image_views`) at
+    ``size`` px; the share of views whose most similar [CLS] feature among the other views of
+    all scenes is the view of their own scene, both ways. It measures what self-distillation
+    trains for, on scenes it never saw.
+    """
+    mean, std = backbone.mean_std
+    settings = CropSettings(
+        global_size=size,
+        local_size=size,
+        local_crops=0,
+        global_scale=(0.4, 1.0),
+        local_scale=(0.05, 0.4),
+        clip_scale=(0.2, 1.0),
+        mean=mean,
+        std=std,
+    )
+    views = []
+    for index, scene in enumerate(scenes):
+        rgb = np.asarray(Image.open(scene.path).convert("RGB"), dtype=np.float32) / 255.0
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+        views.append(image_views(torch.from_numpy(rgb).permute(2, 0, 1), generator, settings)[0])
+    pairs = torch.stack(views)  # [scenes, 2, 3, size, size]
+    first, second = (
+        torch.cat(
+            [
+                torch.stack([f.cls_output for f in extract(backbone, chunk)]).cpu()
+                for chunk in pairs[:, which].split(32)
+            ]
+        )
+        for which in (0, 1)
+    )
+    similarity = F.normalize(first, dim=1) @ F.normalize(second, dim=1).T
+    own = torch.arange(len(scenes))
+    found = (similarity.argmax(dim=1) == own).float().mean() + (
+        similarity.argmax(dim=0) == own
+    ).float().mean()
+    return float(found / 2)
 
 
 def knn_accuracy(features: torch.Tensor, labels: torch.Tensor, k: int) -> float:
@@ -421,7 +548,8 @@ def bench_domain(args: argparse.Namespace, folder: Path) -> None:
     held_out = write_scenes(
         folder / "eval", args.eval_images, args.classes, args.side, args.seed + 1
     )
-    kwargs = {"depth": args.depth} if args.depth else None
+    overrides = {"depth": args.depth, "patch_size": args.patch}
+    kwargs = {key: value for key, value in overrides.items() if value} or None
     base = args.checkpoint
     if base is None:
         torch.manual_seed(args.seed)
@@ -440,18 +568,29 @@ def bench_domain(args: argparse.Namespace, folder: Path) -> None:
         lr=args.lr,
         momentum=args.momentum,
         teacher_temp=args.teacher_temp,
+        warmup_teacher_temp=args.teacher_temp,
         out_dim=args.adapt_out_dim,
         local_crops=args.adapt_local_crops,
         global_size=args.adapt_global_size,
         local_size=args.adapt_local_size,
+        clip_frames=args.clip_frames,
+        frame_step=args.frame_step,
         seed=args.seed,
         device=str(device),
         precision=args.precision,
         checkpoint_seconds=None,
     )
-    before = evaluate(_loaded(args, base, device, kwargs), args.arch, held_out, args.knn_k)
+    measure = {"k": args.knn_k, "view_size": args.adapt_global_size, "seed": args.seed}
+    before = evaluate(_loaded(args, base, device, kwargs), args.arch, held_out, **measure)
+    sources = [folder / "train"]
+    if args.video_frames:
+        sources.append(
+            write_video(
+                folder / "moving.mp4", args.video_frames, args.classes, args.side, args.seed + 2
+            )
+        )
     inputs = collect(
-        [folder / "train"],
+        sources,
         clip_frames=config.clip_frames,
         frame_step=config.frame_step,
         progress=False,
@@ -460,31 +599,45 @@ def bench_domain(args: argparse.Namespace, folder: Path) -> None:
     assert result is not None
     train_s = float(json.loads(result.metadata.read_text())["train_seconds"])
     adapted = _loaded(args, str(result.weights), device, kwargs)
-    after = evaluate(adapted, args.arch, held_out, args.knn_k)
+    after = evaluate(adapted, args.arch, held_out, **measure)
     weights = "--checkpoint" if args.checkpoint else "seeded random weights"
-    depth = f", depth {args.depth}" if args.depth else ""
+    depth = "".join(f", {name} {value}" for name, value in kwargs.items()) if kwargs else ""
     print(
         f"\n### Before and after `adapt` on a synthetic domain, {args.arch}{depth} from "
-        f"{weights}, {args.steps} steps of {args.batch} images, {device}: "
+        f"{weights}, {args.steps} steps of {args.batch} scenes or clips, {device}: "
         f"`{_command()}`\n"
     )
     k = min(args.knn_k, len(held_out) - 1)
-    print(f"| weights | k-NN accuracy (k={k}) | LOST CorLoc | mean [CLS] cosine |")
-    print("|---|---:|---:|---:|")
-    for name, quality in (("before", before), (f"after {args.steps} steps", after)):
-        print(f"| {name} | {quality.knn:.1%} | {quality.corloc:.1%} | {quality.cosine:.2f} |")
-    losses = result.losses
-    span = max(1, min(10, len(losses) // 5))
     print(
-        f"\n{len(train)} unlabeled training scenes, {len(held_out)} held-out scenes "
-        f"({args.classes} classes, {args.side} px); chance: {1 / args.classes:.0%}. Training: "
-        f"{train_s:.0f} s ({train_s / args.steps:.2f} s per step); loss {losses[0]:.3f} at the "
-        f"first step, mean {statistics.fmean(losses[:span]):.3f} over the first {span} and "
-        f"{statistics.fmean(losses[-span:]):.3f} over the last {span} ({losses[-1]:.3f} at the "
-        f"last). Config: lr {config.lr} (peak {config.peak_lr:.2g}), momentum {config.momentum}, "
-        f"teacher temperature {config.warmup_teacher_temp} -> {config.teacher_temp}, head "
-        f"{config.out_dim} outputs, 2 x {config.global_size} px + {config.local_crops} x "
-        f"{config.local_size} px crops."
+        f"| weights | view retrieval | k-NN (k={k}), object crops | k-NN, whole scenes "
+        "| LOST CorLoc | mean [CLS] cosine |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, quality in (("before", before), (f"after {args.steps} steps", after)):
+        print(
+            f"| {name} | {quality.views:.1%} | {quality.crop_knn:.1%} | {quality.knn:.1%} "
+            f"| {quality.corloc:.1%} | {quality.cosine:.2f} |"
+        )
+    curve = ", ".join(
+        f"{point['step']}: {point['loss']:.2f}" for point in loss_curve(result.losses, 10)
+    )
+    clips = len(inputs) - len(inputs.images)
+    video = (
+        f" and {clips} clips ({config.clip_frames} frames {config.frame_step} apart) of a "
+        f"video of {args.video_frames} frames, {min(args.classes, 3)} kinds moving"
+        if clips
+        else ""
+    )
+    print(
+        f"\nTraining on {len(train)} unlabeled scenes{video}; evaluation on {len(held_out)} "
+        f"held-out scenes ({args.classes} kinds, {args.side} px; chance {1 / args.classes:.0%}, "
+        f"view retrieval by chance {1 / len(held_out):.1%}). Training: {train_s:.0f} s "
+        f"({train_s / args.steps:.2f} s per step). Loss curve (step: mean loss over the "
+        f"tenth of the run that ends there): {curve}. Config: lr {config.lr} (peak "
+        f"{config.peak_lr:.2g}), momentum "
+        f"{config.momentum}, teacher temperature {config.teacher_temp}, head {config.out_dim} "
+        f"outputs, 2 x {config.global_size} px + {config.local_crops} x {config.local_size} px "
+        "crops."
     )
 
 
@@ -506,7 +659,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classes", type=int, default=4, choices=range(2, len(SHAPES) + 1))
-    parser.add_argument("--side", type=int, default=224, help="side of the scenes, px")
     step = parser.add_argument_group("step table")
     step.add_argument("--archs", nargs="+", default=["dino_vits16", "dino_vitb16"])
     step.add_argument("--batches", nargs="+", type=int, default=[8, 16])
@@ -516,19 +668,24 @@ def main(argv: list[str] | None = None) -> None:
     step.add_argument("--local-size", type=int, default=96)
     step.add_argument("--out-dim", type=int, default=65536)
     domain = parser.add_argument_group("before/after table")
+    domain.add_argument("--side", type=int, default=64, help="of the scenes and video, px")
     domain.add_argument("--arch", default="vit_tiny_patch16_224")
-    domain.add_argument("--depth", type=int, default=None, help="override the arch's depth")
+    domain.add_argument("--depth", type=int, default=4, help="blocks (0: the arch's)")
+    domain.add_argument("--patch", type=int, default=8, help="patch size (0: the arch's)")
     domain.add_argument("--checkpoint", default=None, help="base weights (default: random)")
-    domain.add_argument("--steps", type=int, default=200)
+    domain.add_argument("--steps", type=int, default=1200)
     domain.add_argument("--batch", type=int, default=16)
-    domain.add_argument("--lr", type=float, default=0.002, help="for 256 images (DINO: 0.0005)")
+    domain.add_argument("--lr", type=float, default=0.005, help="for 256 images (DINO: 0.0005)")
     domain.add_argument("--momentum", type=float, default=0.996, help="teacher EMA")
-    domain.add_argument("--teacher-temp", type=float, default=0.04, help="(0.07)")
+    domain.add_argument("--teacher-temp", type=float, default=0.02, help="(0.04 -> 0.07)")
     domain.add_argument("--adapt-local-crops", type=int, default=4, help="(8)")
-    domain.add_argument("--adapt-global-size", type=int, default=112, help="(224)")
-    domain.add_argument("--adapt-local-size", type=int, default=48, help="(96)")
+    domain.add_argument("--adapt-global-size", type=int, default=64, help="(224)")
+    domain.add_argument("--adapt-local-size", type=int, default=32, help="(96)")
     domain.add_argument("--adapt-out-dim", type=int, default=1024, help="(65536)")
     domain.add_argument("--train-images", type=int, default=256)
+    domain.add_argument("--video-frames", type=int, default=80, help="0: no video")
+    domain.add_argument("--clip-frames", type=int, default=4, help="(DoRA: 8)")
+    domain.add_argument("--frame-step", type=int, default=6, help="(DoRA: 60)")
     domain.add_argument("--eval-images", type=int, default=200)
     domain.add_argument("--knn-k", type=int, default=20)
     domain.add_argument("--progress", action="store_true", help="show the training's progress")
