@@ -18,7 +18,6 @@ import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import free_port, redis_server, stop, wait_for  # noqa: E402
+from tests.servers import free_port, redis_server, start_backend, stop, wait_for  # noqa: E402
 
 CONFIG = (ROOT / "examples" / "label_config.xml").read_text()
 USER, PASSWORD = "bench", "bench-password"
@@ -124,11 +123,7 @@ def main() -> None:
             "BASIC_AUTH_PASS": PASSWORD,
             "ZEROLABEL_LOG_LEVEL": "WARNING",
         }
-        server = subprocess.Popen(
-            [sys.executable, "-m", "zerolabel_backend", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            cwd=ROOT,
-        )
+        server = start_backend(env, port)
         try:
             wait_for(lambda: _call(url, "/health", timeout_s=2) >= 0, 30, "backend")
             idle = _latencies(url, args.samples)

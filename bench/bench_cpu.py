@@ -281,7 +281,14 @@ class _queue_stack:  # noqa: N801 (used as a context manager, like contextlib's)
         import contextlib
 
         from bench.bench_queue import TOKEN, _health, _predict, label_studio_stand_in
-        from tests.servers import free_port, redis_server, start_worker, stop, wait_for
+        from tests.servers import (
+            free_port,
+            redis_server,
+            start_backend,
+            start_worker,
+            stop,
+            wait_for,
+        )
 
         self._stack = contextlib.ExitStack()
         folder = self.tmp / "served"
@@ -300,13 +307,7 @@ class _queue_stack:  # noqa: N801 (used as a context manager, like contextlib's)
         }
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        backend = subprocess.Popen(
-            [sys.executable, "-m", "zerolabel_backend", "--host", "127.0.0.1", "--port", str(port)],
-            env={**os.environ, **env},
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        backend = start_backend(env, port, quiet=True)
         self._stack.callback(stop, backend)
         wait_for(lambda: _health(url), 60, "backend")
         counter = iter(range(1, 1_000_000))

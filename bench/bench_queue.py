@@ -30,7 +30,6 @@ import dataclasses
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ from tests.servers import (  # noqa: E402
     ReplyHandler,
     free_port,
     redis_server,
+    start_backend,
     start_worker,
     stop,
     threaded_servers,
@@ -340,12 +340,7 @@ def through_queue(
         ]
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        backend = subprocess.Popen(
-            [sys.executable, "-m", "zerolabel_backend", "--host", "127.0.0.1", "--port", str(port)],
-            env={**os.environ, **common},
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-        )
+        backend = start_backend(common, port)
         try:
             wait_for_workers(redis_url, workers, timeout_s=120)
             wait_for(lambda: _health(url), 60, "backend")

@@ -123,6 +123,20 @@ def start_worker(
         )
 
 
+def start_backend(
+    env: dict[str, str], port: int, *, quiet: bool = False
+) -> subprocess.Popen[bytes]:
+    """The ML backend (``python -m zerolabel_backend``) on 127.0.0.1:``port``, ``env`` over this
+    process's environment; its standard output is discarded, its errors too when ``quiet``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "zerolabel_backend", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if quiet else None,
+    )
+
+
 def wait_for_workers(redis_url: str, count: int, timeout_s: float = 60) -> None:
     from redis import Redis
     from rq import Worker
